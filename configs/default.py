@@ -1,0 +1,33 @@
+"""The offline default: a small ConvMixer on scikit-learn's 8x8 handwritten digits.
+
+    python -m isojax.main --config=configs/default.py --workdir=workdirs/default
+
+Needs no internet: the digits ship with scikit-learn and are prepared as the TFDS
+dataset `isojax_digits` on first use, then read through the same pipeline as CIFAR-10.
+Expected: >= 97% test accuracy on the 360 held-out digits (99% typical) in under
+3 minutes on a 2-core CPU, compile included.
+"""
+from isojax.config_base import base
+
+
+def get_config(arg=None):
+  c = base()
+  # ConvMixer-256/8's recipe, shrunk to an 8x8 image: 2x2 patches -> a 4x4 grid of tokens.
+  c.model = dict(name='ConvMixer-256/8', hidden_size=128, depth=6, kernel_size=3, patch_size=2,
+                 drop_path_rate=0.0)
+  c.data.name = 'isojax_digits'
+  c.data.image_size = 8
+  c.data.train_pp = 'random_crop(size=8, padding=1)|normalize(half)'
+  c.data.eval_pp = 'normalize(half)'
+  c.data.cache = True
+  c.batch_size = 128
+  c.eval_batch_size = 360
+  c.num_epochs = 40
+  c.log_every = 50
+  c.eval_every = 150
+  c.checkpoint.every = 150
+  c.optimizer.lr = 5e-3
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.warmup_steps = 30
+  c.label_smoothing = 0.1
+  return c

@@ -1,0 +1,153 @@
+"""Per-example preprocessing ops and the spec strings that chain them.
+
+A spec is `op|op(arg=value, ...)|...`, e.g. the CIFAR recipe
+`random_crop(size=32, padding=4)|flip|randaugment(num_ops=2, magnitude=9)|normalize(cifar)`.
+Every op is `fn(image, seed, **kwargs) -> image`, `image` float32 HWC in 0..255 until
+`normalize`; randomness is stateless (`seed` is a [2] int tensor derived from the
+example's position in the stream), so the data of a resumed run equals an unbroken one.
+Adding an augmentation: write the function and add it to OPS.
+"""
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any, Callable
+
+import tensorflow as tf
+
+from isojax.data import randaugment
+
+# Per-channel statistics in 0..255 units.
+STATS = {
+    'imagenet': ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    'cifar': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255), (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)),
+    'half': ((127.5,), (127.5,)),   # to [-1, 1], any channel count (big_vision's value_range(-1, 1))
+}
+
+
+def _split_seed(seed, n):
+  return tf.unstack(tf.random.experimental.stateless_split(seed, n))
+
+
+def resize(image, seed, size: int, method: str = 'bilinear'):
+  """Resize to size x size (no aspect preservation)."""
+  return tf.image.resize(image, (size, size), method=method, antialias=True)
+
+
+def resize_small(image, seed, size: int):
+  """Resize so the shorter side is `size`, keeping the aspect ratio (ImageNet eval)."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  ratio = tf.cast(size, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
+  new = tf.cast(tf.round(tf.cast(tf.stack([h, w]), tf.float32) * ratio), tf.int32)
+  return tf.image.resize(image, new, antialias=True)
+
+
+def central_crop(image, seed, size: int):
+  """The central size x size crop."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  top, left = (h - size) // 2, (w - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def random_crop(image, seed, size: int, padding: int = 0):
+  """Zero-pad by `padding` then take a random size x size crop (the CIFAR recipe)."""
+  if padding:
+    image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
+  channels = image.shape[-1]
+  return tf.image.stateless_random_crop(image, (size, size, channels), seed=seed)
+
+
+def inception_crop(image, seed, size: int, area_min: float = 0.08, area_max: float = 1.0):
+  """Random-resized crop (Inception / ImageNet): a random area and aspect ratio, resized."""
+  begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
+      area_range=(area_min, area_max), aspect_ratio_range=(3 / 4, 4 / 3),
+      min_object_covered=0, use_image_if_no_bounding_boxes=True)
+  crop = tf.slice(image, begin, crop_size)
+  return tf.image.resize(crop, (size, size), antialias=True)
+
+
+def flip(image, seed):
+  """Random left-right flip."""
+  return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def normalize(image, seed, stats: str = 'imagenet'):
+  """(image - mean) / std with named per-channel statistics (see STATS)."""
+  if stats not in STATS:
+    raise ValueError(f'Unknown normalize stats {stats!r}; expected one of {sorted(STATS)}.')
+  mean, std = STATS[stats]
+  return (image - tf.constant(mean)) / tf.constant(std)
+
+
+def random_erasing(image, seed, prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3):
+  """Random erasing (Zhong et al.): with probability `prob`, one rectangle becomes N(0, 1) noise.
+
+  Apply after `normalize`, as timm does.
+  """
+  s_apply, s_area, s_ratio, s_pos, s_noise = _split_seed(seed, 5)
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  area = tf.cast(h * w, tf.float32) * tf.random.stateless_uniform([], s_area, area_min, area_max)
+  log_ratio = tf.random.stateless_uniform([], s_ratio, tf.math.log(0.3), tf.math.log(1 / 0.3))
+  eh = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * tf.exp(log_ratio))), tf.int32), 1, h)
+  ew = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / tf.exp(log_ratio))), tf.int32), 1, w)
+  pos = tf.random.stateless_uniform([2], s_pos, 0, 1)
+  top = tf.cast(pos[0] * tf.cast(h - eh + 1, tf.float32), tf.int32)
+  left = tf.cast(pos[1] * tf.cast(w - ew + 1, tf.float32), tf.int32)
+  rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
+  inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
+  noise = tf.random.stateless_normal(tf.shape(image), s_noise)
+  apply = tf.random.stateless_uniform([], s_apply) < prob
+  return tf.where(apply & inside[..., None], noise, image)
+
+
+OPS: dict[str, Callable[..., tf.Tensor]] = {
+    'resize': resize,
+    'resize_small': resize_small,
+    'central_crop': central_crop,
+    'random_crop': random_crop,
+    'inception_crop': inception_crop,
+    'flip': flip,
+    'randaugment': randaugment.randaugment,
+    'normalize': normalize,
+    'random_erasing': random_erasing,
+}
+
+_OP_RE = re.compile(r'^\s*(\w+)\s*(?:\((.*)\))?\s*$')
+
+
+def _literal(node: ast.AST) -> Any:
+  """A Python literal, or a bare word as a string: `normalize(cifar)` == `normalize('cifar')`."""
+  return node.id if isinstance(node, ast.Name) else ast.literal_eval(node)
+
+
+def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
+  """'a|b(x=1)|c(imagenet)' -> [('a', {}), ('b', {'x': 1}), ('c', {'stats': 'imagenet'})]."""
+  ops = []
+  for part in filter(None, (p.strip() for p in spec.split('|'))):
+    match = _OP_RE.match(part)
+    if not match or match.group(1) not in OPS:
+      name = match.group(1) if match else part
+      raise ValueError(f'Unknown preprocessing op {name!r} in {spec!r}; known ops: {sorted(OPS)}.')
+    name, args = match.group(1), match.group(2) or ''
+    call = ast.parse(f'f({args})', mode='eval').body
+    kwargs = {kw.arg: _literal(kw.value) for kw in call.keywords}
+    if call.args:  # a single positional argument names the op's first parameter
+      first = list(OPS[name].__code__.co_varnames[2:OPS[name].__code__.co_argcount])
+      kwargs.update({first[i]: _literal(a) for i, a in enumerate(call.args)})
+    ops.append((name, kwargs))
+  return ops
+
+
+def build(spec: str, image_size: int, channels: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """Compiles a spec into `fn(uint8 image, seed) -> float32 [image_size, image_size, channels]`."""
+  ops = parse(spec)
+
+  def apply(image, seed):
+    image = tf.cast(image, tf.float32)
+    seeds = _split_seed(seed, max(len(ops), 1))
+    for (name, kwargs), op_seed in zip(ops, seeds):
+      image = OPS[name](image, op_seed, **kwargs)
+    return tf.ensure_shape(image, (image_size, image_size, channels))
+
+  return apply

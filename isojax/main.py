@@ -1,0 +1,38 @@
+"""Train and evaluate from a config file.
+
+    python -m isojax.main --config=configs/default.py --workdir=workdirs/default \
+        [--config.optimizer.lr=3e-3 ...]
+
+Running the same command on the same workdir resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file, optionally with :ARG.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)   # Orbax and TFDS log every save and read at INFO
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators
+  from isojax import train
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,188 @@
+"""Building blocks shared by every isotropic family.
+
+Parameter initialisers follow google-research/vision_transformer (xavier-uniform
+kernels, near-zero MLP biases, N(0, 0.02) position embeddings, zero heads) so a
+model trained here behaves like the published ones.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+ModuleDef = Callable[..., nn.Module]
+
+
+def gelu(approximate: bool) -> Callable[[jax.Array], jax.Array]:
+  """GELU; the official JAX checkpoints use the tanh approximation, timm the exact erf."""
+  return lambda x: nn.gelu(x, approximate=approximate)
+
+
+def check_patchable(height: int, width: int, patch_size: int) -> None:
+  """Raises an actionable error when the image is not a whole number of patches."""
+  if height % patch_size or width % patch_size:
+    raise ValueError(
+        f'Image size {height}x{width} is not divisible by patch_size={patch_size}; '
+        f'use an image size that is a multiple of {patch_size} '
+        f'(e.g. {max(1, height // patch_size) * patch_size}) or another patch size.')
+
+
+class PatchEmbed(nn.Module):
+  """Cuts the image into non-overlapping patches and embeds each (a strided conv)."""
+  features: int
+  patch_size: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    check_patchable(images.shape[1], images.shape[2], self.patch_size)
+    p = self.patch_size
+    return nn.Conv(self.features, (p, p), strides=(p, p), padding='VALID',
+                   dtype=self.dtype, name='embedding')(images)
+
+
+def posemb_sincos_2d(height: int, width: int, features: int,
+                     temperature: float = 10_000.) -> np.ndarray:
+  """Fixed 2D sin-cos position embedding of shape [1, height*width, features] (MoCo v3 / big_vision)."""
+  if features % 4:
+    raise ValueError(f'sincos2d position embedding needs a width divisible by 4, got {features}.')
+  y, x = np.mgrid[:height, :width]
+  omega = 1. / temperature ** (np.arange(features // 4) / (features // 4 - 1 or 1))
+  y = np.einsum('m,d->md', y.flatten(), omega)
+  x = np.einsum('m,d->md', x.flatten(), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return pe[None].astype(np.float32)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU -> Dropout -> Dense -> Dropout; the channel mixer of ViT and Mixer."""
+  mlp_dim: int
+  out_dim: Optional[int] = None
+  dropout_rate: float = 0.0
+  approximate_gelu: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    out_dim = self.out_dim or x.shape[-1]
+    dense = lambda n, name: nn.Dense(n, dtype=self.dtype, name=name,
+                                     kernel_init=nn.initializers.xavier_uniform(),
+                                     bias_init=nn.initializers.normal(stddev=1e-6))
+    x = dense(self.mlp_dim, 'Dense_0')(x)
+    x = gelu(self.approximate_gelu)(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = dense(out_dim, 'Dense_1')(x)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with one fused QKV projection.
+
+  One [C, 3C] matrix product instead of three [C, C] ones, and the attention itself
+  through `jax.nn.dot_product_attention` (fused kernels where the backend has them).
+  """
+  num_heads: int
+  dropout_rate: float = 0.0        # on the attention weights
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    *batch, tokens, width = x.shape
+    if width % self.num_heads:
+      raise ValueError(f'Width {width} is not divisible by num_heads={self.num_heads}.')
+    head_dim = width // self.num_heads
+    qkv = nn.Dense(3 * width, dtype=self.dtype, name='qkv',
+                   kernel_init=nn.initializers.xavier_uniform())(x)
+    qkv = qkv.reshape(*batch, tokens, 3, self.num_heads, head_dim)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    if train and self.dropout_rate > 0:
+      logits = jnp.einsum('...qhd,...khd->...hqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+      weights = jax.nn.softmax(logits.astype(jnp.float32)).astype(q.dtype)
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
+      out = jnp.einsum('...hqk,...khd->...qhd', weights, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v)
+    out = out.reshape(*batch, tokens, width)
+    return nn.Dense(width, dtype=self.dtype, name='out',
+                    kernel_init=nn.initializers.xavier_uniform())(out)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops a whole residual branch per example during training."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class LayerScale(nn.Module):
+  """Per-channel learned scale of a residual branch (CaiT), initialised small."""
+  init_value: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param('scale', nn.initializers.constant(self.init_value), (x.shape[-1],))
+    return x * scale.astype(x.dtype)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: a learned probe token attends to all tokens (big_vision)."""
+  num_heads: int
+  mlp_dim: Optional[int] = None
+  approximate_gelu: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    batch, _, width = x.shape
+    probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, width))
+    probe = jnp.tile(probe, (batch, 1, 1)).astype(x.dtype)
+    x = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype,
+        kernel_init=nn.initializers.xavier_uniform())(probe, x)
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
+    x = x + MlpBlock(self.mlp_dim or 4 * width, approximate_gelu=self.approximate_gelu,
+                     dtype=self.dtype)(y)
+    return x[:, 0]
+
+
+class DepthwiseConv(nn.Module):
+  """Depthwise k x k 'SAME' convolution; parameters laid out as nn.Conv's ([k, k, 1, C], [C]).
+
+  On CPU, XLA's grouped convolution (and above all its gradient) is an order of magnitude
+  slower than the same sum written as k*k shifted multiply-adds, which XLA fuses; the two
+  compute identical numbers. `impl='auto'` takes the shifts on CPU and the convolution
+  (cuDNN / TPU kernels) elsewhere.
+  """
+  kernel_size: int
+  impl: str = 'auto'           # 'auto', 'shift', 'conv'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, width = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, 1, width))
+    bias = self.param('bias', nn.initializers.zeros, (width,))
+    x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
+    impl = self.impl if self.impl != 'auto' else ('shift' if jax.default_backend() == 'cpu' else 'conv')
+    if impl == 'conv':
+      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', feature_group_count=width,
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    elif impl == 'shift':
+      lo, hi = (k - 1) // 2, k // 2   # 'SAME' padding, as XLA places it for even k too
+      h, w = x.shape[1:3]
+      padded = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+      y = sum(padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
+    else:
+      raise ValueError(f"Unknown depthwise impl {self.impl!r}; expected 'auto', 'shift' or 'conv'.")
+    return y + bias

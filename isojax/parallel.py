@@ -1,0 +1,58 @@
+"""Placing data and state for pmap over this process's devices, and joining several hosts."""
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import Any, Iterable, Iterator, Optional
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None, cpu_collectives: Optional[str] = None) -> None:
+  """Joins a multi-host run (`jax.distributed.initialize`); arguments left None are auto-detected
+  on TPU pods and SLURM. `cpu_collectives='gloo'` lets CPU processes (e.g. on one machine) talk."""
+  if cpu_collectives:
+    jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+
+
+def local_shard_indices() -> list[int]:
+  """Global indices of this process's devices: which data shards it reads."""
+  first = jax.process_index() * jax.local_device_count()
+  return list(range(first, first + jax.local_device_count()))
+
+
+def _sharding() -> NamedSharding:
+  return NamedSharding(Mesh(np.array(jax.local_devices()), ('devices',)), PartitionSpec('devices'))
+
+
+def shard(tree: Any) -> Any:
+  """Host arrays [local_devices, ...] -> one slice on each local device (asynchronous)."""
+  return jax.device_put(tree, _sharding())
+
+
+def replicate(tree: Any) -> Any:
+  """A copy of `tree` on every local device, with a leading device axis."""
+  n = jax.local_device_count()
+  return shard(jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree))
+
+
+def unreplicate(tree: Any) -> Any:
+  """The first local device's copy, as host numpy arrays."""
+  return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0)[0], tree))
+
+
+def prefetch(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
+  """Keeps `size` batches in flight to the devices while the current step runs."""
+  queue = collections.deque()
+  batches = iter(batches)
+  for batch in itertools.islice(batches, size):
+    queue.append(shard(batch))
+  while queue:
+    yield queue.popleft()
+    for batch in itertools.islice(batches, 1):
+      queue.append(shard(batch))

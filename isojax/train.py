@@ -1,0 +1,194 @@
+"""The training loop: config + workdir in, checkpoints + metrics out.
+
+Read top to bottom: validate -> data -> model -> optimizer -> state (fresh or resumed)
+-> pmap steps with periodic eval/checkpoint -> final eval, checkpoint and summary.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from isojax import checkpoint as checkpoint_lib
+from isojax import data, models, optim, parallel, train_step
+from isojax import workdir as workdir_lib
+from isojax.metrics import MetricWriter, Progress, summary_line
+
+
+def model_overrides(config: ml_collections.ConfigDict) -> dict:
+  """`config.model` minus its name: the architecture/regularisation overrides."""
+  return {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None):
+  """The config's model; under pmap, BatchNorm models average statistics over `axis_name`."""
+  overrides = model_overrides(config)
+  if config.get('dtype'):
+    overrides['dtype'] = jnp.dtype(config.dtype)
+  if config.get('remat'):
+    overrides['remat'] = True
+  if 'axis_name' in models.lookup(config.model.name).options():
+    overrides['axis_name'] = axis_name
+  return models.create(config.model.name, num_classes, **overrides)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Errors a user can act on, raised before anything is compiled."""
+  devices = jax.device_count()
+  if config.batch_size % devices:
+    raise ValueError(f'batch_size={config.batch_size} is not divisible by the {devices} devices; '
+                     f'use a multiple of {devices} (e.g. {devices * max(1, config.batch_size // devices)}).')
+  per_device = config.batch_size // devices
+  if per_device % config.grad_accum_steps:
+    raise ValueError(f'The per-device batch {per_device} is not divisible by grad_accum_steps='
+                     f'{config.grad_accum_steps}.')
+  if config.eval_batch_size % devices:
+    raise ValueError(f'eval_batch_size={config.eval_batch_size} is not divisible by the {devices} devices.')
+  models.lookup(config.model.name)  # unknown names fail here, with suggestions
+
+
+def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  if config.get('num_steps'):
+    return config.num_steps
+  return math.ceil(config.num_epochs * num_train / config.batch_size)
+
+
+def evaluate(eval_fn, state, builder, config, process_shards) -> dict:
+  """Top-1, top-5 and loss over every example of the eval split, exactly once."""
+  batches = data.eval_batches(
+      builder, split=config.data.eval_split, pp=config.data.eval_pp, image_size=config.data.image_size,
+      per_device_batch=config.eval_batch_size // jax.device_count(), shards=process_shards,
+      num_shards=jax.device_count(), cache=config.data.cache)
+  totals = None
+  for batch in parallel.prefetch(batches):
+    sums = eval_fn(state, batch)
+    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+  totals = parallel.unreplicate(totals)
+  count = max(float(totals['count']), 1.0)
+  return {'accuracy': totals['correct'] / count, 'top5': totals['correct_top5'] / count,
+          'loss': totals['loss'] / count, 'num_examples': float(totals['count'])}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+  start_time = time.time()
+  if config.distributed.enabled:
+    parallel.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
+                                    config.distributed.process_id, config.distributed.cpu_collectives)
+  is_writer = jax.process_index() == 0
+  validate(config)
+  workdir_lib.prepare(workdir, config, write=is_writer)
+
+  builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
+  info = data.describe(builder, config.data.train_split, config.data.eval_split)
+  steps = total_steps(config, info.num_train)
+  image_shape = (config.data.image_size, config.data.image_size, info.channels)
+
+  model = create_model(config, info.num_classes, axis_name=train_step.AXIS)
+  tx, learning_rate = optim.create(config.optimizer, steps)
+  init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape,
+                           ema=config.ema_decay > 0)
+  rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
+  jax.eval_shape(init, rng_init)  # shape errors (e.g. patch size) surface here, before compiling
+
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir_lib.checkpoint_dir(workdir), keep=config.checkpoint.keep,
+      keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
+  state = jax.jit(init, backend='cpu')(rng_init)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(state)
+  state = jax.device_get(state)
+  start_step = int(state.step)
+
+  writer = MetricWriter(workdir, enabled=is_writer)
+  progress = Progress(steps, start_step, enabled=is_writer)
+  progress.message(f'{config.model.name} on {config.data.name}: {info.num_train} train / {info.num_eval} eval '
+                   f'examples, {info.num_classes} classes; {steps} steps of {config.batch_size} on '
+                   f'{jax.device_count()} device(s)' + (f'; resuming at step {start_step}' if start_step else ''))
+
+  step_fn = train_step.pmapped_train_step(
+      model=model, tx=tx, learning_rate=learning_rate, num_classes=info.num_classes,
+      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup.mixup_alpha,
+      cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay)
+  eval_fn = train_step.pmapped_eval_step(model=model, num_classes=info.num_classes,
+                                         use_ema=config.ema_decay > 0 and config.eval_with_ema)
+  shards = parallel.local_shard_indices()
+  batches = data.train_batches(
+      builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
+      per_device_batch=config.batch_size // jax.device_count(), shards=shards, num_shards=jax.device_count(),
+      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
+
+  best = _best_so_far(workdir)
+  eval_metrics: dict = {}
+  pending: list[tuple[int, Any]] = []        # (step, device metrics) not yet read back
+  replicated = parallel.replicate(state)
+  del state
+  log_time, log_step, paused = time.time(), start_step, 0.0
+
+  def flush_train_metrics(step):
+    """Reads back the pending step metrics: NaN check, averages, log line."""
+    nonlocal log_time, log_step, pending, paused
+    if not pending:
+      return
+    host = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, host):
+      if not np.isfinite(m['loss'][0]):
+        raise FloatingPointError(f'Loss became {m["loss"][0]} at step {s}; stopping. The last checkpoint '
+                                 f'(step {checkpointer.latest_step()}) has finite parameters.')
+    mean = {k: float(np.mean([m[k][0] for m in host])) for k in host[0]}
+    elapsed = time.time() - log_time - paused   # evaluation time is not training throughput
+    mean['images_per_sec'] = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
+    mean['steps_per_sec'] = (step - log_step) / max(elapsed, 1e-9)
+    writer.write(step, 'train', mean)
+    progress.update(step, mean['loss'], mean['lr'], mean['images_per_sec'])
+    pending, log_time, log_step, paused = [], time.time(), step, 0.0
+
+  for step in range(start_step + 1, steps + 1):
+    batch = next(batches)
+    replicated, metrics = step_fn(replicated, parallel.shard(batch), rng_train)
+    pending.append((step, metrics))
+    last = step == steps
+    if step % config.log_every == 0 or last:
+      flush_train_metrics(step)
+    if step % config.eval_every == 0 or last:
+      eval_start = time.time()
+      eval_metrics = evaluate(eval_fn, replicated, builder, config, shards)
+      writer.write(step, 'eval', eval_metrics)
+      progress.message(f'eval @ {step}: accuracy {100 * eval_metrics["accuracy"]:.2f}% '
+                       f'top5 {100 * eval_metrics["top5"]:.2f}% loss {eval_metrics["loss"]:.4f}')
+      if best is None or eval_metrics['accuracy'] > best[0]:
+        best = (eval_metrics['accuracy'], step)
+      paused += time.time() - eval_start
+    if step % config.checkpoint.every == 0 or last:
+      flush_train_metrics(step)   # never checkpoint past an unnoticed NaN
+      evaluated_now = step % config.eval_every == 0 or last
+      checkpointer.save(step, parallel.unreplicate(replicated),
+                        metrics={'accuracy': eval_metrics['accuracy']} if evaluated_now else None)
+
+  checkpointer.wait()
+  checkpointer.close()
+  if not eval_metrics:   # resumed a finished run: report its last evaluation
+    eval_metrics = evaluate(eval_fn, replicated, builder, config, shards)
+  wall = time.time() - start_time
+  summary = {'best_accuracy': best[0] if best else None, 'best_step': best[1] if best else None,
+             'final_accuracy': eval_metrics['accuracy'], 'final_loss': eval_metrics['loss'],
+             'final_top5': eval_metrics['top5'], 'steps': steps, 'wall_time_sec': wall}
+  writer.write(steps, 'summary', summary)
+  writer.close()
+  progress.message(summary_line(summary['best_accuracy'], summary['best_step'], eval_metrics, wall))
+  return summary
+
+
+def _best_so_far(workdir: str) -> Optional[tuple[float, int]]:
+  """The best eval accuracy recorded by earlier (interrupted) parts of this run."""
+  evals = [m for m in workdir_lib.iter_metrics(workdir) if m.get('split') == 'eval']
+  if not evals:
+    return None
+  top = max(evals, key=lambda m: m['accuracy'])
+  return top['accuracy'], top['step']

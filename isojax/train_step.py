@@ -1,0 +1,153 @@
+"""The pure training and evaluation steps: functions of (state, batch, rng), nothing hidden.
+
+Both are written per device and meant for `jax.pmap(..., axis_name=AXIS)`: gradients,
+metrics and BatchNorm statistics are averaged across devices with `lax.pmean`.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+AXIS = 'batch'
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; checkpoints hold exactly this."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any          # {} for models without BatchNorm
+  opt_state: Any
+  ema_params: Any           # None unless an EMA of the parameters is kept
+
+  def variables(self, use_ema: bool = False) -> dict:
+    params = self.ema_params if use_ema and self.ema_params is not None else self.params
+    return {'params': params, **({'batch_stats': self.batch_stats} if self.batch_stats else {})}
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+               image_shape: tuple[int, ...], ema: bool) -> TrainState:
+  """Fresh parameters, optimizer state and (optionally) EMA for a [1, *image_shape] input."""
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    ema_params=params if ema else None)
+
+
+def mix(images: jax.Array, targets: jax.Array, rng: jax.Array, mixup_alpha: float,
+        cutmix_alpha: float, switch_prob: float = 0.5) -> tuple[jax.Array, jax.Array]:
+  """Mixup / CutMix with the reversed batch (timm's batch mode); one of them per batch."""
+  if not mixup_alpha and not cutmix_alpha:
+    return images, targets
+  rng_mix, rng_cut, rng_switch, rng_box = jax.random.split(rng, 4)
+  batch, height, width = images.shape[:3]
+  flipped, flipped_targets = images[::-1], targets[::-1]
+  lam_mix = jax.random.beta(rng_mix, mixup_alpha, mixup_alpha) if mixup_alpha else 1.0
+  lam_cut = jax.random.beta(rng_cut, cutmix_alpha, cutmix_alpha) if cutmix_alpha else 1.0
+  # CutMix: a box of area (1 - lam); lam is then corrected to the box actually pasted.
+  ratio = jnp.sqrt(1.0 - lam_cut)
+  cut_h, cut_w = (height * ratio).astype(jnp.int32), (width * ratio).astype(jnp.int32)
+  cy, cx = jax.random.randint(rng_box, (2,), 0, jnp.array([height, width]))
+  top, bottom = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+  left, right = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  box = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
+  lam_cut = 1.0 - box.sum() / (height * width)
+  use_cut = jnp.asarray(bool(cutmix_alpha)) & (
+      jnp.logical_not(bool(mixup_alpha)) | (jax.random.uniform(rng_switch) < switch_prob))
+  cut_images = jnp.where(box[None, :, :, None], flipped, images)
+  mix_images = lam_mix * images + (1.0 - lam_mix) * flipped
+  lam = jnp.where(use_cut, lam_cut, lam_mix)
+  images = jnp.where(use_cut, cut_images, mix_images)
+  return images, lam * targets + (1.0 - lam) * flipped_targets
+
+
+def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
+  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, learning_rate: Callable[[Any], Any],
+               num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
+               cutmix_alpha: float = 0.0, accum_steps: int = 1, ema_decay: float = 0.0,
+               axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
+  """One optimizer step on this device's share of the global batch.
+
+  The step's randomness is `rng` folded with the step number and the device index, so
+  dropout differs per device and per step, and a resumed run draws the same keys.
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  rng_mix, rng_model = jax.random.split(rng)
+  images = batch['image']
+  targets = soft_targets(batch['label'], num_classes, label_smoothing)
+  images, targets = mix(images, targets, rng_mix, mixup_alpha, cutmix_alpha)
+
+  def loss_fn(params, batch_stats, images, targets, labels, rng):
+    variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
+    out = model.apply(variables, images, train=True, rngs={'dropout': rng},
+                      mutable=['batch_stats'] if batch_stats else False)
+    logits, updates = out if batch_stats else (out, {})
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    accuracy = (logits.argmax(-1) == labels).mean()
+    return loss, (updates.get('batch_stats', batch_stats), accuracy)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  split = lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+  micro = (split(images), split(targets), split(batch['label']))
+
+  def accumulate(carry, xs):
+    grads, batch_stats, loss, accuracy, index = carry
+    (l, (batch_stats, a)), g = grad_fn(state.params, batch_stats, *xs, jax.random.fold_in(rng_model, index))
+    grads = jax.tree_util.tree_map(jnp.add, grads, g)
+    return (grads, batch_stats, loss + l, accuracy + a, index + 1), None
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  (grads, batch_stats, loss, accuracy, _), _ = jax.lax.scan(
+      accumulate, (zeros, state.batch_stats, 0.0, 0.0, 0), micro)
+  grads, loss, accuracy = jax.tree_util.tree_map(lambda x: x / accum_steps, (grads, loss, accuracy))
+  if axis_name is not None:
+    grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_params is not None:
+    ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema_params)
+  metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
+             'param_norm': optax.global_norm(params), 'lr': learning_rate(state.step)}
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, *, model: nn.Module, num_classes: int,
+              use_ema: bool = False, axis_name: Optional[str] = AXIS) -> dict:
+  """Sums of correct predictions and loss over the real (mask=1) examples of the batch."""
+  logits = model.apply(state.variables(use_ema), batch['image'], train=False)
+  mask = batch['mask']
+  labels = batch['label']
+  loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, num_classes))
+  top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
+  sums = {'count': mask.sum(), 'loss': (loss * mask).sum(),
+          'correct': ((logits.argmax(-1) == labels) * mask).sum(),
+          'correct_top5': ((top5 == labels[:, None]).any(-1) * mask).sum()}
+  return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
+
+
+def pmapped_train_step(**static) -> Callable:
+  """`train_step` under pmap: state and batch split over local devices, state donated."""
+  return jax.pmap(functools.partial(train_step, **static), axis_name=AXIS, donate_argnums=(0,),
+                  in_axes=(0, 0, None))
+
+
+def pmapped_eval_step(**static) -> Callable:
+  return jax.pmap(functools.partial(eval_step, **static), axis_name=AXIS)

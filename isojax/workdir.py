@@ -1,0 +1,98 @@
+"""The workdir: the one contract shared by training, notebooks and sweeps.
+
+    DIR/config.json      the resolved config of the run
+    DIR/metrics.jsonl    one JSON object per line: {"step", "split": "train"|"eval"|"summary", ...}
+    DIR/checkpoints/     Orbax checkpoints (see checkpoint.py)
+    DIR/tensorboard/     TensorBoard event files
+
+Everything that reads or writes these paths goes through this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator
+
+import ml_collections
+
+CONFIG = 'config.json'
+METRICS = 'metrics.jsonl'
+CHECKPOINTS = 'checkpoints'
+TENSORBOARD = 'tensorboard'
+
+# Fields that fix the shapes in a checkpoint or the meaning of its steps: a run cannot
+# resume from a workdir whose config differs in any of them.
+ARCHITECTURE_FIELDS = ('model', 'data.name', 'data.image_size', 'optimizer.name',
+                       'optimizer.freeze', 'ema_decay', 'seed')
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG)
+
+
+def metrics_path(workdir: str) -> str:
+  return os.path.join(workdir, METRICS)
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+def tensorboard_dir(workdir: str) -> str:
+  return os.path.join(workdir, TENSORBOARD)
+
+
+def _get(config: dict, dotted: str) -> Any:
+  for key in dotted.split('.'):
+    if not isinstance(config, dict) or key not in config:
+      return None
+    config = config[key]
+  return config
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with."""
+  with open(config_path(workdir)) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """All metric records written so far (tolerates a half-written last line of a running job)."""
+  return list(iter_metrics(workdir))
+
+
+def iter_metrics(workdir: str) -> Iterator[dict]:
+  try:
+    with open(metrics_path(workdir)) as f:
+      for line in f:
+        try:
+          yield json.loads(line)
+        except json.JSONDecodeError:
+          continue
+  except FileNotFoundError:
+    return
+
+
+def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> None:
+  """Checks that `workdir` is writable and compatible with `config`, then records the config."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_test')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'Workdir {workdir!r} is not writable ({e.strerror}); '
+                     f'choose a --workdir you can write to.') from None
+  new = json.loads(config.to_json_best_effort())
+  if os.path.exists(config_path(workdir)):
+    with open(config_path(workdir)) as f:
+      old = json.load(f)
+    for field in ARCHITECTURE_FIELDS:
+      if _get(old, field) != _get(new, field):
+        raise ValueError(
+            f'Workdir {workdir!r} holds a run with {field}={_get(old, field)!r}, but this config has '
+            f'{field}={_get(new, field)!r}; its checkpoints cannot be resumed. Use a new --workdir.')
+  if write:
+    with open(config_path(workdir), 'w') as f:
+      json.dump(new, f, indent=2, sort_keys=True)

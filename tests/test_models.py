@@ -1,0 +1,268 @@
+"""The model zoo's contract: names, shapes, parameter counts, train/eval behaviour, dtypes, errors."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isojax import models
+
+# Published parameter counts at the default image size with a 1000-class head. They
+# equal timm's `timm.create_model(..., num_classes=1000)` for the same model and head
+# (checked with timm 1.x: see tests/reference/timm_param_counts.py) and the papers' tables.
+PUBLISHED_PARAMS = {
+    'ViT-Ti/16': 5_717_416, 'ViT-S/32': 22_878_952, 'ViT-S/16': 22_050_664,
+    'ViT-S/14': 22_004_584, 'ViT-S/8': 22_055_272, 'ViT-B/32': 88_224_232,
+    'ViT-B/16': 86_567_656, 'ViT-B/14': 86_475_496, 'ViT-B/8': 86_576_872,
+    'ViT-L/32': 306_535_400, 'ViT-L/16': 304_326_632, 'ViT-L/14': 304_203_752,
+    'ViT-H/14': 632_045_800,
+    'Mixer-S/32': 19_104_624, 'Mixer-S/16': 18_528_264, 'Mixer-B/32': 60_293_428,
+    'Mixer-B/16': 59_880_472, 'Mixer-L/32': 206_939_264, 'Mixer-L/16': 208_196_168,
+    'Mixer-H/14': 432_350_952,
+    'ConvMixer-1536/20': 51_625_960, 'ConvMixer-768/32': 21_110_248,
+    'ConvMixer-1024/20': 24_383_464, 'ConvMixer-256/8': 848_616,
+}
+
+
+def param_count(model, image_size, **init_kw):
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), **init_kw))
+  return sum(x.size for x in jax.tree_util.tree_leaves(shapes['params']))
+
+
+def test_every_published_name_is_registered():
+  assert sorted(models.names()) == sorted(PUBLISHED_PARAMS)
+
+
+@pytest.mark.parametrize('name', sorted(PUBLISHED_PARAMS))
+def test_parameter_count_equals_published_architecture(name):
+  model = models.create(name, num_classes=1000)
+  assert param_count(model, models.default_image_size(name)) == PUBLISHED_PARAMS[name]
+
+
+def test_vit_s16_with_ten_classes_matches_timm_count():
+  assert param_count(models.create('ViT-S/16', 10), 224) == 21_669_514
+
+
+def test_convmixer_256_8_on_cifar_has_paper_size():
+  # Paper, Table 2: ConvMixer-256/8 on CIFAR-10 has 0.59M parameters.
+  assert param_count(models.create('ConvMixer-256/8', 10), 32) == 594_186
+
+
+@pytest.mark.parametrize('classifier,posemb,rep,expected_delta', [
+    ('gap', 'learn', None, -384 - 384),            # no class token, one fewer position
+    ('token', 'sincos2d', None, -197 * 384),        # fixed position embedding has no params
+    ('token', 'learn', 384, 384 * 384 + 384),       # tanh pre-logits layer
+])
+def test_vit_head_options_change_parameters_as_published(classifier, posemb, rep, expected_delta):
+  base = param_count(models.create('ViT-S/16', 10), 224)
+  varied = models.create('ViT-S/16', 10, classifier=classifier, posemb=posemb,
+                         representation_size=rep)
+  assert param_count(varied, 224) - base == expected_delta
+
+
+def test_map_pooling_adds_an_attention_probe_and_mlp():
+  width, mlp = 384, 1536
+  base = param_count(models.create('ViT-S/16', 10, classifier='gap'), 224)
+  map_head = width + 4 * (width * width + width) + 2 * width + (width * mlp + mlp + mlp * width + width)
+  assert param_count(models.create('ViT-S/16', 10, classifier='map'), 224) - base == map_head
+
+
+@pytest.mark.parametrize('name', models.names())
+def test_every_model_maps_images_to_logits_at_its_published_size(name):
+  # Abstract evaluation: full-size shapes for all 24 models in seconds, no 600M-parameter init.
+  size = models.default_image_size(name)
+  model = models.create(name, num_classes=7)
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])
+def test_full_size_forward_is_finite(name):
+  size = models.default_image_size(name)
+  model = models.create(name, num_classes=10)
+  x = jax.random.normal(jax.random.PRNGKey(1), (1, size, size, 3))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert logits.shape == (1, 10) and np.isfinite(np.asarray(logits)).all()
+
+
+def tiny(name, **kw):
+  """A shrunken member of the family, for behaviour tests that should run in milliseconds."""
+  shrink = {'ViT': dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=4),
+            'Mixer': dict(hidden_size=32, depth=2, tokens_mlp_dim=16, channels_mlp_dim=64, patch_size=4),
+            'ConvMixer': dict(hidden_size=32, depth=2, kernel_size=3, patch_size=4)}
+  return models.create(name, num_classes=5, **{**shrink[name.split('-')[0]], **kw})
+
+
+def with_random_head(variables):
+  """Heads start at zero; random weights make the logits depend on the features."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: jax.random.normal(jax.random.PRNGKey(9), x.shape)
+      if 'head' in jax.tree_util.keystr(p) else x, variables)
+
+
+def init_apply(model, train, images=None, rng=1, **kw):
+  images = jnp.ones((4, 16, 16, 3)) if images is None else images
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  mutable = ['batch_stats'] if 'batch_stats' in variables else False
+  out = model.apply(variables, images, train=train, rngs={'dropout': jax.random.PRNGKey(rng)},
+                    mutable=mutable, **kw)
+  return variables, out
+
+
+@pytest.mark.parametrize('kw', [dict(dropout_rate=0.5), dict(drop_path_rate=0.5),
+                                dict(attention_dropout_rate=0.5)])
+def test_vit_regularisers_act_in_training_and_not_in_eval(kw):
+  model = tiny('ViT-S/16', **kw)
+  images = jax.random.normal(jax.random.PRNGKey(2), (4, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  # Heads are zero-initialised; give them weights so the logits depend on the features.
+  variables = with_random_head(variables)
+  run = lambda train, rng: model.apply(variables, images, train=train, rngs={'dropout': jax.random.PRNGKey(rng)})
+  np.testing.assert_array_equal(run(False, 1), run(False, 2))
+  assert not np.allclose(run(True, 1), run(True, 2))
+  assert not np.allclose(run(True, 1), run(False, 1))
+
+
+def test_mixer_stochastic_depth_is_random_in_training_only():
+  model = tiny('Mixer-S/16', drop_path_rate=0.5)
+  images = jax.random.normal(jax.random.PRNGKey(2), (8, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  variables = with_random_head(variables)
+  run = lambda train, rng: model.apply(variables, images, train=train, rngs={'dropout': jax.random.PRNGKey(rng)})
+  np.testing.assert_array_equal(run(False, 1), run(False, 2))
+  assert not np.allclose(run(True, 1), run(True, 2))
+
+
+def test_convmixer_batchnorm_uses_batch_statistics_in_training_and_updates_running_averages():
+  model = tiny('ConvMixer-256/8')
+  images = 3.0 + jax.random.normal(jax.random.PRNGKey(2), (4, 16, 16, 3))
+  variables, (logits, updates) = init_apply(model, train=True, images=images)
+  assert set(variables) == {'params', 'batch_stats'}
+  before = jax.tree_util.tree_leaves(variables['batch_stats'])
+  after = jax.tree_util.tree_leaves(updates['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  # Eval mode uses running averages and does not change them.
+  eval_logits = model.apply(variables, images, train=False)
+  assert eval_logits.shape == logits.shape
+
+
+def test_convmixer_batchnorm_statistics_are_averaged_across_pmap_devices():
+  n = jax.local_device_count()
+  assert n >= 2, 'conftest forces 8 CPU devices'
+  model = tiny('ConvMixer-256/8', axis_name='batch')
+  images = jax.random.normal(jax.random.PRNGKey(3), (n, 2, 16, 16, 3)) * jnp.arange(1, n + 1)[:, None, None, None, None]
+  variables = model.init(jax.random.PRNGKey(0), images[0], train=False)
+  step = jax.pmap(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[1],
+                  axis_name='batch', in_axes=(None, 0))
+  stats = step(variables, images)['batch_stats']
+  # Every device holds the same, cross-device averaged, running statistics.
+  for leaf in jax.tree_util.tree_leaves(stats):
+    np.testing.assert_allclose(leaf, np.broadcast_to(leaf[0], leaf.shape), rtol=1e-5, atol=1e-6)
+  # ...which equal the statistics of the whole global batch on one device.
+  single = models.create('ConvMixer-256/8', 5, hidden_size=32, depth=2, kernel_size=3, patch_size=4)
+  _, updates = single.apply(variables, images.reshape(-1, 16, 16, 3), train=True, mutable=['batch_stats'])
+  for a, b in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(updates['batch_stats'])):
+    np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])
+def test_jit_grad_is_finite_and_nonzero(name):
+  model = tiny(name, drop_path_rate=0.1)
+  images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+  labels = jnp.arange(4) % 5
+  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+  params, state = variables['params'], {k: v for k, v in variables.items() if k != 'params'}
+
+  @jax.jit
+  def loss_grad(params):
+    def loss(params):
+      out = model.apply({'params': params, **state}, images, train=True,
+                        rngs={'dropout': jax.random.PRNGKey(1)}, mutable=list(state))
+      logits = out[0]
+      return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+    return jax.value_and_grad(loss)(params)
+
+  value, grads = loss_grad(params)
+  leaves = jax.tree_util.tree_leaves(grads)
+  assert np.isfinite(value) and all(np.isfinite(g).all() for g in leaves)
+  assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+
+
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])
+def test_bfloat16_computes_in_bf16_with_float32_parameters(name):
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  f32, bf16 = tiny(name), tiny(name, dtype=jnp.bfloat16)
+  variables = f32.init(jax.random.PRNGKey(0), images, train=False)
+  variables = with_random_head(variables)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(
+      bf16.init(jax.random.PRNGKey(0), images, train=False)))
+  hlo = jax.jit(lambda v, x: bf16.apply(v, x, train=False)).lower(variables, images).as_text()
+  assert 'bf16' in hlo
+  out_bf16 = bf16.apply(variables, images, train=False)
+  out_f32 = f32.apply(variables, images, train=False)
+  assert out_bf16.dtype == jnp.float32
+  np.testing.assert_allclose(out_bf16, out_f32, rtol=0.05, atol=0.05)
+
+
+def test_layer_scale_adds_two_vectors_per_block():
+  base = param_count(tiny('ViT-S/16'), 16)
+  assert param_count(tiny('ViT-S/16', layer_scale_init=1e-5), 16) - base == 2 * 2 * 32
+
+
+def test_remat_gives_identical_outputs_and_gradients():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  plain, remat = tiny('ViT-S/16'), tiny('ViT-S/16', remat=True)
+  variables = plain.init(jax.random.PRNGKey(0), images, train=False)
+  loss = lambda m: lambda p: m.apply({'params': p}, images, train=False).sum() + sum(
+      jnp.sum(x) for x in jax.tree_util.tree_leaves(p)) * 0
+  g1 = jax.grad(loss(plain))(variables['params'])
+  g2 = jax.grad(loss(remat))(variables['params'])
+  for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_names_are_matched_loosely():
+  assert models.lookup('vit_s16').name == 'ViT-S/16'
+  assert models.lookup('convmixer-1536-20').name == 'ConvMixer-1536/20'
+
+
+def test_unknown_name_error_lists_close_names():
+  with pytest.raises(ValueError, match=r"Unknown model 'ViT-S/15'.*ViT-S/16"):
+    models.create('ViT-S/15', 10)
+
+
+def test_unknown_override_error_lists_allowed_fields():
+  with pytest.raises(ValueError, match=r"Unknown override.*'kernel_size'.*allowed.*hidden_size"):
+    models.create('ViT-S/16', 10, kernel_size=3)
+
+
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])
+def test_image_size_not_divisible_by_patch_size_is_a_clear_error(name):
+  model = models.create(name, 10)
+  with pytest.raises(ValueError, match=r'Image size 33x33 is not divisible by patch_size=\d+'):
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 33, 33, 3)), train=False))
+
+
+def test_sincos_posemb_is_fixed_and_distinct_per_position():
+  model = tiny('ViT-S/16', posemb='sincos2d', classifier='gap')
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)
+  assert 'pos_embedding' not in str(jax.tree_util.tree_structure(variables))
+  from isojax.models.layers import posemb_sincos_2d
+  pe = posemb_sincos_2d(4, 4, 32)[0]
+  assert pe.shape == (16, 32) and len({tuple(np.round(r, 5)) for r in pe}) == 16
+
+
+@pytest.mark.parametrize('kernel_size', [3, 4, 5])
+def test_depthwise_conv_formulations_compute_the_same_numbers(kernel_size):
+  from isojax.models.layers import DepthwiseConv
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 8))
+  shift, conv = DepthwiseConv(kernel_size, 'shift'), DepthwiseConv(kernel_size, 'conv')
+  variables = shift.init(jax.random.PRNGKey(1), x)
+  variables = jax.tree_util.tree_map(lambda p: p + 0.1, variables)   # a non-zero bias too
+  np.testing.assert_allclose(shift.apply(variables, x), conv.apply(variables, x), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda v, m=m: (m.apply(v, x) ** 2).sum())(variables) for m in (shift, conv)]
+  for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
