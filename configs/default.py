@@ -7,13 +7,13 @@ dataset `isojax_digits` on first use, then read through the same pipeline as CIF
 Expected: >= 97% test accuracy on the 360 held-out digits (99% typical) in under
 3 minutes on a 2-core CPU, compile included.
 """
-from isojax.config_base import base
+from isojax.config_base import base, model_config
 
 
 def get_config(arg=None):
   c = base()
   # ConvMixer-256/8's recipe, shrunk to an 8x8 image: 2x2 patches -> a 4x4 grid of tokens.
-  c.model = dict(name='ConvMixer-256/8', hidden_size=128, depth=6, kernel_size=3, patch_size=2,
+  c.model = model_config('ConvMixer-256/8', hidden_size=128, depth=6, kernel_size=3, patch_size=2,
                  drop_path_rate=0.0)
   c.data.name = 'isojax_digits'
   c.data.image_size = 8

@@ -29,6 +29,8 @@ class Checkpointer:
                                     keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keepers),
+        # best_fn also makes Orbax persist each step's metrics, so a resumed run still knows its best.
+        best_fn=lambda m: m[BEST_METRIC], best_mode='max',
         enable_async_checkpointing=async_save and not read_only, read_only=read_only, create=False,
         # Every process reads for itself; only process 0 ever writes.
         multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=process,
@@ -43,7 +45,10 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def best_step(self) -> Optional[int]:
-    return self._manager.best_step()
+    """The kept step with the highest eval accuracy, or None if none was saved with metrics."""
+    scored = [(m[BEST_METRIC], step) for step in self.all_steps()
+              if (m := self._manager.metrics(step)) and BEST_METRIC in m]
+    return max(scored)[1] if scored else None
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())

@@ -4,8 +4,36 @@ Fields left as placeholders (None with a type) can still be set from the command
 """
 from __future__ import annotations
 
+import inspect
+import typing
+
 import ml_collections
 from ml_collections import config_dict
+
+# Set by the run, not the model section: config.dtype, config.remat, and pmap's axis name.
+_RUN_LEVEL_OPTIONS = ('dtype', 'remat', 'axis_name')
+
+
+def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """`config.model` for a registered model with every architecture field spelled out.
+
+  Each field can then be overridden from the command line (`--config.model.depth=6`).
+  """
+  from isojax import models  # configs know models; models know nothing of configs
+  entry = models.lookup(name)
+  unknown = sorted(set(overrides) - set(entry.options()))
+  if unknown:
+    raise ValueError(f'Unknown model field(s) {unknown} for {entry.name}; allowed: {entry.options()}.')
+  hints = typing.get_type_hints(entry.factory)
+  fields = {'name': entry.name}
+  for option, parameter in inspect.signature(entry.factory).parameters.items():
+    if option == 'num_classes' or option in _RUN_LEVEL_OPTIONS:
+      continue
+    value = overrides.get(option, entry.architecture.get(option, parameter.default))
+    if value is None:   # an optional field: typed, so the command line can still set it
+      value = config_dict.placeholder(next(t for t in typing.get_args(hints[option]) if t is not type(None)))
+    fields[option] = value
+  return ml_collections.ConfigDict(fields)
 
 
 def base() -> ml_collections.ConfigDict:
@@ -25,7 +53,7 @@ def base() -> ml_collections.ConfigDict:
   c.remat = False                    # recompute block activations in the backward pass
   c.init_from = config_dict.placeholder(str)   # pretrained weights to start from
 
-  c.model = ml_collections.ConfigDict({'name': 'ViT-S/16'})
+  c.model = model_config('ViT-S/16')
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'isojax_digits'      # any TFDS name, 'isojax_digits' (offline) or 'image_folder'
@@ -70,3 +98,36 @@ def base() -> ml_collections.ConfigDict:
   c.distributed.process_id = config_dict.placeholder(int)
   c.distributed.cpu_collectives = config_dict.placeholder(str)   # 'gloo' for CPU processes
   return c
+
+
+def load(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:ARG]` and applies dotted overrides {'optimizer.lr': 1e-3}.
+
+  Overrides follow the command line's rules: the field must exist and keep its type.
+  """
+  import importlib.util
+  import os
+  path, _, arg = spec.partition(':')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'No config file {path!r}.')
+  module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for dotted, value in (overrides or {}).items():
+    override(config, dotted, value)
+  return config
+
+
+def override(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  """Sets one dotted field, refusing unknown fields with the names that do exist."""
+  *parents, leaf = dotted.split('.')
+  node = config
+  for i, key in enumerate(parents):
+    if key not in node:
+      raise KeyError(f"Config has no field {'.'.join(parents[:i + 1])!r} (in {dotted!r}); "
+                     f'fields there: {sorted(node.keys())}.')
+    node = node[key]
+  if leaf not in node:
+    raise KeyError(f'Config has no field {dotted!r}; fields there: {sorted(node.keys())}.')
+  node[leaf] = value

@@ -41,9 +41,23 @@ def replicate(tree: Any) -> Any:
   return shard(jax.tree_util.tree_map(lambda x: np.broadcast_to(np.asarray(x), (n, *np.shape(x))), tree))
 
 
+def first_local(tree: Any) -> Any:
+  """The first local device's slice of pmap outputs (still on device; no host transfer).
+
+  Across processes pmap outputs are global arrays that no process can read whole."""
+  return jax.tree_util.tree_map(lambda x: x.addressable_data(0)[0], tree)
+
+
 def unreplicate(tree: Any) -> Any:
   """The first local device's copy, as host numpy arrays."""
-  return jax.device_get(jax.tree_util.tree_map(lambda x: x.addressable_data(0)[0], tree))
+  return jax.device_get(first_local(tree))
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches `name` (no-op for a single process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def prefetch(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:

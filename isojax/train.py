@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,7 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   return math.ceil(config.num_epochs * num_train / config.batch_size)
 
 
-def evaluate(eval_fn, state, builder, config, process_shards) -> dict:
+def evaluate(eval_fn, state, builder, config, process_shards, num_classes: int) -> dict:
   """Top-1, top-5 and loss over every example of the eval split, exactly once."""
   batches = data.eval_batches(
       builder, split=config.data.eval_split, pp=config.data.eval_pp, image_size=config.data.image_size,
@@ -71,12 +71,20 @@ def evaluate(eval_fn, state, builder, config, process_shards) -> dict:
     totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
   totals = parallel.unreplicate(totals)
   count = max(float(totals['count']), 1.0)
-  return {'accuracy': totals['correct'] / count, 'top5': totals['correct_top5'] / count,
-          'loss': totals['loss'] / count, 'num_examples': float(totals['count'])}
+  metrics = {'accuracy': totals['correct'] / count, 'loss': totals['loss'] / count,
+             'num_examples': float(totals['count'])}
+  if num_classes > 5:   # with 5 classes or fewer, top-5 is always 100%
+    metrics['top5'] = totals['correct_top5'] / count
+  return metrics
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the summary."""
+class TrainResult(NamedTuple):
+  summary: dict                   # as written to metrics.jsonl (split='summary')
+  state: train_step.TrainState    # the final state, on the host
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint."""
   start_time = time.time()
   if config.distributed.enabled:
     parallel.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
@@ -85,7 +93,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config)
   workdir_lib.prepare(workdir, config, write=is_writer)
 
-  builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
+  # Process 0 prepares (or downloads) the data first, so processes sharing a disk do not race.
+  if is_writer:
+    builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
+  parallel.barrier('dataset prepared')
+  if not is_writer:
+    builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
   info = data.describe(builder, config.data.train_split, config.data.eval_split)
   steps = total_steps(config, info.num_train)
   image_shape = (config.data.image_size, config.data.image_size, info.channels)
@@ -138,10 +151,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return
     host = jax.device_get([m for _, m in pending])
     for (s, _), m in zip(pending, host):
-      if not np.isfinite(m['loss'][0]):
-        raise FloatingPointError(f'Loss became {m["loss"][0]} at step {s}; stopping. The last checkpoint '
+      if not np.isfinite(m['loss']):
+        raise FloatingPointError(f'Loss became {m["loss"]} at step {s}; stopping. The last checkpoint '
                                  f'(step {checkpointer.latest_step()}) has finite parameters.')
-    mean = {k: float(np.mean([m[k][0] for m in host])) for k in host[0]}
+    mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
     elapsed = time.time() - log_time - paused   # evaluation time is not training throughput
     mean['images_per_sec'] = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
     mean['steps_per_sec'] = (step - log_step) / max(elapsed, 1e-9)
@@ -152,16 +165,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for step in range(start_step + 1, steps + 1):
     batch = next(batches)
     replicated, metrics = step_fn(replicated, parallel.shard(batch), rng_train)
-    pending.append((step, metrics))
+    pending.append((step, parallel.first_local(metrics)))
     last = step == steps
     if step % config.log_every == 0 or last:
       flush_train_metrics(step)
     if step % config.eval_every == 0 or last:
       eval_start = time.time()
-      eval_metrics = evaluate(eval_fn, replicated, builder, config, shards)
+      eval_metrics = evaluate(eval_fn, replicated, builder, config, shards, info.num_classes)
       writer.write(step, 'eval', eval_metrics)
-      progress.message(f'eval @ {step}: accuracy {100 * eval_metrics["accuracy"]:.2f}% '
-                       f'top5 {100 * eval_metrics["top5"]:.2f}% loss {eval_metrics["loss"]:.4f}')
+      top5 = f'top5 {100 * eval_metrics["top5"]:.2f}% ' if 'top5' in eval_metrics else ''
+      progress.message(f'eval @ {step}: accuracy {100 * eval_metrics["accuracy"]:.2f}% {top5}'
+                       f'loss {eval_metrics["loss"]:.4f}')
       if best is None or eval_metrics['accuracy'] > best[0]:
         best = (eval_metrics['accuracy'], step)
       paused += time.time() - eval_start
@@ -174,15 +188,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   checkpointer.wait()
   checkpointer.close()
   if not eval_metrics:   # resumed a finished run: report its last evaluation
-    eval_metrics = evaluate(eval_fn, replicated, builder, config, shards)
+    eval_metrics = evaluate(eval_fn, replicated, builder, config, shards, info.num_classes)
   wall = time.time() - start_time
   summary = {'best_accuracy': best[0] if best else None, 'best_step': best[1] if best else None,
              'final_accuracy': eval_metrics['accuracy'], 'final_loss': eval_metrics['loss'],
-             'final_top5': eval_metrics['top5'], 'steps': steps, 'wall_time_sec': wall}
+             'final_top5': eval_metrics.get('top5'), 'steps': steps, 'wall_time_sec': wall}
   writer.write(steps, 'summary', summary)
   writer.close()
   progress.message(summary_line(summary['best_accuracy'], summary['best_step'], eval_metrics, wall))
-  return summary
+  return TrainResult(summary, parallel.unreplicate(replicated))
 
 
 def _best_so_far(workdir: str) -> Optional[tuple[float, int]]:

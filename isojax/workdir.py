@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Iterator
 
 import ml_collections
@@ -77,10 +78,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True)
   """Checks that `workdir` is writable and compatible with `config`, then records the config."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_test')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):   # unique per process
+      pass
   except OSError as e:
     raise ValueError(f'Workdir {workdir!r} is not writable ({e.strerror}); '
                      f'choose a --workdir you can write to.') from None

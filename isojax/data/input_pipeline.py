@@ -61,12 +61,22 @@ def _num_examples(builder, split: str) -> int:
     return int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
 
 
-def _shard_splits(builder, split: str, num_shards: int) -> list:
-  if isinstance(builder, tfds.ImageFolder):
-    if num_shards == 1:
-      return [split]
-    return [f'{split}[{k * 100 // num_shards}%:{(k + 1) * 100 // num_shards}%]' for k in range(num_shards)]
-  return tfds.even_splits(split, n=num_shards)
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+  """Shard `index` of `count` of a split: a TFDS sub-split, or every count-th example of a folder."""
+  split: str
+  index: int
+  count: int
+
+
+def _shards(builder, split: str, num_shards: int) -> list[_Shard]:
+  return [_Shard(split, k, num_shards) for k in range(num_shards)]
+
+
+def _shard_size(builder, shard: _Shard) -> int:
+  if isinstance(builder, tfds.ImageFolder):   # no sub-split API: Dataset.shard semantics
+    return len(range(shard.index, _num_examples(builder, shard.split), shard.count))
+  return _num_examples(builder, tfds.even_splits(shard.split, n=shard.count)[shard.index])
 
 
 def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
@@ -77,8 +87,12 @@ def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
                      num_eval=_num_examples(builder, eval_split))
 
 
-def _examples(builder, split, cache: bool) -> tf.data.Dataset:
-  ds = builder.as_dataset(split=split, shuffle_files=False)
+def _examples(builder, shard: _Shard, cache: bool) -> tf.data.Dataset:
+  if isinstance(builder, tfds.ImageFolder):
+    ds = builder.as_dataset(split=shard.split, shuffle_files=False).shard(shard.count, shard.index)
+  else:
+    ds = builder.as_dataset(split=tfds.even_splits(shard.split, n=shard.count)[shard.index],
+                            shuffle_files=False)
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']}, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.cache() if cache else ds
 
@@ -100,11 +114,11 @@ def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_b
   """Endless training batches for this process's `shards`, starting at step `start_step`."""
   channels = builder.info.features['image'].shape[-1]
   process = preprocess.build(pp, image_size, channels)
-  shard_splits = _shard_splits(builder, split, num_shards)
+  all_shards = _shards(builder, split, num_shards)
   per_device = []
   for shard in shards:
-    examples = _examples(builder, shard_splits[shard], cache)
-    n = _num_examples(builder, shard_splits[shard])
+    examples = _examples(builder, all_shards[shard], cache)
+    n = _shard_size(builder, all_shards[shard])
     if n < per_device_batch:
       raise ValueError(f'Shard {shard} of {split!r} has {n} examples, fewer than the per-device '
                        f'batch {per_device_batch}; use a smaller batch or fewer devices.')
@@ -129,7 +143,7 @@ def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_b
 
 def eval_steps(builder, split: str, per_device_batch: int, num_shards: int) -> int:
   """How many eval batches every device runs so that the largest shard is covered."""
-  sizes = [_num_examples(builder, s) for s in _shard_splits(builder, split, num_shards)]
+  sizes = [_shard_size(builder, s) for s in _shards(builder, split, num_shards)]
   return max(1, math.ceil(max(sizes) / per_device_batch))
 
 
@@ -139,12 +153,12 @@ def eval_batches(builder, *, split: str, pp: str, image_size: int, per_device_ba
   channels = builder.info.features['image'].shape[-1]
   process = preprocess.build(pp, image_size, channels)
   steps = eval_steps(builder, split, per_device_batch, num_shards)
-  shard_splits = _shard_splits(builder, split, num_shards)
+  all_shards = _shards(builder, split, num_shards)
   padding = {'image': tf.zeros((image_size, image_size, channels)), 'label': tf.constant(0, tf.int32),
              'mask': tf.constant(0.0)}
   per_device = []
   for shard in shards:
-    ds = _examples(builder, shard_splits[shard], cache).map(
+    ds = _examples(builder, all_shards[shard], cache).map(
         lambda ex: {'image': process(ex['image'], tf.constant([0, 0], tf.int64)),
                     'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(1.0)},
         num_parallel_calls=tf.data.AUTOTUNE)

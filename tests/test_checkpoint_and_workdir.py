@@ -1,0 +1,79 @@
+"""Checkpoints keep the last K and the best, never hold NaNs; the workdir guards its run."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from isojax import checkpoint, workdir
+from isojax.config_base import base
+
+
+def state(value):
+  return {'step': np.array(value, np.int32), 'params': {'w': np.full((2, 3), float(value), np.float32)}}
+
+
+def test_keeps_the_last_k_and_the_best_by_eval_accuracy(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), keep=2, async_save=True)
+  accuracies = {10: 0.5, 20: 0.9, 30: 0.6, 40: 0.7, 50: 0.65}
+  for step, accuracy in accuracies.items():
+    ckpt.save(step, state(step), metrics={'accuracy': accuracy})
+  ckpt.wait()
+  assert ckpt.all_steps() == [20, 40, 50] and ckpt.best_step() == 20 and ckpt.latest_step() == 50
+  restored = ckpt.restore(state(0), step=20)
+  np.testing.assert_array_equal(restored['params']['w'], state(20)['params']['w'])
+  ckpt.close()
+
+
+def test_refuses_to_write_non_finite_parameters(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'))
+  bad = state(1)
+  bad['params']['w'][0, 0] = np.nan
+  with pytest.raises(FloatingPointError, match=r"step 7: non-finite values in \[\"\['params'\]\['w'\]\"\]"):
+    ckpt.save(7, bad)
+  ckpt.wait()
+  assert ckpt.all_steps() == []
+
+
+def test_restoring_an_empty_directory_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match='No checkpoint in'):
+    checkpoint.Checkpointer(str(tmp_path / 'none')).restore(state(0))
+
+
+def test_workdir_records_the_config_and_refuses_an_incompatible_run(tmp_path):
+  config = base()
+  workdir.prepare(str(tmp_path), config)
+  assert json.load(open(tmp_path / 'config.json'))['model']['name'] == 'ViT-S/16'
+  config.num_epochs = 20   # training longer is compatible
+  workdir.prepare(str(tmp_path), config)
+  config.model.name = 'Mixer-S/16'
+  with pytest.raises(ValueError, match=r"holds a run with model=.*ViT-S/16.*Use a new --workdir"):
+    workdir.prepare(str(tmp_path), config)
+
+
+def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  with pytest.raises(ValueError, match=r'is not writable.*choose a --workdir'):
+    workdir.prepare(str(blocker / 'run'), base())
+
+
+def test_metrics_reader_skips_a_half_written_last_line(tmp_path):
+  with open(workdir.metrics_path(str(tmp_path)), 'w') as f:
+    f.write('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "spl')
+  assert workdir.read_metrics(str(tmp_path)) == [{'step': 1, 'split': 'train', 'loss': 2.0}]
+
+
+def test_the_best_checkpoint_survives_a_restart(tmp_path):
+  directory = str(tmp_path / 'ckpt')
+  first = checkpoint.Checkpointer(directory, keep=1)
+  first.save(10, state(10), metrics={'accuracy': 0.9})
+  first.save(20, state(20), metrics={'accuracy': 0.1})
+  first.wait()
+  first.close()
+  second = checkpoint.Checkpointer(directory, keep=1)   # as after a crash
+  second.save(30, state(30), metrics={'accuracy': 0.2})
+  second.save(40, state(40))                             # a save between evaluations
+  second.wait()
+  assert second.all_steps() == [10, 40] and second.best_step() == 10
+  second.close()

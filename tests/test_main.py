@@ -1,0 +1,182 @@
+"""The main job end to end: real runs in subprocesses (marked slow) and errors raised before compiling."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from isojax import config_base, train, workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT = os.path.join(ROOT, 'configs', 'default.py')
+# A fast variant of the default run for behaviour tests: same pipeline, smaller model.
+QUICK = ['--config.model.depth=2', '--config.model.hidden_size=64', '--config.num_steps=120',
+         '--config.eval_every=40', '--config.checkpoint.every=40', '--config.log_every=20']
+
+
+def env(devices, tfds_dir):
+  return {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+          'TFDS_DATA_DIR': str(tfds_dir), 'PYTHONUNBUFFERED': '1', 'JAX_PLATFORMS': 'cpu',
+          'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))}
+
+
+def main_command(workdir, *flags, config=DEFAULT):
+  return [sys.executable, '-m', 'isojax.main', f'--config={config}', f'--workdir={workdir}', *flags]
+
+
+def records(workdir, split):
+  return [m for m in workdir_lib.read_metrics(str(workdir)) if m['split'] == split]
+
+
+@pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.mark.slow
+def test_default_config_reaches_97_percent_on_held_out_digits_within_three_minutes(tmp_path, tfds_dir):
+  start = time.time()
+  out = subprocess.run(main_command(tmp_path / 'run'), env=env(1, tfds_dir), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  wall = time.time() - start
+  assert out.returncode == 0, out.stderr[-3000:]
+  (summary,) = records(tmp_path / 'run', 'summary')
+  assert summary['final_accuracy'] >= 0.97, summary
+  assert 'done: best eval accuracy' in out.stderr and 'img/s' in out.stderr
+  assert wall < 180 * 2, f'{wall:.0f}s (the 3-minute promise is for a quiet 2-core machine)'
+  run = tmp_path / 'run'
+  assert json.load(open(run / 'config.json'))['model']['name'] == 'ConvMixer-256/8'
+  assert os.listdir(run / 'tensorboard') and os.listdir(run / 'checkpoints')
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, tfds_dir):
+  unbroken = tmp_path / 'unbroken'
+  subprocess.run(main_command(unbroken, *QUICK), env=env(1, tfds_dir), cwd=ROOT, check=True,
+                 capture_output=True, timeout=600)
+
+  killed = tmp_path / 'killed'
+  proc = subprocess.Popen(main_command(killed, *QUICK), env=env(1, tfds_dir), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first_checkpoint = killed / 'checkpoints' / '40' / '_CHECKPOINT_METADATA'
+  deadline = time.time() + 300
+  while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not records(killed, 'summary'), 'the run finished before it could be killed'
+  resumed = subprocess.run(main_command(killed, *QUICK), env=env(1, tfds_dir), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resuming at step' in resumed.stderr
+
+  (a,), (b,) = records(unbroken, 'summary'), records(killed, 'summary')
+  assert b['final_accuracy'] == a['final_accuracy']
+  assert b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6)
+
+
+WORKER = '''
+import sys, numpy as np, jax
+from isojax import config_base, train
+config = config_base.load(sys.argv[1], {{'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1,
+    'batch_size': 32, 'eval_batch_size': 360, 'model.depth': 2, 'model.hidden_size': 32{extra}}})
+result = train.train_and_evaluate(config, sys.argv[2])
+leaves = jax.tree_util.tree_leaves(result.state.params)
+np.savez(sys.argv[3], *leaves)
+'''
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, tfds_dir):
+  port = free_port()
+  script = tmp_path / 'worker.py'
+  distributed = (", 'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:{port}', "
+                 "'distributed.num_processes': 2, 'distributed.process_id': int(sys.argv[4]), "
+                 "'distributed.cpu_collectives': 'gloo'").format(port=port)
+  script.write_text(WORKER.format(extra=distributed))
+  single = tmp_path / 'single.py'
+  single.write_text(WORKER.format(extra=''))
+  workers = [subprocess.Popen([sys.executable, str(script), DEFAULT, str(tmp_path / 'multi'),
+                               str(tmp_path / f'params{i}.npz'), str(i)], env=env(2, tfds_dir), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [w.communicate(timeout=600) for w in workers]
+  for w, (_, err) in zip(workers, outputs):
+    assert w.returncode == 0, err[-3000:]
+  subprocess.run([sys.executable, str(single), DEFAULT, str(tmp_path / 'one'), str(tmp_path / 'one.npz')],
+                 env=env(4, tfds_dir), cwd=ROOT, check=True, capture_output=True, timeout=600)
+
+  p0, p1, one = (np.load(tmp_path / f) for f in ('params0.npz', 'params1.npz', 'one.npz'))
+  for key in p0.files:
+    np.testing.assert_array_equal(p0[key], p1[key])                    # the processes agree exactly
+    np.testing.assert_allclose(p0[key], one[key], rtol=1e-5, atol=1e-6)  # and equal one 4-device process
+  # Only process 0 writes: one record per logged step, and process 1 printed no progress.
+  steps = [m['step'] for m in records(tmp_path / 'multi', 'train')]
+  assert steps == sorted(set(steps)) == list(range(1, 7))
+  assert 'step 6/6' in outputs[0][1] and 'step 6/6' not in outputs[1][1]
+
+
+@pytest.mark.slow
+def test_bad_command_line_overrides_fail_at_once_naming_the_field(tmp_path, tfds_dir):
+  for flag, field in [('--config.optimizer.lrr=0.1', 'lrr'), ('--config.batch_size=big', 'batch_size')]:
+    out = subprocess.run(main_command(tmp_path / 'run', flag), env=env(1, tfds_dir), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and field in out.stderr
+    assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def quick_config(tfds_dir, **overrides):
+  base = {'num_steps': 4, 'eval_every': 2, 'checkpoint.every': 2, 'log_every': 1, 'batch_size': 16,
+          'eval_batch_size': 368, 'model.depth': 1, 'model.hidden_size': 16, 'data.data_dir': str(tfds_dir)}
+  return config_base.load(DEFAULT, {**base, **overrides})
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'batch_size': 12}, r'batch_size=12 is not divisible by the 8 devices'),
+    ({'model.name': 'ConvMixr-256/8'}, r"Unknown model 'ConvMixr-256/8'.*ConvMixer-256/8"),
+    ({'data.name': 'mnistt'}, r"Unknown dataset 'mnistt'"),
+    ({'model.patch_size': 3}, r'Image size 8x8 is not divisible by patch_size=3'),
+])
+def test_bad_configs_fail_before_compiling_with_an_actionable_message(tmp_path, tfds_dir, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(quick_config(tfds_dir, **overrides), str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
+
+
+def test_a_diverging_run_stops_at_the_nan_step_without_writing_nan_checkpoints(tmp_path, tfds_dir):
+  config = quick_config(tfds_dir, **{'optimizer.lr': 1e12, 'optimizer.clip_norm': 0.0,
+                                     'optimizer.warmup_steps': 0, 'optimizer.schedule': 'constant',
+                                     'num_steps': 8, 'checkpoint.every': 1})
+  with pytest.raises(FloatingPointError, match=r'Loss became (nan|inf) at step \d+; stopping'):
+    train.train_and_evaluate(config, str(tmp_path))
+  from isojax import checkpoint
+  ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(str(tmp_path)), read_only=True)
+  for step in ckpt.all_steps():
+    state = ckpt._manager.restore(step)   # pylint: disable=protected-access
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state) if np.asarray(x).dtype.kind == 'f')
+
+
+def test_cifar10_convmixer_config_runs_the_whole_pipeline_on_mock_data(tmp_path):
+  config = config_base.load(os.path.join(ROOT, 'configs', 'cifar10_convmixer.py'), {
+      'num_steps': 2, 'batch_size': 16, 'eval_batch_size': 16, 'eval_every': 2, 'checkpoint.every': 2,
+      'log_every': 1, 'model.hidden_size': 16, 'model.depth': 1, 'optimizer.warmup_steps': 1,
+      'data.data_dir': str(tmp_path / 'tfds')})
+  config.mixup.cutmix_alpha = 1.0   # and the batch-level augmentations too
+  config.mixup.mixup_alpha = 0.8
+  with tfds.testing.mock_data(num_examples=16):
+    result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert result.summary['steps'] == 2 and 0.0 <= result.summary['final_accuracy'] <= 1.0
+  assert [m['step'] for m in records(tmp_path / 'run', 'train')] == [1, 2]
+  assert records(tmp_path / 'run', 'eval')[0]['num_examples'] > 0
