@@ -74,6 +74,10 @@ class Checkpointer:
         target)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+  def restore_raw(self, step: int) -> Any:
+    """The state saved at `step` as nested dicts of host arrays, with no target needed."""
+    return self._manager.restore(step, args=ocp.args.StandardRestore())
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

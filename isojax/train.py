@@ -16,26 +16,9 @@ import ml_collections
 import numpy as np
 
 from isojax import checkpoint as checkpoint_lib
-from isojax import data, models, optim, parallel, train_step
+from isojax import data, models, optim, parallel, pretrained, runs, train_step
 from isojax import workdir as workdir_lib
 from isojax.metrics import MetricWriter, Progress, summary_line
-
-
-def model_overrides(config: ml_collections.ConfigDict) -> dict:
-  """`config.model` minus its name: the architecture/regularisation overrides."""
-  return {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None):
-  """The config's model; under pmap, BatchNorm models average statistics over `axis_name`."""
-  overrides = model_overrides(config)
-  if config.get('dtype'):
-    overrides['dtype'] = jnp.dtype(config.dtype)
-  if config.get('remat'):
-    overrides['remat'] = True
-  if 'axis_name' in models.lookup(config.model.name).options():
-    overrides['axis_name'] = axis_name
-  return models.create(config.model.name, num_classes, **overrides)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -103,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   steps = total_steps(config, info.num_train)
   image_shape = (config.data.image_size, config.data.image_size, info.channels)
 
-  model = create_model(config, info.num_classes, axis_name=train_step.AXIS)
+  model = runs.create_model(config, info.num_classes, axis_name=train_step.AXIS)
   tx, learning_rate = optim.create(config.optimizer, steps)
   init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape,
                            ema=config.ema_decay > 0)
@@ -116,6 +99,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   state = jax.jit(init, backend='cpu')(rng_init)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
+  elif config.init_from:
+    variables = pretrained.load(config.init_from, model, config.data.image_size, info.channels)
+    state = state.replace(params=variables['params'], batch_stats=variables.get('batch_stats', {}),
+                          opt_state=tx.init(variables['params']),
+                          ema_params=variables['params'] if state.ema_params is not None else None)
   state = jax.device_get(state)
   start_step = int(state.step)
 

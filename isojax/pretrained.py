@@ -1,0 +1,82 @@
+"""Starting from pretrained weights: `load(path, model, image_size) -> variables` for `model`.
+
+Fine-tuning semantics (as in the ViT paper): when the class count differs the head is
+re-initialised (to zeros, like a fresh isojax head); when the image size differs, learned
+position embeddings are resized bilinearly over their 2D grid, keeping the class token.
+Any other mismatch is an error naming the first parameter that does not fit.
+
+Sources: the workdir of an isojax run (its latest checkpoint).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Parameters that are replaced, not loaded, when their shape differs from the target's.
+REINIT_ON_MISMATCH = ('head/', 'pre_logits/')
+
+
+def _flatten(tree: Any) -> dict[str, Any]:
+  return {'/'.join(k): v for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+
+
+def resize_posemb(posemb: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
+  """[1, (1+)g*g, C] -> [1, (1+)G*G, C]: bilinear over the 2D grid, class token kept as is."""
+  tokens, width = target_shape[1], target_shape[2]
+  extra = posemb.shape[1] - math.isqrt(posemb.shape[1]) ** 2          # a leading class token
+  target_extra = tokens - math.isqrt(tokens) ** 2
+  if extra != target_extra or posemb.shape[2] != width or extra > 1:
+    raise ValueError(f'Cannot resize position embedding {posemb.shape} to {target_shape}.')
+  head, grid = posemb[:, :extra], posemb[:, extra:]
+  old, new = math.isqrt(grid.shape[1]), math.isqrt(tokens - extra)
+  grid = grid.reshape(1, old, old, width)
+  grid = jax.image.resize(grid, (1, new, new, width), method='bilinear')
+  return np.concatenate([head, np.asarray(grid).reshape(1, new * new, width)], axis=1)
+
+
+def adapt(source: dict, target: dict) -> dict:
+  """`target`-shaped variables filled from `source` with the fine-tuning rules above."""
+  src, out = _flatten(source), {}
+  for path, init in _flatten(target).items():
+    if path not in src:
+      if path.startswith(tuple(f'params/{p}' for p in REINIT_ON_MISMATCH)):
+        out[path] = init
+        continue
+      raise ValueError(f'Pretrained weights have no {path!r} (shape {tuple(np.shape(init))}); '
+                       f'they are for another architecture.')
+    value = np.asarray(src[path])
+    if value.shape == tuple(np.shape(init)):
+      out[path] = value.astype(np.asarray(init).dtype)
+    elif path.split('/', 1)[1].startswith(REINIT_ON_MISMATCH):
+      out[path] = np.zeros_like(init) if 'head/' in path else init
+    elif path.endswith('pos_embedding'):
+      out[path] = resize_posemb(value, tuple(np.shape(init))).astype(np.asarray(init).dtype)
+    else:
+      raise ValueError(f'Pretrained {path!r} has shape {value.shape}, but the model expects '
+                       f'{tuple(np.shape(init))}; they are for another architecture.')
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
+
+
+def read(path: str) -> dict:
+  """The variables stored at `path`, as nested dicts of host arrays, in isojax's layout."""
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, 'config.json')):
+    from isojax import runs
+    _, variables, _ = runs.load(path)
+    return variables
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'No pretrained weights at {path!r}.')
+  raise ValueError(f'Cannot read pretrained weights from {path!r}: expected the workdir of an isojax run.')
+
+
+def load(path: str, model: nn.Module, image_size: int, channels: int = 3) -> dict:
+  """Variables for `model` at `image_size`, initialised from the weights at `path`."""
+  images = jnp.zeros((1, image_size, image_size, channels))
+  fresh = jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False))()   # re-initialised layers
+  return adapt(read(path), jax.device_get(fresh))

@@ -1,0 +1,67 @@
+"""Opening finished (or running) training runs: `isojax.load(workdir)`.
+
+Needs neither the training mesh, nor the optimizer, nor the dataset: checkpoints hold
+host arrays, so a run saved from 8 GPUs opens on a CPU laptop.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from isojax import checkpoint as checkpoint_lib
+from isojax import models
+from isojax import workdir as workdir_lib
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
+  """The model a config describes; under pmap, BatchNorm models average statistics over `axis_name`."""
+  import jax.numpy as jnp
+  entry = models.lookup(config.model.name)
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+  if config.get('dtype'):
+    overrides['dtype'] = jnp.dtype(config.dtype)
+  if config.get('remat'):
+    overrides['remat'] = True
+  if 'axis_name' in entry.options():
+    overrides['axis_name'] = axis_name
+  return models.create(config.model.name, num_classes, **overrides)
+
+
+def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest') -> tuple[int, dict]:
+  """(step, saved TrainState as nested dicts of host arrays) of `workdir`'s checkpoint.
+
+  `which` is 'latest' or 'best' (by eval accuracy); an explicit `step` wins.
+  """
+  ckpt = checkpoint_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), read_only=True)
+  if step is None:
+    step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {workdir_lib.checkpoint_dir(workdir)}; '
+                            f'is {workdir!r} the --workdir of an isojax.main run?')
+  if step not in ckpt.all_steps():
+    raise ValueError(f'No checkpoint for step {step} in {workdir!r}; kept steps: {ckpt.all_steps()}.')
+  return step, ckpt.restore_raw(step)
+
+
+def load(workdir: str, step: Optional[int | str] = None,
+         ema: Optional[bool] = None) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
+  """(model, variables, config) of a run: latest checkpoint, a given step, or step='best'.
+
+  `ema=None` uses the EMA parameters when the run kept and evaluated them.
+  """
+  config = workdir_lib.read_config(workdir)
+  which = step if isinstance(step, str) else 'latest'
+  _, saved = restore_raw(workdir, None if isinstance(step, str) else step, which)
+  use_ema = (config.get('ema_decay', 0) > 0 and config.get('eval_with_ema', True)) if ema is None else ema
+  if use_ema and saved.get('ema_params') is None:
+    raise ValueError(f'ema=True, but the run in {workdir!r} kept no EMA (ema_decay={config.get("ema_decay")}).')
+  params = saved['ema_params'] if use_ema else saved['params']
+  num_classes = int(params['head']['bias'].shape[0])
+  model = create_model(config, num_classes)
+  variables = {'params': params}
+  if saved.get('batch_stats'):
+    variables['batch_stats'] = saved['batch_stats']
+  return model, variables, config

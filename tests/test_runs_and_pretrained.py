@@ -1,0 +1,90 @@
+"""Opening runs (`isojax.load`) and starting from pretrained weights (`config.init_from`)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import isojax
+from isojax import config_base, models, pretrained, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def short_default_run(workdir, tfds_dir, **overrides):
+  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
+      'num_steps': 4, 'eval_every': 4, 'checkpoint.every': 2, 'log_every': 2, 'batch_size': 16,
+      'eval_batch_size': 368, 'model.depth': 1, 'model.hidden_size': 16, 'data.data_dir': str(tfds_dir),
+      **overrides})
+  return config, train.train_and_evaluate(config, str(workdir))
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  tfds_dir = tmp_path_factory.mktemp('tfds')
+  workdir = tmp_path_factory.mktemp('run')
+  config, result = short_default_run(workdir, tfds_dir)
+  return workdir, tfds_dir, result
+
+
+def test_load_gives_the_model_and_variables_of_the_last_checkpoint(finished_run):
+  workdir, _, result = finished_run
+  model, variables, config = isojax.load(str(workdir))
+  assert config.model.name == 'ConvMixer-256/8' and set(variables) == {'params', 'batch_stats'}
+  for a, b in zip(jax.tree_util.tree_leaves(variables['params']), jax.tree_util.tree_leaves(result.state.params)):
+    np.testing.assert_array_equal(a, b)
+  logits = model.apply(variables, jnp.zeros((2, 8, 8, 1)), train=False)
+  assert logits.shape == (2, 10)
+
+
+def test_load_of_a_missing_step_or_workdir_is_a_clear_error(finished_run, tmp_path):
+  workdir, _, _ = finished_run
+  with pytest.raises(ValueError, match=r'No checkpoint for step 3 .* kept steps: \[2, 4\]'):
+    isojax.load(str(workdir), step=3)
+  with pytest.raises(FileNotFoundError):
+    isojax.load(str(tmp_path))
+
+
+def test_init_from_a_run_starts_from_its_weights_with_a_new_head_size(finished_run, tmp_path):
+  source, tfds_dir, result = finished_run
+  # Same architecture, 10 -> 10 classes: every trained weight carries over before the first step.
+  model = models.create('ConvMixer-256/8', 10, hidden_size=16, depth=1, kernel_size=3, patch_size=2)
+  variables = pretrained.load(str(source), model, image_size=8, channels=1)
+  np.testing.assert_array_equal(variables['params']['block_0']['token_mixing']['depthwise']['kernel'],
+                                result.state.params['block_0']['token_mixing']['depthwise']['kernel'])
+  # A 3-class model keeps the body and gets a fresh zero head.
+  small = models.create('ConvMixer-256/8', 3, hidden_size=16, depth=1, kernel_size=3, patch_size=2)
+  variables = pretrained.load(str(source), small, image_size=8, channels=1)
+  assert variables['params']['head']['kernel'].shape == (16, 3) and not variables['params']['head']['kernel'].any()
+  # And training with init_from runs end to end.
+  _, fine_tuned = short_default_run(tmp_path / 'ft', tfds_dir, init_from=str(source), num_steps=2)
+  assert fine_tuned.summary['steps'] == 2
+
+
+def test_another_architecture_is_refused_naming_the_first_parameter_that_does_not_fit(finished_run):
+  source, _, _ = finished_run
+  wider = models.create('ConvMixer-256/8', 10, hidden_size=32, depth=1, kernel_size=3, patch_size=2)
+  with pytest.raises(ValueError, match=r"'(params|batch_stats)/block_0/.*' has shape .*16.* expects .*32"):
+    pretrained.load(str(source), wider, image_size=8, channels=1)
+
+
+def test_learned_position_embeddings_are_resized_over_the_grid_keeping_the_class_token():
+  grid = np.arange(4 * 4, dtype=np.float32).reshape(1, 16, 1) * np.ones((1, 1, 8), np.float32)
+  posemb = np.concatenate([np.full((1, 1, 8), -7.0, np.float32), grid], axis=1)
+  resized = pretrained.resize_posemb(posemb, (1, 1 + 8 * 8, 8))
+  assert resized.shape == (1, 65, 8)
+  np.testing.assert_array_equal(resized[0, 0], -7.0)
+  rows = resized[0, 1:, 0].reshape(8, 8)
+  assert (np.diff(rows, axis=1) >= 0).all() and (np.diff(rows, axis=0) >= 0).all()   # order kept
+
+
+def test_a_vit_fine_tuned_at_a_larger_image_size_gets_resized_position_embeddings():
+  small = models.create('ViT-Ti/16', 10, hidden_size=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4)
+  variables = jax.device_get(small.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+  larger = models.create('ViT-Ti/16', 5, hidden_size=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4)
+  target = jax.device_get(larger.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3))))
+  adapted = pretrained.adapt(variables, target)
+  assert adapted['params']['stem']['pos_embedding'].shape == (1, 1 + 64, 16)
+  assert adapted['params']['head']['kernel'].shape == (16, 5)
+  assert larger.apply(adapted, jnp.ones((1, 32, 32, 3))).shape == (1, 5)
