@@ -5,7 +5,10 @@ re-initialised (to zeros, like a fresh isojax head); when the image size differs
 position embeddings are resized bilinearly over their 2D grid, keeping the class token.
 Any other mismatch is an error naming the first parameter that does not fit.
 
-Sources: the workdir of an isojax run (its latest checkpoint).
+Sources: the workdir of an isojax run (its latest checkpoint); the `.npz` files published by
+google-research/vision_transformer and big_vision for ViT and MLP-Mixer (formats/official.py);
+timm state dicts for vit_*, mixer_* and convmixer_* in `.pth`, `.bin` or `.safetensors`
+(formats/timm.py; read without torch).
 """
 from __future__ import annotations
 
@@ -72,7 +75,34 @@ def read(path: str) -> dict:
     return variables
   if not os.path.exists(path):
     raise FileNotFoundError(f'No pretrained weights at {path!r}.')
-  raise ValueError(f'Cannot read pretrained weights from {path!r}: expected the workdir of an isojax run.')
+  if path.endswith('.npz'):
+    return {'params': _nest(_read_official(path))}
+  if path.endswith(('.pth', '.bin', '.pt', '.safetensors')):
+    from isojax.formats import timm, torchfile
+    state = torchfile.read_safetensors(path) if path.endswith('.safetensors') else torchfile.read_torch(path)
+    return timm.convert(state)
+  raise ValueError(f'Cannot read pretrained weights from {path!r}: expected the workdir of an isojax run, '
+                   f'an official .npz, or a timm .pth/.bin/.safetensors file.')
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+
+
+def _read_official(path: str) -> dict[str, np.ndarray]:
+  from isojax.formats import official
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      flat = {k: archive[k] for k in archive.files}
+  except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError: a broken file
+    raise ValueError(f'Cannot read {path!r} as a .npz archive ({type(e).__name__}: {e}); '
+                     f'is the file complete?') from None
+  if official.is_vit(flat):
+    return official.vit(flat)
+  if official.is_mixer(flat):
+    return official.mixer(flat)
+  raise ValueError(f'{path!r} holds neither a ViT nor a Mixer in the official layout '
+                   f'(first keys: {sorted(flat)[:5]}).')
 
 
 def load(path: str, model: nn.Module, image_size: int, channels: int = 3) -> dict:

@@ -5,6 +5,7 @@ Read top to bottom: validate -> data -> model -> optimizer -> state (fresh or re
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -83,6 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if not is_writer:
     builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
   info = data.describe(builder, config.data.train_split, config.data.eval_split)
+  if is_writer:
+    workdir_lib.write_dataset_info(workdir, dataclasses.asdict(info))
   steps = total_steps(config, info.num_train)
   image_shape = (config.data.image_size, config.data.image_size, info.channels)
 

@@ -1,6 +1,7 @@
 """The workdir: the one contract shared by training, notebooks and sweeps.
 
     DIR/config.json      the resolved config of the run
+    DIR/dataset.json     what the run trained on: class names, channels, split sizes
     DIR/metrics.jsonl    one JSON object per line: {"step", "split": "train"|"eval"|"summary", ...}
     DIR/checkpoints/     Orbax checkpoints (see checkpoint.py)
     DIR/tensorboard/     TensorBoard event files
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 import ml_collections
 
 CONFIG = 'config.json'
+DATASET = 'dataset.json'
 METRICS = 'metrics.jsonl'
 CHECKPOINTS = 'checkpoints'
 TENSORBOARD = 'tensorboard'
@@ -49,6 +51,17 @@ def _get(config: dict, dotted: str) -> Any:
       return None
     config = config[key]
   return config
+
+
+def write_dataset_info(workdir: str, info: dict) -> None:
+  with open(os.path.join(workdir, DATASET), 'w') as f:
+    json.dump(info, f, indent=2)
+
+
+def read_dataset_info(workdir: str) -> dict:
+  """{'num_classes', 'class_names', 'channels', 'num_train', 'num_eval'} of the run's dataset."""
+  with open(os.path.join(workdir, DATASET)) as f:
+    return json.load(f)
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

@@ -88,3 +88,50 @@ def test_a_vit_fine_tuned_at_a_larger_image_size_gets_resized_position_embedding
   assert adapted['params']['stem']['pos_embedding'].shape == (1, 1 + 64, 16)
   assert adapted['params']['head']['kernel'].shape == (16, 5)
   assert larger.apply(adapted, jnp.ones((1, 32, 32, 3))).shape == (1, 5)
+
+
+def test_predict_applies_the_runs_eval_preprocessing_to_raw_images(finished_run):
+  workdir, tfds_dir, _ = finished_run
+  import tensorflow_datasets as tfds
+  from isojax import data
+  model, variables, config = isojax.load(str(workdir))
+  builder = data.get_builder('isojax_digits', str(tfds_dir))
+  examples = list(tfds.as_numpy(builder.as_dataset(split='test').take(5)))
+  probabilities = isojax.predict(model, variables, config, [ex['image'] for ex in examples])
+  assert probabilities.shape == (5, 10)
+  np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+  # The same as normalising by hand the way configs/default.py's eval_pp does.
+  by_hand = np.stack([(ex['image'].astype(np.float32) - 127.5) / 127.5 for ex in examples])
+  expected = jax.nn.softmax(model.apply(variables, by_hand, train=False))
+  np.testing.assert_allclose(probabilities, expected, rtol=1e-5, atol=1e-6)
+
+
+def write_png(path, image):
+  import tensorflow as tf
+  tf.io.write_file(str(path), tf.image.encode_png(image))
+
+
+@pytest.mark.slow
+def test_a_run_saved_on_eight_devices_opens_in_a_fresh_one_device_process(finished_run, tmp_path):
+  import subprocess
+  import sys
+  workdir, _, result = finished_run      # trained under pytest's 8 forced CPU devices
+  assert jax.local_device_count() == 8
+  write_png(tmp_path / 'digit.png', np.full((8, 8, 1), 200, np.uint8))
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
+         'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))}
+  script = ('import sys, jax, numpy as np, isojax\n'
+            'assert jax.local_device_count() == 1\n'
+            'model, variables, config = isojax.load(sys.argv[1])\n'
+            'np.savez(sys.argv[2], *jax.tree_util.tree_leaves(variables["params"]))\n')
+  subprocess.run([sys.executable, '-c', script, str(workdir), str(tmp_path / 'p.npz')], env=env, check=True,
+                 capture_output=True, timeout=300)
+  loaded = np.load(tmp_path / 'p.npz')
+  for i, leaf in enumerate(jax.tree_util.tree_leaves(result.state.params)):
+    np.testing.assert_array_equal(loaded[f'arr_{i}'], leaf)
+  # And the command line prints the top-5 class names for image files.
+  out = subprocess.run([sys.executable, '-m', 'isojax.predict', f'--workdir={workdir}', '--step=best',
+                        str(tmp_path / 'digit.png')], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  line = out.stdout.strip().splitlines()[-1]
+  assert line.startswith(str(tmp_path / 'digit.png') + ': ') and line.count('%') == 5

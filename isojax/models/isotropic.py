@@ -66,6 +66,7 @@ class Isotropic(nn.Module):
   block_norm: Optional[ModuleDef] = None
   channel_residual: bool = True
   final_norm: Optional[ModuleDef] = None
+  norm_after_pool: bool = False     # timm's fc_norm: normalise the pooled vector instead
   pool: str = 'gap'
   map_heads: int = 1
   representation_size: Optional[int] = None
@@ -90,7 +91,7 @@ class Isotropic(nn.Module):
                 norm=self.block_norm, channel_residual=self.channel_residual,
                 drop_path_rate=rate, layer_scale_init=self.layer_scale_init,
                 name=f'block_{i}')(x, train)
-    if self.final_norm is not None:
+    if self.final_norm is not None and not self.norm_after_pool:
       x = self.final_norm(name='final_norm')(x)
     if self.pool == 'token':
       x = x[:, 0]
@@ -99,6 +100,8 @@ class Isotropic(nn.Module):
                   dtype=self.dtype, name='map_head')(x.reshape(x.shape[0], -1, x.shape[-1]))
     else:
       x = x.mean(axis=tuple(range(1, x.ndim - 1)))
+    if self.final_norm is not None and self.norm_after_pool:
+      x = self.final_norm(name='final_norm')(x)
     if self.representation_size is not None:
       x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head',

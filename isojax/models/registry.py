@@ -28,6 +28,11 @@ class Entry(NamedTuple):
   architecture: dict
   image_size: int
 
+  @property
+  def family(self) -> str:
+    """The family module's name: 'vit', 'mixer', 'convmixer', ..."""
+    return self.factory.__module__.rsplit('.', 1)[-1]
+
   def options(self) -> list[str]:
     """The keyword arguments `create` accepts as overrides for this model."""
     return [p for p in inspect.signature(self.factory).parameters if p != 'num_classes']

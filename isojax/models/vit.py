@@ -80,18 +80,23 @@ def vit(num_classes: int, *, hidden_size: int, depth: int, num_heads: int, mlp_d
         representation_size: Optional[int] = None, dropout_rate: float = 0.0,
         attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
         layer_scale_init: Optional[float] = None, approximate_gelu: bool = True,
-        layernorm_epsilon: float = 1e-6, remat: bool = False, dtype: Any = jnp.float32) -> Isotropic:
-  """A ViT; `classifier` is 'token' (class token), 'gap' or 'map' (attention pooling)."""
+        layernorm_epsilon: float = 1e-6, norm_after_pool: bool = False, remat: bool = False,
+        dtype: Any = jnp.float32) -> Isotropic:
+  """A ViT; `classifier` is 'token' (class token), 'gap' or 'map' (attention pooling).
+
+  `norm_after_pool` applies the final LayerNorm to the pooled vector (timm's `fc_norm`).
+  """
   norm = functools.partial(nn.LayerNorm, epsilon=layernorm_epsilon, dtype=dtype)
   return Isotropic(
       num_classes=num_classes, depth=depth,
       stem=ViTStem(hidden_size, patch_size, class_token=classifier == 'token', posemb=posemb,
                    dropout_rate=dropout_rate, dtype=dtype),
-      token_mixer=functools.partial(AttentionMixer, num_heads, attention_dropout_rate,
-                                    dropout_rate, dtype),
+      token_mixer=functools.partial(AttentionMixer, num_heads=num_heads,
+                                    attention_dropout_rate=attention_dropout_rate,
+                                    dropout_rate=dropout_rate, dtype=dtype),
       channel_mixer=functools.partial(MlpBlock, mlp_dim, dropout_rate=dropout_rate,
                                       approximate_gelu=approximate_gelu, dtype=dtype),
-      block_norm=norm, final_norm=norm, pool=classifier, map_heads=num_heads,
+      block_norm=norm, final_norm=norm, norm_after_pool=norm_after_pool, pool=classifier, map_heads=num_heads,
       representation_size=representation_size, drop_path_rate=drop_path_rate,
       layer_scale_init=layer_scale_init, remat=remat, approximate_gelu=approximate_gelu,
       dtype=dtype)

@@ -1,0 +1,65 @@
+"""Writes tests/data/timm/: small timm models' weights in each file format, inputs, and timm's logits.
+
+Run in a venv with timm and torch (not isojax dependencies), from the repository root:
+
+    python tests/reference/make_timm_fixtures.py
+
+tests/test_timm_weights.py then checks, without torch, that isojax reproduces these logits.
+"""
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from timm.models.convmixer import ConvMixer
+from timm.models.mlp_mixer import MlpMixer
+from timm.models.vision_transformer import VisionTransformer
+
+OUT = os.path.join('tests', 'data', 'timm')
+
+MODELS = {   # name: (timm model, file format)
+    'vit_token': (lambda: VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4,
+                                            mlp_ratio=2, num_classes=10), 'safetensors'),
+    'vit_gap_layerscale': (lambda: VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4,
+                                                     mlp_ratio=2, num_classes=10, global_pool='avg',
+                                                     class_token=False, init_values=0.1), 'pth'),
+    'mixer': (lambda: MlpMixer(img_size=16, patch_size=4, embed_dim=32, num_blocks=2, mlp_ratio=(0.5, 2.0),
+                               num_classes=10), 'bin'),
+    'convmixer': (lambda: ConvMixer(dim=32, depth=2, kernel_size=3, patch_size=4, num_classes=10), 'pth'),
+}
+
+
+def randomise(model, generator):
+  """Random weights everywhere (timm zero-initialises some heads), positive BatchNorm variances."""
+  with torch.no_grad():
+    for name, tensor in model.state_dict().items():
+      if tensor.dtype != torch.float32:
+        continue
+      noise = 0.2 * torch.randn(tensor.shape, generator=generator)
+      if name.endswith('running_var'):
+        tensor.copy_(noise.abs() + 0.5)
+      elif name.endswith('.weight') and tensor.ndim == 1:   # norm scales
+        tensor.copy_(1.0 + noise)
+      else:
+        tensor.copy_(noise)
+
+
+def main():
+  os.makedirs(OUT, exist_ok=True)
+  generator = torch.Generator().manual_seed(0)
+  images = np.random.RandomState(0).normal(size=(4, 16, 16, 3)).astype(np.float32)
+  expected = {'images': images}
+  for name, (make, extension) in MODELS.items():
+    model = make().eval()
+    randomise(model, generator)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = os.path.join(OUT, f'{name}.{extension}')
+    save_file(state, path) if extension == 'safetensors' else torch.save(state, path)
+    with torch.no_grad():
+      expected[name] = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    print(name, path, os.path.getsize(path), 'bytes')
+  np.savez(os.path.join(OUT, 'expected_logits.npz'), **expected)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,43 @@
+"""The exploration notebook executes end to end against real (short) runs of each family."""
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from isojax import config_base, train
+from isojax.config_base import model_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, 'experiments', 'notebooks', 'explore_run.ipynb')
+
+SMALL = {
+    'convmixer': None,   # the default config's own model, shrunk below
+    'vit': model_config('ViT-Ti/16', patch_size=2, hidden_size=16, depth=2, num_heads=2, mlp_dim=32),
+    'mixer': model_config('Mixer-S/16', patch_size=2, hidden_size=16, depth=2, tokens_mlp_dim=8,
+                          channels_mlp_dim=32),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', sorted(SMALL))
+def test_notebook_runs_on_a_finished_run_and_draws_its_figures(family, tmp_path, monkeypatch):
+  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
+      'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1, 'batch_size': 16,
+      'eval_batch_size': 368, 'data.data_dir': str(tmp_path / 'tfds')})
+  if SMALL[family] is None:
+    config.model.hidden_size, config.model.depth = 16, 1
+  else:
+    config.model = SMALL[family]
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+
+  monkeypatch.setenv('ISOJAX_WORKDIR', str(tmp_path / 'run'))
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  NotebookClient(notebook, timeout=300, kernel_name='python3',
+                 resources={'metadata': {'path': os.path.dirname(NOTEBOOK)}}).execute()
+  figures = [o for cell in notebook.cells if cell.cell_type == 'code' for o in cell.get('outputs', [])
+             if 'image/png' in o.get('data', {})]
+  assert len(figures) == 4   # curves, predictions, confusion matrix, what the model learned
+  printed = ''.join(o.get('text', '') for c in notebook.cells if c.cell_type == 'code' for o in c.outputs)
+  assert f'({family})' in printed and 'eval accuracy' in printed
