@@ -3,9 +3,10 @@
     python -m isojax.main --config=configs/cifar10_finetune.py:vit --workdir=workdirs/c10_ft \
         --config.init_from=PATH
 
-PATH is the workdir of an isojax run of the same architecture (e.g. a finished ImageNet run).
-The head is re-initialised for 10 classes and learned position embeddings are resized to
-the new grid. The ViT paper's fine-tuning recipe: SGD momentum 0.9, no weight decay, batch
+PATH is a published checkpoint of the same architecture (google-research/vision_transformer
+`ViT-B_16.npz` / `Mixer-B_16.npz`, a big_vision .npz) or the workdir of an isojax run. The head
+is re-initialised for 10 classes and learned position embeddings are resized to the new grid.
+For timm weights add `--config.model.approximate_gelu=False`. The ViT paper's fine-tuning recipe: SGD momentum 0.9, no weight decay, batch
 512, 10k steps with 500 warmup and cosine decay, grad clip 1.0, 224px. Expected, from
 ImageNet-21k weights: ~98.9% (ViT-B/16) / ~97.7% (Mixer-B/16) test accuracy.
 """
