@@ -6,6 +6,13 @@
     DIR/checkpoints/     Orbax checkpoints (see checkpoint.py)
     DIR/tensorboard/     TensorBoard event files
 
+A sweep's workdir holds one such run per trial, plus:
+
+    DIR/sweep.json       the expanded trials (name, config, overrides, swept values)
+    DIR/<trial>/launch.json   the trial's command, return code and error, written by the launcher
+    DIR/<trial>/log.txt  the trial's output
+    DIR/results.csv, DIR/results.md, DIR/results.png   the comparison (isojax.sweep --summarize)
+
 Everything that reads or writes these paths goes through this module.
 """
 from __future__ import annotations
@@ -21,6 +28,10 @@ CONFIG = 'config.json'
 DATASET = 'dataset.json'
 METRICS = 'metrics.jsonl'
 CHECKPOINTS = 'checkpoints'
+SWEEP = 'sweep.json'
+LAUNCH = 'launch.json'
+LOG = 'log.txt'
+RESULTS = 'results'   # .csv, .md, .png
 TENSORBOARD = 'tensorboard'
 
 # Fields that fix the shapes in a checkpoint or the meaning of its steps: a run cannot
@@ -108,3 +119,21 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True)
   if write:
     with open(config_path(workdir), 'w') as f:
       json.dump(new, f, indent=2, sort_keys=True)
+
+
+def summary(workdir: str):
+  """The run's final summary record, or None while it has not finished."""
+  records = [m for m in iter_metrics(workdir) if m.get('split') == 'summary']
+  return records[-1] if records else None
+
+
+def write_json(path: str, value: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, default=str)
+  os.replace(tmp, path)   # readers never see half a file
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)

@@ -112,28 +112,24 @@ def init_apply(model, train, images=None, rng=1, **kw):
   return variables, out
 
 
-@pytest.mark.parametrize('kw', [dict(dropout_rate=0.5), dict(drop_path_rate=0.5),
-                                dict(attention_dropout_rate=0.5)])
-def test_vit_regularisers_act_in_training_and_not_in_eval(kw):
-  model = tiny('ViT-S/16', **kw)
-  images = jax.random.normal(jax.random.PRNGKey(2), (4, 16, 16, 3))
-  variables = model.init(jax.random.PRNGKey(0), images, train=False)
+def assert_random_in_training_only(model, batch=4):
+  images = jax.random.normal(jax.random.PRNGKey(2), (batch, 16, 16, 3))
   # Heads are zero-initialised; give them weights so the logits depend on the features.
-  variables = with_random_head(variables)
+  variables = with_random_head(model.init(jax.random.PRNGKey(0), images, train=False))
   run = lambda train, rng: model.apply(variables, images, train=train, rngs={'dropout': jax.random.PRNGKey(rng)})
   np.testing.assert_array_equal(run(False, 1), run(False, 2))
   assert not np.allclose(run(True, 1), run(True, 2))
   assert not np.allclose(run(True, 1), run(False, 1))
 
 
+@pytest.mark.parametrize('kw', [dict(dropout_rate=0.5), dict(drop_path_rate=0.5),
+                                dict(attention_dropout_rate=0.5)])
+def test_vit_regularisers_act_in_training_and_not_in_eval(kw):
+  assert_random_in_training_only(tiny('ViT-S/16', **kw))
+
+
 def test_mixer_stochastic_depth_is_random_in_training_only():
-  model = tiny('Mixer-S/16', drop_path_rate=0.5)
-  images = jax.random.normal(jax.random.PRNGKey(2), (8, 16, 16, 3))
-  variables = model.init(jax.random.PRNGKey(0), images, train=False)
-  variables = with_random_head(variables)
-  run = lambda train, rng: model.apply(variables, images, train=train, rngs={'dropout': jax.random.PRNGKey(rng)})
-  np.testing.assert_array_equal(run(False, 1), run(False, 2))
-  assert not np.allclose(run(True, 1), run(True, 2))
+  assert_random_in_training_only(tiny('Mixer-S/16', drop_path_rate=0.5), batch=8)
 
 
 def test_convmixer_batchnorm_uses_batch_statistics_in_training_and_updates_running_averages():

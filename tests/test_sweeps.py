@@ -1,0 +1,96 @@
+"""Sweeps: deterministic expansion, and a launcher that resumes, skips failures and summarises."""
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from isojax import sweep, sweep_results, sweeps
+from isojax import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_product_takes_every_combination_in_order():
+  axis = sweeps.product({'optimizer.lr': [1, 2]}, {'model.kernel_size': [3, 5, 7]})
+  assert len(axis) == 6 and axis[0] == {'optimizer.lr': 1, 'model.kernel_size': 3}
+  assert axis[-1] == {'optimizer.lr': 2, 'model.kernel_size': 7}
+
+
+def test_zip_takes_values_together_and_rejects_unequal_lengths():
+  assert sweeps.zip_axes({'a': [1, 2], 'b': [3, 4]}) == [{'a': 1, 'b': 3}, {'a': 2, 'b': 4}]
+  with pytest.raises(ValueError, match='one length'):
+    sweeps.zip_axes({'a': [1, 2], 'b': [3]})
+
+
+def test_random_samples_are_deterministic_given_the_seed_and_inside_their_ranges():
+  spec = {'optimizer.lr': sweeps.loguniform(1e-4, 1e-2), 'model.depth': sweeps.choice([4, 8]),
+          'mixup.mixup_alpha': sweeps.uniform(0.0, 1.0)}
+  first, again, other = sweeps.sample(20, spec, seed=3), sweeps.sample(20, spec, seed=3), sweeps.sample(20, spec, seed=4)
+  assert first == again and first != other
+  assert all(1e-4 <= t['optimizer.lr'] <= 1e-2 and t['model.depth'] in (4, 8) for t in first)
+
+
+def test_trials_name_their_swept_values_and_can_sweep_the_config_argument():
+  sweep_ = sweeps.Sweep('configs/cifar100.py', sweeps.product({'arg': ['vit', 'mixer'], 'optimizer.lr': [0.001]}),
+                        fixed={'num_epochs': 1.0})
+  trials = sweep_.trials()
+  assert [t.name for t in trials] == ['arg=vit,lr=0.001', 'arg=mixer,lr=0.001']
+  assert trials[0].config == 'configs/cifar100.py:vit'
+  assert trials[0].overrides == {'num_epochs': 1.0, 'optimizer.lr': 0.001}
+  with pytest.raises(ValueError, match='same values'):
+    sweeps.Sweep('configs/default.py', [{'seed': 1}, {'seed': 1}]).trials()
+
+
+def test_every_shipped_sweep_file_expands():
+  for name in os.listdir(os.path.join(ROOT, 'experiments')):
+    if name.endswith('.py'):
+      trials = sweeps.load(os.path.join(ROOT, 'experiments', name)).trials()
+      assert trials and all(os.path.exists(os.path.join(ROOT, t.config.split(':')[0])) for t in trials)
+
+
+TINY = {'num_steps': 8, 'eval_every': 4, 'checkpoint.every': 4, 'log_every': 4, 'model.depth': 1,
+        'model.hidden_size': 16}
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_path, monkeypatch):
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
+  monkeypatch.chdir(ROOT)
+  # patch_size=3 does not divide the 8x8 digits: that trial fails, the others must not care.
+  spec = sweeps.Sweep('configs/default.py', sweeps.product({'model.patch_size': [2, 3], 'optimizer.lr': [2e-3, 5e-3]}),
+                      fixed=TINY)
+  directory = str(tmp_path / 'sweep')
+  table = sweep.run(spec, directory, parallel=2)
+  status = {r['trial']: r['status'] for r in table}
+  assert status == {'patch_size=2,lr=0.002': 'done', 'patch_size=2,lr=0.005': 'done',
+                    'patch_size=3,lr=0.002': 'failed', 'patch_size=3,lr=0.005': 'failed'}
+  failed = next(r for r in table if r['status'] == 'failed')
+  assert 'not divisible by patch_size=3' in failed['error']
+  done = [r for r in table if r['status'] == 'done']
+  assert done[0]['best_accuracy'] >= done[1]['best_accuracy'] and done[0]['steps'] == 8
+  assert all(r['images_per_sec'] > 0 and r['wall_time_sec'] > 0 for r in done)
+
+  # An interrupted trial: checkpoints but no final summary. It resumes; finished ones are not re-run.
+  interrupted = os.path.join(directory, 'patch_size=2,lr=0.005')
+  metrics = workdir_lib.metrics_path(interrupted)
+  kept = [l for l in open(metrics) if '"summary"' not in l]
+  open(metrics, 'w').writelines(kept)
+  finished_log = os.path.join(directory, 'patch_size=2,lr=0.002', workdir_lib.LOG)
+  size_before = os.path.getsize(finished_log)
+  sweep.run(spec, directory, parallel=1)
+  assert os.path.getsize(finished_log) == size_before
+  assert 'resuming at step 8' in open(os.path.join(interrupted, workdir_lib.LOG)).read()
+
+  # The summary is rebuilt from the trial folders alone, by the command line too.
+  os.remove(os.path.join(directory, 'results.csv'))
+  out = subprocess.run([sys.executable, '-m', 'isojax.sweep', '--summarize', directory], capture_output=True,
+                       text=True, check=True, timeout=120)
+  assert '| patch_size=2,lr=' in out.stdout
+  with open(os.path.join(directory, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert [r['status'] for r in rows] == ['done', 'done', 'failed', 'failed']
+  assert os.path.getsize(os.path.join(directory, 'results.png')) > 1000
