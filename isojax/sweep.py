@@ -103,8 +103,8 @@ def run(sweep: sweeps.Sweep, sweep_dir: str, parallel: int = 1, out=sys.stderr) 
       elapsed = time.time() - started
       if error:
         failed += 1
-        last = error.splitlines()[-1] if error else ''
-        say(f'[{finished + failed}/{len(trials)}] FAILED {trial.name} after {elapsed:.0f}s: {last}')
+        say(f'[{finished + failed}/{len(trials)}] FAILED {trial.name} after {elapsed:.0f}s: '
+            f'{sweep_results.error_line(error)}')
       else:
         finished += 1
         summary = workdir_lib.summary(os.path.join(sweep_dir, trial.name)) or {}

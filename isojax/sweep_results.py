@@ -6,12 +6,20 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import statistics
 from typing import Any, Optional
 
 from isojax import workdir as workdir_lib
 
 COLUMNS = ('best_accuracy', 'final_accuracy', 'final_loss', 'steps', 'wall_time_sec', 'images_per_sec')
+
+
+def error_line(error: Optional[str]) -> str:
+  """The line of a failed trial's output that names the exception, else its last line."""
+  lines = [l.strip() for l in (error or '').splitlines() if l.strip()]
+  named = [l for l in lines if re.match(r'^[\w.]*(Error|Exception|Interrupt)\b', l)]
+  return (named or lines or [''])[-1]
 
 
 def trial_status(trial_dir: str) -> tuple[str, Optional[str]]:
@@ -78,7 +86,7 @@ def write(sweep_dir: str) -> list[dict[str, Any]]:
       f.write('| ' + ' | '.join(_cell(row.get(h)) for h in header[:-1]) + ' |\n')
     for row in table:
       if row['error']:
-        f.write(f'\n`{row["trial"]}` failed: {row["error"].strip().splitlines()[-1]}\n')
+        f.write(f'\n`{row["trial"]}` failed: {error_line(row["error"])}\n')
   _plot(table, axes, base + '.png')
   return table
 

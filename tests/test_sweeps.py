@@ -94,3 +94,11 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
     rows = list(csv.DictReader(f))
   assert [r['status'] for r in rows] == ['done', 'done', 'failed', 'failed']
   assert os.path.getsize(os.path.join(directory, 'results.png')) > 1000
+
+
+def test_a_failed_trial_is_reported_by_its_exception_line_not_trailing_notes():
+  log = ('Traceback (most recent call last):\n  File "x.py", line 1\n'
+         "ValueError: Image size 8x8 is not divisible by patch_size=3; use ...\n"
+         '--------------------\nFor simplicity, JAX has removed its internal frames from the traceback.\n')
+  assert sweep_results.error_line(log).startswith('ValueError: Image size 8x8')
+  assert sweep_results.error_line('killed\n') == 'killed'

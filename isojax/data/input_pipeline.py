@@ -11,7 +11,9 @@ This module knows TFDS and tf.data, nothing of models or JAX.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import math
 import os
 from typing import Iterator, Optional, Sequence
@@ -50,8 +52,22 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = True
     raise ValueError(f'Unknown dataset {name!r}: {str(e).splitlines()[0]} '
                      f"Use a TFDS name (e.g. 'cifar10'), 'isojax_digits' or 'image_folder'.") from None
   if name in LOCAL_BUILDERS or download:
-    builder.download_and_prepare()
+    # Concurrent runs (a parallel sweep) must not prepare the same dataset at once.
+    with _prepare_lock(os.path.dirname(builder.data_dir)):
+      builder = tfds.builder(name, data_dir=data_dir)   # sees what another process prepared meanwhile
+      builder.download_and_prepare()
   return builder
+
+
+@contextlib.contextmanager
+def _prepare_lock(dataset_dir: str):
+  os.makedirs(dataset_dir, exist_ok=True)
+  with open(os.path.join(dataset_dir, '.isojax_prepare.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _num_examples(builder, split: str) -> int:
