@@ -123,10 +123,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   eval_fn = train_step.pmapped_eval_step(model=model, num_classes=info.num_classes,
                                          use_ema=config.ema_decay > 0 and config.eval_with_ema)
   shards = parallel.local_shard_indices()
-  batches = data.train_batches(
+  batches = parallel.prefetch(data.train_batches(
       builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
       per_device_batch=config.batch_size // jax.device_count(), shards=shards, num_shards=jax.device_count(),
-      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
+      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache))
 
   best = _best_so_far(workdir)
   eval_metrics: dict = {}
@@ -154,8 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     pending, log_time, log_step, paused = [], time.time(), step, 0.0
 
   for step in range(start_step + 1, steps + 1):
-    batch = next(batches)
-    replicated, metrics = step_fn(replicated, parallel.shard(batch), rng_train)
+    replicated, metrics = step_fn(replicated, next(batches), rng_train)   # batches arrive on device
     pending.append((step, parallel.first_local(metrics)))
     last = step == steps
     if step % config.log_every == 0 or last:
