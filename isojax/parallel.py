@@ -53,13 +53,6 @@ def unreplicate(tree: Any) -> Any:
   return jax.device_get(first_local(tree))
 
 
-def barrier(name: str) -> None:
-  """Waits until every process reaches `name` (no-op for a single process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
-
-
 def prefetch(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
   """Keeps `size` batches in flight to the devices while the current step runs."""
   queue = collections.deque()

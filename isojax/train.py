@@ -77,12 +77,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   validate(config)
   workdir_lib.prepare(workdir, config, write=is_writer)
 
-  # Process 0 prepares (or downloads) the data first, so processes sharing a disk do not race.
-  if is_writer:
-    builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
-  parallel.barrier('dataset prepared')
-  if not is_writer:
-    builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
+  # Processes sharing a disk take turns preparing the data (a file lock in get_builder).
+  builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
   info = data.describe(builder, config.data.train_split, config.data.eval_split)
   if is_writer:
     workdir_lib.write_dataset_info(workdir, dataclasses.asdict(info))

@@ -82,11 +82,14 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, tfds_dir
   assert b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6)
 
 
+# SGD: linear in the gradient, so a different all-reduce order (gloo across processes vs XLA in
+# one process) stays at float rounding; Adam would amplify it in near-zero gradients.
 WORKER = '''
 import sys, numpy as np, jax
 from isojax import config_base, train
 config = config_base.load(sys.argv[1], {{'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1,
-    'batch_size': 32, 'eval_batch_size': 360, 'model.depth': 2, 'model.hidden_size': 32{extra}}})
+    'batch_size': 32, 'eval_batch_size': 360, 'model.depth': 2, 'model.hidden_size': 32,
+    'optimizer.name': 'sgd', 'optimizer.lr': 0.05{extra}}})
 result = train.train_and_evaluate(config, sys.argv[2])
 leaves = jax.tree_util.tree_leaves(result.state.params)
 np.savez(sys.argv[3], *leaves)
