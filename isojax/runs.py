@@ -5,10 +5,10 @@ host arrays, so a run saved from 8 GPUs opens on a CPU laptop.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
-import jax
+import jax.numpy as jnp
 import ml_collections
 
 from isojax import checkpoint as checkpoint_lib
@@ -18,7 +18,6 @@ from isojax import workdir as workdir_lib
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
   """The model a config describes; under pmap, BatchNorm models average statistics over `axis_name`."""
-  import jax.numpy as jnp
   entry = models.lookup(config.model.name)
   overrides = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
   if config.get('dtype'):

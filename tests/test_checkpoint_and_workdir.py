@@ -1,6 +1,5 @@
 """Checkpoints keep the last K and the best, never hold NaNs; the workdir guards its run."""
 import json
-import os
 
 import numpy as np
 import pytest

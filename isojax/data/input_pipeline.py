@@ -18,7 +18,6 @@ import math
 import os
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
