@@ -95,7 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer = checkpoint_lib.Checkpointer(
       workdir_lib.checkpoint_dir(workdir), keep=config.checkpoint.keep,
       keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
-  state = jax.jit(init, backend='cpu')(rng_init)
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):   # fresh state on the host, not the accelerator
+    state = jax.jit(init)(rng_init)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(state)
   elif config.init_from:

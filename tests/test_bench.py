@@ -1,0 +1,33 @@
+"""The benchmark command measures the real train step, inference and the input pipeline."""
+import json
+import os
+
+from isojax import bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_command_prints_a_table_and_one_json_line(capsys):
+  assert bench.main(['--model', 'ConvMixer-256/8', '--batch-size', '8', '--image-size', '8', '--steps', '1',
+                     '--num-classes', '10']) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[1].split()[:3] == ['images/s', 'ms/step', 'compile'] and lines[2].startswith('train')
+  assert json.loads(lines[-1])['model'] == 'ConvMixer-256/8'
+
+
+def test_bench_result_has_every_figure_the_issue_names():
+  result = bench.bench_model('ConvMixer-256/8', batch_size=8, image_size=8, steps=2, num_classes=10)
+  for kind in ('train', 'inference'):
+    figures = result[kind]
+    assert figures['images_per_sec'] > 0 and figures['ms_per_step'] > 0 and figures['compile_sec'] > 0
+    assert figures['gflops_per_image'] > 0 and 0 < figures['mfu'] < 1.5
+  # Training does forward + backward: roughly three times the inference FLOPs.
+  assert 2.0 < result['train']['gflops_per_image'] / result['inference']['gflops_per_image'] < 4.5
+  assert result['peak_memory_bytes'] > 0 and result['devices'] == 8
+  json.dumps(result)
+
+
+def test_bench_input_measures_the_pipeline_alone(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  result = bench.bench_input(os.path.join(ROOT, 'configs', 'default.py'), steps=3)
+  assert result['images_per_sec'] > 0 and result['dataset'] == 'isojax_digits'
