@@ -26,13 +26,25 @@ def local_shard_indices() -> list[int]:
   return list(range(first, first + jax.local_device_count()))
 
 
+AXIS = 'batch'   # the pmap axis name (train_step.AXIS)
+
+
 def _sharding() -> NamedSharding:
-  return NamedSharding(Mesh(np.array(jax.local_devices()), ('devices',)), PartitionSpec('devices'))
+  """The sharding pmap gives its outputs: one slice per device of all processes, axis AXIS."""
+  return NamedSharding(Mesh(np.array(jax.devices()), (AXIS,)), PartitionSpec(AXIS))
 
 
 def shard(tree: Any) -> Any:
-  """Host arrays [local_devices, ...] -> one slice on each local device (asynchronous)."""
-  return jax.device_put(tree, _sharding())
+  """Host arrays [local_devices, ...] -> one global array per leaf, laid out exactly as pmap's
+  outputs, so the state a step returns has the type the step was compiled for (no recompiles)."""
+  sharding, devices = _sharding(), jax.local_devices()
+
+  def place(x):
+    x = np.asarray(x)
+    slices = [jax.device_put(x[i:i + 1], d) for i, d in enumerate(devices)]
+    return jax.make_array_from_single_device_arrays((jax.device_count(), *x.shape[1:]), sharding, slices)
+
+  return jax.tree_util.tree_map(place, tree)
 
 
 def replicate(tree: Any) -> Any:
@@ -51,6 +63,18 @@ def first_local(tree: Any) -> Any:
 def unreplicate(tree: Any) -> Any:
   """The first local device's copy, as host numpy arrays."""
   return jax.device_get(first_local(tree))
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
+  """A barrier through the coordination service (no device collective; no-op for one process).
+
+  CPU collectives over gloo give their first rendezvous only 30 s, so processes must reach the
+  first collective together: compile first, then meet here.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed   # the client JAX's own multi-process tests use for barriers
+  distributed.global_state.client.wait_at_barrier(f'isojax_{name}', timeout_s * 1000)
 
 
 def prefetch(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:

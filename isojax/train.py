@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import time
 from typing import Any, NamedTuple, Optional
@@ -124,6 +125,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
       per_device_batch=config.batch_size // jax.device_count(), shards=shards, num_shards=jax.device_count(),
       seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache))
+
+  # Compile ahead of time, then start together: the first collective of a multi-process run must
+  # not wait on another process's compilation.
+  compile_start = time.time()
+  first_batch = next(batches)
+  step_fn.lower(parallel.replicate(state), first_batch, rng_train).compile()   # fills the call's cache
+  eval_shape = (jax.local_device_count(), config.eval_batch_size // jax.device_count())
+  eval_fn.lower(parallel.replicate(state), parallel.shard({
+      'image': np.zeros((*eval_shape, *image_shape), np.float32), 'label': np.zeros(eval_shape, np.int32),
+      'mask': np.zeros(eval_shape, np.float32)})).compile()
+  progress.message(f'compiled the train and eval steps in {time.time() - compile_start:.1f}s')
+  parallel.wait_for_all_processes('compiled')
+  batches = itertools.chain([first_batch], batches)
 
   best = _best_so_far(workdir)
   eval_metrics: dict = {}

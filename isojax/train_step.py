@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-AXIS = 'batch'
+from isojax import parallel
+
+AXIS = parallel.AXIS
 
 
 @flax.struct.dataclass
