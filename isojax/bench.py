@@ -72,16 +72,13 @@ def _peak_memory() -> tuple[Optional[int], str]:
 def bench_model(name: str, batch_size: int, image_size: int, dtype: str = 'float32', steps: int = 10,
                 num_classes: int = 1000, remat: bool = False) -> dict:
   """Training step and inference timings for one model, under pmap over all local devices."""
-  from isojax import models, optim, parallel, train_step
+  from isojax import models, optim, parallel, runs, train_step
   from isojax.config_base import base
   devices = jax.local_device_count()
   if batch_size % devices:
     raise ValueError(f'--batch-size {batch_size} is not divisible by the {devices} local devices.')
   entry = models.lookup(name)
-  overrides = {'dtype': jnp.dtype(dtype), 'remat': remat}
-  if 'axis_name' in entry.options():
-    overrides['axis_name'] = train_step.AXIS
-  model = models.create(name, num_classes, **overrides)
+  model = runs.build_model(name, num_classes, dtype=dtype, remat=remat, axis_name=train_step.AXIS)
   opt_config = base().optimizer
   tx, lr = optim.create(opt_config, total_steps=1000)
   with jax.default_device(jax.local_devices(backend='cpu')[0]):   # as isojax.main: init on the host

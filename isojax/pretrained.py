@@ -58,7 +58,7 @@ def adapt(source: dict, target: dict) -> dict:
     if value.shape == tuple(np.shape(init)):
       out[path] = value.astype(np.asarray(init).dtype)
     elif path.split('/', 1)[1].startswith(REINIT_ON_MISMATCH):
-      out[path] = np.zeros_like(init) if 'head/' in path else init
+      out[path] = init   # a fresh layer (isojax heads start at zero, as the ViT paper fine-tunes)
     elif path.endswith('pos_embedding'):
       out[path] = resize_posemb(value, tuple(np.shape(init))).astype(np.asarray(init).dtype)
     else:

@@ -16,17 +16,25 @@ from isojax import models
 from isojax import workdir as workdir_lib
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
-  """The model a config describes; under pmap, BatchNorm models average statistics over `axis_name`."""
-  entry = models.lookup(config.model.name)
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-  if config.get('dtype'):
-    overrides['dtype'] = jnp.dtype(config.dtype)
-  if config.get('remat'):
+def build_model(name: str, num_classes: int, overrides: Optional[dict] = None, dtype: Optional[str] = None,
+                remat: bool = False, axis_name: Optional[str] = None) -> nn.Module:
+  """A registered model with the run-level options; under pmap, BatchNorm models average
+  statistics over `axis_name` (models without batch statistics ignore it)."""
+  overrides = dict(overrides or {})
+  if dtype:
+    overrides['dtype'] = jnp.dtype(dtype)
+  if remat:
     overrides['remat'] = True
-  if 'axis_name' in entry.options():
+  if 'axis_name' in models.lookup(name).options():
     overrides['axis_name'] = axis_name
-  return models.create(config.model.name, num_classes, **overrides)
+  return models.create(name, num_classes, **overrides)
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
+  """The model a config describes."""
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+  return build_model(config.model.name, num_classes, overrides, config.get('dtype'), config.get('remat', False),
+                     axis_name)
 
 
 def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest') -> tuple[int, dict]:

@@ -22,11 +22,13 @@ def error_line(error: Optional[str]) -> str:
   return (named or lines or [''])[-1]
 
 
-def trial_status(trial_dir: str) -> tuple[str, Optional[str]]:
-  """('done' | 'failed' | 'running' | 'pending', error message or None)."""
+def trial_status(trial_dir: str, records: Optional[list] = None) -> tuple[str, Optional[str]]:
+  """('done' | 'failed' | 'running' | 'pending', error message or None); `records` are the
+  trial's metrics if already read."""
   if not os.path.isdir(trial_dir):
     return 'pending', None
-  if workdir_lib.summary(trial_dir) is not None:
+  records = workdir_lib.read_metrics(trial_dir) if records is None else records
+  if any(m.get('split') == 'summary' for m in records):
     return 'done', None
   launch_path = os.path.join(trial_dir, workdir_lib.LAUNCH)
   if os.path.exists(launch_path):
@@ -42,11 +44,12 @@ def rows(sweep_dir: str) -> list[dict[str, Any]]:
   table = []
   for trial in trials:
     trial_dir = os.path.join(sweep_dir, trial['name'])
-    status, error = trial_status(trial_dir)
+    records = workdir_lib.read_metrics(trial_dir)
+    status, error = trial_status(trial_dir, records)
     row = {'trial': trial['name'], 'status': status, **trial['swept']}
-    summary = workdir_lib.summary(trial_dir) if status == 'done' else None
-    train = [m for m in workdir_lib.iter_metrics(trial_dir) if m.get('split') == 'train']
-    evals = [m for m in workdir_lib.iter_metrics(trial_dir) if m.get('split') == 'eval']
+    summary = next((m for m in reversed(records) if m.get('split') == 'summary'), None)
+    train = [m for m in records if m.get('split') == 'train']
+    evals = [m for m in records if m.get('split') == 'eval']
     speeds = [m['images_per_sec'] for m in train[1:]] or [m['images_per_sec'] for m in train]   # first includes compile
     row.update({
         'best_accuracy': summary['best_accuracy'] if summary else max((m['accuracy'] for m in evals), default=None),

@@ -129,10 +129,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Compile ahead of time, then start together: the first collective of a multi-process run must
   # not wait on another process's compilation.
   compile_start = time.time()
+  replicated = parallel.replicate(state)
+  del state
   first_batch = next(batches)
-  step_fn.lower(parallel.replicate(state), first_batch, rng_train).compile()   # fills the call's cache
+  step_fn.lower(replicated, first_batch, rng_train).compile()   # fills the call's cache
   eval_shape = (jax.local_device_count(), config.eval_batch_size // jax.device_count())
-  eval_fn.lower(parallel.replicate(state), parallel.shard({
+  eval_fn.lower(replicated, parallel.shard({
       'image': np.zeros((*eval_shape, *image_shape), np.float32), 'label': np.zeros(eval_shape, np.int32),
       'mask': np.zeros(eval_shape, np.float32)})).compile()
   progress.message(f'compiled the train and eval steps in {time.time() - compile_start:.1f}s')
@@ -142,8 +144,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   best = _best_so_far(workdir)
   eval_metrics: dict = {}
   pending: list[tuple[int, Any]] = []        # (step, device metrics) not yet read back
-  replicated = parallel.replicate(state)
-  del state
   log_time, log_step, paused = time.time(), start_step, 0.0
 
   def flush_train_metrics(step):

@@ -84,7 +84,7 @@ class _Shard:
   count: int
 
 
-def _shards(builder, split: str, num_shards: int) -> list[_Shard]:
+def _shards(split: str, num_shards: int) -> list[_Shard]:
   return [_Shard(split, k, num_shards) for k in range(num_shards)]
 
 
@@ -129,7 +129,7 @@ def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_b
   """Endless training batches for this process's `shards`, starting at step `start_step`."""
   channels = builder.info.features['image'].shape[-1]
   process = preprocess.build(pp, image_size, channels)
-  all_shards = _shards(builder, split, num_shards)
+  all_shards = _shards(split, num_shards)
   per_device = []
   for shard in shards:
     examples = _examples(builder, all_shards[shard], cache)
@@ -158,7 +158,7 @@ def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_b
 
 def eval_steps(builder, split: str, per_device_batch: int, num_shards: int) -> int:
   """How many eval batches every device runs so that the largest shard is covered."""
-  sizes = [_shard_size(builder, s) for s in _shards(builder, split, num_shards)]
+  sizes = [_shard_size(builder, s) for s in _shards(split, num_shards)]
   return max(1, math.ceil(max(sizes) / per_device_batch))
 
 
@@ -168,7 +168,7 @@ def eval_batches(builder, *, split: str, pp: str, image_size: int, per_device_ba
   channels = builder.info.features['image'].shape[-1]
   process = preprocess.build(pp, image_size, channels)
   steps = eval_steps(builder, split, per_device_batch, num_shards)
-  all_shards = _shards(builder, split, num_shards)
+  all_shards = _shards(split, num_shards)
   padding = {'image': tf.zeros((image_size, image_size, channels)), 'label': tf.constant(0, tf.int32),
              'mask': tf.constant(0.0)}
   per_device = []
