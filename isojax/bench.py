@@ -24,6 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from isojax import host_memory  # noqa: E402
+
 # Published dense peaks in FLOP/s by device kind (substring) and dtype.
 PEAKS = {
     'H200': {'bfloat16': 989e12, 'float32': 67e12},
@@ -178,6 +180,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--remat', action='store_true', help='recompute block activations in the backward pass')
   parser.add_argument('--input', metavar='CONFIG', help="measure this config's input pipeline alone")
   args = parser.parse_args(argv)
+  host_memory.keep_freed_memory()   # as isojax.main does
   if args.input:
     result = bench_input(args.input, args.steps)
   elif args.model:

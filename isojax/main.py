@@ -23,6 +23,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from isojax import host_memory
+  host_memory.keep_freed_memory()          # before JAX and TensorFlow start their threads
   logging.set_verbosity(logging.WARNING)   # Orbax and TFDS log every save and read at INFO
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from isojax.models.isotropic import Isotropic
-from isojax.models.layers import DepthwiseConv, PatchEmbed, gelu
+from isojax.models.layers import Dense, DepthwiseConv, PatchEmbed, gelu
 
 VARIANTS = {
     'ConvMixer-1536/20': dict(hidden_size=1536, depth=20, kernel_size=9, patch_size=7),
@@ -69,7 +69,7 @@ class PointwiseMixer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = nn.Dense(x.shape[-1], dtype=self.dtype, name='pointwise')(x)
+    x = Dense(x.shape[-1], dtype=self.dtype, name='pointwise')(x)
     return _act_norm(x, train, self.axis_name, self.approximate_gelu, self.dtype, 'norm')
 
 

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.models.layers import DropPath, LayerScale, MAPHead
+from isojax.models.layers import Dense, DropPath, LayerScale, MAPHead
 
 ModuleDef = Callable[..., nn.Module]
 POOLS = ('token', 'gap', 'map')
@@ -103,7 +103,7 @@ class Isotropic(nn.Module):
     if self.final_norm is not None and self.norm_after_pool:
       x = self.final_norm(name='final_norm')(x)
     if self.representation_size is not None:
-      x = jnp.tanh(nn.Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, name='head',
+      x = jnp.tanh(Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+    logits = Dense(self.num_classes, dtype=self.dtype, name='head',
                       kernel_init=nn.initializers.zeros)(x)
     return logits.astype(jnp.float32)
