@@ -251,14 +251,16 @@ def test_sincos_posemb_is_fixed_and_distinct_per_position():
   assert pe.shape == (16, 32) and len({tuple(np.round(r, 5)) for r in pe}) == 16
 
 
-@pytest.mark.parametrize('kernel_size', [3, 4, 5])
-def test_depthwise_conv_formulations_compute_the_same_numbers(kernel_size):
+@pytest.mark.parametrize('kernel_size,batch', [(3, 2), (4, 3), (5, 6)])
+def test_depthwise_conv_formulations_compute_the_same_numbers(kernel_size, batch):
   from isojax.models.layers import DepthwiseConv
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 8))
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, 6, 6, 8))
   shift, conv = DepthwiseConv(kernel_size, 'shift'), DepthwiseConv(kernel_size, 'conv')
   variables = shift.init(jax.random.PRNGKey(1), x)
   variables = jax.tree_util.tree_map(lambda p: p + 0.1, variables)   # a non-zero bias too
   np.testing.assert_allclose(shift.apply(variables, x), conv.apply(variables, x), rtol=1e-5, atol=1e-5)
-  grads = [jax.grad(lambda v, m=m: (m.apply(v, x) ** 2).sum())(variables) for m in (shift, conv)]
+  # Gradients for the parameters and the input (the shifted form has its own backward pass).
+  grads = [jax.grad(lambda v, x, m=m: (m.apply(v, x) ** 2).sum(), argnums=(0, 1))(variables, x)
+           for m in (shift, conv)]
   for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
