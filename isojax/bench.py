@@ -2,8 +2,13 @@
 
     python -m isojax.bench --model ViT-S/16 --batch-size 64 --image-size 224 [--dtype bfloat16] [--steps 10]
     python -m isojax.bench --input configs/cifar10_convmixer.py [--steps 50]
+    python -m isojax.bench --model ViT-B/16 --max-batch [--remat]
 
-Prints a table and one JSON line. FLOPs come from XLA's cost analysis of the compiled step;
+Prints a table and one JSON line. `--max-batch` finds the largest global batch whose training step
+fits the device's memory, from XLA's buffer assignment of the compiled step (the memory
+the step allocates), without running it.
+
+FLOPs come from XLA's cost analysis of the compiled step;
 model-FLOPs utilisation is against the device's peak: on CPU a float32 matrix product measured
 at start-up, on known accelerators their published dense peak for the dtype.
 """
@@ -131,6 +136,63 @@ def bench_model(name: str, batch_size: int, image_size: int, dtype: str = 'float
   return result
 
 
+def _available_memory() -> tuple[int, str]:
+  """Bytes one device can hold: the accelerator's limit, or the host's available memory on CPU."""
+  stats = jax.local_devices()[0].memory_stats()
+  if stats and 'bytes_limit' in stats:
+    return int(stats['bytes_limit']), 'device memory limit'
+  with open('/proc/meminfo') as f:
+    info = {line.split(':')[0]: int(line.split()[1]) * 1024 for line in f}
+  return info['MemAvailable'] // jax.local_device_count(), 'available host memory'
+
+
+def train_step_bytes(name: str, per_device_batch: int, image_size: int, dtype: str = 'float32',
+                     remat: bool = False, num_classes: int = 1000) -> int:
+  """Memory XLA assigns to one device's training step: state, batch, temporaries and outputs."""
+  from isojax import optim, runs, train_step
+  from isojax.config_base import base
+  model = runs.build_model(name, num_classes, dtype=dtype, remat=remat, axis_name=None)
+  tx, lr = optim.create(base().optimizer, total_steps=1000)
+  state = jax.eval_shape(lambda rng: train_step.init_state(model, tx, rng, (image_size, image_size, 3), ema=False),
+                         jax.random.PRNGKey(0))
+  batch = {'image': jax.ShapeDtypeStruct((per_device_batch, image_size, image_size, 3), jnp.float32),
+           'label': jax.ShapeDtypeStruct((per_device_batch,), jnp.int32)}
+  step = jax.jit(lambda s, b, k: train_step.train_step(s, b, k, model=model, tx=tx, learning_rate=lr,
+                                                        num_classes=num_classes, axis_name=None),
+                 donate_argnums=(0,))
+  memory = step.lower(state, batch, jax.random.PRNGKey(0)).compile().memory_analysis()
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+             + memory.temp_size_in_bytes)
+
+
+def largest_batch(name: str, image_size: int, dtype: str = 'float32', remat: bool = False,
+                  num_classes: int = 1000, granularity: int = 8, limit_bytes: Optional[int] = None) -> dict:
+  """Largest per-device batch (a multiple of `granularity`) whose training step fits in memory.
+
+  Doubles the batch until the step no longer fits, then bisects; each probe is one compile.
+  """
+  limit, source = (limit_bytes, 'given limit') if limit_bytes else _available_memory()
+  probes = {}
+
+  def fits(batch):
+    probes[batch] = train_step_bytes(name, batch, image_size, dtype, remat, num_classes)
+    return probes[batch] <= limit
+
+  low, high = 0, granularity
+  while fits(high):
+    low, high = high, 2 * high
+  while high - low > granularity:
+    mid = (low + high) // 2 // granularity * granularity
+    low, high = (mid, high) if fits(mid) else (low, mid)
+  from isojax import models
+  devices = jax.local_device_count()
+  return {'model': models.lookup(name).name, 'image_size': image_size, 'dtype': dtype, 'remat': remat,
+          'max_batch_per_device': low, 'max_global_batch': low * devices, 'devices': devices,
+          'step_bytes_at_max': probes.get(low), 'limit_bytes': limit, 'limit_source': source,
+          'device_kind': jax.local_devices()[0].device_kind,
+          'probes': {str(b): probes[b] for b in sorted(probes)}}
+
+
 def bench_input(config_path: str, steps: int = 50) -> dict:
   """Images/s of the config's training input pipeline alone, on this process's shards."""
   from isojax import config_base, data, parallel
@@ -152,6 +214,13 @@ def bench_input(config_path: str, steps: int = 50) -> dict:
 
 
 def _table(result: dict) -> str:
+  if 'max_batch_per_device' in result:
+    at_max = result['step_bytes_at_max']
+    return (f"{result['model']} @ {result['image_size']}px {result['dtype']}{' remat' if result['remat'] else ''}: "
+            f"largest training batch {result['max_global_batch']} ({result['max_batch_per_device']} per device x "
+            f"{result['devices']} {result['device_kind']}); the step takes "
+            f"{at_max / 2 ** 30 if at_max else 0:.1f} of {result['limit_bytes'] / 2 ** 30:.1f} GiB "
+            f"({result['limit_source']})")
   if 'input' in result:
     return f"input pipeline of {result['input']} ({result['dataset']}): {result['images_per_sec']:,.0f} images/s"
   head = (f"{result['model']} batch {result['batch_size']} @ {result['image_size']}px {result['dtype']} on "
@@ -179,10 +248,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--num-classes', type=int, default=1000)
   parser.add_argument('--remat', action='store_true', help='recompute block activations in the backward pass')
   parser.add_argument('--input', metavar='CONFIG', help="measure this config's input pipeline alone")
+  parser.add_argument('--max-batch', action='store_true',
+                      help='find the largest training batch that fits the device memory (compiles only)')
   args = parser.parse_args(argv)
   host_memory.keep_freed_memory()   # as isojax.main does
   if args.input:
     result = bench_input(args.input, args.steps)
+  elif args.model and args.max_batch:
+    result = largest_batch(args.model, args.image_size, args.dtype, args.remat, args.num_classes)
   elif args.model:
     result = bench_model(args.model, args.batch_size, args.image_size, args.dtype, args.steps, args.num_classes,
                          args.remat)

@@ -31,3 +31,17 @@ def test_bench_input_measures_the_pipeline_alone(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
   result = bench.bench_input(os.path.join(ROOT, 'configs', 'default.py'), steps=3)
   assert result['images_per_sec'] > 0 and result['dataset'] == 'isojax_digits'
+
+
+def test_largest_batch_is_the_last_multiple_that_fits_the_memory_limit():
+  bytes_at = lambda batch: bench.train_step_bytes('ConvMixer-256/8', batch, 8, num_classes=10)
+  limit = bytes_at(16) + 1
+  result = bench.largest_batch('ConvMixer-256/8', 8, num_classes=10, limit_bytes=limit)
+  assert result['max_batch_per_device'] == 16 and result['step_bytes_at_max'] == limit - 1
+  assert result['probes']['24'] > limit   # the next multiple of 8 does not fit
+  assert result['max_global_batch'] == 16 * result['devices']
+
+
+def test_remat_lowers_the_memory_of_the_training_step():
+  plain = bench.train_step_bytes('ViT-Ti/16', 8, 32, num_classes=10)
+  assert bench.train_step_bytes('ViT-Ti/16', 8, 32, num_classes=10, remat=True) < plain

@@ -194,7 +194,7 @@ def _shifted_sum(x: jax.Array, kernel: jax.Array, lo: int, hi: int) -> jax.Array
   return sum(padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
 
 
-def _depthwise_kernel_gradient(x: jax.Array, dy: jax.Array, k: int) -> jax.Array:
+def _depthwise_kernel_gradient(x: jax.Array, dy: jax.Array, k: int, chunk_bytes: int = 1 << 20) -> jax.Array:
   """d(loss)/d(kernel)[i, j, c] = sum over b, h, w of x[b, h + i - lo, w + j - lo, c] * dy[b, h, w, c].
 
   The k*k reductions run over about a megabyte of images at a time (a scan over the
@@ -204,7 +204,7 @@ def _depthwise_kernel_gradient(x: jax.Array, dy: jax.Array, k: int) -> jax.Array
   lo, hi = (k - 1) // 2, k // 2
   batch, h, w, width = x.shape
   image_bytes = h * w * width * x.dtype.itemsize
-  chunk = max(1, min(batch, (1 << 20) // image_bytes))
+  chunk = max(1, min(batch, chunk_bytes // image_bytes))
   while batch % chunk:
     chunk -= 1
   padded = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))

@@ -1,0 +1,129 @@
+"""The plain-Flax baseline of the side-by-side benchmark: the same models written the usual way.
+
+    python benchmarks/plain_flax.py --model ViT-S/16 --batch-size 16 --image-size 224
+
+ViT and Mixer are the reference implementations in the official structure
+(tests/reference/official_models.py: flax's stock MultiHeadDotProductAttention with
+separate query/key/value, heads as a middle axis); ConvMixer uses nn.Conv for the patch,
+depthwise (feature_group_count) and pointwise convolutions. The step is the flax-examples
+one: `jax.jit` of value_and_grad + optax.adamw through flax's TrainState, with no buffer
+donation. Architecture sizes come from isojax's registry tables, nothing else from isojax.
+Prints one JSON line with the median seconds of a training step and of inference.
+"""
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from flax.training import train_state  # noqa: E402
+
+from isojax.models import convmixer, mixer, vit  # noqa: E402  (architecture sizes only)
+from tests.reference.official_models import OfficialMixer, OfficialViT  # noqa: E402
+
+
+class PlainConvMixer(nn.Module):
+  """ConvMixer as most Flax code writes it: nn.Conv everywhere, GELU then BatchNorm."""
+  num_classes: int
+  hidden_size: int
+  depth: int
+  kernel_size: int
+  patch_size: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+    act = functools.partial(nn.gelu, approximate=False)
+    p, k, dim = self.patch_size, self.kernel_size, self.hidden_size
+    x = norm()(act(nn.Conv(dim, (p, p), strides=(p, p), padding='VALID')(x)))
+    for _ in range(self.depth):
+      x = x + norm()(act(nn.Conv(dim, (k, k), padding='SAME', feature_group_count=dim)(x)))
+      x = norm()(act(nn.Conv(dim, (1, 1))(x)))
+    return nn.Dense(self.num_classes)(x.mean(axis=(1, 2)))
+
+
+def build(name: str, num_classes: int) -> nn.Module:
+  if name in vit.VARIANTS:
+    return OfficialViT(num_classes=num_classes, classifier='token', **vit.VARIANTS[name])
+  if name in mixer.VARIANTS:
+    return OfficialMixer(num_classes=num_classes, **mixer.VARIANTS[name])
+  if name in convmixer.VARIANTS:
+    return PlainConvMixer(num_classes=num_classes, **convmixer.VARIANTS[name])
+  raise SystemExit(f'No plain baseline for {name!r}; one of the ViT, Mixer or ConvMixer registry names.')
+
+
+def median_seconds(fn, steps):
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--model', required=True)
+  parser.add_argument('--batch-size', type=int, required=True)
+  parser.add_argument('--image-size', type=int, required=True)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--num-classes', type=int, default=1000)
+  args = parser.parse_args()
+  model = build(args.model, args.num_classes)
+  batch_norm = isinstance(model, PlainConvMixer)
+  rng = np.random.RandomState(0)
+  images = jnp.asarray(rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(np.float32))
+  labels = jnp.asarray(rng.randint(0, args.num_classes, args.batch_size))
+  kwargs = {'train': False} if batch_norm else {}
+  variables = jax.jit(functools.partial(model.init, **kwargs))(jax.random.PRNGKey(0), images[:1])
+  state = train_state.TrainState.create(apply_fn=model.apply, params=variables['params'],
+                                        tx=optax.adamw(1e-3, weight_decay=0.05))
+  batch_stats = variables.get('batch_stats')
+
+  @jax.jit
+  def train_step(state, batch_stats, images, labels):
+    def loss_fn(params):
+      if batch_norm:
+        logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats}, images, train=True,
+                                         mutable=['batch_stats'])
+      else:
+        logits, updates = state.apply_fn({'params': params}, images), {}
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, updates.get('batch_stats')
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return state.apply_gradients(grads=grads), batch_stats, loss
+
+  @jax.jit
+  def infer(params, batch_stats, images):
+    extra = {'batch_stats': batch_stats} if batch_norm else {}
+    return state.apply_fn({'params': params, **extra}, images, **kwargs)
+
+  result = {'framework': 'plain-flax', 'model': args.model, 'batch_size': args.batch_size,
+            'image_size': args.image_size, 'jax': jax.__version__}
+  holder = {'state': state, 'batch_stats': batch_stats}
+
+  def one_step():
+    holder['state'], holder['batch_stats'], loss = train_step(holder['state'], holder['batch_stats'], images, labels)
+    return loss
+  start = time.perf_counter()
+  jax.block_until_ready(one_step())
+  result['train_first_call_seconds'] = time.perf_counter() - start   # compile + one step
+  result['train_seconds'] = median_seconds(one_step, args.steps)
+  jax.block_until_ready(infer(holder['state'].params, holder['batch_stats'], images))
+  result['inference_seconds'] = median_seconds(
+      lambda: infer(holder['state'].params, holder['batch_stats'], images), args.steps)
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,47 @@
+"""Entry points keep freed host memory, so a step's large buffers are not page-faulted in again."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROGRAM = '''
+import resource, sys
+from isojax import host_memory
+applied = host_memory.keep_freed_memory()
+import jax, jax.numpy as jnp
+# A training-like step: the backward pass keeps ~100 MiB of activations in XLA's temporary buffer.
+ws = [jnp.full((256, 1024), 0.01), jnp.full((1024, 256), 0.01)] * 2
+def loss(ws, x):
+  for w in ws:
+    x = jnp.tanh(x @ w)
+  return x.sum()
+step = jax.jit(jax.grad(loss))
+x = jnp.ones((8192, 256), jnp.float32)
+for _ in range(3):
+  jax.block_until_ready(step(ws, x))
+faults = []
+for _ in range(2):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  jax.block_until_ready(step(ws, x))
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+temp = step.lower(ws, x).compile().memory_analysis().temp_size_in_bytes
+print(applied, min(faults), temp)
+'''
+
+
+def run(keep: bool) -> tuple[str, int, int]:
+  env = {**os.environ, 'ISOJAX_KEEP_HOST_MEMORY': '1' if keep else '0'}
+  env.pop('XLA_FLAGS', None)
+  out = subprocess.run([sys.executable, '-c', PROGRAM], env=env, capture_output=True, text=True, check=True)
+  applied, faults, temp_bytes = out.stdout.split()
+  return applied, int(faults), int(temp_bytes)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc tuning is Linux-only')
+def test_kept_host_memory_is_reused_instead_of_faulted_in_every_step():
+  applied, faults, temp_bytes = run(keep=True)
+  pages = temp_bytes // os.sysconf('SC_PAGE_SIZE')
+  assert applied == 'True' and faults < pages // 10
+  applied, faults, _ = run(keep=False)   # glibc's default: the buffer is mapped afresh every step
+  assert applied == 'False' and faults > pages // 2
