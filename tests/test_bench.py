@@ -41,7 +41,3 @@ def test_largest_batch_is_the_last_multiple_that_fits_the_memory_limit():
   assert result['probes']['24'] > limit   # the next multiple of 8 does not fit
   assert result['max_global_batch'] == 16 * result['devices']
 
-
-def test_remat_lowers_the_memory_of_the_training_step():
-  plain = bench.train_step_bytes('ViT-Ti/16', 8, 32, num_classes=10)
-  assert bench.train_step_bytes('ViT-Ti/16', 8, 32, num_classes=10, remat=True) < plain
