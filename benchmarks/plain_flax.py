@@ -7,14 +7,13 @@ ViT and Mixer are the reference implementations in the official structure
 separate query/key/value, heads as a middle axis); ConvMixer uses nn.Conv for the patch,
 depthwise (feature_group_count) and pointwise convolutions. The step is the flax-examples
 one: `jax.jit` of value_and_grad + optax.adamw through flax's TrainState, with no buffer
-donation. Architecture sizes come from isojax's registry tables, nothing else from isojax.
+donation. Architecture sizes come from isojax's registry tables and the timing from isojax.bench; nothing else from isojax.
 Prints one JSON line with the median seconds of a training step and of inference.
 """
 import argparse
 import functools
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -28,6 +27,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
+from isojax.bench import median_seconds  # noqa: E402  (the same timing as the isojax column)
 from isojax.models import convmixer, mixer, vit  # noqa: E402  (architecture sizes only)
 from tests.reference.official_models import OfficialMixer, OfficialViT  # noqa: E402
 
@@ -60,15 +60,6 @@ def build(name: str, num_classes: int) -> nn.Module:
   if name in convmixer.VARIANTS:
     return PlainConvMixer(num_classes=num_classes, **convmixer.VARIANTS[name])
   raise SystemExit(f'No plain baseline for {name!r}; one of the ViT, Mixer or ConvMixer registry names.')
-
-
-def median_seconds(fn, steps):
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main():

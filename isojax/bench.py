@@ -40,7 +40,8 @@ PEAKS = {
 }
 
 
-def _median_seconds(fn: Callable[[], object], steps: int) -> float:
+def median_seconds(fn: Callable[[], object], steps: int) -> float:
+  """Median wall time of `steps` calls of `fn`, each waited on until its results are ready."""
   times = []
   for _ in range(steps):
     start = time.perf_counter()
@@ -59,7 +60,7 @@ def device_peak(dtype: str) -> tuple[float, str]:
   a = jnp.ones((n, n), jnp.float32)
   matmul = jax.jit(lambda a: a @ a)
   jax.block_until_ready(matmul(a))
-  seconds = _median_seconds(lambda: matmul(a), 10)
+  seconds = median_seconds(lambda: matmul(a), 10)
   return 2 * n ** 3 / seconds, f'measured {n}x{n} float32 matmul on {device.device_kind}'
 
 
@@ -109,7 +110,7 @@ def bench_model(name: str, batch_size: int, image_size: int, dtype: str = 'float
     holder['state'], metrics = step(holder['state'], batch, key)
     return metrics
   jax.block_until_ready(one_step())   # the first call also places donated buffers
-  train_seconds = _median_seconds(one_step, steps)
+  train_seconds = median_seconds(one_step, steps)
 
   infer = jax.pmap(lambda s, x: model.apply(s.variables(), x, train=False), axis_name=train_step.AXIS)
   start = time.perf_counter()
@@ -117,7 +118,7 @@ def bench_model(name: str, batch_size: int, image_size: int, dtype: str = 'float
   infer_compile = time.perf_counter() - start
   infer_flops = _flops(compiled_infer)
   jax.block_until_ready(infer(holder['state'], batch['image']))
-  infer_seconds = _median_seconds(lambda: infer(holder['state'], batch['image']), steps)
+  infer_seconds = median_seconds(lambda: infer(holder['state'], batch['image']), steps)
 
   peak, peak_source = device_peak(dtype)
   memory, memory_source = _peak_memory()
