@@ -3,6 +3,12 @@
     python -m isojax.main --config=configs/cifar10_finetune.py:vit --workdir=workdirs/c10_ft \
         --config.init_from=PATH
 
+Source: google-research/vision_transformer vit_jax/configs/common.py (batch 512, base_lr 0.03,
+cosine, warmup_steps 500, grad_norm_clip 1.0, SGD with momentum 0.9, no weight decay) and its
+cifar10 entry (total_steps 10_000, train[:98%] / test). Difference: 224 px instead of the
+source's crop 384 (4x cheaper; expect a few tenths lower), and momentum kept in float32
+(the source's optim_dtype is bfloat16).
+
 PATH is a published checkpoint of the same architecture (google-research/vision_transformer
 `ViT-B_16.npz` / `Mixer-B_16.npz`, a big_vision .npz) or the workdir of an isojax run. The head
 is re-initialised for 10 classes and learned position embeddings are resized to the new grid.

@@ -11,4 +11,4 @@ from isojax.sweeps import Sweep, product
 def get_sweep():
   return Sweep('configs/cifar10_convmixer.py',
                product({'model.kernel_size': [3, 5, 9], 'model.patch_size': [1, 2, 4]}),
-               fixed={'num_epochs': 25.0, 'optimizer.warmup_steps': int(0.4 * 25 * 50_000 / 512)})
+               fixed={'num_epochs': 25.0})   # the onecycle schedule scales itself to the 25 epochs

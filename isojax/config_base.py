@@ -15,21 +15,21 @@ _RUN_LEVEL_OPTIONS = ('dtype', 'remat', 'axis_name')
 
 
 def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
-  """`config.model` for a registered model with every architecture field spelled out.
+  """`config.model`: the model's name and every field the name leaves open, spelled out.
 
-  Each field can then be overridden from the command line (`--config.model.depth=6`).
+  The name is the architecture (`ViT-S/16`, `ViT-384x6/4`, `ConvMixer-128/6`): width, depth,
+  heads, patch... come from it, so `--config.model.name=ViT-B/16` changes all of them and
+  nothing can disagree with it. The open fields (pooling, dropout, a ConvMixer's kernel)
+  can be overridden from the command line (`--config.model.classifier=gap`).
   """
   from isojax import models  # configs know models; models know nothing of configs
-  entry = models.lookup(name)
-  unknown = sorted(set(overrides) - set(entry.options()))
-  if unknown:
-    raise ValueError(f'Unknown model field(s) {unknown} for {entry.name}; allowed: {entry.options()}.')
+  entry, _ = models.resolve(name, **overrides)
   hints = typing.get_type_hints(entry.factory)
   fields = {'name': entry.name}
   for option, parameter in inspect.signature(entry.factory).parameters.items():
-    if option == 'num_classes' or option in _RUN_LEVEL_OPTIONS:
+    if option == 'num_classes' or option in _RUN_LEVEL_OPTIONS or option in entry.architecture:
       continue
-    value = overrides.get(option, entry.architecture.get(option, parameter.default))
+    value = overrides.get(option, entry.defaults.get(option, parameter.default))
     if value is None:   # an optional field: typed, so the command line can still set it
       value = config_dict.placeholder(next(t for t in typing.get_args(hints[option]) if t is not type(None)))
     fields[option] = value
@@ -47,6 +47,7 @@ def base() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.eval_every = 500
   c.label_smoothing = 0.0
+  c.loss = 'softmax_xent'            # or 'sigmoid_xent' (big_vision's Mixer recipe)
   c.ema_decay = 0.0                  # > 0 keeps an EMA of the parameters
   c.eval_with_ema = True             # evaluate the EMA parameters when kept
   c.dtype = 'float32'                # 'bfloat16': matrix work in bf16, parameters stay float32
@@ -78,11 +79,18 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.momentum = 0.9         # sgd
   c.optimizer.nesterov = False       # sgd
   c.optimizer.weight_decay = 1e-4
+  # 'lr_scaled': param -= lr(t) * wd * param (optax.adamw, torch AdamW, timm);
+  # 'lr_independent': param -= lr(t) / lr * wd * param (big_vision's `wd`). See isojax/optim.py.
+  c.optimizer.weight_decay_mode = 'lr_scaled'
+  c.optimizer.mu_dtype = config_dict.placeholder(str)   # Adam's first moment dtype ('bfloat16': big_vision)
   c.optimizer.decay_params = r'(^|/)kernel$'   # regex over parameter paths that get weight decay
   c.optimizer.freeze = ''            # regex over parameter paths that do not train
   c.optimizer.clip_norm = 1.0        # global-norm gradient clipping; 0 disables
+  # Warmup: exactly one of steps, epochs or a fraction of training (resolved at run time).
   c.optimizer.warmup_steps = 0
-  c.optimizer.schedule = 'cosine'    # 'cosine', 'linear', 'constant'
+  c.optimizer.warmup_epochs = config_dict.placeholder(float)
+  c.optimizer.warmup_fraction = config_dict.placeholder(float)
+  c.optimizer.schedule = 'cosine'    # 'cosine', 'linear', 'constant', 'onecycle' (locuslab)
   c.optimizer.end_lr_factor = 0.0
 
   c.checkpoint = ml_collections.ConfigDict()

@@ -17,6 +17,9 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file, optionally with :ARG.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Resolve the config and print what the run would do (model, '
+                             'parameters, GFLOPs, steps, learning rate over training, weight decay, '
+                             'augmentation) as text and one JSON line; train nothing, write nothing.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -28,6 +31,11 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)   # Orbax and TFDS log every save and read at INFO
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators
+  if _DRY_RUN.value:
+    from isojax import plan
+    plan.validate_model(_CONFIG.value)
+    print(plan.format_dry_run(plan.dry_run(_CONFIG.value)), flush=True)
+    return
   from isojax import train
   train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

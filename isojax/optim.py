@@ -4,17 +4,36 @@ Parameters are addressed by their '/'-joined path (`block_3/token_mixing/attenti
 and selected by regex, as in big_vision: `decay_params` picks what weight decay applies to
 (by default every kernel: not biases, norms, position embeddings, class token or probes),
 `freeze` picks what does not train at all.
+
+Weight decay comes in the two conventions that published recipes use, chosen by name
+(`weight_decay_mode`), because the same number means decay 1,000x apart in them:
+  'lr_scaled'       param -= lr(t) * wd * param: optax.adamw, torch.optim.AdamW, timm.
+  'lr_independent'  param -= (lr(t) / lr) * wd * param: big_vision/optax.py `make` adds
+                    `wd * params` after `optax.scale(config.lr)` and before the schedule
+                    multiplier, so wd is not multiplied by the peak learning rate.
+SGD's decay is coupled L2 (added to the gradient before momentum, as torch.optim.SGD).
+
+Durations resolve at run time (as big_vision's `utils.steps`): warmup is given in steps,
+epochs or a fraction of training, and a warmup that does not fit is an error, not a clamp.
 """
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 DEFAULT_DECAY_PARAMS = r'(^|/)kernel$'
+WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')
+SCHEDULES = ('cosine', 'linear', 'constant', 'onecycle')
+# locuslab/convmixer-cifar10 train.py l.99-100 (and its timm copy's scheduler/onecycle_lr.py):
+# np.interp(t, [0, E*2//5, E*4//5, E], [0, lr_max, lr_max/20, 0]), t in epochs.
+ONECYCLE_KNOTS = (0.0, 0.4, 0.8, 1.0)
+ONECYCLE_VALUES = (0.0, 1.0, 1.0 / 20.0, 0.0)
 
 
 def param_paths(params: Any) -> Any:
@@ -29,37 +48,96 @@ def regex_mask(pattern: str):
   return lambda params: jax.tree_util.tree_map(lambda p: bool(compiled.search(p)), param_paths(params))
 
 
-def schedule(config: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup to `lr`, then cosine / linear decay to `lr * end_lr_factor`, or constant."""
-  lr, warmup = config.lr, min(config.warmup_steps, total_steps)
+def warmup_steps(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: float) -> int:
+  """The warmup in steps, from exactly one of warmup_steps / warmup_epochs / warmup_fraction."""
+  given = {k: config.get(k) for k in ('warmup_steps', 'warmup_epochs', 'warmup_fraction')
+           if config.get(k) not in (None, 0)}
+  if len(given) > 1:
+    raise ValueError(f'Give the warmup one way only; got {given}. Set the others to 0 / None.')
+  if 'warmup_fraction' in given and not 0 <= given['warmup_fraction'] < 1:
+    raise ValueError(f'optimizer.warmup_fraction={given["warmup_fraction"]} must be in [0, 1).')
+  if any(v < 0 for v in given.values()):
+    raise ValueError(f'A warmup cannot be negative: {given}.')
+  steps = int(given.get('warmup_steps', 0))
+  if 'warmup_epochs' in given:
+    if not steps_per_epoch:
+      raise ValueError('optimizer.warmup_epochs needs the dataset size; give warmup_steps or warmup_fraction.')
+    steps = round(given['warmup_epochs'] * steps_per_epoch)
+  if 'warmup_fraction' in given:
+    steps = round(given['warmup_fraction'] * total_steps)
+  if steps and config.schedule == 'onecycle':
+    raise ValueError(f"optimizer.schedule='onecycle' has its warmup built in (the first 40% of training); "
+                     f'remove the warmup ({given}).')
+  if steps and steps >= total_steps:
+    raise ValueError(f'The warmup ({given} = {steps} steps) does not fit in the {total_steps} training steps; '
+                     f'give it as optimizer.warmup_fraction (e.g. 0.05) or train longer.')
+  return steps
+
+
+def schedule(config: ml_collections.ConfigDict, total_steps: int,
+             steps_per_epoch: Optional[float] = None) -> optax.Schedule:
+  """The learning rate at each step (the step counter before the update).
+
+  cosine / linear: linear warmup from 0 to `lr`, then decay to `lr * end_lr_factor`, reached
+  at step `total_steps`. constant: warmup then `lr`. onecycle: locuslab's piecewise-linear
+  schedule, evaluated as the source does at the end of each step, `t = (step + 1) / steps`.
+  """
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f'Unknown optimizer.schedule {config.schedule!r}; expected one of {SCHEDULES}.')
+  if total_steps < 1:
+    raise ValueError(f'Training needs at least one step, got total_steps={total_steps}.')
+  lr = config.lr
+  if config.schedule == 'onecycle':
+    knots = jnp.asarray(ONECYCLE_KNOTS) * total_steps
+    values = jnp.asarray(ONECYCLE_VALUES) * lr
+    return lambda step: jnp.interp(jnp.asarray(step, jnp.float32) + 1.0, knots, values)
+  warmup = warmup_steps(config, total_steps, steps_per_epoch)
   end = lr * config.get('end_lr_factor', 0.0)
-  decay_steps = max(total_steps - warmup, 1)
+  decay_steps = total_steps - warmup
   kinds = {
       'cosine': lambda: optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0),
       'linear': lambda: optax.linear_schedule(lr, end, decay_steps),
       'constant': lambda: optax.constant_schedule(lr),
   }
-  if config.schedule not in kinds:
-    raise ValueError(f'Unknown optimizer.schedule {config.schedule!r}; expected one of {sorted(kinds)}.')
   warm = optax.linear_schedule(0.0, lr, warmup) if warmup else optax.constant_schedule(lr)
   return optax.join_schedules([warm, kinds[config.schedule]()], [warmup])
 
 
-def create(config: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def _mu_dtype(config: ml_collections.ConfigDict) -> Optional[Any]:
+  name = config.get('mu_dtype')
+  return jnp.dtype(name) if name else None
+
+
+def create(config: ml_collections.ConfigDict, total_steps: int,
+           steps_per_epoch: Optional[float] = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer and its schedule (the schedule is also logged as the learning rate)."""
-  lr = schedule(config, total_steps)
+  lr = schedule(config, total_steps, steps_per_epoch)
   decay_mask = regex_mask(config.get('decay_params', DEFAULT_DECAY_PARAMS))
-  name = config.name
-  if name == 'adamw':
-    tx = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
-                     weight_decay=config.weight_decay, mask=decay_mask)
-  elif name == 'lamb':
-    tx = optax.lamb(lr, b1=config.b1, b2=config.b2, eps=config.eps,
-                    weight_decay=config.weight_decay, mask=decay_mask)
-  elif name == 'sgd':
+  mode = config.get('weight_decay_mode', 'lr_scaled')
+  if mode not in WEIGHT_DECAY_MODES:
+    raise ValueError(f'Unknown optimizer.weight_decay_mode {mode!r}; expected one of {WEIGHT_DECAY_MODES}.')
+  name, wd = config.name, config.weight_decay
+  if name == 'sgd':
     # Coupled L2 decay (as torch.optim.SGD): decay joins the gradient before momentum.
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+    tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
                      optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov))
+  elif name in ('adamw', 'lamb'):
+    scale = (optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=_mu_dtype(config))
+             if name == 'adamw' else optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps))
+    if mode == 'lr_scaled':
+      # optax.adamw / optax.lamb: -lr(t) * (adam + wd * param) [lamb: trust ratio in between].
+      parts = [scale, optax.add_decayed_weights(wd, decay_mask)]
+      if name == 'lamb':
+        parts.append(optax.scale_by_trust_ratio())
+      tx = optax.chain(*parts, optax.scale_by_learning_rate(lr))
+    else:
+      # big_vision/optax.py `make`: scale(lr) -> add_decayed_weights(wd) -> scale_by_schedule(mult) -> -1.
+      peak = config.lr
+      multiplier = lambda step: lr(step) / peak if peak else 0.0
+      parts = [scale, optax.scale(peak), optax.add_decayed_weights(wd, decay_mask)]
+      if name == 'lamb':
+        parts.append(optax.scale_by_trust_ratio())
+      tx = optax.chain(*parts, optax.scale_by_schedule(multiplier), optax.scale(-1.0))
   else:
     raise ValueError(f"Unknown optimizer.name {name!r}; expected 'adamw', 'sgd' or 'lamb'.")
   if config.get('clip_norm'):
@@ -70,3 +148,35 @@ def create(config: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.G
         {'train': tx, 'frozen': optax.set_to_zero()},
         lambda params: jax.tree_util.tree_map(lambda f: 'frozen' if f else 'train', frozen(params)))
   return tx, lr
+
+
+def lr_at_percent(config: ml_collections.ConfigDict, total_steps: int,
+                  steps_per_epoch: Optional[float] = None) -> dict[str, float]:
+  """{'0': lr, '10': lr, ..., '100': lr}: the learning rate at each tenth of training."""
+  lr = schedule(config, total_steps, steps_per_epoch)
+  return {str(p): float(lr(min(round(p / 100 * total_steps), total_steps))) for p in range(0, 101, 10)}
+
+
+def decay_factor_at_peak(config: ml_collections.ConfigDict, total_steps: int,
+                         steps_per_epoch: Optional[float] = None) -> float:
+  """The fraction by which a decayed kernel shrinks in one zero-gradient step at peak lr.
+
+  Measured, not computed from the formula: one update of the real optimizer on a kernel of
+  ones with a zero gradient, at the step where the schedule is highest.
+  """
+  tx, lr = create(config, total_steps, steps_per_epoch)
+  steps = np.arange(total_steps + 1)
+  peak_step = int(steps[np.argmax(np.asarray(jax.vmap(lr)(steps)))])
+  params = {'kernel': jnp.ones((2,), jnp.float32)}
+  state = tx.init(params)
+  state = _with_count(state, peak_step)
+  updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params)
+  return float(-updates['kernel'][0])
+
+
+def _with_count(state: Any, count: int) -> Any:
+  """`state` with every step counter set to `count` (to evaluate the update at that step)."""
+  has_count = lambda node: 'count' in getattr(node, '_fields', ())
+  set_count = lambda node: (node._replace(count=jnp.asarray(count, jnp.asarray(node.count).dtype))
+                            if has_count(node) else node)
+  return jax.tree_util.tree_map(set_count, state, is_leaf=has_count)

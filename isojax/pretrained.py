@@ -1,7 +1,7 @@
 """Starting from pretrained weights: `load(path, model, image_size) -> variables` for `model`.
 
 Fine-tuning semantics (as in the ViT paper): when the class count differs the head is
-re-initialised (to zeros, like a fresh isojax head); when the image size differs, learned
+re-initialised (as a fresh model of that family starts it: zeros for ViT and Mixer); when the image size differs, learned
 position embeddings are resized bilinearly over their 2D grid, keeping the class token.
 Any other mismatch is an error naming the first parameter that does not fit.
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any
 
 import flax
@@ -44,16 +45,24 @@ def resize_posemb(posemb: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarr
   return np.concatenate([head, np.asarray(grid).reshape(1, new * new, width)], axis=1)
 
 
-def adapt(source: dict, target: dict) -> dict:
-  """`target`-shaped variables filled from `source` with the fine-tuning rules above."""
-  src, out = _flatten(source), {}
+def adapt(source: dict, target: dict, strict: bool = True) -> dict:
+  """`target`-shaped variables filled from `source` with the fine-tuning rules above.
+
+  Every tensor of `source` must be used: one the model has no place for (LayerScale, fc_norm,
+  pre_logits, a learned position embedding for a sin-cos model, ...) means the model is not
+  configured as the weights were trained, and fails the load, listing the unused and the
+  missing ones. `strict=False` loads anyway and reports them as a warning.
+  """
+  src, out, used, missing = _flatten(source), {}, set(), []
   for path, init in _flatten(target).items():
     if path not in src:
       if path.startswith(tuple(f'params/{p}' for p in REINIT_ON_MISMATCH)):
         out[path] = init
+        missing.append(path)
         continue
       raise ValueError(f'Pretrained weights have no {path!r} (shape {tuple(np.shape(init))}); '
                        f'they are for another architecture.')
+    used.add(path)
     value = np.asarray(src[path])
     if value.shape == tuple(np.shape(init)):
       out[path] = value.astype(np.asarray(init).dtype)
@@ -64,6 +73,15 @@ def adapt(source: dict, target: dict) -> dict:
     else:
       raise ValueError(f'Pretrained {path!r} has shape {value.shape}, but the model expects '
                        f'{tuple(np.shape(init))}; they are for another architecture.')
+  unused = sorted(set(src) - used)
+  if unused:
+    message = (f'{len(unused)} tensor(s) in the weights are not used by the model: {unused[:8]}'
+               f'{" ..." if len(unused) > 8 else ""}; re-initialised instead of loaded: {missing}. The model '
+               f'is not configured as the weights were trained (LayerScale, fc_norm, pre_logits, pooling, '
+               f'position embedding?).')
+    if strict:
+      raise ValueError(message + ' Configure the model to match, or load with strict=False.')
+    warnings.warn(message)
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
 
 
@@ -105,8 +123,8 @@ def _read_official(path: str) -> dict[str, np.ndarray]:
                    f'(first keys: {sorted(flat)[:5]}).')
 
 
-def load(path: str, model: nn.Module, image_size: int, channels: int = 3) -> dict:
-  """Variables for `model` at `image_size`, initialised from the weights at `path`."""
+def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True) -> dict:
+  """Variables for `model` at `image_size`, initialised from the weights at `path` (see `adapt`)."""
   images = jnp.zeros((1, image_size, image_size, channels))
   fresh = jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False))()   # re-initialised layers
-  return adapt(read(path), jax.device_get(fresh))
+  return adapt(read(path), jax.device_get(fresh), strict=strict)

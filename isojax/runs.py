@@ -30,6 +30,11 @@ def build_model(name: str, num_classes: int, overrides: Optional[dict] = None, d
   return models.create(name, num_classes, **overrides)
 
 
+def model_name(config: ml_collections.ConfigDict) -> str:
+  """The canonical name of the model a config describes ('ConvMixer-128/6-k3-p2')."""
+  return models.describe(config.model.name, **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
   """The model a config describes."""
   overrides = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
@@ -66,9 +71,12 @@ def load(workdir: str, step: Optional[int | str] = None,
   if use_ema and saved.get('ema_params') is None:
     raise ValueError(f'ema=True, but the run in {workdir!r} kept no EMA (ema_decay={config.get("ema_decay")}).')
   params = saved['ema_params'] if use_ema else saved['params']
+  batch_stats = saved.get('batch_stats')
+  if use_ema and saved.get('ema_batch_stats') is not None:   # runs saved before the EMA covered them lack it
+    batch_stats = saved['ema_batch_stats']
   num_classes = int(params['head']['bias'].shape[0])
   model = create_model(config, num_classes)
   variables = {'params': params}
-  if saved.get('batch_stats'):
-    variables['batch_stats'] = saved['batch_stats']
+  if batch_stats:
+    variables['batch_stats'] = batch_stats
   return model, variables, config

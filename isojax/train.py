@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import math
 import time
 from typing import Any, NamedTuple, Optional
 
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from isojax import checkpoint as checkpoint_lib
-from isojax import data, models, optim, parallel, pretrained, runs, train_step
+from isojax import data, optim, parallel, plan, pretrained, runs, train_step
 from isojax import workdir as workdir_lib
 from isojax.metrics import MetricWriter, Progress, summary_line
 
@@ -35,13 +34,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f'{config.grad_accum_steps}.')
   if config.eval_batch_size % devices:
     raise ValueError(f'eval_batch_size={config.eval_batch_size} is not divisible by the {devices} devices.')
-  models.lookup(config.model.name)  # unknown names fail here, with suggestions
-
-
-def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
-  if config.get('num_steps'):
-    return config.num_steps
-  return math.ceil(config.num_epochs * num_train / config.batch_size)
+  plan.validate_model(config)  # unknown names, and fields that contradict the name, fail here
 
 
 def evaluate(eval_fn, state, builder, config, process_shards, num_classes: int) -> dict:
@@ -83,11 +76,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   info = data.describe(builder, config.data.train_split, config.data.eval_split)
   if is_writer:
     workdir_lib.write_dataset_info(workdir, dataclasses.asdict(info))
-  steps = total_steps(config, info.num_train)
+  durations = plan.durations(config, info.num_train)
+  steps = durations.total_steps
   image_shape = (config.data.image_size, config.data.image_size, info.channels)
 
   model = runs.create_model(config, info.num_classes, axis_name=train_step.AXIS)
-  tx, learning_rate = optim.create(config.optimizer, steps)
+  tx, learning_rate = optim.create(config.optimizer, steps, durations.steps_per_epoch)
   init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape,
                            ema=config.ema_decay > 0)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -102,22 +96,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state = checkpointer.restore(state)
   elif config.init_from:
     variables = pretrained.load(config.init_from, model, config.data.image_size, info.channels)
+    ema = state.ema_params is not None
     state = state.replace(params=variables['params'], batch_stats=variables.get('batch_stats', {}),
                           opt_state=tx.init(variables['params']),
-                          ema_params=variables['params'] if state.ema_params is not None else None)
+                          ema_params=variables['params'] if ema else None,
+                          ema_batch_stats=variables.get('batch_stats', {}) if ema else None)
   state = jax.device_get(state)
   start_step = int(state.step)
 
   writer = MetricWriter(workdir, enabled=is_writer)
   progress = Progress(steps, start_step, enabled=is_writer)
-  progress.message(f'{config.model.name} on {config.data.name}: {info.num_train} train / {info.num_eval} eval '
+  progress.message(f'{runs.model_name(config)} on {config.data.name}: {info.num_train} train / {info.num_eval} eval '
                    f'examples, {info.num_classes} classes; {steps} steps of {config.batch_size} on '
                    f'{jax.device_count()} device(s)' + (f'; resuming at step {start_step}' if start_step else ''))
 
   step_fn = train_step.pmapped_train_step(
       model=model, tx=tx, learning_rate=learning_rate, num_classes=info.num_classes,
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup.mixup_alpha,
-      cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay)
+      cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
+      loss=config.get('loss', 'softmax_xent'))
   eval_fn = train_step.pmapped_eval_step(model=model, num_classes=info.num_classes,
                                          use_ema=config.ema_decay > 0 and config.eval_with_ema)
   shards = parallel.local_shard_indices()

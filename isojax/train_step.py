@@ -27,20 +27,26 @@ class TrainState:
   batch_stats: Any          # {} for models without BatchNorm
   opt_state: Any
   ema_params: Any           # None unless an EMA of the parameters is kept
+  # The EMA of BatchNorm statistics, kept with ema_params: timm's ModelEmaV2/V3 average the
+  # whole state_dict, buffers included (timm/utils/model_ema.py). {} without BatchNorm.
+  ema_batch_stats: Any = None
 
   def variables(self, use_ema: bool = False) -> dict:
-    params = self.ema_params if use_ema and self.ema_params is not None else self.params
-    return {'params': params, **({'batch_stats': self.batch_stats} if self.batch_stats else {})}
+    if use_ema and self.ema_params is not None:
+      params, batch_stats = self.ema_params, self.ema_batch_stats
+    else:
+      params, batch_stats = self.params, self.batch_stats
+    return {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
                image_shape: tuple[int, ...], ema: bool) -> TrainState:
   """Fresh parameters, optimizer state and (optionally) EMA for a [1, *image_shape] input."""
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-  params = variables['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
-                    ema_params=params if ema else None)
+  params, batch_stats = variables['params'], variables.get('batch_stats', {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), ema_params=params if ema else None,
+                    ema_batch_stats=batch_stats if ema else None)
 
 
 def mix(images: jax.Array, targets: jax.Array, rng: jax.Array, mixup_alpha: float,
@@ -71,6 +77,18 @@ def mix(images: jax.Array, targets: jax.Array, rng: jax.Array, mixup_alpha: floa
   return images, lam * targets + (1.0 - lam) * flipped_targets
 
 
+LOSSES = ('softmax_xent', 'sigmoid_xent')
+
+
+def loss_per_example(logits: jax.Array, targets: jax.Array, loss: str = 'softmax_xent') -> jax.Array:
+  """big_vision's losses (big_vision/utils.py softmax_xent, sigmoid_xent): per example, summed over classes."""
+  if loss == 'softmax_xent':
+    return optax.softmax_cross_entropy(logits, targets)
+  if loss == 'sigmoid_xent':
+    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
+  raise ValueError(f'Unknown loss {loss!r}; expected one of {LOSSES}.')
+
+
 def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
   return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
 
@@ -79,7 +97,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
                tx: optax.GradientTransformation, learning_rate: Callable[[Any], Any],
                num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
                cutmix_alpha: float = 0.0, accum_steps: int = 1, ema_decay: float = 0.0,
-               axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
+               loss: str = 'softmax_xent', axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
   """One optimizer step on this device's share of the global batch.
 
   The step's randomness is `rng` folded with the step number and the device index, so
@@ -98,9 +116,9 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     out = model.apply(variables, images, train=True, rngs={'dropout': rng},
                       mutable=['batch_stats'] if batch_stats else False)
     logits, updates = out if batch_stats else (out, {})
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    value = loss_per_example(logits, targets, loss).mean()
     accuracy = (logits.argmax(-1) == labels).mean()
-    return loss, (updates.get('batch_stats', batch_stats), accuracy)
+    return value, (updates.get('batch_stats', batch_stats), accuracy)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   split = lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
@@ -125,11 +143,13 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
 
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params = state.ema_params
-  if ema_params is not None:
+  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+  if ema_params is not None:   # ema = decay * ema + (1 - decay) * new, for parameters and statistics
     ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+    if ema_batch_stats is not None:
+      ema_batch_stats = optax.incremental_update(batch_stats, ema_batch_stats, 1.0 - ema_decay)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=ema_params)
+                            opt_state=opt_state, ema_params=ema_params, ema_batch_stats=ema_batch_stats)
   metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
              'param_norm': optax.global_norm(params), 'lr': learning_rate(state.step)}
   return new_state, metrics

@@ -118,18 +118,32 @@ def test_preprocessing_specs_parse_keywords_positional_words_and_reject_unknown_
   assert preprocess.parse('resize(32)|normalize(cifar)|randaugment(num_ops=1, magnitude=5)') == [
       ('resize', {'size': 32}), ('normalize', {'stats': 'cifar'}),
       ('randaugment', {'num_ops': 1, 'magnitude': 5})]
-  with pytest.raises(ValueError, match=r"Unknown preprocessing op 'colour_jitter'.*known ops"):
-    preprocess.parse('flip|colour_jitter(0.4)')
+  with pytest.raises(ValueError, match=r"Unknown preprocessing op 'colour_jitterr'.*known ops"):
+    preprocess.parse('flip|colour_jitterr(0.4)')
+
+
+ALL_OPS = [(flavour, name) for flavour in randaugment.FLAVOURS for name in randaugment.ops_of(flavour)]
 
 
 @pytest.mark.parametrize('channels', [1, 3])
-@pytest.mark.parametrize('transform', randaugment.TRANSFORMS, ids=lambda f: f.__name__)
-def test_every_randaugment_transform_keeps_shape_and_pixel_range(transform, channels):
+@pytest.mark.parametrize('flavour,op', ALL_OPS, ids=[f'{f}-{n}' for f, n in ALL_OPS])
+def test_every_randaugment_op_keeps_shape_and_pixel_range(flavour, op, channels):
   image = tf.random.stateless_uniform((12, 10, channels), (1, 2), 0, 255)
-  for level in (-9.0, 9.0):
-    out = transform(image, tf.constant(level))
+  fn, to_arg = randaugment.ops_of(flavour)[op]
+  for sign in (-1.0, 1.0):
+    out = fn(image, to_arg(tf.constant(9.0), tf.constant(sign), image))
     assert out.shape == image.shape
     assert float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255.001
+
+
+@pytest.mark.parametrize('flavour', randaugment.FLAVOURS)
+def test_randaugment_runs_on_images_of_unknown_static_shape(flavour):
+  # Image folders decode to [None, None, None]; every op must work without a static channel count.
+  apply = tf.function(lambda x, seed: randaugment.randaugment(x, seed, num_ops=3, magnitude=9, flavour=flavour),
+                      input_signature=[tf.TensorSpec([None, None, None], tf.float32), tf.TensorSpec([2], tf.int32)])
+  image = tf.random.stateless_uniform((12, 10, 3), (1, 2), 0, 255)
+  for seed in range(5):
+    assert apply(image, tf.constant([seed, 1])).shape == image.shape
 
 
 def test_random_erasing_replaces_one_rectangle_with_noise():

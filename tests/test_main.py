@@ -17,7 +17,7 @@ from isojax import config_base, train, workdir as workdir_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, 'configs', 'default.py')
 # A fast variant of the default run for behaviour tests: same pipeline, smaller model.
-QUICK = ['--config.model.depth=2', '--config.model.hidden_size=64', '--config.num_steps=120',
+QUICK = ['--config.model.name=ConvMixer-64/2', '--config.num_steps=120',
          '--config.eval_every=40', '--config.checkpoint.every=40', '--config.log_every=20']
 
 
@@ -88,7 +88,7 @@ WORKER = '''
 import sys, numpy as np, jax
 from isojax import config_base, train
 config = config_base.load(sys.argv[1], {{'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1,
-    'batch_size': 32, 'eval_batch_size': 360, 'model.depth': 2, 'model.hidden_size': 32,
+    'batch_size': 32, 'eval_batch_size': 360, 'model.name': 'ConvMixer-32/2',
     'optimizer.name': 'sgd', 'optimizer.lr': 0.05{extra}}})
 result = train.train_and_evaluate(config, sys.argv[2])
 leaves = jax.tree_util.tree_leaves(result.state.params)
@@ -142,7 +142,7 @@ def test_bad_command_line_overrides_fail_at_once_naming_the_field(tmp_path, tfds
 
 def quick_config(tfds_dir, **overrides):
   base = {'num_steps': 4, 'eval_every': 2, 'checkpoint.every': 2, 'log_every': 1, 'batch_size': 16,
-          'eval_batch_size': 368, 'model.depth': 1, 'model.hidden_size': 16, 'data.data_dir': str(tfds_dir)}
+          'eval_batch_size': 368, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tfds_dir)}
   return config_base.load(DEFAULT, {**base, **overrides})
 
 
@@ -174,7 +174,7 @@ def test_a_diverging_run_stops_at_the_nan_step_without_writing_nan_checkpoints(t
 def test_cifar10_convmixer_config_runs_the_whole_pipeline_on_mock_data(tmp_path):
   config = config_base.load(os.path.join(ROOT, 'configs', 'cifar10_convmixer.py'), {
       'num_steps': 2, 'batch_size': 16, 'eval_batch_size': 16, 'eval_every': 2, 'checkpoint.every': 2,
-      'log_every': 1, 'model.hidden_size': 16, 'model.depth': 1, 'optimizer.warmup_steps': 1,
+      'log_every': 1, 'model.name': 'ConvMixer-16/1', 'optimizer.warmup_fraction': 0.1,
       'data.data_dir': str(tmp_path / 'tfds')})
   config.mixup.cutmix_alpha = 1.0   # and the batch-level augmentations too
   config.mixup.mixup_alpha = 0.8

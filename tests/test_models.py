@@ -91,10 +91,10 @@ def test_full_size_forward_is_finite(name):
 
 def tiny(name, **kw):
   """A shrunken member of the family, for behaviour tests that should run in milliseconds."""
-  shrink = {'ViT': dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=4),
-            'Mixer': dict(hidden_size=32, depth=2, tokens_mlp_dim=16, channels_mlp_dim=64, patch_size=4),
-            'ConvMixer': dict(hidden_size=32, depth=2, kernel_size=3, patch_size=4)}
-  return models.create(name, num_classes=5, **{**shrink[name.split('-')[0]], **kw})
+  shrink = {'ViT': ('ViT-32x2/4-h2-m64', {}), 'Mixer': ('Mixer-32x2/4-t16-c64', {}),
+            'ConvMixer': ('ConvMixer-32/2', dict(kernel_size=3, patch_size=4))}
+  small, fields = shrink[name.split('-')[0]]
+  return models.create(small, num_classes=5, **{**fields, **kw})
 
 
 def with_random_head(variables):
@@ -159,7 +159,7 @@ def test_convmixer_batchnorm_statistics_are_averaged_across_pmap_devices():
   for leaf in jax.tree_util.tree_leaves(stats):
     np.testing.assert_allclose(leaf, np.broadcast_to(leaf[0], leaf.shape), rtol=1e-5, atol=1e-6)
   # ...which equal the statistics of the whole global batch on one device.
-  single = models.create('ConvMixer-256/8', 5, hidden_size=32, depth=2, kernel_size=3, patch_size=4)
+  single = models.create('ConvMixer-32/2', 5, kernel_size=3, patch_size=4)
   _, updates = single.apply(variables, images.reshape(-1, 16, 16, 3), train=True, mutable=['batch_stats'])
   for a, b in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(updates['batch_stats'])):
     np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)
@@ -232,7 +232,7 @@ def test_unknown_name_error_lists_close_names():
 
 
 def test_unknown_override_error_lists_allowed_fields():
-  with pytest.raises(ValueError, match=r"Unknown override.*'kernel_size'.*allowed.*hidden_size"):
+  with pytest.raises(ValueError, match=r"Unknown override.*'kernel_size'.*allowed.*classifier"):
     models.create('ViT-S/16', 10, kernel_size=3)
 
 

@@ -13,9 +13,8 @@ NOTEBOOK = os.path.join(ROOT, 'experiments', 'notebooks', 'explore_run.ipynb')
 
 SMALL = {
     'convmixer': None,   # the default config's own model, shrunk below
-    'vit': model_config('ViT-Ti/16', patch_size=2, hidden_size=16, depth=2, num_heads=2, mlp_dim=32),
-    'mixer': model_config('Mixer-S/16', patch_size=2, hidden_size=16, depth=2, tokens_mlp_dim=8,
-                          channels_mlp_dim=32),
+    'vit': model_config('ViT-16x2/2-h2-m32'),
+    'mixer': model_config('Mixer-16x2/2-c32'),
 }
 
 
@@ -26,7 +25,7 @@ def test_notebook_runs_on_a_finished_run_and_draws_its_figures(family, tmp_path,
       'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1, 'batch_size': 16,
       'eval_batch_size': 368, 'data.data_dir': str(tmp_path / 'tfds')})
   if SMALL[family] is None:
-    config.model.hidden_size, config.model.depth = 16, 1
+    config.model.name = 'ConvMixer-16/1'
   else:
     config.model = SMALL[family]
   train.train_and_evaluate(config, str(tmp_path / 'run'))

@@ -11,10 +11,10 @@ from isojax.config_base import base
 
 @pytest.fixture(scope='module')
 def vit_params():
-  model = models.create('ViT-S/16', 5, hidden_size=32, depth=1, num_heads=2, mlp_dim=64, patch_size=4,
+  model = models.create('ViT-32x1/4-h2-m64', 5,
                         classifier='map', representation_size=16)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
-  cls_model = models.create('ViT-S/16', 5, hidden_size=32, depth=1, num_heads=2, mlp_dim=64, patch_size=4)
+  cls_model = models.create('ViT-32x1/4-h2-m64', 5)
   return {'map': params, 'token': cls_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']}
 
 

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def short_default_run(workdir, tfds_dir, **overrides):
   config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
       'num_steps': 4, 'eval_every': 4, 'checkpoint.every': 2, 'log_every': 2, 'batch_size': 16,
-      'eval_batch_size': 368, 'model.depth': 1, 'model.hidden_size': 16, 'data.data_dir': str(tfds_dir),
+      'eval_batch_size': 368, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tfds_dir),
       **overrides})
   return config, train.train_and_evaluate(config, str(workdir))
 
@@ -49,12 +49,12 @@ def test_load_of_a_missing_step_or_workdir_is_a_clear_error(finished_run, tmp_pa
 def test_init_from_a_run_starts_from_its_weights_with_a_new_head_size(finished_run, tmp_path):
   source, tfds_dir, result = finished_run
   # Same architecture, 10 -> 10 classes: every trained weight carries over before the first step.
-  model = models.create('ConvMixer-256/8', 10, hidden_size=16, depth=1, kernel_size=3, patch_size=2)
+  model = models.create('ConvMixer-16/1', 10, kernel_size=3, patch_size=2)
   variables = pretrained.load(str(source), model, image_size=8, channels=1)
   np.testing.assert_array_equal(variables['params']['block_0']['token_mixing']['depthwise']['kernel'],
                                 result.state.params['block_0']['token_mixing']['depthwise']['kernel'])
   # A 3-class model keeps the body and gets a fresh zero head.
-  small = models.create('ConvMixer-256/8', 3, hidden_size=16, depth=1, kernel_size=3, patch_size=2)
+  small = models.create('ConvMixer-16/1', 3, kernel_size=3, patch_size=2)
   variables = pretrained.load(str(source), small, image_size=8, channels=1)
   assert variables['params']['head']['kernel'].shape == (16, 3) and not variables['params']['head']['kernel'].any()
   # And training with init_from runs end to end.
@@ -64,7 +64,7 @@ def test_init_from_a_run_starts_from_its_weights_with_a_new_head_size(finished_r
 
 def test_another_architecture_is_refused_naming_the_first_parameter_that_does_not_fit(finished_run):
   source, _, _ = finished_run
-  wider = models.create('ConvMixer-256/8', 10, hidden_size=32, depth=1, kernel_size=3, patch_size=2)
+  wider = models.create('ConvMixer-32/1', 10, kernel_size=3, patch_size=2)
   with pytest.raises(ValueError, match=r"'(params|batch_stats)/block_0/.*' has shape .*16.* expects .*32"):
     pretrained.load(str(source), wider, image_size=8, channels=1)
 
@@ -80,9 +80,9 @@ def test_learned_position_embeddings_are_resized_over_the_grid_keeping_the_class
 
 
 def test_a_vit_fine_tuned_at_a_larger_image_size_gets_resized_position_embeddings():
-  small = models.create('ViT-Ti/16', 10, hidden_size=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4)
+  small = models.create('ViT-16x1/4-h2-m32', 10)
   variables = jax.device_get(small.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
-  larger = models.create('ViT-Ti/16', 5, hidden_size=16, depth=1, num_heads=2, mlp_dim=32, patch_size=4)
+  larger = models.create('ViT-16x1/4-h2-m32', 5)
   target = jax.device_get(larger.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3))))
   adapted = pretrained.adapt(variables, target)
   assert adapted['params']['stem']['pos_embedding'].shape == (1, 1 + 64, 16)

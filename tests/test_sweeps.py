@@ -50,8 +50,8 @@ def test_every_shipped_sweep_file_expands():
       assert trials and all(os.path.exists(os.path.join(ROOT, t.config.split(':')[0])) for t in trials)
 
 
-TINY = {'num_steps': 8, 'eval_every': 4, 'checkpoint.every': 4, 'log_every': 4, 'model.depth': 1,
-        'model.hidden_size': 16}
+TINY = {'num_steps': 8, 'eval_every': 4, 'checkpoint.every': 4, 'log_every': 4,
+        'model.name': 'ConvMixer-16/1'}
 
 
 @pytest.mark.slow

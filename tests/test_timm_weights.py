@@ -15,15 +15,15 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'timm')
 EXACT_GELU = dict(approximate_gelu=False)
 CASES = {
     'vit_token.safetensors': lambda: models.create(
-        'ViT-S/16', 10, patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64, **EXACT_GELU),
+        'ViT-32x2/4-h4-m64', 10, **EXACT_GELU),
     'vit_gap_layerscale.pth': lambda: models.create(
-        'ViT-S/16', 10, patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64, classifier='gap',
+        'ViT-32x2/4-h4-m64', 10, classifier='gap',
         layer_scale_init=0.1, norm_after_pool=True, **EXACT_GELU),
     'mixer.bin': lambda: models.create(
-        'Mixer-S/16', 10, patch_size=4, hidden_size=32, depth=2, tokens_mlp_dim=16, channels_mlp_dim=64,
+        'Mixer-32x2/4-t16-c64', 10,
         **EXACT_GELU),
     'convmixer.pth': lambda: models.create(
-        'ConvMixer-256/8', 10, hidden_size=32, depth=2, kernel_size=3, patch_size=4),
+        'ConvMixer-32/2', 10, kernel_size=3, patch_size=4),
 }
 
 

@@ -11,9 +11,9 @@ from isojax.config_base import base
 
 
 def tiny(name, **kw):
-  shrink = {'ViT': dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=4),
-            'ConvMixer': dict(hidden_size=32, depth=2, kernel_size=3, patch_size=4)}
-  return models.create(name, num_classes=5, **{**shrink[name.split('-')[0]], **kw})
+  shrink = {'ViT': ('ViT-32x2/4-h2-m64', {}), 'ConvMixer': ('ConvMixer-32/2', dict(kernel_size=3, patch_size=4))}
+  small, fields = shrink[name.split('-')[0]]
+  return models.create(small, num_classes=5, **{**fields, **kw})
 
 
 def setup(model, optimizer='adamw', ema=False, **opt):

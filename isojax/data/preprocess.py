@@ -20,7 +20,8 @@ from isojax.data import randaugment
 # Per-channel statistics in 0..255 units.
 STATS = {
     'imagenet': ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-    'cifar': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255), (0.2470 * 255, 0.2435 * 255, 0.2616 * 255)),
+    # locuslab/convmixer-cifar10 train.py l.66-67
+    'cifar': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255), (0.2471 * 255, 0.2435 * 255, 0.2616 * 255)),
     'half': ((127.5,), (127.5,)),   # to [-1, 1], any channel count (big_vision's value_range(-1, 1))
 }
 
@@ -80,10 +81,12 @@ def normalize(image, seed, stats: str = 'imagenet'):
   return (image - tf.constant(mean)) / tf.constant(std)
 
 
-def random_erasing(image, seed, prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3):
-  """Random erasing (Zhong et al.): with probability `prob`, one rectangle becomes N(0, 1) noise.
+def random_erasing(image, seed, prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3,
+                   fill: str = 'noise'):
+  """Random erasing (Zhong et al.): with probability `prob`, one rectangle is erased.
 
-  Apply after `normalize`, as timm does.
+  `fill='noise'`: N(0, 1) per pixel (timm's `--remode pixel`); `fill='zero'`: zeros
+  (torchvision RandomErasing's default value=0). Apply after `normalize`, as both do.
   """
   s_apply, s_area, s_ratio, s_pos, s_noise = _split_seed(seed, 5)
   h, w = tf.shape(image)[0], tf.shape(image)[1]
@@ -96,7 +99,9 @@ def random_erasing(image, seed, prob: float = 0.25, area_min: float = 0.02, area
   left = tf.cast(pos[1] * tf.cast(w - ew + 1, tf.float32), tf.int32)
   rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
   inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
-  noise = tf.random.stateless_normal(tf.shape(image), s_noise)
+  if fill not in ('noise', 'zero'):
+    raise ValueError(f"random_erasing fill={fill!r}; expected 'noise' or 'zero'.")
+  noise = tf.random.stateless_normal(tf.shape(image), s_noise) if fill == 'noise' else tf.zeros_like(image)
   apply = tf.random.stateless_uniform([], s_apply) < prob
   return tf.where(apply & inside[..., None], noise, image)
 
@@ -109,6 +114,7 @@ OPS: dict[str, Callable[..., tf.Tensor]] = {
     'inception_crop': inception_crop,
     'flip': flip,
     'randaugment': randaugment.randaugment,
+    'color_jitter': randaugment.color_jitter,
     'normalize': normalize,
     'random_erasing': random_erasing,
 }

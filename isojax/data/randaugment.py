@@ -1,7 +1,22 @@
 """RandAugment (Cubuk et al. 2020) with stateless randomness, for any channel count.
 
-Images are float32 HWC in 0..255. Magnitudes follow timm's `rand-m{M}-n{N}` scaling
-(M in 0..10, random sign for symmetric ops); geometric ops fill with grey (128).
+Images are float32 HWC in 0..255. The same `randaugment(num_ops, magnitude)` means
+different augmentation in each codebase, so `flavour` picks whose ops, magnitude scale and
+probabilities apply (a config names the flavour of the source it reproduces):
+
+  'timm'         timm/data/auto_augment.py `rand_augment_transform`: 15 ops
+                 (_RAND_TRANSFORMS, or _RAND_INCREASING_TRANSFORMS with `increasing=True`,
+                 timm's `inc1`), magnitude on 0..10 (_LEVEL_DENOM) with Gaussian noise
+                 `magnitude_std` clipped to [0, 10], each chosen op applied with probability
+                 0.5 (AugmentOp prob=0.5), random sign for symmetric ops, grey fill 128.
+  'torchvision'  torchvision/transforms/autoaugment.py `RandAugment`: 14 ops, magnitude is a
+                 bin of 31 (num_bins=31; m=9 is 9/30 of full strength), every chosen op applied,
+                 random sign for signed ops, nearest interpolation, black fill, shears about
+                 the top-left corner.
+  'big_vision'   big_vision/pp/archive/autoaugment.py `distort_image_with_randaugment`
+                 (l.662-700): 16 ops incl. Cutout and SolarizeAdd, magnitude on 0..10, every
+                 chosen op applied (its per-op `prob` is drawn but unused), grey fill 128,
+                 absolute translation 100 px, cutout 40 px, enhance factors 1.8 * m/10 + 0.1.
 """
 from __future__ import annotations
 
@@ -23,37 +38,40 @@ def _grey(image):
   return tf.reduce_mean(image, axis=-1, keepdims=True)
 
 
-def _transform(image, matrix):
+def _transform(image, matrix, fill=_FILL, interpolation='BILINEAR'):
   """Projective transform; `matrix` maps output pixel (x, y, 1) to input coordinates."""
   flat = tf.concat([tf.reshape(matrix, [-1])[:8]], axis=0)
   out = tf.raw_ops.ImageProjectiveTransformV3(
       images=image[None], transforms=flat[None], output_shape=tf.shape(image)[:2],
-      fill_value=_FILL, interpolation='BILINEAR', fill_mode='CONSTANT')
+      fill_value=fill, interpolation=interpolation, fill_mode='CONSTANT')
   return out[0]
 
 
-def _around_centre(image, linear):
+def _around_centre(image, linear, fill=_FILL, interpolation='BILINEAR'):
   h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
   cx, cy = (w - 1) / 2, (h - 1) / 2
   to_centre = tf.constant([[1., 0., 0.], [0., 1., 0.], [0., 0., 1.]]) + tf.stack(
       [[0., 0., -cx], [0., 0., -cy], [0., 0., 0.]])
   back = tf.constant([[1., 0., 0.], [0., 1., 0.], [0., 0., 1.]]) + tf.stack(
       [[0., 0., cx], [0., 0., cy], [0., 0., 0.]])
-  return _transform(image, back @ linear @ to_centre)
+  return _transform(image, back @ linear @ to_centre, fill, interpolation)
 
 
-def identity(image, level):
+# The image ops, each `fn(image, arg) -> image`: the argument is already in the op's units.
+
+def identity(image, arg):
   return image
 
 
-def auto_contrast(image, level):
+def auto_contrast(image, arg):
   lo = tf.reduce_min(image, axis=(0, 1), keepdims=True)
   hi = tf.reduce_max(image, axis=(0, 1), keepdims=True)
   scaled = (image - lo) * 255.0 / tf.maximum(hi - lo, 1e-3)
   return tf.where(hi > lo, scaled, image)
 
 
-def equalize(image, level):
+def equalize(image, arg):
+  """PIL's ImageOps.equalize per channel; works for any (also statically unknown) channel count."""
   def channel(im):
     im = tf.cast(tf.clip_by_value(im, 0, 255), tf.int32)
     histo = tf.histogram_fixed_width(im, [0, 255], nbins=256)
@@ -61,83 +79,240 @@ def equalize(image, level):
     step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
     lut = tf.clip_by_value(tf.concat([[0], ((tf.cumsum(histo) + step // 2) // tf.maximum(step, 1))[:-1]], 0), 0, 255)
     return tf.cast(tf.cond(step == 0, lambda: im, lambda: tf.gather(lut, im)), tf.float32)
-  return tf.stack([channel(image[..., c]) for c in range(image.shape[-1])], axis=-1)
+  channels_first = tf.transpose(image, [2, 0, 1])
+  return tf.transpose(tf.map_fn(channel, channels_first, fn_output_signature=tf.float32), [1, 2, 0])
 
 
-def rotate(image, level):
-  angle = level / _MAX_LEVEL * 30.0 * math.pi / 180.0
-  c, s = tf.cos(angle), tf.sin(angle)
-  return _around_centre(image, tf.stack([[c, s, 0.], [-s, c, 0.], [0., 0., 1.]]))
+def invert(image, arg):
+  return 255.0 - image
 
 
-def shear_x(image, level):
-  k = level / _MAX_LEVEL * 0.3
-  return _around_centre(image, tf.stack([[1., k, 0.], [0., 1., 0.], [0., 0., 1.]]))
-
-
-def shear_y(image, level):
-  k = level / _MAX_LEVEL * 0.3
-  return _around_centre(image, tf.stack([[1., 0., 0.], [k, 1., 0.], [0., 0., 1.]]))
-
-
-def translate_x(image, level):
-  dx = level / _MAX_LEVEL * 0.45 * tf.cast(tf.shape(image)[1], tf.float32)
-  return _transform(image, tf.stack([[1., 0., dx], [0., 1., 0.], [0., 0., 1.]]))
-
-
-def translate_y(image, level):
-  dy = level / _MAX_LEVEL * 0.45 * tf.cast(tf.shape(image)[0], tf.float32)
-  return _transform(image, tf.stack([[1., 0., 0.], [0., 1., dy], [0., 0., 1.]]))
-
-
-def solarize(image, level):
-  threshold = 256.0 - tf.abs(level) / _MAX_LEVEL * 256.0
+def solarize(image, threshold):
+  """Inverts the pixels at or above `threshold` (PIL ImageOps.solarize, torchvision F.solarize)."""
   return tf.where(image < threshold, image, 255.0 - image)
 
 
-def posterize(image, level):
-  shift = tf.cast(tf.abs(level) / _MAX_LEVEL * 4.0, tf.int32)
-  step = tf.cast(tf.bitwise.left_shift(1, shift), tf.float32)
-  return tf.floor(image / step) * step
+def solarize_add(image, add):
+  """Adds `add` to the pixels below 128, clipped at 255."""
+  return tf.where(image < 128.0, tf.minimum(image + add, 255.0), image)
 
 
-def color(image, level):
-  return _blend(tf.broadcast_to(_grey(image), tf.shape(image)), image, 1.0 + level / _MAX_LEVEL * 0.9)
+def posterize(image, bits):
+  """Keeps the `bits` most significant bits of each 8-bit value (0 bits: black)."""
+  shift = tf.cast(8 - tf.clip_by_value(tf.cast(bits, tf.int32), 0, 8), tf.float32)
+  step = tf.pow(2.0, shift)
+  return tf.floor(tf.clip_by_value(image, 0, 255) / step) * step
 
 
-def contrast(image, level):
-  mean = tf.reduce_mean(_grey(image))
-  return _blend(tf.fill(tf.shape(image), mean), image, 1.0 + level / _MAX_LEVEL * 0.9)
+def color(image, factor):
+  return _blend(tf.broadcast_to(_grey(image), tf.shape(image)), image, factor)
 
 
-def brightness(image, level):
-  return _blend(tf.zeros_like(image), image, 1.0 + level / _MAX_LEVEL * 0.9)
+def contrast(image, factor):
+  return _blend(tf.fill(tf.shape(image), tf.reduce_mean(_grey(image))), image, factor)
 
 
-def sharpness(image, level):
+def brightness(image, factor):
+  return _blend(tf.zeros_like(image), image, factor)
+
+
+def sharpness(image, factor):
+  """PIL's ImageEnhance.Sharpness: blend with a 3x3 smoothed image, borders untouched."""
   kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
-  channels = image.shape[-1]
-  kernel = tf.tile(kernel[:, :, None, None], [1, 1, channels, 1])
-  smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], 'VALID')[0]
-  smooth = tf.pad(smooth, [[1, 1], [1, 1], [0, 0]])
+  smooth = tf.nn.conv2d(tf.transpose(image, [2, 0, 1])[..., None], kernel[:, :, None, None], 1, 'VALID')
+  smooth = tf.pad(tf.transpose(smooth[..., 0], [1, 2, 0]), [[1, 1], [1, 1], [0, 0]])
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  border = tf.pad(tf.ones([h - 2, w - 2, channels]), [[1, 1], [1, 1], [0, 0]]) > 0
-  degenerate = tf.where(border, smooth, image)
-  return _blend(degenerate, image, 1.0 + level / _MAX_LEVEL * 0.9)
+  inside = tf.pad(tf.ones([h - 2, w - 2, 1]), [[1, 1], [1, 1], [0, 0]]) > 0
+  return _blend(tf.where(inside, smooth, image), image, factor)
 
 
-TRANSFORMS = (identity, auto_contrast, equalize, rotate, solarize, color, posterize,
-              contrast, brightness, sharpness, shear_x, shear_y, translate_x, translate_y)
+def _geometric(fn):
+  """A geometric op `fn(image, arg, fill, interpolation)` bound to a flavour's fill and sampling."""
+  return lambda fill, interpolation: lambda image, arg: fn(image, arg, fill, interpolation)
 
 
-def randaugment(image, seed, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.5):
-  """Applies `num_ops` transforms drawn uniformly, each at a (noisy) magnitude with a random sign."""
+def rotate(image, degrees, fill, interpolation):
+  angle = degrees * math.pi / 180.0
+  c, s = tf.cos(angle), tf.sin(angle)
+  return _around_centre(image, tf.stack([[c, s, 0.], [-s, c, 0.], [0., 0., 1.]]), fill, interpolation)
+
+
+def shear_x(image, k, fill, interpolation):
+  return _around_centre(image, tf.stack([[1., k, 0.], [0., 1., 0.], [0., 0., 1.]]), fill, interpolation)
+
+
+def shear_y(image, k, fill, interpolation):
+  return _around_centre(image, tf.stack([[1., 0., 0.], [k, 1., 0.], [0., 0., 1.]]), fill, interpolation)
+
+
+def shear_x_corner(image, k, fill, interpolation):
+  """torchvision's ShearX: F.affine(shear=atan(k) degrees, center=[0, 0]): about the top-left corner."""
+  return _transform(image, tf.stack([[1., k, 0.], [0., 1., 0.], [0., 0., 1.]]), fill, interpolation)
+
+
+def shear_y_corner(image, k, fill, interpolation):
+  return _transform(image, tf.stack([[1., 0., 0.], [k, 1., 0.], [0., 0., 1.]]), fill, interpolation)
+
+
+def translate_x(image, pixels, fill, interpolation):
+  return _transform(image, tf.stack([[1., 0., pixels], [0., 1., 0.], [0., 0., 1.]]), fill, interpolation)
+
+
+def translate_y(image, pixels, fill, interpolation):
+  return _transform(image, tf.stack([[1., 0., 0.], [0., 1., pixels], [0., 0., 1.]]), fill, interpolation)
+
+
+def _width(image):
+  return tf.cast(tf.shape(image)[1], tf.float32)
+
+
+def _height(image):
+  return tf.cast(tf.shape(image)[0], tf.float32)
+
+
+# Each flavour: op name -> (fn(image, arg), level_to_arg(level, sign, image)); `level` is the
+# magnitude on the flavour's own scale, `sign` is +-1 drawn per op.
+_signed = lambda scale: lambda level, sign, image: sign * level / _MAX_LEVEL * scale
+_enhance_increasing = lambda level, sign, image: 1.0 + sign * level / _MAX_LEVEL * 0.9
+_enhance = lambda level, sign, image: level / _MAX_LEVEL * 1.8 + 0.1
+_none = lambda level, sign, image: 0.0
+_GREY, _BILINEAR = _FILL, 'BILINEAR'
+
+
+def _timm_ops(increasing: bool) -> dict:
+  """timm auto_augment.py LEVEL_TO_ARG with hparams translate_pct=0.45, img_mean grey."""
+  g = lambda fn: _geometric(fn)(_GREY, _BILINEAR)
+  ops = {
+      'AutoContrast': (auto_contrast, _none), 'Equalize': (equalize, _none), 'Invert': (invert, _none),
+      'Rotate': (g(rotate), _signed(30.0)),
+      'SolarizeAdd': (solarize_add, lambda level, sign, image: tf.minimum(
+          128.0, tf.floor(level / _MAX_LEVEL * 110.0))),
+      'ShearX': (g(shear_x), _signed(0.3)), 'ShearY': (g(shear_y), _signed(0.3)),
+      'TranslateXRel': (g(translate_x), lambda level, sign, image: _signed(0.45)(level, sign, image) * _width(image)),
+      'TranslateYRel': (g(translate_y), lambda level, sign, image: _signed(0.45)(level, sign, image) * _height(image)),
+  }
+  bits = lambda level: tf.floor(level / _MAX_LEVEL * 4.0)
+  threshold = lambda level: tf.minimum(256.0, tf.floor(level / _MAX_LEVEL * 256.0))
+  if increasing:   # _posterize_increasing / _solarize_increasing / _enhance_increasing_level_to_arg
+    ops.update({'Posterize': (posterize, lambda level, sign, image: 4.0 - bits(level)),
+                'Solarize': (solarize, lambda level, sign, image: 256.0 - threshold(level))})
+    enhance = _enhance_increasing
+  else:            # _posterize / _solarize / _enhance_level_to_arg
+    ops.update({'Posterize': (posterize, lambda level, sign, image: bits(level)),
+                'Solarize': (solarize, lambda level, sign, image: threshold(level))})
+    enhance = _enhance
+  ops.update({'Color': (color, enhance), 'Contrast': (contrast, enhance),
+              'Brightness': (brightness, enhance), 'Sharpness': (sharpness, enhance)})
+  order = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd', 'Color',
+           'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+  return {name: ops[name] for name in order}
+
+
+def _torchvision_ops(num_bins: int = 31) -> dict:
+  """torchvision RandAugment._augmentation_space(num_bins, image_size), in its order."""
+  g = lambda fn: _geometric(fn)(0.0, 'NEAREST')
+  # magnitudes = linspace(0, max, num_bins)[m]: level m on 0..num_bins-1 -> m / (num_bins - 1) * max.
+  fraction = lambda level: level / (num_bins - 1)
+  signed = lambda top: lambda level, sign, image: sign * fraction(level) * top
+  enhance = lambda level, sign, image: 1.0 + sign * fraction(level) * 0.9
+  return {
+      'Identity': (identity, _none),
+      'ShearX': (g(shear_x_corner), signed(0.3)), 'ShearY': (g(shear_y_corner), signed(0.3)),
+      'TranslateX': (g(translate_x), lambda level, sign, image: sign * tf.floor(fraction(level) * 150.0 / 331.0 * _width(image))),
+      'TranslateY': (g(translate_y), lambda level, sign, image: sign * tf.floor(fraction(level) * 150.0 / 331.0 * _height(image))),
+      'Rotate': (g(rotate), signed(30.0)),
+      'Brightness': (brightness, enhance), 'Color': (color, enhance), 'Contrast': (contrast, enhance),
+      'Sharpness': (sharpness, enhance),
+      # 8 - (arange(num_bins) / ((num_bins - 1) / 4)).round().int(); linspace(255.0, 0.0, num_bins)
+      'Posterize': (posterize, lambda level, sign, image: 8.0 - tf.round(level / ((num_bins - 1) / 4.0))),
+      'Solarize': (solarize, lambda level, sign, image: 255.0 - fraction(level) * 255.0),
+      'AutoContrast': (auto_contrast, _none), 'Equalize': (equalize, _none),
+  }
+
+
+def cutout(image, half_size, seed):
+  """A (2 * half_size)^2 square at a uniformly drawn centre set to grey (big_vision's `cutout`)."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  centre = tf.random.stateless_uniform([2], seed, 0, 1)
+  cy, cx = tf.cast(centre[0] * tf.cast(h, tf.float32), tf.int32), tf.cast(centre[1] * tf.cast(w, tf.float32), tf.int32)
+  half = tf.cast(half_size, tf.int32)
+  rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
+  inside = (rows >= cy - half) & (rows < cy + half) & (cols >= cx - half) & (cols < cx + half)
+  return tf.where(inside[..., None], tf.fill(tf.shape(image), _FILL), image)
+
+
+def _big_vision_ops(seed) -> dict:
+  """big_vision/pp/archive/autoaugment.py level_to_arg (l.506-530), translate_const=100, cutout_const=40."""
+  g = lambda fn: _geometric(fn)(_GREY, _BILINEAR)
+  return {
+      'AutoContrast': (auto_contrast, _none), 'Equalize': (equalize, _none), 'Invert': (invert, _none),
+      'Rotate': (g(rotate), _signed(30.0)),
+      'Posterize': (posterize, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 4.0)),
+      'Solarize': (solarize, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 256.0)),
+      'Color': (color, _enhance), 'Contrast': (contrast, _enhance),
+      'Brightness': (brightness, _enhance), 'Sharpness': (sharpness, _enhance),
+      'ShearX': (g(shear_x), _signed(0.3)), 'ShearY': (g(shear_y), _signed(0.3)),
+      'TranslateX': (g(translate_x), _signed(100.0)), 'TranslateY': (g(translate_y), _signed(100.0)),
+      'Cutout': (lambda image, half: cutout(image, half, seed), lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 40.0)),
+      'SolarizeAdd': (solarize_add, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 110.0)),
+  }
+
+
+FLAVOURS = ('timm', 'torchvision', 'big_vision')
+
+
+def ops_of(flavour: str, increasing: bool = False, seed=None) -> dict:
+  """The op table of a flavour: {name: (fn, level_to_arg)}, in the source's order."""
+  if flavour == 'timm':
+    return _timm_ops(increasing)
+  if flavour == 'torchvision':
+    return _torchvision_ops()
+  if flavour == 'big_vision':
+    return _big_vision_ops(tf.zeros([2], tf.int32) if seed is None else seed)
+  raise ValueError(f'Unknown randaugment flavour {flavour!r}; expected one of {FLAVOURS}.')
+
+
+def randaugment(image, seed, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.0,
+                flavour: str = 'timm', increasing: bool = False, prob: float = None):
+  """Applies `num_ops` ops drawn uniformly from `flavour`'s table at `magnitude` on its scale.
+
+  `prob` (default: the flavour's, 0.5 for timm, 1 otherwise) is the chance that a drawn op is
+  applied; `magnitude_std` adds timm's Gaussian magnitude noise.
+  """
+  if flavour != 'timm' and (magnitude_std or increasing):
+    raise ValueError(f'magnitude_std and increasing are timm options; flavour={flavour!r} has neither.')
+  if magnitude < 0 or (flavour == 'torchvision' and magnitude > 30):
+    raise ValueError(f'randaugment magnitude={magnitude} is outside flavour {flavour!r}\'s scale '
+                     f'({"0..30, a bin of 31" if flavour == "torchvision" else "0..10, larger extrapolates"}).')
+  prob = (0.5 if flavour == 'timm' else 1.0) if prob is None else prob
   for op_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_ops)):
-    s_op, s_mag, s_sign = tf.unstack(tf.random.experimental.stateless_split(op_seed, 3))
-    index = tf.random.stateless_uniform([], s_op, 0, len(TRANSFORMS), dtype=tf.int32)
-    level = magnitude + magnitude_std * tf.random.stateless_normal([], s_mag)
-    level = tf.clip_by_value(level, 0.0, _MAX_LEVEL)
-    level = tf.where(tf.random.stateless_uniform([], s_sign) < 0.5, -level, level)
-    branches = [lambda f=f: f(image, level) for f in TRANSFORMS]
-    image = tf.ensure_shape(tf.switch_case(index, branches), image.shape)
+    s_op, s_mag, s_sign, s_apply, s_cut = tf.unstack(tf.random.experimental.stateless_split(op_seed, 5))
+    table = ops_of(flavour, increasing, s_cut)
+    index = tf.random.stateless_uniform([], s_op, 0, len(table), dtype=tf.int32)
+    level = tf.constant(float(magnitude))
+    if magnitude_std:
+      level = tf.clip_by_value(level + magnitude_std * tf.random.stateless_normal([], s_mag), 0.0, _MAX_LEVEL)
+    sign = tf.where(tf.random.stateless_uniform([], s_sign) < 0.5, -1.0, 1.0)
+    branches = [lambda fn=fn, to_arg=to_arg: fn(image, to_arg(level, sign, image)) for fn, to_arg in table.values()]
+    augmented = tf.switch_case(index, branches)
+    apply = tf.random.stateless_uniform([], s_apply) < prob
+    image = tf.ensure_shape(tf.where(apply, augmented, image), image.shape)
+  return image
+
+
+def color_jitter(image, seed, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0):
+  """torchvision ColorJitter(brightness, contrast, saturation): factors U[max(0, 1 - j), 1 + j],
+  applied in a random order (torchvision/transforms/transforms.py ColorJitter.get_params/forward)."""
+  s_order, s_b, s_c, s_s = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  jitters = []
+  for amount, op, op_seed in ((brightness, globals()['brightness'], s_b), (contrast, globals()['contrast'], s_c),
+                              (saturation, color, s_s)):
+    if amount:
+      factor = tf.random.stateless_uniform([], op_seed, max(0.0, 1.0 - amount), 1.0 + amount)
+      jitters.append(lambda im, op=op, factor=factor: op(im, factor))
+  if not jitters:
+    return image
+  order = tf.argsort(tf.random.stateless_uniform([len(jitters)], s_order))
+  for position in range(len(jitters)):
+    image = tf.switch_case(order[position], [lambda j=j: j(image) for j in jitters])
   return image

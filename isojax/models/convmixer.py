@@ -1,12 +1,23 @@
 """ConvMixer ("Patches Are All You Need?", Trockman & Kolter 2022): a depthwise conv mixes tokens.
 
-Each convolution is followed by GELU then BatchNorm; the residual goes around the
-depthwise convolution only. BatchNorm statistics are averaged over `axis_name`
-when the model runs under pmap.
+Follows locuslab/convmixer convmixer.py (l.11-28) and timm/models/convmixer.py: each
+convolution is followed by the activation then BatchNorm2d (eps 1e-5, momentum 0.1); the
+residual goes around the depthwise convolution only; global average pooling; a linear
+head. Activation: exact GELU (`nn.GELU`), except ConvMixer-768/32, whose published
+weights use ReLU (locuslab/convmixer README.md l.32-35; timm `convmixer_768_32`,
+`act_layer=nn.ReLU`, convmixer.py l.143). Initialisers: PyTorch's defaults, which both
+sources leave in place (convolutions and the head: U(+-1/sqrt(fan_in)) for weights and
+biases; BatchNorm: scale 1, bias 0). BatchNorm statistics are averaged over `axis_name`
+under pmap.
+
+Names: `ConvMixer-{width}/{depth}`, optionally `-k{kernel}-p{patch}` (timm's
+`convmixer_1024_20_ks9_p14` also parses). Without them, kernel and patch are fields
+defaulting to the published model of that width/depth, else to timm's 9 and 7.
 """
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -14,20 +25,50 @@ import jax
 import jax.numpy as jnp
 
 from isojax.models.isotropic import Isotropic
-from isojax.models.layers import Dense, DepthwiseConv, PatchEmbed, gelu
+from isojax.models.layers import Dense, DepthwiseConv, PatchEmbed, activation, torch_default_init
 
+# Published models: kernel, patch (locuslab/convmixer README.md l.31-33; timm convmixer.py
+# l.136-150) and activation. 256/8 is the CIFAR-10 model of locuslab/convmixer-cifar10.
 VARIANTS = {
-    'ConvMixer-1536/20': dict(hidden_size=1536, depth=20, kernel_size=9, patch_size=7),
-    'ConvMixer-768/32': dict(hidden_size=768, depth=32, kernel_size=7, patch_size=7),
-    'ConvMixer-1024/20': dict(hidden_size=1024, depth=20, kernel_size=9, patch_size=14),
-    'ConvMixer-256/8': dict(hidden_size=256, depth=8, kernel_size=5, patch_size=2),
+    'ConvMixer-1536/20': dict(hidden_size=1536, depth=20, kernel_size=9, patch_size=7, activation='gelu'),
+    'ConvMixer-768/32': dict(hidden_size=768, depth=32, kernel_size=7, patch_size=7, activation='relu'),
+    'ConvMixer-1024/20': dict(hidden_size=1024, depth=20, kernel_size=9, patch_size=14, activation='gelu'),
+    'ConvMixer-256/8': dict(hidden_size=256, depth=8, kernel_size=5, patch_size=2, activation='gelu'),
 }
 IMAGE_SIZE = 224
 IMAGE_SIZES = {'ConvMixer-256/8': 32}   # the CIFAR model
+SOURCE = 'locuslab/convmixer convmixer.py, README.md; timm/models/convmixer.py'
+_NAME = re.compile(r'^convmixer[-_](?P<width>\d+)[/_-](?P<depth>\d+)'
+                   r'(?:[-_]ks?(?P<kernel>\d+))?(?:[-_]p(?P<patch>\d+))?(?:[-_](?P<act>relu|gelu))?$', re.IGNORECASE)
 
 
-def _act_norm(x, train, axis_name, approximate_gelu, dtype, name):
-  x = gelu(approximate_gelu)(x)
+def parse_name(name: str) -> Optional[dict]:
+  """The architecture a ConvMixer name fixes, or None when `name` is not a ConvMixer name."""
+  match = _NAME.match(name.strip())
+  if not match:
+    return None
+  arch = dict(hidden_size=int(match['width']), depth=int(match['depth']))
+  if match['kernel']:
+    arch['kernel_size'] = int(match['kernel'])
+  if match['patch']:
+    arch['patch_size'] = int(match['patch'])
+  if match['act']:
+    arch['activation'] = match['act'].lower()
+  return arch
+
+
+def format_name(arch: dict) -> str:
+  """`ConvMixer-w/d`, with kernel, patch and activation when they are not the published ones."""
+  base = f'ConvMixer-{arch["hidden_size"]}/{arch["depth"]}'
+  published = VARIANTS.get(base, dict(kernel_size=9, patch_size=7, activation='gelu'))
+  if all(arch.get(k, v) == v for k, v in published.items()):
+    return base
+  return (f'{base}-k{arch.get("kernel_size", 9)}-p{arch.get("patch_size", 7)}'
+          + ('-relu' if arch.get('activation') == 'relu' else ''))
+
+
+def _act_norm(x, train, axis_name, act, approximate_gelu, dtype, name):
+  x = activation(act, approximate_gelu)(x)
   # PyTorch BatchNorm2d defaults: momentum 0.1 (flax 0.9), epsilon 1e-5.
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       axis_name=axis_name, dtype=dtype, name=name)(x)
@@ -38,47 +79,56 @@ class ConvMixerStem(nn.Module):
   hidden_size: int
   patch_size: int
   axis_name: Optional[str] = None
+  activation: str = 'gelu'
   approximate_gelu: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    x = PatchEmbed(self.hidden_size, self.patch_size, dtype=self.dtype, name='patch_embed')(images)
-    return _act_norm(x, train, self.axis_name, self.approximate_gelu, self.dtype, 'norm')
+    kernel_init, bias_init = torch_default_init(self.patch_size ** 2 * images.shape[-1])
+    x = PatchEmbed(self.hidden_size, self.patch_size, kernel_init=kernel_init, bias_init=bias_init,
+                   dtype=self.dtype, name='patch_embed')(images)
+    return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
 
 
 class DepthwiseConvMixer(nn.Module):
   """Token mixer: depthwise k x k convolution -> GELU -> BatchNorm."""
   kernel_size: int
   axis_name: Optional[str] = None
+  activation: str = 'gelu'
   approximate_gelu: bool = False
   depthwise_impl: str = 'auto'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = DepthwiseConv(self.kernel_size, self.depthwise_impl, dtype=self.dtype, name='depthwise')(x)
-    return _act_norm(x, train, self.axis_name, self.approximate_gelu, self.dtype, 'norm')
+    kernel_init, bias_init = torch_default_init(self.kernel_size ** 2)   # groups=dim: fan_in = 1 * k * k
+    x = DepthwiseConv(self.kernel_size, self.depthwise_impl, kernel_init=kernel_init, bias_init=bias_init,
+                      dtype=self.dtype, name='depthwise')(x)
+    return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
 
 
 class PointwiseMixer(nn.Module):
   """Channel mixer: 1x1 convolution (a matrix product over channels) -> GELU -> BatchNorm."""
   axis_name: Optional[str] = None
+  activation: str = 'gelu'
   approximate_gelu: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = Dense(x.shape[-1], dtype=self.dtype, name='pointwise')(x)
-    return _act_norm(x, train, self.axis_name, self.approximate_gelu, self.dtype, 'norm')
+    kernel_init, bias_init = torch_default_init(x.shape[-1])
+    x = Dense(x.shape[-1], kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype, name='pointwise')(x)
+    return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
 
 
-def convmixer(num_classes: int, *, hidden_size: int, depth: int, kernel_size: int,
-              patch_size: int, axis_name: Optional[str] = None, drop_path_rate: float = 0.0,
-              approximate_gelu: bool = False, depthwise_impl: str = 'auto', remat: bool = False,
-              dtype: Any = jnp.float32) -> Isotropic:
-  """A ConvMixer-`hidden_size`/`depth` with global average pooling."""
-  common = dict(axis_name=axis_name, approximate_gelu=approximate_gelu, dtype=dtype)
+def convmixer(num_classes: int, *, hidden_size: int, depth: int, kernel_size: int = 9,
+              patch_size: int = 7, activation: str = 'gelu', axis_name: Optional[str] = None,
+              drop_path_rate: float = 0.0, approximate_gelu: bool = False, depthwise_impl: str = 'auto',
+              remat: bool = False, dtype: Any = jnp.float32) -> Isotropic:
+  """A ConvMixer-`hidden_size`/`depth` with global average pooling and a PyTorch-initialised head."""
+  common = dict(axis_name=axis_name, activation=activation, approximate_gelu=approximate_gelu, dtype=dtype)
+  head_kernel_init, head_bias_init = torch_default_init(hidden_size)
   return Isotropic(
       num_classes=num_classes, depth=depth,
       stem=ConvMixerStem(hidden_size, patch_size, **common),
@@ -86,4 +136,4 @@ def convmixer(num_classes: int, *, hidden_size: int, depth: int, kernel_size: in
       channel_mixer=functools.partial(PointwiseMixer, **common),
       block_norm=None, channel_residual=False, final_norm=None, pool='gap',
       drop_path_rate=drop_path_rate, remat=remat, approximate_gelu=approximate_gelu,
-      dtype=dtype)
+      head_kernel_init=head_kernel_init, head_bias_init=head_bias_init, dtype=dtype)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.models.layers import Dense, DropPath, LayerScale, MAPHead
+from isojax.models.layers import ZEROS, Dense, DropPath, Initializer, LayerScale, MAPHead
 
 ModuleDef = Callable[..., nn.Module]
 POOLS = ('token', 'gap', 'map')
@@ -74,6 +74,10 @@ class Isotropic(nn.Module):
   layer_scale_init: Optional[float] = None
   remat: bool = False
   approximate_gelu: bool = True
+  # Zero heads as in vision_transformer; a family whose source starts its head otherwise
+  # (ConvMixer: PyTorch's nn.Linear) passes its own.
+  head_kernel_init: Initializer = ZEROS
+  head_bias_init: Initializer = ZEROS
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -104,6 +108,6 @@ class Isotropic(nn.Module):
       x = self.final_norm(name='final_norm')(x)
     if self.representation_size is not None:
       x = jnp.tanh(Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
-    logits = Dense(self.num_classes, dtype=self.dtype, name='head',
-                      kernel_init=nn.initializers.zeros)(x)
+    logits = Dense(self.num_classes, dtype=self.dtype, name='head', kernel_init=self.head_kernel_init,
+                   bias_init=self.head_bias_init)(x)
     return logits.astype(jnp.float32)

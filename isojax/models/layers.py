@@ -1,8 +1,9 @@
 """Building blocks shared by every isotropic family.
 
-Parameter initialisers follow google-research/vision_transformer (xavier-uniform
-kernels, near-zero MLP biases, N(0, 0.02) position embeddings, zero heads) so a
-model trained here behaves like the published ones.
+Every block takes its initialisers as fields: each family passes those of the codebase
+whose weights its names refer to (vit.py: google-research/vision_transformer; mixer.py:
+its models_mixer.py, i.e. flax defaults; convmixer.py: PyTorch's defaults, as
+locuslab/convmixer and timm leave them). The defaults here are vision_transformer's.
 """
 from __future__ import annotations
 
@@ -15,6 +16,51 @@ import numpy as np
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
+Initializer = Callable[..., jax.Array]
+
+# google-research/vision_transformer vit_jax/models_vit.py, MlpBlock (l.74-77) and the
+# attention's kernel_init (l.141); flax's nn.Conv default for the patch embedding (l.264).
+XAVIER = nn.initializers.xavier_uniform()
+MLP_BIAS = nn.initializers.normal(stddev=1e-6)
+LECUN = nn.initializers.lecun_normal()
+ZEROS = nn.initializers.zeros
+
+
+def torch_default_init(fan_in: int) -> tuple[Initializer, Initializer]:
+  """(kernel, bias) initialisers of PyTorch's nn.Linear / nn.Conv2d `reset_parameters`.
+
+  Weights: kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)); biases:
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)). flax computes the same fan_in for [in, out] and
+  [kh, kw, in/groups, out] kernels.
+  """
+  bound = 1.0 / np.sqrt(fan_in)
+  kernel = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+  def bias(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return kernel, bias
+
+
+def fused_init(base: Initializer, parts: int) -> Initializer:
+  """Initialises a fused [in, parts * out] kernel as `parts` separate [in, out] kernels.
+
+  The fused QKV projection must start like vision_transformer's separate query, key and
+  value Dense layers: xavier over [C, 3C] would draw from a bound sqrt(2) too small.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    fan_out = shape[-1] // parts
+    keys = jax.random.split(key, parts)
+    return jnp.concatenate([base(k, (*shape[:-1], fan_out), dtype) for k in keys], axis=-1)
+  return init
+
+
+def activation(name: str, approximate_gelu: bool = True) -> Callable[[jax.Array], jax.Array]:
+  """'gelu' (tanh approximation or exact, see `gelu`) or 'relu'."""
+  if name == 'gelu':
+    return gelu(approximate_gelu)
+  if name == 'relu':
+    return nn.relu
+  raise ValueError(f"Unknown activation {name!r}; expected 'gelu' or 'relu'.")
 
 
 def gelu(approximate: bool) -> Callable[[jax.Array], jax.Array]:
@@ -41,14 +87,16 @@ class PatchEmbed(nn.Module):
   """Cuts the image into non-overlapping patches and embeds each (a strided conv)."""
   features: int
   patch_size: int
+  kernel_init: Initializer = LECUN
+  bias_init: Initializer = ZEROS
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
     check_patchable(images.shape[1], images.shape[2], self.patch_size)
     p = self.patch_size
-    return nn.Conv(self.features, (p, p), strides=(p, p), padding='VALID',
-                   dtype=self.dtype, name='embedding')(images)
+    return nn.Conv(self.features, (p, p), strides=(p, p), padding='VALID', kernel_init=self.kernel_init,
+                   bias_init=self.bias_init, dtype=self.dtype, name='embedding')(images)
 
 
 def posemb_sincos_2d(height: int, width: int, features: int,
@@ -84,14 +132,15 @@ class MlpBlock(nn.Module):
   out_dim: Optional[int] = None
   dropout_rate: float = 0.0
   approximate_gelu: bool = True
+  kernel_init: Initializer = XAVIER
+  bias_init: Initializer = MLP_BIAS
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     out_dim = self.out_dim or x.shape[-1]
-    dense = lambda n, name: Dense(n, dtype=self.dtype, name=name,
-                                     kernel_init=nn.initializers.xavier_uniform(),
-                                     bias_init=nn.initializers.normal(stddev=1e-6))
+    dense = lambda n, name: Dense(n, dtype=self.dtype, name=name, kernel_init=self.kernel_init,
+                                  bias_init=self.bias_init)
     x = dense(self.mlp_dim, 'Dense_0')(x)
     x = gelu(self.approximate_gelu)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -133,13 +182,12 @@ class SelfAttention(nn.Module):
     *batch, tokens, width = x.shape
     if width % self.num_heads:
       raise ValueError(f'Width {width} is not divisible by num_heads={self.num_heads}.')
-    qkv = Dense(3 * width, dtype=self.dtype, name='qkv', kernel_init=nn.initializers.xavier_uniform())(x)
+    qkv = Dense(3 * width, dtype=self.dtype, name='qkv', kernel_init=fused_init(XAVIER, 3))(x)
     dropout = None
     if train and self.dropout_rate > 0:
       dropout = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)
     out = multihead_attention(qkv.reshape(-1, tokens, 3 * width), self.num_heads, dropout)
-    return Dense(width, dtype=self.dtype, name='out',
-                 kernel_init=nn.initializers.xavier_uniform())(out.reshape(*batch, tokens, width))
+    return Dense(width, dtype=self.dtype, name='out', kernel_init=XAVIER)(out.reshape(*batch, tokens, width))
 
 
 class DropPath(nn.Module):
@@ -254,13 +302,15 @@ class DepthwiseConv(nn.Module):
   """
   kernel_size: int
   impl: str = 'auto'           # 'auto', 'shift', 'conv'
+  kernel_init: Initializer = LECUN
+  bias_init: Initializer = ZEROS
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     k, width = self.kernel_size, x.shape[-1]
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, 1, width))
-    bias = self.param('bias', nn.initializers.zeros, (width,))
+    kernel = self.param('kernel', self.kernel_init, (k, k, 1, width))
+    bias = self.param('bias', self.bias_init, (width,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
     impl = self.impl if self.impl != 'auto' else ('shift' if jax.default_backend() == 'cpu' else 'conv')
     if impl == 'conv':

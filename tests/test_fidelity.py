@@ -1,0 +1,403 @@
+"""Every published model and recipe is its source: each test re-derives the source's own formula.
+
+Sources are cited next to each test (repository, file, line); see also the README's tables.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isojax import config_base, models, optim, plan, train_step
+from isojax.data import randaugment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, 'configs')
+
+
+def init_params(name, image_size, num_classes=1000, **kw):
+  model = models.create(name, num_classes, **kw)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)), train=False)
+  return jax.tree_util.tree_map(np.asarray, variables['params'])
+
+
+def xavier_bound(fan_in, fan_out):
+  """flax/jax `xavier_uniform`: U(-b, b), b = sqrt(6 / (fan_in + fan_out))."""
+  return np.sqrt(6.0 / (fan_in + fan_out))
+
+
+def assert_uniform(x, bound):
+  """Drawn from U(-bound, bound): inside it, reaching near it, with its standard deviation."""
+  x = np.asarray(x).ravel()
+  assert np.abs(x).max() <= bound * (1 + 1e-6)
+  assert np.abs(x).max() > 0.95 * bound
+  np.testing.assert_allclose(x.std(), bound / np.sqrt(3), rtol=0.05)
+
+
+# --- models: initialisers of the codebase each name refers to ----------------------------------
+
+def test_vit_s16_starts_like_vision_transformer():
+  # vit_jax/models_vit.py: q/k/v/out xavier_uniform on [C, C] each (l.139-146), MLP xavier + N(0, 1e-6)
+  # biases (l.74-77), posemb N(0, 0.02) (l.192), zero cls (l.281), zero head (l.303-307),
+  # nn.Conv's lecun_normal patch embedding (l.264).
+  params = init_params('ViT-S/16', 224)
+  width, mlp = 384, 1536
+  block = params['block_0']
+  qkv = block['token_mixing']['attention']['qkv']['kernel']
+  for part in np.split(qkv, 3, axis=1):   # each as its own [C, C] Dense, not xavier over [C, 3C]
+    assert_uniform(part, xavier_bound(width, width))
+  assert np.abs(qkv).max() > xavier_bound(width, 3 * width) * 1.3
+  assert_uniform(block['token_mixing']['attention']['out']['kernel'], xavier_bound(width, width))
+  assert_uniform(block['channel_mixing']['Dense_0']['kernel'], xavier_bound(width, mlp))
+  assert_uniform(block['channel_mixing']['Dense_1']['kernel'], xavier_bound(mlp, width))
+  np.testing.assert_allclose(block['channel_mixing']['Dense_0']['bias'].std(), 1e-6, rtol=0.1)
+  assert not block['token_mixing']['attention']['qkv']['bias'].any()
+  np.testing.assert_allclose(params['stem']['pos_embedding'].std(), 0.02, rtol=0.02)
+  assert not params['stem']['cls'].any() and not params['head']['kernel'].any()
+  patch = params['stem']['patch_embed']['embedding']['kernel']
+  np.testing.assert_allclose(patch.std(), np.sqrt(1.0 / (16 * 16 * 3)), rtol=0.02)   # lecun_normal
+  assert (block['norm1']['scale'] == 1).all() and not block['norm1']['bias'].any()
+
+
+def test_mixer_starts_like_vision_transformer_models_mixer():
+  # vit_jax/models_mixer.py l.27-29: nn.Dense defaults (lecun_normal kernel, zero bias); zero head l.69.
+  params = init_params('Mixer-S/16', 224)
+  block = params['block_0']
+  tokens = block['token_mixing']['mlp']['Dense_0']
+  np.testing.assert_allclose(tokens['kernel'].std(), np.sqrt(1.0 / 196), rtol=0.05)
+  channels = block['channel_mixing']['Dense_0']
+  np.testing.assert_allclose(channels['kernel'].std(), np.sqrt(1.0 / 512), rtol=0.02)
+  assert not tokens['bias'].any() and not channels['bias'].any()
+  assert not params['head']['kernel'].any()
+
+
+def torch_default_bound(fan_in):
+  """torch nn.Linear / nn.Conv2d reset_parameters: kaiming_uniform_(a=sqrt(5)) -> gain sqrt(2 / (1 + a^2)),
+  bound = gain * sqrt(3 / fan_in); the bias is U(+-1/sqrt(fan_in))."""
+  a = np.sqrt(5.0)
+  return np.sqrt(2.0 / (1 + a ** 2)) * np.sqrt(3.0 / fan_in), 1.0 / np.sqrt(fan_in)
+
+
+def test_convmixer_starts_like_pytorch_as_locuslab_and_timm_leave_it():
+  params = init_params('ConvMixer-256/8', 32, num_classes=10)
+  block = params['block_0']
+  for tensor, fan_in in ((params['stem']['patch_embed']['embedding'], 2 * 2 * 3),
+                         (block['token_mixing']['depthwise'], 5 * 5),      # groups=dim: in/groups = 1
+                         (block['channel_mixing']['pointwise'], 256),
+                         (params['head'], 256)):                           # nn.Linear, not zero
+    weight_bound, bias_bound = torch_default_bound(fan_in)
+    assert_uniform(tensor['kernel'], weight_bound)
+    assert np.abs(tensor['bias']).max() <= bias_bound and tensor['bias'].std() > bias_bound / 3
+  assert (block['token_mixing']['norm']['scale'] == 1).all()
+
+
+def test_convmixer_768_32_uses_relu_like_its_published_weights():
+  # locuslab/convmixer README.md l.32-35; timm convmixer.py l.143: act_layer=nn.ReLU.
+  entry, fields = models.resolve('ConvMixer-768/32')
+  assert fields['activation'] == 'relu'
+  assert models.resolve('ConvMixer-1536/20')[1]['activation'] == 'gelu'
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 28, 28, 3))
+  model = models.create('ConvMixer-768/32', 10)
+  variables = model.init(jax.random.PRNGKey(0), images)
+  relu = models.create('ConvMixer-768/32', 10, activation='relu').apply(variables, images)
+  gelu = models.create('ConvMixer-768/32', 10, activation='gelu').apply(variables, images)
+  np.testing.assert_array_equal(model.apply(variables, images), relu)
+  assert np.abs(np.asarray(relu) - np.asarray(gelu)).max() > 1e-3
+
+
+# --- the name is the architecture -----------------------------------------------------------------
+
+@pytest.mark.parametrize('name,fields', [
+    ('ViT-384x6/4', dict(hidden_size=384, depth=6, num_heads=6, mlp_dim=1536, patch_size=4)),
+    ('ViT-32x2/4-h4-m64', dict(hidden_size=32, depth=2, num_heads=4, mlp_dim=64, patch_size=4)),
+    ('Mixer-B/16', dict(hidden_size=768, depth=12, tokens_mlp_dim=384, channels_mlp_dim=3072, patch_size=16)),
+    ('ConvMixer-128/6-k3-p2', dict(hidden_size=128, depth=6, kernel_size=3, patch_size=2)),
+    ('convmixer_1024_20_ks9_p14', dict(hidden_size=1024, depth=20, kernel_size=9, patch_size=14)),
+])
+def test_parametric_names_fix_the_architecture(name, fields):
+  entry, resolved = models.resolve(name)
+  assert {k: resolved[k] for k in fields} == fields
+  assert models.lookup(entry.name).architecture == entry.architecture   # the canonical name round-trips
+
+
+def test_an_override_that_contradicts_the_name_is_an_error_naming_both():
+  with pytest.raises(ValueError, match=r"'ViT-S/16' fixes depth=12, but depth=6.*'ViT-384x6/16'"):
+    models.create('ViT-S/16', 10, depth=6)
+
+
+def test_changing_the_name_alone_changes_the_whole_architecture():
+  config = config_base.load(os.path.join(CONFIGS, 'imagenet_vit_s16.py'), {'model.name': 'ViT-B/16'})
+  model = models.create(config.model.name, 1000, **{k: v for k, v in config.model.to_dict().items()
+                                                     if k != 'name'})
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+  assert shapes['params']['block_11']['channel_mixing']['Dense_0']['kernel'].shape == (768, 3072)
+
+
+def test_default_config_is_named_for_what_it_builds():
+  from isojax import runs
+  config = config_base.load(os.path.join(CONFIGS, 'default.py'))
+  assert runs.model_name(config) == 'ConvMixer-128/6-k3-p2'
+
+
+# --- recipes: the update each source's formula gives ----------------------------------------------
+
+def tiny_params():
+  return init_params('ViT-16x1/4-h2-m32', 8, num_classes=3)
+
+
+def zero_gradient_step_at(config, step, total_steps, steps_per_epoch):
+  tx, _ = optim.create(config.optimizer, total_steps, steps_per_epoch)
+  params = tiny_params()
+  state = optim._with_count(tx.init(params), step)
+  updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params)
+  return params, jax.tree_util.tree_map(lambda p, u: np.asarray(p + u), params, updates)
+
+
+def load_config(name, **overrides):
+  return config_base.load(os.path.join(CONFIGS, name), overrides)
+
+
+def test_imagenet_vit_s16_decays_every_kernel_by_big_visions_wd_at_peak_and_leaves_biases():
+  # big_vision/optax.py make(): chain(clip, scale_by_adam, scale(lr), add_decayed_weights(wd, kernels),
+  # scale_by_schedule(sched), scale(-1)) with sched = 1 at the end of warmup: p <- p - 1 * (lr * 0 + wd * p).
+  config = load_config('imagenet_vit_s16.py')
+  total = plan.durations(config, 1_268_355).total_steps
+  before, after = zero_gradient_step_at(config, config.optimizer.warmup_steps, total, 1_268_355 / 1024)
+  flat_before = jax.tree_util.tree_leaves_with_path(before)
+  flat_after = jax.tree_util.tree_leaves(after)
+  for (path, b), a in zip(flat_before, flat_after):
+    if jax.tree_util.keystr(path).endswith("['kernel']"):
+      np.testing.assert_allclose(a, b * (1 - 1e-4), rtol=1e-6, atol=1e-12)
+    else:
+      np.testing.assert_array_equal(a, b)
+
+
+def test_imagenet_vit_s16_keeps_adams_first_moment_in_bfloat16():
+  config = load_config('imagenet_vit_s16.py')   # optax=dict(mu_dtype='bfloat16'), vit_s16_i1k.py l.76
+  tx, _ = optim.create(config.optimizer, 100_000, 1000.0)
+  state = tx.init(tiny_params())
+  mus = [s.mu for s in jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, 'mu')) if hasattr(s, 'mu')]
+  assert mus and all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(mus))
+
+
+def test_imagenet_vit_s16_has_big_visions_pre_logits():
+  config = load_config('imagenet_vit_s16.py')   # rep_size=True: Dense(width) + tanh (vit.py l.259-265)
+  assert config.model.representation_size == 384 and config.model.classifier == 'gap'
+
+
+def test_imagenet_convmixer_decays_like_torch_adamw():
+  # torch.optim.AdamW: p <- p * (1 - lr * weight_decay); lr at the onecycle peak (40% of training) is 0.01.
+  config = load_config('imagenet_convmixer_1536_20.py')
+  total = plan.durations(config, 1_281_167).total_steps
+  peak = round(0.4 * total) - 1   # the source evaluates the schedule at the end of the step
+  before, after = zero_gradient_step_at(config, peak, total, 1_281_167 / 640)
+  np.testing.assert_allclose(after['head']['kernel'] if before['head']['kernel'].any() else
+                             after['block_0']['channel_mixing']['Dense_0']['kernel'],
+                             (before['head']['kernel'] if before['head']['kernel'].any() else
+                              before['block_0']['channel_mixing']['Dense_0']['kernel']) * (1 - 0.01 * 2e-5),
+                             rtol=1e-6)
+
+
+def test_cifar10_convmixer_learning_rate_is_locuslabs_interp_at_every_tenth():
+  # locuslab/convmixer-cifar10 train.py l.99-100 and l.114: lr = interp(epoch + (i + 1) / len(loader),
+  # [0, E*2//5, E*4//5, E], [0, lr_max, lr_max/20, 0]).
+  for epochs in (100, 25, 7):
+    config = load_config('cifar10_convmixer.py', num_epochs=epochs)
+    steps = plan.durations(config, 50_000)
+    lr = optim.schedule(config.optimizer, steps.total_steps, steps.steps_per_epoch)
+    for tenth in range(11):
+      step = max(round(tenth / 10 * steps.total_steps) - 1, 0)
+      t = (step + 1) / steps.total_steps * epochs
+      # E*2//5 / E: the source's integer epochs; equal to 0.4 / 0.8 when 5 divides 2E and 4E.
+      expected = np.interp(t, [0, epochs * 2 / 5, epochs * 4 / 5, epochs], [0, 0.05, 0.05 / 20, 0])
+      np.testing.assert_allclose(float(lr(step)), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_cifar10_convmixer_decays_every_parameter_times_lr_and_does_not_clip():
+  # optim.AdamW(model.parameters(), lr, weight_decay=0.005): every tensor, p *= 1 - lr * wd; no --clip-norm.
+  config = load_config('cifar10_convmixer.py')
+  total = plan.durations(config, 50_000).total_steps
+  peak = round(0.4 * total) - 1
+  before, after = zero_gradient_step_at(config, peak, total, 50_000 / 512)
+  factor = 1 - 0.05 * 0.005
+  for b, a in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+    np.testing.assert_allclose(a, b * factor, rtol=1e-6, atol=1e-12)
+  assert not config.optimizer.clip_norm
+
+
+def test_cifar10_convmixer_augments_with_torchvisions_randaugment_and_colour_jitter():
+  config = load_config('cifar10_convmixer.py')
+  assert 'randaugment(num_ops=2, magnitude=12, flavour=torchvision)' in config.data.train_pp
+  assert 'color_jitter(brightness=0.2, contrast=0.2, saturation=0.2)' in config.data.train_pp
+  assert 'random_erasing(0.2' in config.data.train_pp and 'fill=zero' in config.data.train_pp
+
+
+def test_imagenet_mixer_follows_big_vision_sigmoid_loss_and_linear_end():
+  config = load_config('imagenet_mixer_b16.py')   # big_vision/configs/mlp_mixer_i1k.py
+  assert config.loss == 'sigmoid_xent' and config.model.head_bias_init == -6.9
+  total = plan.durations(config, 1_268_355).total_steps
+  lr = optim.schedule(config.optimizer, total, 1_268_355 / 4096)
+  # utils.create_learning_rate_schedule, decay_type='linear': zero + (lr - zero) * (1 - progress), zero = 1e-5.
+  for step in (10_000, 20_000, total):
+    progress = min(max((step - 10_000) / (total - 10_000), 0), 1)
+    expected = 1e-3 * (1e-5 + (1 - 1e-5) * (1 - progress))
+    np.testing.assert_allclose(float(lr(step)), expected, rtol=1e-5)
+
+
+# --- durations resolve at run time ------------------------------------------------------------
+
+def opt_config(**fields):
+  config = config_base.base().optimizer
+  config.update(fields)
+  return config
+
+
+def test_warmup_in_epochs_or_fraction_resolves_to_steps():
+  assert optim.warmup_steps(opt_config(warmup_epochs=2.0), 1000, 37.5) == 75
+  assert optim.warmup_steps(opt_config(warmup_fraction=0.05), 1000, 37.5) == 50
+  with pytest.raises(ValueError, match='one way only'):
+    optim.warmup_steps(opt_config(warmup_steps=5, warmup_fraction=0.1), 1000, 10.0)
+
+
+def test_a_warmup_longer_than_training_is_an_error_naming_both_numbers():
+  with pytest.raises(ValueError, match=r'10000 steps\) does not fit in the 980 training steps'):
+    optim.schedule(opt_config(warmup_steps=10_000), 980, 98.0)
+
+
+@pytest.mark.parametrize('config_name', ['default.py', 'cifar10_convmixer.py', 'cifar10_vit.py', 'cifar10_mixer.py',
+                                         'imagenet_vit_s16.py', 'imagenet_mixer_b16.py',
+                                         'imagenet_convmixer_1536_20.py', 'cifar10_finetune.py'])
+@pytest.mark.parametrize('epochs', [3, 25, 300])
+def test_every_config_reaches_its_final_learning_rate_at_its_last_step(config_name, epochs):
+  sizes = {'isojax_digits': 1437, 'cifar10': 49_000 if 'finetune' in config_name else 50_000,
+           'imagenet2012': 1_268_355}
+  config = load_config(config_name, num_epochs=float(epochs), num_steps=0)
+  steps = plan.durations(config, sizes[config.data.name] if config.data.name != 'imagenet2012' else
+                         (1_281_167 if config.data.train_split == 'train' else 1_268_355))
+  opt = config.optimizer
+  if opt.warmup_steps and opt.warmup_steps >= steps.total_steps:
+    with pytest.raises(ValueError, match=f'{opt.warmup_steps} steps\\) does not fit in the {steps.total_steps}'):
+      optim.schedule(opt, steps.total_steps, steps.steps_per_epoch)
+    return
+  lr = optim.schedule(opt, steps.total_steps, steps.steps_per_epoch)
+  final = 0.0 if opt.schedule == 'onecycle' else opt.lr * opt.end_lr_factor
+  last = steps.total_steps - 1 if opt.schedule == 'onecycle' else steps.total_steps
+  np.testing.assert_allclose(float(lr(last)), final, atol=1e-12)
+  values = np.asarray(jax.vmap(lr)(np.arange(steps.total_steps + 1)))
+  peak = int(values.argmax())
+  assert (np.diff(values[peak:]) <= 1e-12).all()   # never rises again after the peak
+
+
+# --- EMA covers BatchNorm statistics (timm ModelEmaV2/V3 average the whole state_dict) -------
+
+def test_ema_averages_batchnorm_statistics_and_an_ema_evaluation_uses_them():
+  model = models.create('ConvMixer-16/1', 3, kernel_size=3, patch_size=2)
+  config = opt_config(lr=1e-2)
+  tx, lr = optim.create(config, 10)
+  state = train_step.init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), ema=True)
+  batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3)) * 3 + 1,
+           'label': jnp.array([0, 1, 2, 0])}
+  decay = 0.9
+  new, _ = train_step.train_step(state, batch, jax.random.PRNGKey(2), model=model, tx=tx, learning_rate=lr,
+                                 num_classes=3, ema_decay=decay, axis_name=None)
+  expected = jax.tree_util.tree_map(lambda old, now: decay * old + (1 - decay) * now,
+                                    state.batch_stats, new.batch_stats)
+  for e, got in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(new.ema_batch_stats)):
+    np.testing.assert_allclose(got, e, rtol=1e-6)
+  assert not np.allclose(jax.tree_util.tree_leaves(new.ema_batch_stats)[0],
+                         jax.tree_util.tree_leaves(new.batch_stats)[0])
+  assert new.variables(use_ema=True)['batch_stats'] is new.ema_batch_stats
+
+
+# --- RandAugment on the scale, and with the probabilities, of the cited implementation -------
+
+IMAGE = jnp.asarray(np.random.RandomState(0).randint(0, 256, (32, 40, 3)), jnp.float32)
+
+
+def arg_of(flavour, op, level, sign=1.0, **kw):
+  fn, to_arg = randaugment.ops_of(flavour, **kw)[op]
+  return float(to_arg(jnp.float32(level), jnp.float32(sign), IMAGE))
+
+
+def test_torchvision_flavour_reads_magnitude_as_a_bin_of_31():
+  # torchvision/transforms/autoaugment.py RandAugment._augmentation_space(num_bins=31, image_size).
+  bins = 31
+  assert arg_of('torchvision', 'Rotate', 12) == pytest.approx(np.linspace(0.0, 30.0, bins)[12])
+  assert arg_of('torchvision', 'ShearX', 12, -1) == pytest.approx(-np.linspace(0.0, 0.3, bins)[12])
+  assert arg_of('torchvision', 'TranslateX', 12) == pytest.approx(np.floor(np.linspace(0.0, 150.0 / 331.0 * 40, bins)[12]))
+  assert arg_of('torchvision', 'Brightness', 12) == pytest.approx(1 + np.linspace(0.0, 0.9, bins)[12])
+  posterize_bits = 8 - np.round(np.arange(bins) / ((bins - 1) / 4)).astype(int)
+  assert arg_of('torchvision', 'Posterize', 12) == posterize_bits[12]
+  assert arg_of('torchvision', 'Solarize', 12) == pytest.approx(np.linspace(255.0, 0.0, bins)[12])
+  assert len(randaugment.ops_of('torchvision')) == 14
+
+
+def test_timm_flavour_reads_magnitude_out_of_ten():
+  # timm/data/auto_augment.py: _rotate_level_to_arg (level / 10 * 30), _posterize_increasing (4 - int(level/10*4)),
+  # _solarize_increasing (256 - int(level/10*256)), _enhance_increasing (1 + level/10 * 0.9, random sign).
+  assert arg_of('timm', 'Rotate', 9) == pytest.approx(27.0)
+  assert arg_of('timm', 'Posterize', 9, increasing=True) == 4 - int(9 / 10 * 4)
+  assert arg_of('timm', 'Posterize', 9, increasing=False) == int(9 / 10 * 4)
+  assert arg_of('timm', 'Solarize', 9, increasing=True) == 256 - int(9 / 10 * 256)
+  assert arg_of('timm', 'Color', 9, -1, increasing=True) == pytest.approx(1 - 0.81)
+  assert arg_of('timm', 'Color', 9, increasing=False) == pytest.approx(9 / 10 * 1.8 + 0.1)
+  assert arg_of('timm', 'SolarizeAdd', 9) == min(128, int(9 / 10 * 110))
+  assert len(randaugment.ops_of('timm')) == 15
+
+
+def test_big_vision_flavour_uses_absolute_translation_and_cutout():
+  # big_vision/pp/archive/autoaugment.py: translate_const=100, cutout_const=40, enhance level/10*1.8+0.1.
+  assert arg_of('big_vision', 'TranslateX', 10, -1) == pytest.approx(-100.0)
+  assert arg_of('big_vision', 'Cutout', 10) == 40.0
+  assert arg_of('big_vision', 'Brightness', 10) == pytest.approx(1.9)
+  assert len(randaugment.ops_of('big_vision')) == 16
+
+
+def unchanged_fraction(**kwargs):
+  unchanged = 0
+  for i in range(200):
+    out = randaugment.randaugment(IMAGE, jnp.array([i, 7]), num_ops=1, **kwargs)
+    unchanged += bool(np.array_equal(np.asarray(out), np.asarray(IMAGE)))
+  return unchanged / 200
+
+
+def test_timm_applies_each_chosen_op_with_probability_one_half_and_torchvision_always():
+  # timm AugmentOp(prob=0.5); torchvision applies every op (one in 14 is Identity).
+  assert 0.38 < unchanged_fraction(magnitude=9, flavour='timm') < 0.62
+  assert unchanged_fraction(magnitude=12, flavour='torchvision') < 0.15
+
+
+def test_color_jitter_scales_brightness_within_its_range():
+  # torchvision ColorJitter(brightness=0.2): a factor in [0.8, 1.2] times the image.
+  out = np.asarray(randaugment.color_jitter(IMAGE * 0.5, jnp.array([3, 4]), brightness=0.2))
+  ratio = out[IMAGE > 0] / np.asarray(IMAGE * 0.5)[IMAGE > 0]
+  assert np.allclose(ratio, ratio.mean(), atol=1e-4) and 0.8 <= ratio.mean() <= 1.2
+
+
+# --- --dry_run ---------------------------------------------------------------------------------
+
+def test_dry_run_resolves_the_cifar_recipe_without_the_dataset():
+  record = plan.dry_run(load_config('cifar10_convmixer.py'))
+  assert record['model'] == 'ConvMixer-256/8' and record['parameters'] == 594_186
+  assert record['steps'] == 9766 and record['epochs'] == pytest.approx(100, rel=1e-3)
+  assert set(record['lr_at']) == {str(p) for p in range(0, 101, 10)}
+  assert record['lr_at']['40'] == pytest.approx(0.05, rel=1e-3) and record['lr_at']['100'] == 0.0
+  assert record['weight_decay_per_step_at_peak'] == pytest.approx(0.05 * 0.005, rel=1e-5)
+  assert 'not downloaded' in record['dataset_note']
+
+
+@pytest.mark.slow
+def test_dry_run_command_prints_the_plan_and_one_json_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / 'run'
+  out = subprocess.run([sys.executable, '-m', 'isojax.main', f'--config={CONFIGS}/imagenet_vit_s16.py',
+                        f'--workdir={workdir}', '--dry_run'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  record = json.loads(out.stdout.strip().splitlines()[-1])
+  assert {'model', 'parameters', 'gflops_per_image', 'steps', 'epochs', 'lr_at',
+          'weight_decay_per_step_at_peak'} <= set(record)
+  assert record['model'] == 'ViT-S/16' and record['weight_decay_per_step_at_peak'] == pytest.approx(1e-4, rel=1e-5)
+  assert 'learning rate at % of training' in out.stdout and not workdir.exists()
