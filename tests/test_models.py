@@ -227,8 +227,8 @@ def test_names_are_matched_loosely():
 
 
 def test_unknown_name_error_lists_close_names():
-  with pytest.raises(ValueError, match=r"Unknown model 'ViT-S/15'.*ViT-S/16"):
-    models.create('ViT-S/15', 10)
+  with pytest.raises(ValueError, match=r"Unknown model 'ViT-Q/16'.*ViT-S/16"):
+    models.create('ViT-Q/16', 10)
 
 
 def test_unknown_override_error_lists_allowed_fields():

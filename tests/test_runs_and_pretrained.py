@@ -31,7 +31,7 @@ def finished_run(tmp_path_factory):
 def test_load_gives_the_model_and_variables_of_the_last_checkpoint(finished_run):
   workdir, _, result = finished_run
   model, variables, config = isojax.load(str(workdir))
-  assert config.model.name == 'ConvMixer-256/8' and set(variables) == {'params', 'batch_stats'}
+  assert config.model.name == 'ConvMixer-16/1' and set(variables) == {'params', 'batch_stats'}
   for a, b in zip(jax.tree_util.tree_leaves(variables['params']), jax.tree_util.tree_leaves(result.state.params)):
     np.testing.assert_array_equal(a, b)
   logits = model.apply(variables, jnp.zeros((2, 8, 8, 1)), train=False)
@@ -53,10 +53,13 @@ def test_init_from_a_run_starts_from_its_weights_with_a_new_head_size(finished_r
   variables = pretrained.load(str(source), model, image_size=8, channels=1)
   np.testing.assert_array_equal(variables['params']['block_0']['token_mixing']['depthwise']['kernel'],
                                 result.state.params['block_0']['token_mixing']['depthwise']['kernel'])
-  # A 3-class model keeps the body and gets a fresh zero head.
+  # A 3-class model keeps the body and gets a fresh head, initialised as the family starts one.
   small = models.create('ConvMixer-16/1', 3, kernel_size=3, patch_size=2)
   variables = pretrained.load(str(source), small, image_size=8, channels=1)
-  assert variables['params']['head']['kernel'].shape == (16, 3) and not variables['params']['head']['kernel'].any()
+  fresh = small.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))['params']['head']['kernel']
+  np.testing.assert_array_equal(variables['params']['head']['kernel'], fresh)
+  np.testing.assert_array_equal(variables['params']['block_0']['token_mixing']['depthwise']['kernel'],
+                                result.state.params['block_0']['token_mixing']['depthwise']['kernel'])
   # And training with init_from runs end to end.
   _, fine_tuned = short_default_run(tmp_path / 'ft', tfds_dir, init_from=str(source), num_steps=2)
   assert fine_tuned.summary['steps'] == 2
