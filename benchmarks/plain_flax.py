@@ -2,9 +2,10 @@
 
     python benchmarks/plain_flax.py --model ViT-S/16 --batch-size 16 --image-size 224
 
-ViT and Mixer are the reference implementations in the official structure
-(tests/reference/official_models.py: flax's stock MultiHeadDotProductAttention with
-separate query/key/value, heads as a middle axis); ConvMixer uses nn.Conv for the patch,
+ViT and Mixer are google-research/vision_transformer's own `models_vit.py` and `models_mixer.py`
+(vendored verbatim in tests/reference/sources: flax's stock MultiHeadDotProductAttention with
+separate query/key/value, heads as a middle axis; dropout set to 0 as in isojax's
+column); ConvMixer uses nn.Conv for the patch,
 depthwise (feature_group_count) and pointwise convolutions. The step is the flax-examples
 one: `jax.jit` of value_and_grad + optax.adamw through flax's TrainState, with no buffer
 donation. Architecture sizes come from isojax's registry tables and the timing from isojax.bench; nothing else from isojax.
@@ -22,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+import ml_collections  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
@@ -29,7 +31,7 @@ from flax.training import train_state  # noqa: E402
 
 from isojax.bench import median_seconds  # noqa: E402  (the same timing as the isojax column)
 from isojax.models import convmixer, mixer, vit  # noqa: E402  (architecture sizes only)
-from tests.reference.official_models import OfficialMixer, OfficialViT  # noqa: E402
+from tests.reference import sources  # noqa: E402
 
 
 class PlainConvMixer(nn.Module):
@@ -39,11 +41,12 @@ class PlainConvMixer(nn.Module):
   depth: int
   kernel_size: int
   patch_size: int
+  activation: str = 'gelu'    # ConvMixer-768/32 is ReLU
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, *, train: bool):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
-    act = functools.partial(nn.gelu, approximate=False)
+    act = nn.relu if self.activation == 'relu' else functools.partial(nn.gelu, approximate=False)
     p, k, dim = self.patch_size, self.kernel_size, self.hidden_size
     x = norm()(act(nn.Conv(dim, (p, p), strides=(p, p), padding='VALID')(x)))
     for _ in range(self.depth):
@@ -53,10 +56,19 @@ class PlainConvMixer(nn.Module):
 
 
 def build(name: str, num_classes: int) -> nn.Module:
+  models_vit, models_mixer = sources.vision_transformer()
   if name in vit.VARIANTS:
-    return OfficialViT(num_classes=num_classes, classifier='token', **vit.VARIANTS[name])
+    v = vit.VARIANTS[name]
+    return models_vit.VisionTransformer(
+        num_classes=num_classes, patches=ml_collections.ConfigDict({'size': (v['patch_size'],) * 2}),
+        hidden_size=v['hidden_size'], classifier='token',
+        transformer=dict(num_layers=v['depth'], mlp_dim=v['mlp_dim'], num_heads=v['num_heads'],
+                         dropout_rate=0.0, attention_dropout_rate=0.0))
   if name in mixer.VARIANTS:
-    return OfficialMixer(num_classes=num_classes, **mixer.VARIANTS[name])
+    v = mixer.VARIANTS[name]
+    return models_mixer.MlpMixer(patches=ml_collections.ConfigDict({'size': (v['patch_size'],) * 2}),
+                                 num_classes=num_classes, num_blocks=v['depth'], hidden_dim=v['hidden_size'],
+                                 tokens_mlp_dim=v['tokens_mlp_dim'], channels_mlp_dim=v['channels_mlp_dim'])
   if name in convmixer.VARIANTS:
     return PlainConvMixer(num_classes=num_classes, **convmixer.VARIANTS[name])
   raise SystemExit(f'No plain baseline for {name!r}; one of the ViT, Mixer or ConvMixer registry names.')
@@ -75,8 +87,7 @@ def main():
   rng = np.random.RandomState(0)
   images = jnp.asarray(rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(np.float32))
   labels = jnp.asarray(rng.randint(0, args.num_classes, args.batch_size))
-  kwargs = {'train': False} if batch_norm else {}
-  variables = jax.jit(functools.partial(model.init, **kwargs))(jax.random.PRNGKey(0), images[:1])
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), images[:1])
   state = train_state.TrainState.create(apply_fn=model.apply, params=variables['params'],
                                         tx=optax.adamw(1e-3, weight_decay=0.05))
   batch_stats = variables.get('batch_stats')
@@ -88,7 +99,7 @@ def main():
         logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats}, images, train=True,
                                          mutable=['batch_stats'])
       else:
-        logits, updates = state.apply_fn({'params': params}, images), {}
+        logits, updates = state.apply_fn({'params': params}, images, train=True), {}
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, updates.get('batch_stats')
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -97,7 +108,7 @@ def main():
   @jax.jit
   def infer(params, batch_stats, images):
     extra = {'batch_stats': batch_stats} if batch_norm else {}
-    return state.apply_fn({'params': params, **extra}, images, **kwargs)
+    return state.apply_fn({'params': params, **extra}, images, train=False)
 
   result = {'framework': 'plain-flax', 'model': args.model, 'batch_size': args.batch_size,
             'image_size': args.image_size, 'jax': jax.__version__}

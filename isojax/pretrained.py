@@ -1,4 +1,8 @@
-"""Starting from pretrained weights: `load(path, model, image_size) -> variables` for `model`.
+"""Starting from pretrained weights.
+
+`create(path)` builds the model a weight file describes and loads it: `(model, variables)` with
+the source's logits and no hand-set flags. `load(path, model, image_size)` fills a model you
+built. `describe(path)` says what a file holds (architecture, classes, image size, assumptions).
 
 Fine-tuning semantics (as in the ViT paper): when the class count differs the head is
 re-initialised (as a fresh model of that family starts it: zeros for ViT and Mixer); when the image size differs, learned
@@ -12,16 +16,19 @@ timm state dicts for vit_*, mixer_* and convmixer_* in `.pth`, `.bin` or `.safet
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from isojax.formats import Weights
 
 # Parameters that are replaced, not loaded, when their shape differs from the target's.
 REINIT_ON_MISMATCH = ('head/', 'pre_logits/')
@@ -85,46 +92,96 @@ def adapt(source: dict, target: dict, strict: bool = True) -> dict:
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
 
 
-def read(path: str) -> dict:
-  """The variables stored at `path`, as nested dicts of host arrays, in isojax's layout."""
-  if os.path.isdir(path) and os.path.exists(os.path.join(path, 'config.json')):
-    from isojax import runs
-    _, variables, _ = runs.load(path)
-    return variables
+def _is_run(path: str) -> bool:
+  return os.path.isdir(path) and os.path.exists(os.path.join(path, 'config.json'))
+
+
+def describe(path: str) -> Weights:
+  """What the weight file at `path` holds: variables in isojax's layout plus the architecture
+  (family, factory fields, classes, image size) its tensors show, and what had to be assumed."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'No pretrained weights at {path!r}.')
   if path.endswith('.npz'):
-    return {'params': _nest(_read_official(path))}
+    from isojax.formats import official
+    try:
+      with np.load(path, allow_pickle=False) as archive:
+        flat = {k: archive[k] for k in archive.files}
+    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError: a broken file
+      raise ValueError(f'Cannot read {path!r} as a .npz archive ({type(e).__name__}: {e}); '
+                       f'is the file complete?') from None
+    try:
+      return official.describe(flat)
+    except ValueError as e:
+      raise ValueError(f'{path!r}: {e}') from None
   if path.endswith(('.pth', '.bin', '.pt', '.safetensors')):
     from isojax.formats import timm, torchfile
     state = torchfile.read_safetensors(path) if path.endswith('.safetensors') else torchfile.read_torch(path)
-    return timm.convert(state)
+    try:
+      return timm.describe(state)
+    except ValueError as e:
+      raise ValueError(f'{path!r}: {e}') from None
   raise ValueError(f'Cannot read pretrained weights from {path!r}: expected the workdir of an isojax run, '
-                   f'an official .npz, or a timm .pth/.bin/.safetensors file.')
+                   f'an official .npz, or a timm .pth/.bin/.pt/.safetensors file.')
 
 
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-  return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in flat.items()})
+def read(path: str) -> dict:
+  """The variables stored at `path`, as nested dicts of host arrays, in isojax's layout."""
+  if _is_run(path):
+    from isojax import runs
+    _, variables, _ = runs.load(path)
+    return variables
+  return describe(path).variables
 
 
-def _read_official(path: str) -> dict[str, np.ndarray]:
-  from isojax.formats import official
-  try:
-    with np.load(path, allow_pickle=False) as archive:
-      flat = {k: archive[k] for k in archive.files}
-  except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError: a broken file
-    raise ValueError(f'Cannot read {path!r} as a .npz archive ({type(e).__name__}: {e}); '
-                     f'is the file complete?') from None
-  if official.is_vit(flat):
-    return official.vit(flat)
-  if official.is_mixer(flat):
-    return official.mixer(flat)
-  raise ValueError(f'{path!r} holds neither a ViT nor a Mixer in the official layout '
-                   f'(first keys: {sorted(flat)[:5]}).')
+def _fresh(model: nn.Module, image_size: int, channels: int) -> dict:
+  images = jnp.zeros((1, image_size, image_size, channels))
+  return jax.device_get(jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False))())
 
 
 def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True) -> dict:
   """Variables for `model` at `image_size`, initialised from the weights at `path` (see `adapt`)."""
-  images = jnp.zeros((1, image_size, image_size, channels))
-  fresh = jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False))()   # re-initialised layers
-  return adapt(read(path), jax.device_get(fresh), strict=strict)
+  return adapt(read(path), _fresh(model, image_size, channels), strict=strict)
+
+
+def create(path: str, num_classes: Optional[int] = None, image_size: Optional[int] = None,
+           strict: bool = True, **overrides: Any) -> tuple[nn.Module, dict]:
+  """(model, variables) for the weights at `path`, the model built from what the file shows.
+
+  Official vision_transformer / big_vision `.npz` files and timm `vit_*`, `deit3_*`, `mixer_*`,
+  `convmixer_*` state dicts carry their own architecture (`describe`); the workdir of an isojax
+  run carries its config. `num_classes` and `image_size` default to the file's: another class
+  count re-initialises the head, another image size resizes learned position embeddings
+  (fine-tuning semantics of `adapt`). `overrides` set what a file cannot show (timm's head count)
+  or run-time options (`dtype`, `drop_path_rate`, ...); one that contradicts the file is an error.
+  """
+  from isojax import models
+  if _is_run(path):
+    from isojax import runs
+    model, variables, config = runs.load(path)
+    if num_classes is None and image_size is None and not overrides:
+      return model, variables
+    size = image_size or config.data.image_size
+    classes = num_classes or int(variables['params']['head']['bias'].shape[0])
+    fields = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+    model = models.create(config.model.name, classes, **{**fields, **overrides})
+    return model, adapt(variables, _fresh(model, size, _channels(variables)), strict=strict)
+  weights = describe(path)
+  for field, value in overrides.items():
+    if field in weights.fields and weights.fields[field] != value and field not in weights.assumed:
+      raise ValueError(f'{path!r} holds a model with {field}={weights.fields[field]!r}; the override '
+                       f'{field}={value!r} contradicts the file.')
+  fields = {**weights.fields, **overrides}
+  classes = num_classes or weights.num_classes
+  if classes is None:
+    raise ValueError(f'{path!r} has no classification head (a feature extractor); pass num_classes= to add one.')
+  model = models.create(models.name_for(weights.family, fields), classes, **fields)
+  if weights.assumed and not set(weights.assumed) <= set(overrides):
+    logging.info('pretrained.create(%r) assumed %s', path,
+                 {k: v for k, v in weights.assumed.items() if k not in overrides})
+  size = image_size or weights.image_size or models.default_image_size(models.name_for(weights.family, fields))
+  return model, adapt(weights.variables, _fresh(model, size, _channels(weights.variables)), strict=strict)
+
+
+def _channels(variables: dict) -> int:
+  """Input channels, from the patch embedding's kernel [kh, kw, channels, width]."""
+  return int(np.shape(variables['params']['stem']['patch_embed']['embedding']['kernel'])[2])

@@ -1,96 +1,184 @@
-"""Published `.npz` weights (google-research/vision_transformer, big_vision) load into isojax models
-and give the reference implementation's logits to float32 precision."""
+"""Published `.npz` weights (google-research/vision_transformer, big_vision) load into isojax and give
+the source's own logits: the references here are the sources' model files, vendored verbatim
+(tests/reference/sources), initialised at random with every parameter perturbed (their heads and
+class tokens start at zero, which would hide a wrong head or pooling), and exported as their
+checkpoints are. `pretrained.create(path)` must rebuild each model from the file alone."""
+import collections
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from isojax import models, pretrained
-from tests.reference.official_models import OfficialMixer, OfficialViT
+from tests.reference import sources
 
-VIT = dict(patch_size=4, hidden_size=32, depth=2, mlp_dim=64, num_heads=4)
-MIXER = dict(patch_size=4, hidden_size=32, depth=2, tokens_mlp_dim=8, channels_mlp_dim=64)
-VIT_NAME, MIXER_NAME = 'ViT-32x2/4-h4-m64', 'Mixer-32x2/4-t8-c64'   # the same shapes, named
-
-
-def export_npz(reference, path, image_size=16, prefix=''):
-  """Initialises the reference at random and writes its parameters as a published .npz would be."""
-  params = reference.init(jax.random.PRNGKey(7), jnp.zeros((1, image_size, image_size, 3)))['params']
-  flat = {prefix + '/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
-  np.savez(path, **flat)
-  return params
+VIT = dict(hidden_size=32, num_heads=2, mlp_dim=64, depth=2)
+VIT_NAME = 'ViT-32x2/4-h2-m64'   # those shapes, named
+IMAGES = jax.random.normal(jax.random.PRNGKey(3), (4, 16, 16, 3))
 
 
-def max_logit_difference(reference, ref_params, model, path, image_size=16):
-  images = jax.random.normal(jax.random.PRNGKey(3), (4, image_size, image_size, 3))
-  expected = reference.apply({'params': ref_params}, images)
-  variables = pretrained.load(str(path), model, image_size)
-  return float(jnp.abs(model.apply(variables, images, train=False) - expected).max())
+def randomised(params, seed=11):
+  """Every parameter moved off its initial value, so zero heads and class tokens cannot hide a mistake."""
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(tree, [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
 
 
-@pytest.mark.parametrize('classifier,representation_size,per_type_names,prefix', [
-    ('token', None, False, ''),            # ViT-B/16.npz style: class token, one counter
-    ('token', 24, False, ''),              # with the tanh pre-logits layer (ImageNet-21k files)
-    ('gap', None, True, 'params/'),        # big_vision: per-type numbering, 'params/' prefix
+def export_npz(params, path, prefix='', one_counter=False):
+  """Writes `params` flat, as the published files are; `one_counter` renumbers each block's modules with one
+  counter across types (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3), as in the
+  pre-Linen vision_transformer files (ViT-B_16.npz)."""
+  flat = {'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
+  if one_counter:
+    renumber = {'LayerNorm_0': 'LayerNorm_0', 'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
+                'LayerNorm_1': 'LayerNorm_2', 'MlpBlock_0': 'MlpBlock_3'}
+    flat = {re.sub(r'(encoderblock_\d+/)(\w+)', lambda m: m.group(1) + renumber[m.group(2)], k): v
+            for k, v in flat.items()}
+  np.savez(path, **{prefix + k: v for k, v in flat.items()})
+
+
+def vision_transformer_vit(classifier='token', representation_size=None, num_classes=10):
+  models_vit, _ = sources.vision_transformer()
+  return models_vit.VisionTransformer(
+      num_classes=num_classes, patches=ml_collections.ConfigDict({'size': (4, 4)}), hidden_size=VIT['hidden_size'],
+      transformer=dict(num_layers=VIT['depth'], mlp_dim=VIT['mlp_dim'], num_heads=VIT['num_heads'],
+                       dropout_rate=0.0, attention_dropout_rate=0.0),
+      classifier=classifier, representation_size=representation_size)
+
+
+def big_vision_vit(**kw):
+  return sources.big_vision_vit().Model(10, width=VIT['hidden_size'], depth=VIT['depth'], mlp_dim=VIT['mlp_dim'],
+                                        num_heads=VIT['num_heads'], patch_size=(4, 4), **kw)
+
+
+def source_logits(reference, tmp_path, images=IMAGES, **export):
+  """(path of the exported .npz, the source's logits on `images`)."""
+  params = randomised(reference.init(jax.random.PRNGKey(7), images[:1], train=False)['params'])
+  export_npz(params, tmp_path / 'weights.npz', **export)
+  out = reference.apply({'params': params}, images, train=False)
+  return str(tmp_path / 'weights.npz'), np.asarray(out[0] if isinstance(out, tuple) else out)
+
+
+def created_logits(path, images=IMAGES, **kw):
+  model, variables = pretrained.create(path, **kw)
+  return model, np.asarray(model.apply(variables, images, train=False))
+
+
+def max_difference(a, b):
+  return float(np.abs(a - b).max())
+
+
+@pytest.mark.parametrize('classifier,representation_size,one_counter', [
+    ('token', None, True),     # ViT-B_16.npz: class token, pre-Linen numbering
+    ('token', 24, False),      # ImageNet-21k files: tanh pre-logits layer
+    ('gap', None, False),
 ])
-def test_official_vit_npz_reproduces_the_reference_logits(tmp_path, classifier, representation_size,
-                                                         per_type_names, prefix):
-  reference = OfficialViT(num_classes=10, classifier=classifier, representation_size=representation_size,
-                          per_type_names=per_type_names, **VIT)
-  params = export_npz(reference, tmp_path / 'vit.npz', prefix=prefix)
-  model = models.create(VIT_NAME, 10, classifier=classifier, representation_size=representation_size)
-  difference = max_logit_difference(reference, params, model, tmp_path / 'vit.npz')
-  print(f'ViT ({classifier}, pre_logits={representation_size}): max |logit difference| {difference:.2e}')
-  assert difference < 1e-5
+def test_vision_transformer_npz_rebuilds_and_reproduces_models_vit(tmp_path, classifier, representation_size,
+                                                                   one_counter):
+  path, expected = source_logits(vision_transformer_vit(classifier, representation_size), tmp_path,
+                                 one_counter=one_counter)
+  model, logits = created_logits(path)
+  difference = max_difference(logits, expected)
+  print(f'models_vit {classifier} pre_logits={representation_size}: max |logit difference| {difference:.2e}')
+  assert difference < 1e-5 and np.abs(expected).max() > 0.1
+  # The same file into a hand-built model of the same name gives the same logits.
+  hand_built = models.create(VIT_NAME, 10, classifier=classifier, representation_size=representation_size)
+  assert max_difference(np.asarray(hand_built.apply(pretrained.load(path, hand_built, 16), IMAGES)), expected) < 1e-5
 
 
-def test_official_mixer_npz_reproduces_the_reference_logits(tmp_path):
-  reference = OfficialMixer(num_classes=10, **MIXER)
-  params = export_npz(reference, tmp_path / 'mixer.npz')
-  model = models.create(MIXER_NAME, 10)
-  difference = max_logit_difference(reference, params, model, tmp_path / 'mixer.npz')
-  print(f'Mixer: max |logit difference| {difference:.2e}')
-  assert difference < 1e-5
+@pytest.mark.parametrize('pool_type,kw,prefix', [
+    ('tok', {}, 'params/'),                          # position embedding added before the class token
+    ('map', {}, ''),                                 # attention pooling (MAPHead)
+    ('gap', dict(rep_size=True), 'params/'),         # pre-logits as wide as the model
+    ('tok', dict(posemb='sincos2d'), ''),            # no position embedding in the file
+    ('map', dict(scan=True), ''),                    # scanned blocks, stacked along a depth axis
+])
+def test_big_vision_npz_rebuilds_and_reproduces_big_vision_vit(tmp_path, pool_type, kw, prefix):
+  path, expected = source_logits(big_vision_vit(pool_type=pool_type, **kw), tmp_path, prefix=prefix)
+  model, logits = created_logits(path)
+  difference = max_difference(logits, expected)
+  print(f'big_vision {pool_type} {kw}: max |logit difference| {difference:.2e}')
+  assert difference < 1e-5 and np.abs(expected).max() > 0.1
+  described = pretrained.describe(path)
+  assert described.fields['classifier'] == {'tok': 'token'}.get(pool_type, pool_type)
+  assert described.fields['num_heads'] == VIT['num_heads'] and described.assumed == {}
 
 
-def test_fine_tuning_an_npz_at_another_size_and_class_count(tmp_path):
-  reference = OfficialViT(num_classes=1000, **VIT)
-  export_npz(reference, tmp_path / 'vit.npz')
-  model = models.create(VIT_NAME, 10)
-  variables = pretrained.load(str(tmp_path / 'vit.npz'), model, image_size=32)
+def test_vision_transformer_mixer_npz_rebuilds_and_reproduces_models_mixer(tmp_path):
+  _, models_mixer = sources.vision_transformer()
+  reference = models_mixer.MlpMixer(patches=ml_collections.ConfigDict({'size': (4, 4)}), num_classes=10,
+                                    num_blocks=2, hidden_dim=32, tokens_mlp_dim=8, channels_mlp_dim=64)
+  path, expected = source_logits(reference, tmp_path)
+  model, logits = created_logits(path)
+  difference = max_difference(logits, expected)
+  print(f'models_mixer: max |logit difference| {difference:.2e}')
+  assert difference < 1e-5 and np.abs(expected).max() > 0.1
+  assert models.describe(model_name := models.name_for('mixer', pretrained.describe(path).fields)) == model_name
+
+
+def test_create_fine_tunes_at_another_size_and_class_count(tmp_path):
+  path, _ = source_logits(vision_transformer_vit(num_classes=1000), tmp_path)
+  model, variables = pretrained.create(path, num_classes=10, image_size=32)
   assert variables['params']['stem']['pos_embedding'].shape == (1, 1 + 8 * 8, 32)
   assert variables['params']['head']['kernel'].shape == (32, 10) and not variables['params']['head']['kernel'].any()
+  assert model.apply(variables, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+
+
+def test_an_override_that_contradicts_the_file_is_an_error(tmp_path):
+  path, _ = source_logits(vision_transformer_vit(), tmp_path)
+  with pytest.raises(ValueError, match=r"holds a model with num_heads=2; the override num_heads=4 contradicts"):
+    pretrained.create(path, num_heads=4)
 
 
 def test_a_truncated_npz_is_a_clear_error(tmp_path):
-  export_npz(OfficialViT(num_classes=10, **VIT), tmp_path / 'vit.npz')
-  data = (tmp_path / 'vit.npz').read_bytes()
+  path, _ = source_logits(vision_transformer_vit(), tmp_path)
+  data = open(path, 'rb').read()
   (tmp_path / 'cut.npz').write_bytes(data[:len(data) // 2])
   model = models.create(VIT_NAME, 10)
   with pytest.raises(ValueError, match=r"Cannot read .*cut.npz.* is the file complete"):
     pretrained.load(str(tmp_path / 'cut.npz'), model, 16)
   with pytest.raises(FileNotFoundError, match='No pretrained weights'):
-    pretrained.load(str(tmp_path / 'missing.npz'), model, 16)
+    pretrained.create(str(tmp_path / 'missing.npz'))
 
 
 def test_weights_of_another_architecture_are_refused(tmp_path):
-  export_npz(OfficialMixer(num_classes=10, **MIXER), tmp_path / 'mixer.npz')
+  _, models_mixer = sources.vision_transformer()
+  reference = models_mixer.MlpMixer(patches=ml_collections.ConfigDict({'size': (4, 4)}), num_classes=10,
+                                    num_blocks=2, hidden_dim=32, tokens_mlp_dim=8, channels_mlp_dim=64)
+  path, _ = source_logits(reference, tmp_path)
   with pytest.raises(ValueError, match=r"have no 'params/stem/cls'|another architecture"):
-    pretrained.load(str(tmp_path / 'mixer.npz'), models.create(VIT_NAME, 10), 16)
+    pretrained.load(path, models.create(VIT_NAME, 10), 16)
   deeper = models.create('Mixer-48x2/4-t8-c64', 10)
   with pytest.raises(ValueError, match=r"Pretrained 'params/[\w/]+' has shape \([\d, ]*32[\d, ]*\), "
                                        r"but the model expects \([\d, ]*48[\d, ]*\)"):
-    pretrained.load(str(tmp_path / 'mixer.npz'), deeper, 16)
+    pretrained.load(path, deeper, 16)
 
 
 def test_tensors_the_model_does_not_use_fail_the_load_listing_them(tmp_path):
   # A file with a tanh pre-logits layer, loaded into a model without one: "loads" only with strict=False.
-  reference = OfficialViT(num_classes=10, classifier='token', representation_size=24, **VIT)
-  export_npz(reference, tmp_path / 'vit.npz')
+  path, _ = source_logits(vision_transformer_vit('token', representation_size=24), tmp_path)
   model = models.create(VIT_NAME, 10, classifier='token')
   with pytest.raises(ValueError, match=r"2 tensor\(s\) in the weights are not used by the model: "
                                        r"\['params/pre_logits/bias', 'params/pre_logits/kernel'\]"):
-    pretrained.load(str(tmp_path / 'vit.npz'), model, 16)
+    pretrained.load(path, model, 16)
   with pytest.warns(UserWarning, match='not used by the model'):
-    pretrained.load(str(tmp_path / 'vit.npz'), model, 16, strict=False)
+    pretrained.load(path, model, 16, strict=False)
+
+
+def test_an_array_no_isojax_module_reads_is_refused_by_name(tmp_path):
+  path, _ = source_logits(vision_transformer_vit(), tmp_path)
+  arrays = dict(np.load(path))
+  arrays['Transformer/encoderblock_0/LayerScale_0/scale'] = np.ones(32, np.float32)
+  np.savez(tmp_path / 'extra.npz', **arrays)
+  with pytest.raises(ValueError, match=r"1 array\(s\) of this ViT checkpoint have no place in isojax: "
+                                       r"\['Transformer/encoderblock_0/LayerScale_0/scale'\]"):
+    pretrained.create(str(tmp_path / 'extra.npz'))
+
+
+def test_vendored_sources_are_verbatim_copies():
+  for filename, (repository, commit, path, blob) in sources.SOURCES.items():
+    assert sources.git_blob_hash(f'{sources.HERE}/{filename}') == blob, f'{filename} differs from {repository}:{path}'

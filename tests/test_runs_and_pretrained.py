@@ -65,6 +65,18 @@ def test_init_from_a_run_starts_from_its_weights_with_a_new_head_size(finished_r
   assert fine_tuned.summary['steps'] == 2
 
 
+def test_create_from_a_run_builds_its_model_and_can_change_the_head(finished_run):
+  workdir, _, result = finished_run
+  model, variables = pretrained.create(str(workdir))
+  images = jnp.asarray(np.random.RandomState(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+  reference, reference_variables, _ = isojax.load(str(workdir))
+  np.testing.assert_array_equal(model.apply(variables, images), reference.apply(reference_variables, images))
+  model, variables = pretrained.create(str(workdir), num_classes=3)
+  assert model.apply(variables, images).shape == (2, 3)
+  np.testing.assert_array_equal(variables['params']['block_0']['token_mixing']['depthwise']['kernel'],
+                                result.state.params['block_0']['token_mixing']['depthwise']['kernel'])
+
+
 def test_another_architecture_is_refused_naming_the_first_parameter_that_does_not_fit(finished_run):
   source, _, _ = finished_run
   wider = models.create('ConvMixer-32/1', 10, kernel_size=3, patch_size=2)

@@ -42,3 +42,14 @@ def test_side_by_side_runs_isojax_and_the_plain_baseline_and_writes_the_table(tm
   assert lines[2].startswith('| ViT-Ti/16 | 8 | 16 |')
   assert '**' in lines[2] and 'n/a' not in lines[2]
   assert (tmp_path / 'results.json').exists()
+
+
+@pytest.mark.parametrize('name,image_size', [('Mixer-S/32', 64), ('ConvMixer-768/32', 14)])
+def test_the_plain_baseline_builds_every_family_as_the_registry_names_it(name, image_size):
+  import jax
+  import jax.numpy as jnp
+  import plain_flax
+  model = plain_flax.build(name, 10)
+  images = jnp.zeros((1, image_size, image_size, 3))
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False))()
+  assert model.apply(variables, images, train=False).shape == (1, 10)

@@ -3,6 +3,7 @@
 The fixtures in tests/data/timm were written by tests/reference/make_timm_fixtures.py with
 timm 1.0.31 / torch 2.14.1: random weights, fixed inputs, and timm's eval-mode logits.
 """
+import json
 import os
 
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from isojax import models, pretrained
+from tests.reference.seeded import seeded_state, write_safetensors
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'timm')
 EXACT_GELU = dict(approximate_gelu=False)
@@ -52,3 +54,68 @@ def test_a_truncated_torch_file_is_a_clear_error(tmp_path):
 def test_timm_weights_for_another_family_are_refused():
   with pytest.raises(ValueError, match=r'another architecture'):
     pretrained.load(os.path.join(DATA, 'mixer.bin'), CASES['convmixer.pth'](), 16)
+
+
+# --- pretrained.create: the architecture comes from the file --------------------------------------
+
+with open(os.path.join(DATA, 'seeded.json')) as f:
+  SEEDED = json.load(f)
+
+
+def timm_file(tmp_path, name):
+  """timm's registered `name` (tests/reference/make_timm_fixtures.py SEEDED) as a .safetensors file."""
+  spec = SEEDED['models'][name]
+  path = str(tmp_path / f'{name}.safetensors')
+  write_safetensors(path, seeded_state(spec['shapes'], spec['seed']))
+  return path
+
+
+def relative_difference(logits, expected):
+  return float(np.abs(np.asarray(logits) - expected).max() / np.abs(expected).max())
+
+
+@pytest.mark.parametrize('name', sorted(SEEDED['models']))
+def test_timm_models_rebuild_from_their_file_alone_with_timms_logits(tmp_path, name):
+  expected = np.load(os.path.join(DATA, 'seeded_logits.npz'))
+  model, variables = pretrained.create(timm_file(tmp_path, name))
+  logits = model.apply(variables, jnp.asarray(expected[f'{name}/images']), train=False)
+  difference = relative_difference(logits, expected[name])
+  print(f'{name} (timm {SEEDED["timm"]}): max |logit difference| / max |logit| {difference:.2e}')
+  assert difference < 1e-5
+
+
+def test_convmixer_768_32_is_read_as_relu_and_gelu_would_be_wrong(tmp_path):
+  expected = np.load(os.path.join(DATA, 'seeded_logits.npz'))
+  path = timm_file(tmp_path, 'convmixer_768_32')
+  described = pretrained.describe(path)
+  assert described.fields['activation'] == 'relu' and 'convmixer_768_32' in described.assumed['activation']
+  model, variables = pretrained.create(path, activation='gelu')   # what isojax did before it read the shape
+  images = jnp.asarray(expected['convmixer_768_32/images'])
+  assert relative_difference(model.apply(variables, images, train=False), expected['convmixer_768_32']) > 0.05
+
+
+@pytest.mark.parametrize('filename,overrides', [
+    ('vit_token.safetensors', dict(num_heads=4)),           # 32 wide with 4 heads: not timm's width/64
+    ('vit_gap_layerscale.pth', dict(num_heads=4)),
+    ('mixer.bin', {}),
+    ('convmixer.pth', {}),
+])
+def test_every_file_format_rebuilds_with_timms_logits(filename, overrides):
+  expected = np.load(os.path.join(DATA, 'expected_logits.npz'))
+  model, variables = pretrained.create(os.path.join(DATA, filename), **overrides)
+  logits = model.apply(variables, jnp.asarray(expected['images']), train=False)
+  assert relative_difference(logits, expected[filename.split('.')[0]]) < 1e-5
+
+
+def test_the_head_count_a_timm_file_cannot_show_is_reported_as_assumed():
+  described = pretrained.describe(os.path.join(DATA, 'vit_token.safetensors'))
+  assert described.fields['num_heads'] == 1 and 'width/64' in described.assumed['num_heads']
+
+
+def test_a_timm_tensor_isojax_has_no_place_for_is_refused_by_name(tmp_path):
+  spec = SEEDED['models']['vit_small_patch16_224']
+  state = seeded_state(spec['shapes'], spec['seed'])
+  state['reg_token'] = np.zeros((1, 4, 384), np.float32)    # a register-token ViT
+  write_safetensors(str(tmp_path / 'reg.safetensors'), state)
+  with pytest.raises(ValueError, match=r"1 tensor\(s\) of this timm vit file have no place in isojax: \['reg_token'\]"):
+    pretrained.create(str(tmp_path / 'reg.safetensors'))

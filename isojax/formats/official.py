@@ -5,26 +5,51 @@ ViT files are flat arrays keyed like `Transformer/encoderblock_0/MlpBlock_3/Dens
 each block the pre-Linen files number submodules with one counter (`LayerNorm_0`,
 `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`), big_vision per type
 (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`); both read the
-same. Separate query/key/value projections become isojax's fused `qkv`. Mixer files use
-`stem`, `MixerBlock_i/{LayerNorm_0,token_mixing,LayerNorm_1,channel_mixing}` and
-`pre_head_layer_norm`.
+same. big_vision's `scan=True` files stack the blocks (`Transformer/encoderblock/...` with a
+leading depth axis); they are unstacked. Separate query/key/value projections become isojax's
+fused `qkv`. Mixer files use `stem`, `MixerBlock_i/{LayerNorm_0,token_mixing,LayerNorm_1,
+channel_mixing}` and `pre_head_layer_norm`.
+
+What the file shows about the architecture (`describe`):
+- vision_transformer `models_vit.py`: a class token ('token') has its position embedding
+  (`[1, 1 + h*w, C]`, l.216-217 and 263-272); no class token means 'gap'.
+- big_vision `models/vit.py`: the position embedding is added before the class token
+  (`[1, h*w, C]`, l.219-225: pool_type 'tok'); 'map' has `MAPHead_0` (l.165-182) whose MLP
+  width is the encoder's (l.238); 'sincos2d' files have no position embedding at all (l.47-53).
+- Heads come from the query kernel `[C, heads, C/heads]`; both use tanh-approximate GELU
+  (`nn.gelu`) and flax's LayerNorm epsilon 1e-6.
 """
 from __future__ import annotations
 
+import math
 import re
+from typing import Optional
 
 import numpy as np
 
+from isojax.formats import KeyTracker, Weights
+
 
 def _strip(flat: dict) -> dict:
-  """Drops a leading 'params/' (big_vision) and anything that is not a parameter (optimizer state)."""
+  """Drops a leading 'params/' (big_vision) and anything that is not a parameter (optimizer state);
+  unstacks big_vision's scanned blocks."""
   if any(k.startswith('params/') for k in flat):
     flat = {k[len('params/'):]: v for k, v in flat.items() if k.startswith('params/')}
+  scanned = 'Transformer/encoderblock/'
+  if any(k.startswith(scanned) for k in flat):
+    unstacked = {}
+    for key, value in flat.items():
+      if key.startswith(scanned):
+        for i, layer in enumerate(np.asarray(value)):
+          unstacked[f'Transformer/encoderblock_{i}/{key[len(scanned):]}'] = layer
+      else:
+        unstacked[key] = value
+    flat = unstacked
   return flat
 
 
 def is_vit(flat: dict) -> bool:
-  return any('encoderblock_' in k for k in _strip(flat))
+  return any('encoderblock' in k for k in _strip(flat))
 
 
 def is_mixer(flat: dict) -> bool:
@@ -35,45 +60,53 @@ def _numbered(names, prefix):
   return sorted((n for n in names if n.startswith(prefix)), key=lambda n: int(n.rsplit('_', 1)[1]))
 
 
+def _depth(flat: dict, pattern: str) -> int:
+  return 1 + max(int(m.group(1)) for k in flat if (m := re.match(pattern, k)))
+
+
+def _refuse_unread(flat: KeyTracker, what: str) -> None:
+  unread = flat.unread()
+  if unread:
+    raise ValueError(f'{len(unread)} array(s) of this {what} checkpoint have no place in isojax: {unread[:8]}'
+                     f'{" ..." if len(unread) > 8 else ""}. It is a variant isojax does not implement.')
+
+
+def _attention(flat: KeyTracker, prefix: str, width: int) -> dict[str, np.ndarray]:
+  get = lambda name: np.asarray(flat[f'{prefix}/{name}'])
+  return {'qkv/kernel': np.concatenate([get(f'{p}/kernel').reshape(width, -1) for p in ('query', 'key', 'value')], 1),
+          'qkv/bias': np.concatenate([get(f'{p}/bias').reshape(-1) for p in ('query', 'key', 'value')]),
+          'out/kernel': get('out/kernel').reshape(-1, width), 'out/bias': get('out/bias')}
+
+
 def vit(flat: dict) -> dict[str, np.ndarray]:
   """Official ViT arrays -> isojax paths ('block_0/token_mixing/attention/qkv/kernel', ...)."""
-  flat = _strip(flat)
+  flat = KeyTracker(_strip(flat))
   out = {}
   renames = {'embedding/': 'stem/patch_embed/embedding/', 'cls': 'stem/cls',
              'Transformer/posembed_input/pos_embedding': 'stem/pos_embedding', 'pos_embedding': 'stem/pos_embedding',
              'Transformer/encoder_norm/': 'final_norm/', 'pre_logits/': 'pre_logits/', 'head/': 'head/',
-             'MAPHead_0/': 'map_head/'}
-  blocks: dict[int, dict[str, np.ndarray]] = {}
-  for key, value in flat.items():
-    match = re.match(r'Transformer/encoderblock_(\d+)/(.*)', key)
-    if match:
-      blocks.setdefault(int(match.group(1)), {})[match.group(2)] = np.asarray(value)
-      continue
+             'MAPHead_0/': 'map_head/'}   # big_vision's attention pooling: same module names inside
+  for key in list(flat):
     for old, new in renames.items():
       if key == old or (old.endswith('/') and key.startswith(old)):
-        out[new + key[len(old):]] = np.asarray(value)
-        break
-    else:
-      raise ValueError(f'Unexpected array {key!r} in a ViT checkpoint.')
-  for i, block in sorted(blocks.items()):
-    modules = {k.split('/')[0] for k in block}
+        out[new + key[len(old):]] = np.asarray(flat[key])
+  width = flat['embedding/kernel'].shape[-1]
+  for i in range(_depth(flat, r'Transformer/encoderblock_(\d+)/')):
+    block = f'Transformer/encoderblock_{i}'
+    modules = {k[len(block) + 1:].split('/')[0] for k in flat if k.startswith(block + '/')}
     norm1, norm2 = _numbered(modules, 'LayerNorm_')
     (attention,), (mlp,) = _numbered(modules, 'MultiHeadDotProductAttention_'), _numbered(modules, 'MlpBlock_')
-    get = lambda module, name: block[f'{module}/{name}']
     prefix = f'block_{i}'
     for norm, new in ((norm1, 'norm1'), (norm2, 'norm2')):
-      out[f'{prefix}/{new}/scale'], out[f'{prefix}/{new}/bias'] = get(norm, 'scale'), get(norm, 'bias')
-    width = get(attention, 'query/kernel').shape[0]
-    out[f'{prefix}/token_mixing/attention/qkv/kernel'] = np.concatenate(
-        [get(attention, f'{p}/kernel').reshape(width, -1) for p in ('query', 'key', 'value')], axis=1)
-    out[f'{prefix}/token_mixing/attention/qkv/bias'] = np.concatenate(
-        [get(attention, f'{p}/bias').reshape(-1) for p in ('query', 'key', 'value')])
-    out[f'{prefix}/token_mixing/attention/out/kernel'] = get(attention, 'out/kernel').reshape(-1, width)
-    out[f'{prefix}/token_mixing/attention/out/bias'] = get(attention, 'out/bias')
+      for name in ('scale', 'bias'):
+        out[f'{prefix}/{new}/{name}'] = flat[f'{block}/{norm}/{name}']
+    for name, value in _attention(flat, f'{block}/{attention}', width).items():
+      out[f'{prefix}/token_mixing/attention/{name}'] = value
     for dense in ('Dense_0', 'Dense_1'):
       for name in ('kernel', 'bias'):
-        out[f'{prefix}/channel_mixing/{dense}/{name}'] = get(mlp, f'{dense}/{name}')
-  return out
+        out[f'{prefix}/channel_mixing/{dense}/{name}'] = flat[f'{block}/{mlp}/{dense}/{name}']
+  _refuse_unread(flat, 'ViT')
+  return {k: np.asarray(v) for k, v in out.items()}
 
 
 def mixer(flat: dict) -> dict[str, np.ndarray]:
@@ -97,3 +130,80 @@ def mixer(flat: dict) -> dict[str, np.ndarray]:
     else:
       raise ValueError(f'Unexpected array {key!r} in a Mixer checkpoint.')
   return out
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict:
+  nested: dict = {}
+  for key, value in flat.items():
+    *parents, leaf = key.split('/')
+    node = nested
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return nested
+
+
+def _square(tokens: int, what: str) -> int:
+  side = math.isqrt(tokens)
+  if side * side != tokens:
+    raise ValueError(f'{what} has {tokens} tokens, not a square grid; isojax builds square inputs only.')
+  return side
+
+
+def _patch(kernel: np.ndarray) -> int:
+  if kernel.shape[0] != kernel.shape[1]:
+    raise ValueError(f'The patch embedding is {kernel.shape[0]}x{kernel.shape[1]}; isojax patches are square.')
+  return int(kernel.shape[0])
+
+
+def _classes(flat: dict, key: str = 'head/kernel') -> Optional[int]:
+  return int(flat[key].shape[-1]) if key in flat else None
+
+
+def describe_vit(flat: dict) -> Weights:
+  """The ViT a vision_transformer or big_vision file holds, and its variables."""
+  params = vit(flat)
+  patch = _patch(params['stem/patch_embed/embedding/kernel'])
+  width = params['stem/patch_embed/embedding/kernel'].shape[-1]
+  raw = _strip(flat)
+  query = next(np.asarray(v) for k, v in raw.items() if re.match(r'Transformer/encoderblock_0/MultiHead\w+/query/kernel', k))
+  class_token = 'stem/cls' in params
+  classifier = 'token' if class_token else 'map' if 'map_head/probe' in params else 'gap'
+  posemb = 'learn' if 'stem/pos_embedding' in params else 'sincos2d'
+  image_size, posemb_class_token = None, True
+  if posemb == 'learn':
+    tokens = params['stem/pos_embedding'].shape[1]
+    side = math.isqrt(tokens)
+    with_class = class_token and side * side != tokens
+    image_size = patch * _square(tokens - with_class, 'The position embedding')
+    posemb_class_token = with_class if class_token else True
+  elif class_token:
+    posemb_class_token = False     # big_vision adds sin-cos position embeddings before the class token
+  fields = dict(hidden_size=int(width), depth=_depth(params, r'block_(\d+)/'), num_heads=int(query.shape[1]),
+                mlp_dim=int(params['block_0/channel_mixing/Dense_0/kernel'].shape[-1]), patch_size=patch,
+                classifier=classifier, posemb=posemb, posemb_class_token=posemb_class_token,
+                representation_size=_classes(params, 'pre_logits/kernel'),
+                approximate_gelu=True, layernorm_epsilon=1e-6)
+  return Weights({'params': _nest(params)}, 'vit', fields, _classes(params), image_size, {})
+
+
+def describe_mixer(flat: dict) -> Weights:
+  """The MLP-Mixer a vision_transformer file holds, and its variables."""
+  params = mixer(flat)
+  stem = params['stem/patch_embed/embedding/kernel']
+  patch, tokens_in = _patch(stem), params['block_0/token_mixing/mlp/Dense_0/kernel'].shape[0]
+  fields = dict(hidden_size=int(stem.shape[-1]), depth=_depth(params, r'block_(\d+)/'),
+                tokens_mlp_dim=int(params['block_0/token_mixing/mlp/Dense_0/kernel'].shape[-1]),
+                channels_mlp_dim=int(params['block_0/channel_mixing/Dense_0/kernel'].shape[-1]), patch_size=patch,
+                approximate_gelu=True, layernorm_epsilon=1e-6)
+  return Weights({'params': _nest(params)}, 'mixer', fields, _classes(params),
+                 patch * _square(tokens_in, 'The token-mixing MLP'), {})
+
+
+def describe(flat: dict) -> Weights:
+  """A vision_transformer/big_vision `.npz`'s arrays -> `Weights` (variables and architecture)."""
+  if is_vit(flat):
+    return describe_vit(flat)
+  if is_mixer(flat):
+    return describe_mixer(flat)
+  raise ValueError(f'Neither a ViT nor a Mixer in the official layout (first keys: {sorted(flat)[:5]}).')

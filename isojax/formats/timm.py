@@ -1,13 +1,27 @@
-"""timm state dicts for `vit_*`, `mixer_*` and `convmixer_*` models, in isojax's layout.
+"""timm state dicts for `vit_*` (incl. `deit3_*`), `mixer_*` and `convmixer_*` models, in isojax's layout.
 
-timm uses exact (erf) GELU: create the isojax model with `approximate_gelu=False`. Its
-GAP ViTs normalise after pooling (`fc_norm`): create them with `norm_after_pool=True`.
+What a timm file shows and what it cannot (`describe`):
+- every width, depth, patch, MLP width and kernel size, from the tensors' shapes;
+- ViT pooling: a `cls_token` means class-token pooling, none means average pooling;
+  `fc_norm` means the final LayerNorm runs on the pooled vector (vision_transformer.py l.800,
+  879, 902); a `pos_embed` without a slot for the class token means it is added before the
+  class token (`no_embed_class`, DeiT III; l.839, 1062); `ls1.gamma`/`ls2.gamma` are LayerScale;
+- not the number of attention heads: the fused qkv weight is [3C, C] whatever the heads. isojax
+  takes timm's convention for its `vit_*` definitions, width/64 up to width 1024 and 16 above
+  (`vit_huge_patch14_224`: 1280 wide, 16 heads, l.3269), and says so in `Weights.assumed`;
+- not the activation: timm's defaults are exact (erf) GELU (`nn.GELU`) everywhere, and its one
+  published ReLU model is `convmixer_768_32` (convmixer.py l.143), recognised by its shape.
+LayerNorms are timm's `partial(nn.LayerNorm, eps=1e-6)` for ViT and Mixer; ConvMixer's
+BatchNorm2d keeps PyTorch's 1e-5, which isojax's ConvMixer uses too.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
+
+from isojax.formats import KeyTracker, Weights
 
 
 def family(state: dict) -> str:
@@ -19,10 +33,12 @@ def family(state: dict) -> str:
     return 'mixer'
   if 'stem.0.weight' in keys and any(k.endswith('.0.fn.0.weight') for k in keys):
     return 'convmixer'
-  raise ValueError(f'Not a timm vit_*/mixer_*/convmixer_* state dict (first keys: {sorted(keys)[:5]}).')
+  raise ValueError(f'Not a timm vit_*/deit3_*/mixer_*/convmixer_* state dict (first keys: {sorted(keys)[:5]}).')
 
 
 def _linear(state, name):
+  if f'{name}.bias' not in state:   # timm's qkv_bias=False
+    return {'kernel': state[f'{name}.weight'].T}
   return {'kernel': state[f'{name}.weight'].T, 'bias': state[f'{name}.bias']}
 
 
@@ -44,9 +60,12 @@ def _depth(state, pattern):
   return 1 + max(int(m.group(1)) for k in state if (m := re.match(pattern, k)))
 
 
+def _patch_embedding(state, name):
+  return {'embedding': {'kernel': _conv(state[f'{name}.weight']), 'bias': state[f'{name}.bias']}}
+
+
 def vit(state: dict) -> dict:
-  params = {'stem': {'patch_embed': {'embedding': {'kernel': _conv(state['patch_embed.proj.weight']),
-                                                   'bias': state['patch_embed.proj.bias']}}}}
+  params = {'stem': {'patch_embed': _patch_embedding(state, 'patch_embed.proj')}}
   if 'cls_token' in state:
     params['stem']['cls'] = state['cls_token']
   if 'pos_embed' in state:
@@ -68,8 +87,7 @@ def vit(state: dict) -> dict:
 
 
 def mixer(state: dict) -> dict:
-  params = {'stem': {'patch_embed': {'embedding': {'kernel': _conv(state['stem.proj.weight']),
-                                                   'bias': state['stem.proj.bias']}}}}
+  params = {'stem': {'patch_embed': _patch_embedding(state, 'stem.proj')}}
   for i in range(_depth(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}'
     params[f'block_{i}'] = {
@@ -86,8 +104,7 @@ def mixer(state: dict) -> dict:
 
 def convmixer(state: dict) -> dict:
   stem_norm, stem_stats = _batchnorm(state, 'stem.2')
-  params = {'stem': {'patch_embed': {'embedding': {'kernel': _conv(state['stem.0.weight']),
-                                                   'bias': state['stem.0.bias']}}, 'norm': stem_norm}}
+  params = {'stem': {'patch_embed': _patch_embedding(state, 'stem.0'), 'norm': stem_norm}}
   stats = {'stem': {'norm': stem_stats}}
   for i in range(_depth(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}'
@@ -108,5 +125,97 @@ CONVERTERS = {'vit': vit, 'mixer': mixer, 'convmixer': convmixer}
 
 
 def convert(state: dict) -> dict:
-  """A timm state dict -> isojax variables ({'params', ['batch_stats']})."""
-  return CONVERTERS[family(state)](state)
+  """A timm state dict -> isojax variables ({'params', ['batch_stats']}); every tensor must find a place."""
+  kind = family(state)
+  tracked = KeyTracker(state)
+  variables = CONVERTERS[kind](tracked)
+  unread = tracked.unread(ignore=lambda k: k.endswith('num_batches_tracked'))   # BatchNorm's step counter
+  if unread:
+    raise ValueError(f'{len(unread)} tensor(s) of this timm {kind} file have no place in isojax: {unread[:8]}'
+                     f'{" ..." if len(unread) > 8 else ""}. It is a timm variant isojax does not implement '
+                     f'(register tokens, attention pooling, pre-norm, q/k norm, ...).')
+  return variables
+
+
+def heads_for_width(width: int) -> int:
+  """timm's attention heads for a `vit_*` of this width (width/64 up to 1024, then 16)."""
+  return 16 if width > 1024 else max(width // 64, 1)
+
+
+def _grid(tokens: int, what: str) -> int:
+  side = math.isqrt(tokens)
+  if side * side != tokens:
+    raise ValueError(f'{what} covers {tokens} tokens, not a square grid; isojax builds square inputs only.')
+  return side
+
+
+def _classes(state: dict):
+  return int(state['head.weight'].shape[0]) if 'head.weight' in state else None
+
+
+def _square_patch(weight: np.ndarray) -> int:
+  if weight.shape[2] != weight.shape[3]:
+    raise ValueError(f'The patch embedding is {weight.shape[2]}x{weight.shape[3]}; isojax patches are square.')
+  return int(weight.shape[2])
+
+
+def describe_vit(state: dict) -> Weights:
+  embed = state['patch_embed.proj.weight']
+  width, patch = int(embed.shape[0]), _square_patch(embed)
+  class_token, fc_norm = 'cls_token' in state, 'fc_norm.weight' in state
+  if class_token and fc_norm:
+    raise ValueError('This timm ViT has a class token but pools by averaging the patch tokens (fc_norm, as MAE '
+                     'models do); isojax ViTs pool the class token or average every token, not this mix.')
+  image_size, posemb_class_token = None, True
+  if 'pos_embed' in state:
+    tokens = state['pos_embed'].shape[1]
+    with_class = class_token and math.isqrt(tokens) ** 2 != tokens
+    image_size = patch * _grid(tokens - with_class, 'The position embedding')
+    posemb_class_token = with_class if class_token else True
+  layer_scale = 'blocks.0.ls1.gamma' in state
+  heads = heads_for_width(width)
+  fields = dict(hidden_size=width, depth=_depth(state, r'blocks\.(\d+)\.'), num_heads=heads,
+                mlp_dim=int(state['blocks.0.mlp.fc1.weight'].shape[0]), patch_size=patch,
+                classifier='token' if class_token else 'gap', posemb='learn',
+                posemb_class_token=posemb_class_token, norm_after_pool=fc_norm,
+                qkv_bias='blocks.0.attn.qkv.bias' in state,
+                layer_scale_init=1e-6 if layer_scale else None,   # the loaded gammas replace it; 1e-6 is DeiT III's
+                approximate_gelu=False, layernorm_epsilon=1e-6)
+  assumed = {'num_heads': f'{heads}: a timm file does not store heads; timm vit_* use width/64 up to 1024 '
+                          f'wide, 16 above. Pass num_heads= if this model was built otherwise.'}
+  return Weights(convert(state), 'vit', fields, _classes(state), image_size, assumed)
+
+
+def describe_mixer(state: dict) -> Weights:
+  stem = state['stem.proj.weight']
+  patch = _square_patch(stem)
+  tokens = int(state['blocks.0.mlp_tokens.fc1.weight'].shape[1])
+  fields = dict(hidden_size=int(stem.shape[0]), depth=_depth(state, r'blocks\.(\d+)\.'),
+                tokens_mlp_dim=int(state['blocks.0.mlp_tokens.fc1.weight'].shape[0]),
+                channels_mlp_dim=int(state['blocks.0.mlp_channels.fc1.weight'].shape[0]), patch_size=patch,
+                approximate_gelu=False, layernorm_epsilon=1e-6)
+  return Weights(convert(state), 'mixer', fields, _classes(state), patch * _grid(tokens, 'The token-mixing MLP'), {})
+
+
+# timm's published ConvMixers whose activation is not its default GELU (convmixer.py l.142-144).
+RELU_CONVMIXERS = {(768, 32): 'convmixer_768_32'}
+
+
+def describe_convmixer(state: dict) -> Weights:
+  stem = state['stem.0.weight']
+  width, depth = int(stem.shape[0]), _depth(state, r'blocks\.(\d+)\.')
+  relu = (width, depth) in RELU_CONVMIXERS
+  fields = dict(hidden_size=width, depth=depth, kernel_size=int(state['blocks.0.0.fn.0.weight'].shape[-1]),
+                patch_size=_square_patch(stem), activation='relu' if relu else 'gelu', approximate_gelu=False)
+  assumed = {'activation': (f'relu: a {width}-wide, {depth}-deep timm ConvMixer is {RELU_CONVMIXERS[(width, depth)]}, '
+                            f'built with nn.ReLU' if relu else 'exact GELU, timm ConvMixer\'s default (nn.GELU)')
+                           + '; the file does not store it. Pass activation= if this model was built otherwise.'}
+  return Weights(convert(state), 'convmixer', fields, _classes(state), None, assumed)
+
+
+DESCRIBERS = {'vit': describe_vit, 'mixer': describe_mixer, 'convmixer': describe_convmixer}
+
+
+def describe(state: dict) -> Weights:
+  """A timm state dict -> `Weights` (variables and the architecture its tensors show)."""
+  return DESCRIBERS[family(state)](state)

@@ -57,6 +57,11 @@ def parse_name(name: str) -> Optional[dict]:
   return arch
 
 
+def published_name(arch: dict) -> str:
+  """`ConvMixer-w/d`: the published model whose kernel, patch and activation a name inherits."""
+  return f'ConvMixer-{arch["hidden_size"]}/{arch["depth"]}'
+
+
 def format_name(arch: dict) -> str:
   """`ConvMixer-w/d`, with kernel, patch and activation when they are not the published ones."""
   base = f'ConvMixer-{arch["hidden_size"]}/{arch["depth"]}'

@@ -69,6 +69,7 @@ class Isotropic(nn.Module):
   norm_after_pool: bool = False     # timm's fc_norm: normalise the pooled vector instead
   pool: str = 'gap'
   map_heads: int = 1
+  map_mlp_dim: Optional[int] = None   # big_vision's MAP head uses the encoder's MLP width (vit.py l.238)
   representation_size: Optional[int] = None
   drop_path_rate: float = 0.0
   layer_scale_init: Optional[float] = None
@@ -100,7 +101,7 @@ class Isotropic(nn.Module):
     if self.pool == 'token':
       x = x[:, 0]
     elif self.pool == 'map':
-      x = MAPHead(num_heads=self.map_heads, approximate_gelu=self.approximate_gelu,
+      x = MAPHead(num_heads=self.map_heads, mlp_dim=self.map_mlp_dim, approximate_gelu=self.approximate_gelu,
                   dtype=self.dtype, name='map_head')(x.reshape(x.shape[0], -1, x.shape[-1]))
     else:
       x = x.mean(axis=tuple(range(1, x.ndim - 1)))

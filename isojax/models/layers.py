@@ -175,6 +175,7 @@ class SelfAttention(nn.Module):
   """Multi-head self-attention with one fused QKV projection ([C, 3C] instead of three [C, C])."""
   num_heads: int
   dropout_rate: float = 0.0        # on the attention weights
+  qkv_bias: bool = True            # timm's qkv_bias=False models have none
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -182,7 +183,7 @@ class SelfAttention(nn.Module):
     *batch, tokens, width = x.shape
     if width % self.num_heads:
       raise ValueError(f'Width {width} is not divisible by num_heads={self.num_heads}.')
-    qkv = Dense(3 * width, dtype=self.dtype, name='qkv', kernel_init=fused_init(XAVIER, 3))(x)
+    qkv = Dense(3 * width, dtype=self.dtype, name='qkv', kernel_init=fused_init(XAVIER, 3), use_bias=self.qkv_bias)(x)
     dropout = None
     if train and self.dropout_rate > 0:
       dropout = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)

@@ -4,7 +4,8 @@ A family module exposes `parse_name(name) -> fixed fields | None` and `format_na
 (the name is the architecture: parametric, e.g. `ViT-S/16`, `ViT-384x6/4`, `Mixer-B/16`,
 `ConvMixer-128/6-k3-p2`), a factory `fn(num_classes, **fields) -> nn.Module`, VARIANTS
 (the published models: {name: fields}, for tables and defaults), SOURCE, IMAGE_SIZE and
-optionally IMAGE_SIZES.
+optionally IMAGE_SIZES and `published_name(fields)` (the published model whose defaults a
+name inherits, when that is not simply `format_name`).
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def names() -> list[str]:
 def _entry(module, factory, name: str) -> Entry:
   arch = module.parse_name(name)
   canonical = module.format_name({**module.VARIANTS.get(name, {}), **arch})
-  base = module.format_name(arch) if module is not convmixer else f'ConvMixer-{arch["hidden_size"]}/{arch["depth"]}'
+  base = getattr(module, 'published_name', module.format_name)(arch)   # whose defaults the name inherits
   published = module.VARIANTS.get(base, {})
   defaults = {k: v for k, v in published.items() if k not in arch}
   sizes = getattr(module, 'IMAGE_SIZES', {})
@@ -93,6 +94,14 @@ def lookup(name: str) -> Entry:
   raise ValueError(f'Unknown model {name!r}. Closest names: {hint}. Names are parametric: '
                    f'ViT-S/16, ViT-384x6/4 (width x depth / patch), Mixer-B/16, ConvMixer-256/8[-k5-p2]; '
                    f'isojax.models.names() lists the {len(_PUBLISHED)} published ones.')
+
+
+def name_for(family: str, fields: dict) -> str:
+  """The canonical name of the `family` ('vit', 'mixer', ...) model with these factory fields."""
+  for module, _ in FAMILIES:
+    if module.__name__.rsplit('.', 1)[-1] == family:
+      return module.format_name(fields)
+  raise ValueError(f'Unknown model family {family!r}; registered: {[m.__name__.rsplit(".", 1)[-1] for m, _ in FAMILIES]}.')
 
 
 def default_image_size(name: str) -> int:

@@ -118,11 +118,12 @@ class AttentionMixer(nn.Module):
   num_heads: int
   attention_dropout_rate: float = 0.0
   dropout_rate: float = 0.0
+  qkv_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = SelfAttention(self.num_heads, self.attention_dropout_rate, dtype=self.dtype,
+    x = SelfAttention(self.num_heads, self.attention_dropout_rate, qkv_bias=self.qkv_bias, dtype=self.dtype,
                       name='attention')(x, train=train)
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
@@ -132,11 +133,12 @@ def vit(num_classes: int, *, hidden_size: int, depth: int, num_heads: int, mlp_d
         representation_size: Optional[int] = None, dropout_rate: float = 0.0,
         attention_dropout_rate: float = 0.0, drop_path_rate: float = 0.0,
         layer_scale_init: Optional[float] = None, approximate_gelu: bool = True,
-        layernorm_epsilon: float = 1e-6, norm_after_pool: bool = False, remat: bool = False,
+        layernorm_epsilon: float = 1e-6, norm_after_pool: bool = False, qkv_bias: bool = True, remat: bool = False,
         head_bias_init: float = 0.0, dtype: Any = jnp.float32) -> Isotropic:
   """A ViT; `classifier` is 'token' (class token), 'gap' or 'map' (attention pooling).
 
-  `norm_after_pool` applies the final LayerNorm to the pooled vector (timm's `fc_norm`).
+  `norm_after_pool` applies the final LayerNorm to the pooled vector (timm's `fc_norm`);
+  `qkv_bias=False` drops the query/key/value biases (timm's `qkv_bias=False` models).
   """
   norm = functools.partial(nn.LayerNorm, epsilon=layernorm_epsilon, dtype=dtype)
   return Isotropic(
@@ -145,10 +147,11 @@ def vit(num_classes: int, *, hidden_size: int, depth: int, num_heads: int, mlp_d
                    posemb_class_token=posemb_class_token, dropout_rate=dropout_rate, dtype=dtype),
       token_mixer=functools.partial(AttentionMixer, num_heads=num_heads,
                                     attention_dropout_rate=attention_dropout_rate,
-                                    dropout_rate=dropout_rate, dtype=dtype),
+                                    dropout_rate=dropout_rate, qkv_bias=qkv_bias, dtype=dtype),
       channel_mixer=functools.partial(MlpBlock, mlp_dim, dropout_rate=dropout_rate,
                                       approximate_gelu=approximate_gelu, dtype=dtype),
       block_norm=norm, final_norm=norm, norm_after_pool=norm_after_pool, pool=classifier, map_heads=num_heads,
+      map_mlp_dim=mlp_dim,
       representation_size=representation_size, drop_path_rate=drop_path_rate,
       layer_scale_init=layer_scale_init, remat=remat, approximate_gelu=approximate_gelu,
       head_bias_init=nn.initializers.constant(head_bias_init), dtype=dtype)

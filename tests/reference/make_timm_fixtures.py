@@ -1,5 +1,9 @@
 """Writes tests/data/timm/: small timm models' weights in each file format, inputs, and timm's logits.
 
+Also `seeded.json` + `seeded_logits.npz`: timm's own registered models (`timm.create_model(name)`,
+some made shallower, never narrower), with weights regenerated from a seed by
+tests/reference/seeded.py, so a 21M-parameter ConvMixer-768/32 costs a few kB in the repository.
+
 Run in a venv with timm and torch (not isojax dependencies), from the repository root:
 
     python tests/reference/make_timm_fixtures.py
@@ -8,7 +12,11 @@ tests/test_timm_weights.py then checks, without torch, that isojax reproduces th
 """
 import os
 
+import json
+import sys
+
 import numpy as np
+import timm
 import torch
 from safetensors.torch import save_file
 from timm.models.convmixer import ConvMixer
@@ -16,6 +24,18 @@ from timm.models.mlp_mixer import MlpMixer
 from timm.models.vision_transformer import VisionTransformer
 
 OUT = os.path.join('tests', 'data', 'timm')
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__))))
+from seeded import seeded_state  # noqa: E402
+
+# timm name: (create_model keyword arguments, image size). Depth is cut to 2 where the published
+# depth is not what the case is about; widths, heads, pooling, norms and activations stay published.
+SEEDED = {
+    'vit_small_patch16_224': (dict(img_size=32, depth=2), 32),
+    'deit3_small_patch16_224': (dict(img_size=32, depth=2), 32),         # LayerScale, posemb before cls
+    'vit_medium_patch16_gap_256': (dict(img_size=32, depth=2), 32),      # no class token, no qkv bias
+    'mixer_s16_224': (dict(img_size=32), 32),                            # timm fixes its 8 blocks
+    'convmixer_768_32': (dict(), 28),                                    # ReLU: the full 32 blocks
+}
 
 MODELS = {   # name: (timm model, file format)
     'vit_token': (lambda: VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4,
@@ -59,6 +79,22 @@ def main():
       expected[name] = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
     print(name, path, os.path.getsize(path), 'bytes')
   np.savez(os.path.join(OUT, 'expected_logits.npz'), **expected)
+
+  specs, logits = {}, {}
+  for seed, (name, (kwargs, size)) in enumerate(SEEDED.items()):
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    shapes = {k: [list(v.shape), str(v.dtype).replace('torch.', '')] for k, v in model.state_dict().items()}
+    state = seeded_state(shapes, seed)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    images = np.random.RandomState(100 + seed).normal(size=(2, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+      logits[name] = model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+    logits[f'{name}/images'] = images
+    specs[name] = dict(seed=seed, kwargs=kwargs, image_size=size, shapes=shapes)
+    print(name, sum(np.prod(s) for s, _ in shapes.values()), 'parameters; logits', logits[name].shape)
+  with open(os.path.join(OUT, 'seeded.json'), 'w') as f:
+    json.dump(dict(timm=timm.__version__, torch=torch.__version__.split('+')[0], models=specs), f)
+  np.savez(os.path.join(OUT, 'seeded_logits.npz'), **logits)
 
 
 if __name__ == '__main__':
