@@ -36,6 +36,31 @@ def model_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def _evaluator(kind: str, **fields) -> ml_collections.ConfigDict:
+  """Every field an evaluator has: unset ones (None) inherit the training config's (isojax.evaluation)."""
+  spec = ml_collections.ConfigDict({'kind': kind})
+  typed = {'dataset': str, 'data_dir': str, 'pp': str, 'image_size': int, 'batch_size': int, 'every': int,
+           'cache': bool}
+  for field, kind_of in typed.items():
+    spec[field] = fields.pop(field) if fields.get(field) is not None else config_dict.placeholder(kind_of)
+    fields.pop(field, None)
+  spec.update(fields)
+  return spec
+
+
+def classification_eval(split: str | None = None, **fields) -> ml_collections.ConfigDict:
+  """Top-1/top-5/loss on `split` (default config.data.eval_split), every example exactly once."""
+  return _evaluator('classification', split=split if split is not None else config_dict.placeholder(str), **fields)
+
+
+def fewshot_eval(train_split: str = 'train', test_split: str = 'test', shots: tuple = (1, 5, 10, 25),
+                 seeds: int = 3, l2_reg: float = 2.0 ** 10, feature: str = 'pre_logits',
+                 **fields) -> ml_collections.ConfigDict:
+  """big_vision's few-shot linear probe (evaluators/fewshot_lsr.py, configs/common_fewshot.py defaults)."""
+  return _evaluator('fewshot', train_split=train_split, test_split=test_split, shots=tuple(shots), seeds=seeds,
+                    l2_reg=float(l2_reg), feature=feature, **fields)
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -53,6 +78,11 @@ def base() -> ml_collections.ConfigDict:
   c.dtype = 'float32'                # 'bfloat16': matrix work in bf16, parameters stay float32
   c.remat = False                    # recompute block activations in the backward pass
   c.init_from = config_dict.placeholder(str)   # pretrained weights to start from
+
+  # Named evaluators (isojax/evaluation): their unset fields come from config.data and eval_*.
+  c.evals = ml_collections.ConfigDict({'val': classification_eval()})
+  c.best_metric = ''                 # 'evaluator/metric' picking the best checkpoint; '' = first evaluator's accuracy
+  c.progress_metrics = ()            # extra 'evaluator/metric' on the eval line; () = each evaluator's headline
 
   c.model = model_config('ViT-S/16')
 

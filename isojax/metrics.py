@@ -22,19 +22,22 @@ class MetricWriter:
       import tensorflow as tf  # only the writing process needs it
       self._tb = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(workdir))
 
-  def write(self, step: int, split: str, values: dict) -> None:
+  def write(self, step: int, split: str, values: dict, evaluator: Optional[str] = None) -> None:
+    """One line `{"step", "split", ["evaluator"], **values}`; TensorBoard tags `split[/evaluator]/key`."""
     if not self.enabled:
       return
-    record = {'step': int(step), 'split': split,
-              **{k: (float(v) if isinstance(v, (np.floating, np.integer, float, int)) or np.ndim(v) == 0
-                     else v) for k, v in values.items()}}
+    record = {'step': int(step), 'split': split, **({'evaluator': evaluator} if evaluator else {}),
+              **{k: (float(v) if v is not None and not isinstance(v, (str, dict)) and (isinstance(v, (np.floating, np.integer, float, int))
+                                                                     or np.ndim(v) == 0) else v)
+                 for k, v in values.items()}}
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     import tensorflow as tf
     with self._tb.as_default(step=int(step)):
+      prefix = f'{split}/{evaluator}' if evaluator else split
       for k, v in record.items():
-        if k not in ('step', 'split') and isinstance(v, float):
-          tf.summary.scalar(f'{split}/{k}', v)
+        if k not in ('step', 'split', 'evaluator') and isinstance(v, float):
+          tf.summary.scalar(f'{prefix}/{k}', v)
     self._tb.flush()
 
   def close(self) -> None:

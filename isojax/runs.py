@@ -42,12 +42,13 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name:
                      axis_name)
 
 
-def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest') -> tuple[int, dict]:
-  """(step, saved TrainState as nested dicts of host arrays) of `workdir`'s checkpoint.
-
-  `which` is 'latest' or 'best' (by eval accuracy); an explicit `step` wins.
-  """
+def checkpoint_step(workdir: str, step: Optional[int | str] = None) -> int:
+  """The step `load(workdir, step)` opens: the latest, a given one, or 'best'; nothing is restored."""
   ckpt = checkpoint_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), read_only=True)
+  return _pick(ckpt, workdir, None if isinstance(step, str) else step, step if isinstance(step, str) else 'latest')
+
+
+def _pick(ckpt, workdir: str, step: Optional[int], which: str) -> int:
   if step is None:
     step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
   if step is None:
@@ -55,6 +56,16 @@ def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest')
                             f'is {workdir!r} the --workdir of an isojax.main run?')
   if step not in ckpt.all_steps():
     raise ValueError(f'No checkpoint for step {step} in {workdir!r}; kept steps: {ckpt.all_steps()}.')
+  return step
+
+
+def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest') -> tuple[int, dict]:
+  """(step, saved TrainState as nested dicts of host arrays) of `workdir`'s checkpoint.
+
+  `which` is 'latest' or 'best' (by eval accuracy); an explicit `step` wins.
+  """
+  ckpt = checkpoint_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), read_only=True)
+  step = _pick(ckpt, workdir, step, which)
   return step, ckpt.restore_raw(step)
 
 

@@ -38,6 +38,15 @@ def trial_status(trial_dir: str, records: Optional[list] = None) -> tuple[str, O
   return 'running', None
 
 
+def _primary_evaluator(trial_dir: str) -> str:
+  """The evaluator whose accuracy ranks a trial (config.best_metric), 'val' if the trial has no config yet."""
+  try:
+    best = workdir_lib.read_config(trial_dir).get('best_metric', '')
+  except FileNotFoundError:
+    best = ''
+  return best.partition('/')[0] or workdir_lib.DEFAULT_EVALUATOR
+
+
 def rows(sweep_dir: str) -> list[dict[str, Any]]:
   """One dict per trial: name, status, swept values, results; best first."""
   trials = workdir_lib.read_json(os.path.join(sweep_dir, workdir_lib.SWEEP))
@@ -49,10 +58,11 @@ def rows(sweep_dir: str) -> list[dict[str, Any]]:
     row = {'trial': trial['name'], 'status': status, **trial['swept']}
     summary = next((m for m in reversed(records) if m.get('split') == 'summary'), None)
     train = [m for m in records if m.get('split') == 'train']
-    evals = [m for m in records if m.get('split') == 'eval']
+    evals = workdir_lib.eval_records(records, _primary_evaluator(trial_dir))
     speeds = [m['images_per_sec'] for m in train[1:]] or [m['images_per_sec'] for m in train]   # first includes compile
     row.update({
-        'best_accuracy': summary['best_accuracy'] if summary else max((m['accuracy'] for m in evals), default=None),
+        'best_accuracy': summary['best_accuracy'] if summary else max((m['accuracy'] for m in evals if 'accuracy' in m),
+                                                                       default=None),
         'final_accuracy': summary['final_accuracy'] if summary else None,
         'final_loss': summary['final_loss'] if summary else None,
         'steps': summary['steps'] if summary else (train[-1]['step'] if train else 0),

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from isojax import checkpoint as checkpoint_lib
-from isojax import data, optim, parallel, plan, pretrained, runs, train_step
+from isojax import data, evaluation, optim, parallel, plan, pretrained, runs, train_step
 from isojax import workdir as workdir_lib
 from isojax.metrics import MetricWriter, Progress, summary_line
 
@@ -35,25 +35,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval_batch_size % devices:
     raise ValueError(f'eval_batch_size={config.eval_batch_size} is not divisible by the {devices} devices.')
   plan.validate_model(config)  # unknown names, and fields that contradict the name, fail here
-
-
-def evaluate(eval_fn, state, builder, config, process_shards, num_classes: int) -> dict:
-  """Top-1, top-5 and loss over every example of the eval split, exactly once."""
-  batches = data.eval_batches(
-      builder, split=config.data.eval_split, pp=config.data.eval_pp, image_size=config.data.image_size,
-      per_device_batch=config.eval_batch_size // jax.device_count(), shards=process_shards,
-      num_shards=jax.device_count(), cache=config.data.cache)
-  totals = None
-  for batch in parallel.prefetch(batches):
-    sums = eval_fn(state, batch)
-    totals = sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
-  totals = parallel.unreplicate(totals)
-  count = max(float(totals['count']), 1.0)
-  metrics = {'accuracy': totals['correct'] / count, 'loss': totals['loss'] / count,
-             'num_examples': float(totals['count'])}
-  if num_classes > 5:   # with 5 classes or fewer, top-5 is always 100%
-    metrics['top5'] = totals['correct_top5'] / count
-  return metrics
 
 
 class TrainResult(NamedTuple):
@@ -115,8 +96,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup.mixup_alpha,
       cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
       loss=config.get('loss', 'softmax_xent'))
-  eval_fn = train_step.pmapped_eval_step(model=model, num_classes=info.num_classes,
-                                         use_ema=config.ema_decay > 0 and config.eval_with_ema)
+  evaluators = evaluation.create(config, model, info.num_classes)   # bad datasets/splits/features fail here
+  primary, best_metric = evaluation.best_metric(config)
+  use_ema = config.ema_decay > 0 and config.eval_with_ema
   shards = parallel.local_shard_indices()
   batches = parallel.prefetch(data.train_batches(
       builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
@@ -130,16 +112,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   del state
   first_batch = next(batches)
   step_fn.lower(replicated, first_batch, rng_train).compile()   # fills the call's cache
-  eval_shape = (jax.local_device_count(), config.eval_batch_size // jax.device_count())
-  eval_fn.lower(replicated, parallel.shard({
-      'image': np.zeros((*eval_shape, *image_shape), np.float32), 'label': np.zeros(eval_shape, np.int32),
-      'mask': np.zeros(eval_shape, np.float32)})).compile()
-  progress.message(f'compiled the train and eval steps in {time.time() - compile_start:.1f}s')
+  for evaluator in evaluators.values():
+    evaluator.compile(replicated.variables(use_ema))
+  progress.message(f'compiled the train step and {len(evaluators)} evaluator(s) in {time.time() - compile_start:.1f}s')
   parallel.wait_for_all_processes('compiled')
   batches = itertools.chain([first_batch], batches)
 
-  best = _best_so_far(workdir)
-  eval_metrics: dict = {}
+  best = _best_so_far(workdir, primary, best_metric)
+  results: dict[str, dict] = {}               # each evaluator's latest metrics
   pending: list[tuple[int, Any]] = []        # (step, device metrics) not yet read back
   log_time, log_step, paused = time.time(), start_step, 0.0
 
@@ -167,40 +147,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     last = step == steps
     if step % config.log_every == 0 or last:
       flush_train_metrics(step)
-    if step % config.eval_every == 0 or last:
+    due = [e for e in evaluators.values() if e.due(step, last)]
+    if due:
+      flush_train_metrics(step)   # never evaluate past an unnoticed NaN
       eval_start = time.time()
-      eval_metrics = evaluate(eval_fn, replicated, builder, config, shards, info.num_classes)
-      writer.write(step, 'eval', eval_metrics)
-      top5 = f'top5 {100 * eval_metrics["top5"]:.2f}% ' if 'top5' in eval_metrics else ''
-      progress.message(f'eval @ {step}: accuracy {100 * eval_metrics["accuracy"]:.2f}% {top5}'
-                       f'loss {eval_metrics["loss"]:.4f}')
-      if best is None or eval_metrics['accuracy'] > best[0]:
-        best = (eval_metrics['accuracy'], step)
+      for evaluator in due:
+        results[evaluator.name] = run_evaluator(evaluator, replicated.variables(use_ema), step)
+        writer.write(step, 'eval', results[evaluator.name], evaluator=evaluator.name)
+      progress.message(f'eval @ {step}: ' + evaluation.display({e.name: results[e.name] for e in due}, primary,
+                                                               list(config.progress_metrics) or None))
+      if primary in (e.name for e in due) and (best is None or results[primary][best_metric] > best[0]):
+        best = (results[primary][best_metric], step)
       paused += time.time() - eval_start
     if step % config.checkpoint.every == 0 or last:
       flush_train_metrics(step)   # never checkpoint past an unnoticed NaN
-      evaluated_now = step % config.eval_every == 0 or last
+      evaluated_now = evaluators[primary].due(step, last)
       checkpointer.save(step, parallel.unreplicate(replicated),
-                        metrics={'accuracy': eval_metrics['accuracy']} if evaluated_now else None)
+                        metrics={'accuracy': results[primary][best_metric]} if evaluated_now else None)
 
   checkpointer.wait()
   checkpointer.close()
-  if not eval_metrics:   # resumed a finished run: report its last evaluation
-    eval_metrics = evaluate(eval_fn, replicated, builder, config, shards, info.num_classes)
+  for evaluator in evaluators.values():   # resumed a finished run: report its last evaluation
+    if evaluator.name not in results:
+      results[evaluator.name] = run_evaluator(evaluator, replicated.variables(use_ema), steps)
+  final = results[primary]
   wall = time.time() - start_time
   summary = {'best_accuracy': best[0] if best else None, 'best_step': best[1] if best else None,
-             'final_accuracy': eval_metrics['accuracy'], 'final_loss': eval_metrics['loss'],
-             'final_top5': eval_metrics.get('top5'), 'steps': steps, 'wall_time_sec': wall}
+             'best_metric': f'{primary}/{best_metric}',
+             'final_accuracy': final[best_metric], 'final_loss': final.get('loss'), 'final_top5': final.get('top5'),
+             'final': {f'{name}/{k}': v for name, r in results.items() for k, v in r.items() if not isinstance(v, list)},
+             'steps': steps, 'wall_time_sec': wall}
   writer.write(steps, 'summary', summary)
   writer.close()
-  progress.message(summary_line(summary['best_accuracy'], summary['best_step'], eval_metrics, wall))
+  progress.message(summary_line(summary['best_accuracy'], summary['best_step'],
+                                {'accuracy': final[best_metric], 'loss': final.get('loss', float('nan'))}, wall))
   return TrainResult(summary, parallel.unreplicate(replicated))
 
 
-def _best_so_far(workdir: str) -> Optional[tuple[float, int]]:
-  """The best eval accuracy recorded by earlier (interrupted) parts of this run."""
-  evals = [m for m in workdir_lib.iter_metrics(workdir) if m.get('split') == 'eval']
+def run_evaluator(evaluator: evaluation.Evaluator, variables: Any, step: int) -> dict:
+  """One evaluation; a failure stops the run, naming the evaluator and the step."""
+  try:
+    return evaluator.run(variables)
+  except Exception as e:
+    raise RuntimeError(f'Evaluator {evaluator.name!r} ({evaluator.kind}) failed at step {step}: '
+                       f'{type(e).__name__}: {e}') from e
+
+
+def _best_so_far(workdir: str, evaluator: str, metric: str) -> Optional[tuple[float, int]]:
+  """The best value of `evaluator/metric` recorded by earlier (interrupted) parts of this run."""
+  evals = [m for m in workdir_lib.eval_records(workdir_lib.iter_metrics(workdir), evaluator) if metric in m]
   if not evals:
     return None
-  top = max(evals, key=lambda m: m['accuracy'])
-  return top['accuracy'], top['step']
+  top = max(evals, key=lambda m: m[metric])
+  return top[metric], top['step']

@@ -1,6 +1,6 @@
-"""The pure training and evaluation steps: functions of (state, batch, rng), nothing hidden.
+"""The pure training step: a function of (state, batch, rng), nothing hidden (evaluation: isojax/evaluation).
 
-Both are written per device and meant for `jax.pmap(..., axis_name=AXIS)`: gradients,
+Written per device and meant for `jax.pmap(..., axis_name=AXIS)`: gradients,
 metrics and BatchNorm statistics are averaged across devices with `lax.pmean`.
 """
 from __future__ import annotations
@@ -155,25 +155,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model: nn.Module, num_classes: int,
-              use_ema: bool = False, axis_name: Optional[str] = AXIS) -> dict:
-  """Sums of correct predictions and loss over the real (mask=1) examples of the batch."""
-  logits = model.apply(state.variables(use_ema), batch['image'], train=False)
-  mask = batch['mask']
-  labels = batch['label']
-  loss = optax.softmax_cross_entropy(logits, jax.nn.one_hot(labels, num_classes))
-  top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
-  sums = {'count': mask.sum(), 'loss': (loss * mask).sum(),
-          'correct': ((logits.argmax(-1) == labels) * mask).sum(),
-          'correct_top5': ((top5 == labels[:, None]).any(-1) * mask).sum()}
-  return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
-
-
 def pmapped_train_step(**static) -> Callable:
   """`train_step` under pmap: state and batch split over local devices, state donated."""
   return jax.pmap(functools.partial(train_step, **static), axis_name=AXIS, donate_argnums=(0,),
                   in_axes=(0, 0, None))
-
-
-def pmapped_eval_step(**static) -> Callable:
-  return jax.pmap(functools.partial(eval_step, **static), axis_name=AXIS)

@@ -2,7 +2,8 @@
 
     DIR/config.json      the resolved config of the run
     DIR/dataset.json     what the run trained on: class names, channels, split sizes
-    DIR/metrics.jsonl    one JSON object per line: {"step", "split": "train"|"eval"|"summary", ...}
+    DIR/metrics.jsonl    one JSON object per line: {"step", "split": "train"|"eval"|"summary", ...};
+                         eval lines name their evaluator: {"split": "eval", "evaluator": "val", ...}
     DIR/checkpoints/     Orbax checkpoints (see checkpoint.py)
     DIR/tensorboard/     TensorBoard event files
 
@@ -38,6 +39,14 @@ TENSORBOARD = 'tensorboard'
 # resume from a workdir whose config differs in any of them.
 ARCHITECTURE_FIELDS = ('model', 'data.name', 'data.image_size', 'optimizer.name',
                        'optimizer.freeze', 'ema_decay', 'seed')
+
+
+DEFAULT_EVALUATOR = 'val'   # what eval lines written before named evaluators existed were
+
+
+def eval_records(records, evaluator: str) -> list[dict]:
+  """The eval lines of one evaluator, in order."""
+  return [m for m in records if m.get('split') == 'eval' and m.get('evaluator', DEFAULT_EVALUATOR) == evaluator]
 
 
 def config_path(workdir: str) -> str:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from isojax import models, optim, train_step
+from isojax.evaluation import classification
 from isojax.config_base import base
 
 
@@ -126,6 +127,6 @@ def test_evaluation_counts_only_real_examples():
   model = tiny('ViT-S/16')
   state, _, _ = setup(model)
   batch = {**global_batch(8), 'mask': np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)}
-  sums = train_step.eval_step(state, batch, model=model, num_classes=5, axis_name=None)
+  sums = classification.eval_sums(state.variables(), batch, model=model, num_classes=5, axis_name=None)
   assert float(sums['count']) == 3 and 0 <= float(sums['correct']) <= 3
   assert float(sums['correct_top5']) == 3   # 5 classes: the top-5 always contains the label

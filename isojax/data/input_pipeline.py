@@ -69,7 +69,8 @@ def _prepare_lock(dataset_dir: str):
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _num_examples(builder, split: str) -> int:
+def num_examples(builder, split: str) -> int:
+  """Examples in `split` (any TFDS split string), from metadata or, lacking it, by counting."""
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError):  # no metadata (e.g. tfds.testing.mock_data): count
@@ -90,16 +91,16 @@ def _shards(split: str, num_shards: int) -> list[_Shard]:
 
 def _shard_size(builder, shard: _Shard) -> int:
   if isinstance(builder, tfds.ImageFolder):   # no sub-split API: Dataset.shard semantics
-    return len(range(shard.index, _num_examples(builder, shard.split), shard.count))
-  return _num_examples(builder, tfds.even_splits(shard.split, n=shard.count)[shard.index])
+    return len(range(shard.index, num_examples(builder, shard.split), shard.count))
+  return num_examples(builder, tfds.even_splits(shard.split, n=shard.count)[shard.index])
 
 
 def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
   """Classes, channels and split sizes of a prepared builder."""
   label = builder.info.features['label']
   return DatasetInfo(num_classes=label.num_classes, channels=builder.info.features['image'].shape[-1],
-                     class_names=tuple(label.names), num_train=_num_examples(builder, train_split),
-                     num_eval=_num_examples(builder, eval_split))
+                     class_names=tuple(label.names), num_train=num_examples(builder, train_split),
+                     num_eval=num_examples(builder, eval_split))
 
 
 def _examples(builder, shard: _Shard, cache: bool) -> tf.data.Dataset:

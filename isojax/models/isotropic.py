@@ -6,6 +6,10 @@
 A family is a stem plus a token mixer and a channel mixer; see vit.py, mixer.py
 and convmixer.py. A new family (pooling mixer, gMLP, ResMLP) is one small file
 that builds an `Isotropic` from its own mixers.
+
+Features on request: `features(model, variables, images)` returns the logits and every
+block's output (`block00`, `block01`, ...) plus the vector the head sees (`pre_logits`), for probes and
+attention maps without model surgery; a plain `apply` computes and keeps none of them.
 """
 from __future__ import annotations
 
@@ -19,6 +23,21 @@ from isojax.models.layers import ZEROS, Dense, DropPath, Initializer, LayerScale
 
 ModuleDef = Callable[..., nn.Module]
 POOLS = ('token', 'gap', 'map')
+FEATURES = 'intermediates'   # the collection features are sown into
+PRE_LOGITS = 'pre_logits'    # the feature the head sees (big_vision's name)
+
+
+def _keep(module: nn.Module, name: str, value: jax.Array) -> None:
+  """Records `value` as feature `name` when the caller asked for features (never during init)."""
+  if module.is_mutable_collection(FEATURES) and not module.is_initializing():
+    module.sow(FEATURES, name, value)
+
+
+def features(model: nn.Module, variables: dict, images: jax.Array,
+             train: bool = False, **apply_kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(logits, {'block00': ..., 'block{depth-1:02d}': ..., 'pre_logits': [batch, width]})."""
+  logits, state = model.apply(variables, images, train=train, mutable=[FEATURES], **apply_kwargs)
+  return logits, {k.removesuffix('_out'): v[0] for k, v in state.get(FEATURES, {}).items()}
 
 
 class MixingBlock(nn.Module):
@@ -96,6 +115,7 @@ class Isotropic(nn.Module):
                 norm=self.block_norm, channel_residual=self.channel_residual,
                 drop_path_rate=rate, layer_scale_init=self.layer_scale_init,
                 name=f'block_{i}')(x, train)
+      _keep(self, f'block{i:02d}', x)   # big_vision's names for block outputs
     if self.final_norm is not None and not self.norm_after_pool:
       x = self.final_norm(name='final_norm')(x)
     if self.pool == 'token':
@@ -109,6 +129,7 @@ class Isotropic(nn.Module):
       x = self.final_norm(name='final_norm')(x)
     if self.representation_size is not None:
       x = jnp.tanh(Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+    _keep(self, PRE_LOGITS + '_out', x)   # '_out': 'pre_logits' is the Dense layer's scope
     logits = Dense(self.num_classes, dtype=self.dtype, name='head', kernel_init=self.head_kernel_init,
                    bias_init=self.head_bias_init)(x)
     return logits.astype(jnp.float32)

@@ -1,0 +1,101 @@
+"""Evaluate without training: a finished run, or a published weight file.
+
+    python -m isojax.evaluate --workdir=DIR [--step=N|best]        # the run's own evaluators
+    python -m isojax.evaluate --weights=FILE [--model=NAME] --config=CONFIG.py [--config.evals...]
+    ... [--dataset=NAME --split=SPLIT --pp=PP --image_size=N]      # or one classification evaluator
+
+The evaluators are training's (isojax/evaluation): every example exactly once over all devices,
+the few-shot probe on the host. Prints a table and writes one JSON file (`--out`; by default
+DIR/evaluation_step{N}.json for a run, evaluation.json here for a weight file).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config whose data and evals to use (weights; optional '
+                                          'for a run, whose own config is the default).', lock_config=False)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of an isojax.main run.')
+_STEP = flags.DEFINE_string('step', None, "A checkpoint step, 'best', or empty for the latest.")
+_WEIGHTS = flags.DEFINE_string('weights', None, 'A published weight file (.npz, timm .pth/.bin/.safetensors).')
+_MODEL = flags.DEFINE_string('model', None, 'With --weights: the isojax model name to load them into; by '
+                             'default the architecture is read from the file (isojax.pretrained.create).')
+_DATASET = flags.DEFINE_string('dataset', None, 'Evaluate one classification evaluator on this TFDS dataset.')
+_SPLIT = flags.DEFINE_string('split', None, 'Its split (default: the config\'s eval split).')
+_PP = flags.DEFINE_string('pp', None, 'Its preprocessing (default: the config\'s eval_pp).')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Its image size (default: the config\'s).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
+_OUT = flags.DEFINE_string('out', None, 'Where to write the JSON result.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-host run (jax.distributed.initialize).')
+
+
+def _apply_flags(config) -> None:
+  """--dataset/--split/--pp/--image_size/--data_dir: one classification evaluator on that data."""
+  from isojax.config_base import classification_eval
+  data_flags = (_DATASET.value, _SPLIT.value, _PP.value, _IMAGE_SIZE.value, _DATA_DIR.value)
+  if not any(v is not None for v in data_flags):
+    return
+  with config.unlocked():
+    for field, flag in (('name', _DATASET), ('eval_split', _SPLIT), ('eval_pp', _PP), ('image_size', _IMAGE_SIZE),
+                        ('data_dir', _DATA_DIR)):
+      if flag.value is not None:
+        config.data[field] = flag.value
+    config.evals = {_SPLIT.value or config.data.eval_split: classification_eval()}
+    config.best_metric = ''
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if bool(_WORKDIR.value) == bool(_WEIGHTS.value):
+    raise app.UsageError('Give exactly one of --workdir (a run) or --weights (a weight file).')
+  logging.set_verbosity(logging.ERROR)   # Orbax warns that a read-only checkpoint is read-only
+  import tensorflow as tf
+  tf.config.set_visible_devices([], 'GPU')
+  import jax
+  from isojax import evaluation, models, parallel, pretrained, runs
+  from isojax import workdir as workdir_lib
+  if _DISTRIBUTED.value:
+    parallel.initialize_distributed()
+  if _WORKDIR.value:
+    step = _STEP.value
+    step = int(step) if step and step.isdigit() else step
+    model, variables, run_config = runs.load(_WORKDIR.value, step=step)
+    config = _CONFIG.value if _CONFIG.value is not None else run_config
+    resolved_step = runs.checkpoint_step(_WORKDIR.value, step)
+    source = {'workdir': os.path.abspath(_WORKDIR.value), 'step': resolved_step}
+    out = _OUT.value or os.path.join(_WORKDIR.value, f'evaluation_step{resolved_step}.json')
+  else:
+    if _CONFIG.value is None:
+      raise app.UsageError('--weights needs --config (its data and evaluators; e.g. configs/cifar10_finetune.py).')
+    config = _CONFIG.value
+    if _MODEL.value:
+      from isojax import data
+      classes = data.get_builder(config.data.name, config.data.get('data_dir'),
+                                 config.data.get('download', True)).info.features['label'].num_classes
+      model = models.create(_MODEL.value, classes)
+      variables = pretrained.load(_WEIGHTS.value, model, config.data.image_size)
+    else:
+      model, variables = pretrained.create(_WEIGHTS.value)
+    source = {'weights': os.path.abspath(_WEIGHTS.value), 'model': _MODEL.value}
+    out = _OUT.value or 'evaluation.json'
+  _apply_flags(config)
+  num_classes = int(variables['params']['head']['bias'].shape[0])
+  results = evaluation.evaluate(config, model, variables, num_classes)
+  if jax.process_index() == 0:
+    print(evaluation.table(results))
+    workdir_lib.write_json(out, {**source, 'devices': jax.device_count(), 'processes': jax.process_count(),
+                                 'evaluators': evaluation.specs(config), 'results': results})
+    print(f'wrote {out}')
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,61 @@
+"""big_vision's few-shot linear probe on frozen features, solved in closed form on the host.
+
+From big_vision/evaluators/fewshot_lsr.py (0127fb6), l.27-110 and l.205-233, and the standard
+settings of big_vision/configs/common_fewshot.py (shots (1, 5, 10, 25), l2 = 2^10, 3 seeds):
+for each seed, a `np.random.default_rng(seed)` permutation of each class's training examples,
+the first `shots` of each class; features standardised with the sampled set's mean and
+std (+1e-5); a constant bias column of 100 (large, so almost unregularised); one-hot targets in
+{-1, +1}; ridge regression (x^T x + l2 I)^-1 x^T y, through the eigendecomposition of the
+smaller of x^T x and x x^T; accuracy of the argmax on the test split.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+BIAS_CONSTANT = 100.0
+SHOTS = (1, 5, 10, 25)
+L2_REG = 2.0 ** 10
+SEEDS = 3
+
+
+def sample_shots(labels: np.ndarray, num_classes: int, shots: int, seed: int) -> np.ndarray:
+  """Indices of `shots` examples per class: a seeded permutation of each class, its first `shots`."""
+  rng = np.random.default_rng(seed)
+  per_class = [rng.permutation(np.where(labels == c)[0]) for c in range(num_classes)]
+  return np.concatenate([indices[:shots] for indices in per_class])
+
+
+def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                   num_classes: int, l2_reg: float = L2_REG) -> float:
+  """Test accuracy of the l2-regularised least-squares classifier fitted on (train_x, train_y)."""
+  train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
+  if not (np.isfinite(train_x).all() and np.isfinite(test_x).all()):
+    return float('nan')   # a diverged model's features: no probe to fit
+  mean = train_x.mean(axis=0, keepdims=True)
+  std = train_x.std(axis=0, keepdims=True) + 1e-5
+  with_bias = lambda x: np.pad((x - mean) / std, ((0, 0), (0, 1)), constant_values=BIAS_CONSTANT)
+  x, x_test = with_bias(train_x), with_bias(test_x)
+  y = 2.0 * np.eye(num_classes)[train_y] - 1.0
+  if x.shape[0] >= x.shape[1]:      # (x^T x + l2 I)^-1 x^T y, from the D x D Gram matrix
+    eigs, q = np.linalg.eigh(x.T @ x)
+    lhs, rhs = q, q.T @ (x.T @ y)
+  else:                             # x^T (x x^T + l2 I)^-1 y, from the N x N Gram matrix
+    eigs, q = np.linalg.eigh(x @ x.T)
+    lhs, rhs = x.T @ q, q.T @ y
+  weights = (lhs / (eigs + l2_reg)[None, :]) @ rhs
+  return float(np.mean((x_test @ weights).argmax(axis=1) == test_y))
+
+
+def fewshot_metrics(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                    num_classes: int, shots: Sequence[int] = SHOTS, seeds: int = SEEDS,
+                    l2_reg: float = L2_REG) -> dict:
+  """{'{k}shot': mean accuracy over seeds, '{k}shot_seeds': [per seed]} for each k in `shots`."""
+  out = {}
+  for k in shots:
+    per_seed = [probe_accuracy(train_x[idx], train_y[idx], test_x, test_y, num_classes, l2_reg)
+                for idx in (sample_shots(train_y, num_classes, k, seed) for seed in range(seeds))]
+    out[f'{k}shot'] = float(np.mean(per_seed))
+    out[f'{k}shot_seeds'] = per_seed
+  return out
