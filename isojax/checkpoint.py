@@ -6,8 +6,16 @@ restores on its own from host memory (no training mesh needed); only process 0 w
 """
 from __future__ import annotations
 
+import contextlib
+import glob
+import logging
 import os
-from typing import Any, Optional
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -15,6 +23,37 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 BEST_METRIC = 'accuracy'
+ITEM = 'default'   # Orbax's name for a manager's single item: DIR/checkpoints/<step>/default/
+
+
+class _quiet_orbax:
+  """Holds back what a failing read prints: Orbax's logging and the hundreds of lines of
+  "Event loop is closed" tracebacks TensorStore's threads print straight to file descriptor 2.
+  The failure itself is raised and reported in one line; after a successful read anything
+  printed is passed on unchanged."""
+
+  def __enter__(self):
+    self._loggers = [logging.getLogger(n) for n in ('absl', 'asyncio', 'orbax')]
+    self._levels = [lg.level for lg in self._loggers]
+    for lg in self._loggers:
+      lg.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    self._saved = os.dup(2)
+    self._capture = tempfile.TemporaryFile()
+    os.dup2(self._capture.fileno(), 2)
+
+  def __exit__(self, exc_type, *exc):
+    time.sleep(0.2 if exc_type else 0)   # let TensorStore's callbacks of a failed read finish printing
+    sys.stderr.flush()
+    os.dup2(self._saved, 2)
+    os.close(self._saved)
+    if exc_type is None:
+      self._capture.seek(0)
+      os.write(2, self._capture.read())
+    self._capture.close()
+    for lg, level in zip(self._loggers, self._levels):
+      lg.setLevel(level)
+    return False
 
 
 class Checkpointer:
@@ -61,25 +100,87 @@ class Checkpointer:
            if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()]
     if bad:
       raise FloatingPointError(f'Refusing to checkpoint step {step}: non-finite values in {bad[:3]}.')
-    self._manager.save(step, args=ocp.args.StandardSave(state),
-                       metrics={k: float(v) for k, v in (metrics or {}).items()} or None)
+    self._state_bytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+    self._saving = step
+    with self._write_errors():
+      self._manager.save(step, args=ocp.args.StandardSave(state),
+                         metrics={k: float(v) for k, v in (metrics or {}).items()} or None)
 
-  def restore(self, target: Any, step: Optional[int] = None) -> Any:
-    """The state at `step` (default: latest), shaped like `target` (arrays or ShapeDtypeStructs)."""
-    step = self.latest_step() if step is None else step
-    if step is None:
+  def check_for_errors(self) -> None:
+    """Raises now if a background save has failed (disk full, permissions), instead of at the next save."""
+    if not self.writer:
+      return
+    with self._write_errors():
+      self._manager.check_for_errors()
+      # Orbax keeps a failed background finalisation in its finalize thread until the next save or
+      # wait; look at it directly (private, hence the guards) so the run stops at the next step.
+      finalize = getattr(self._manager, '_finalize_thread', None)
+      thread = finalize.map(lambda t: t) if hasattr(finalize, 'map') else None
+      if thread is not None and not thread.is_alive() and getattr(thread, 'exception', None) is not None:
+        self._manager.wait_until_finished()   # raises the background error
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """A failed write becomes one short error naming the directory, the bytes needed and what is kept;
+    the save's temporary folder is removed so it does not hold the space."""
+    try:
+      yield
+    except Exception as e:
+      step = getattr(self, '_saving', None)
+      for leftover in glob.glob(os.path.join(self.directory, '*.orbax-checkpoint-tmp*')):
+        shutil.rmtree(leftover, ignore_errors=True)
+      free = shutil.disk_usage(self.directory).free
+      needed = getattr(self, '_state_bytes', 0)
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      kept = [s for s in self._manager.all_steps() if s != step] if hasattr(self._manager, 'all_steps') else []
+      raise OSError(f'Saving the checkpoint of step {step} to {self.directory} failed ({type(e).__name__}: '
+                    f'{reason}). It needs about {needed:,} bytes; {free:,} are free there. Earlier checkpoints '
+                    f'are intact ({kept}); free some space (or set --workdir elsewhere) and run the same '
+                    f'command to resume.') from None
+
+  def _newest_readable(self, read: Callable[[int], Any], step: Optional[int]) -> tuple[int, Any]:
+    """(step, read(step)) for `step`, or else the newest step that reads; bad ones are warned about once each."""
+    if step is not None:
+      return step, read(step)
+    steps = sorted(self.all_steps(), reverse=True)
+    if not steps:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+    failures = []
+    for candidate in steps:
+      try:
+        with _quiet_orbax():
+          value = read(candidate)
+      except Exception as e:  # Orbax/TensorStore raise many types for missing, empty or truncated files
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        failures.append(f'step {candidate}: {type(e).__name__}: {reason}')
+        warnings.warn(f'Checkpoint step {candidate} in {self.directory} is unreadable ({type(e).__name__}: '
+                      f'{reason}); falling back to an older one.')
+        continue
+      return candidate, value
+    raise RuntimeError(f'No readable checkpoint in {self.directory}:\n  ' + '\n  '.join(failures) +
+                       '\nDelete the directory to start afresh, or restore it from a backup.')
+
+  def restore(self, target: Any, step: Optional[int] = None) -> tuple[int, Any]:
+    """(step, state) at `step`, or by default the newest readable checkpoint, shaped like `target`."""
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype),
         target)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return self._newest_readable(lambda s: self._read(s, ocp.args.StandardRestore(abstract)), step)
 
-  def restore_raw(self, step: int) -> Any:
-    """The state saved at `step` as nested dicts of host arrays, with no target needed."""
-    return self._manager.restore(step, args=ocp.args.StandardRestore())
+  def restore_raw(self, step: Optional[int] = None) -> tuple[int, Any]:
+    """(step, state saved at `step` or the newest readable one) as nested dicts of host arrays."""
+    return self._newest_readable(lambda s: self._read(s, ocp.args.StandardRestore()), step)
+
+  def _read(self, step: int, args: Any) -> Any:
+    item = os.path.join(self.directory, str(step), ITEM)
+    # Checked before Orbax reads: a step without its item confuses Orbax about every later step.
+    if not os.path.isdir(item) or not os.listdir(item):
+      raise FileNotFoundError(f'{item} is missing or empty')
+    return self._manager.restore(step, args=args)
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()

@@ -97,6 +97,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.eval_pp = 'resize_small(256)|central_crop(224)|normalize(imagenet)'
   c.data.shuffle_buffer = 50_000
   c.data.cache = False
+  c.data.skip_bad_files = False      # image_folder: skip (and count) unreadable files instead of failing
 
   c.mixup = ml_collections.ConfigDict({'mixup_alpha': 0.0, 'cutmix_alpha': 0.0})
 
@@ -138,6 +139,78 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
+DTYPES = ('float32', 'bfloat16', 'float16')
+OPTIMIZERS = ('adamw', 'sgd', 'lamb')
+SCHEDULES = ('cosine', 'linear', 'constant', 'onecycle')
+WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')
+LOSSES = ('softmax_xent', 'sigmoid_xent')
+
+
+def _check(errors: list, config, field: str, ok, allowed: str) -> None:
+  node, *_ = [config]
+  for key in field.split('.'):
+    if node is None or key not in node:
+      return   # an older or trimmed config: nothing to check
+    node = node[key]
+  try:
+    good = ok(node)
+  except TypeError:
+    good = False
+  if not good:
+    errors.append(f'{field}={node!r} ({allowed})')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses values that cannot be right, naming each field, its value and what is allowed.
+
+  Called before anything is compiled or downloaded (isojax.main, --dry_run, sweeps).
+  """
+  errors: list[str] = []
+  positive = lambda v: v > 0 and v == v and v != float('inf')
+  at_least_one = lambda v: isinstance(v, int) and v >= 1
+  non_negative = lambda v: v >= 0 and v == v
+  rules = [
+      ('batch_size', at_least_one, 'an integer >= 1'),
+      ('eval_batch_size', at_least_one, 'an integer >= 1'),
+      ('grad_accum_steps', at_least_one, 'an integer >= 1'),
+      ('num_steps', lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0; 0 means use num_epochs'),
+      ('log_every', at_least_one, 'an integer >= 1 (steps between train log lines)'),
+      ('eval_every', at_least_one, 'an integer >= 1 (steps between evaluations; the last step always evaluates)'),
+      ('checkpoint.every', at_least_one, 'an integer >= 1 (steps between checkpoints)'),
+      ('checkpoint.keep', at_least_one, 'an integer >= 1'),
+      ('label_smoothing', lambda v: 0 <= v < 1, 'in [0, 1)'),
+      ('ema_decay', lambda v: 0 <= v < 1, 'in [0, 1); 0 disables the EMA'),
+      ('dtype', lambda v: v in DTYPES, f'one of {DTYPES}'),
+      ('loss', lambda v: v in LOSSES, f'one of {LOSSES}'),
+      ('data.image_size', at_least_one, 'an integer >= 1 (pixels)'),
+      ('data.shuffle_buffer', at_least_one, 'an integer >= 1'),
+      ('mixup.mixup_alpha', non_negative, '>= 0; 0 disables mixup'),
+      ('mixup.cutmix_alpha', non_negative, '>= 0; 0 disables cutmix'),
+      ('optimizer.name', lambda v: v in OPTIMIZERS, f'one of {OPTIMIZERS}'),
+      ('optimizer.lr', positive, 'a finite learning rate > 0'),
+      ('optimizer.weight_decay', non_negative, '>= 0'),
+      ('optimizer.weight_decay_mode', lambda v: v in WEIGHT_DECAY_MODES, f'one of {WEIGHT_DECAY_MODES}'),
+      ('optimizer.clip_norm', non_negative, '>= 0; 0 disables clipping'),
+      ('optimizer.b1', lambda v: 0 <= v < 1, 'in [0, 1)'),
+      ('optimizer.b2', lambda v: 0 <= v < 1, 'in [0, 1)'),
+      ('optimizer.eps', non_negative, '>= 0'),
+      ('optimizer.momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+      ('optimizer.warmup_steps', lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
+      ('optimizer.warmup_epochs', lambda v: v is None or v >= 0, '>= 0'),
+      ('optimizer.warmup_fraction', lambda v: v is None or 0 <= v < 1, 'in [0, 1)'),
+      ('optimizer.schedule', lambda v: v in SCHEDULES, f'one of {SCHEDULES}'),
+      ('optimizer.end_lr_factor', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+      ('optimizer.mu_dtype', lambda v: v is None or v in DTYPES, f'None or one of {DTYPES}'),
+  ]
+  for field, ok, allowed in rules:
+    _check(errors, config, field, ok, allowed)
+  if config.get('num_steps', 0) == 0 and not (isinstance(config.get('num_epochs'), (int, float))
+                                             and config.num_epochs > 0):
+    errors.append(f'num_epochs={config.get("num_epochs")!r} (> 0, or set num_steps >= 1)')
+  if errors:
+    raise ValueError('Invalid config value(s): ' + '; '.join(errors) + '.')
+
+
 def load(spec: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
   """Loads `path/to/config.py[:ARG]` and applies dotted overrides {'optimizer.lr': 1e-3}.
 
@@ -163,9 +236,12 @@ def override(config: ml_collections.ConfigDict, dotted: str, value) -> None:
   node = config
   for i, key in enumerate(parents):
     if key not in node:
-      raise KeyError(f"Config has no field {'.'.join(parents[:i + 1])!r} (in {dotted!r}); "
+      raise ValueError(f"Config has no field {'.'.join(parents[:i + 1])!r} (in {dotted!r}); "
                      f'fields there: {sorted(node.keys())}.')
     node = node[key]
   if leaf not in node:
-    raise KeyError(f'Config has no field {dotted!r}; fields there: {sorted(node.keys())}.')
-  node[leaf] = value
+    raise ValueError(f'Config has no field {dotted!r}; fields there: {sorted(node.keys())}.')
+  try:
+    node[leaf] = value
+  except (TypeError, KeyError) as e:   # ml_collections refuses a value of another type
+    raise ValueError(f'Config field {dotted!r} cannot be set to {value!r}: {e}') from None

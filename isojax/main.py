@@ -3,11 +3,13 @@
     python -m isojax.main --config=configs/default.py --workdir=workdirs/default \
         [--config.optimizer.lr=3e-3 ...]
 
-Running the same command on the same workdir resumes from its latest checkpoint.
+Running the same command on the same workdir resumes from its latest checkpoint. On SIGTERM or
+SIGINT the run finishes its step, checkpoints it and exits with code 75 (isojax/preemption.py).
 """
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -32,12 +34,19 @@ def main(argv: list[str]) -> None:
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators
   if _DRY_RUN.value:
-    from isojax import plan
+    from isojax import config_base, plan
+    config_base.validate(_CONFIG.value)
     plan.validate_model(_CONFIG.value)
     print(plan.format_dry_run(plan.dry_run(_CONFIG.value)), flush=True)
     return
-  from isojax import train
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from isojax import preemption, train
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except preemption.Preempted as stopped:
+    import jax
+    if jax.process_index() == 0:
+      print(str(stopped), file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
 
 
 def run() -> None:

@@ -27,9 +27,11 @@ import ml_collections
 import numpy as np
 import optax
 
+from isojax import config_base
+
 DEFAULT_DECAY_PARAMS = r'(^|/)kernel$'
 WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')
-SCHEDULES = ('cosine', 'linear', 'constant', 'onecycle')
+SCHEDULES = config_base.SCHEDULES
 # locuslab/convmixer-cifar10 train.py l.99-100 (and its timm copy's scheduler/onecycle_lr.py):
 # np.interp(t, [0, E*2//5, E*4//5, E], [0, lr_max, lr_max/20, 0]), t in epochs.
 ONECYCLE_KNOTS = (0.0, 0.4, 0.8, 1.0)

@@ -140,7 +140,21 @@ def _fresh(model: nn.Module, image_size: int, channels: int) -> dict:
 
 def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True) -> dict:
   """Variables for `model` at `image_size`, initialised from the weights at `path` (see `adapt`)."""
-  return adapt(read(path), _fresh(model, image_size, channels), strict=strict)
+  if _is_run(path):
+    return adapt(read(path), _fresh(model, image_size, channels), strict=strict)
+  weights = describe(path)
+  _check_heads(path, weights, model)
+  return adapt(weights.variables, _fresh(model, image_size, channels), strict=strict)
+
+
+def _check_heads(path: str, weights: Weights, model: nn.Module) -> None:
+  """Attention heads leave no trace in the fused qkv shape: compare them where the file shows them."""
+  heads = getattr(getattr(model, 'token_mixer', None), 'keywords', {}).get('num_heads')
+  shown = weights.fields.get('num_heads')
+  if heads is not None and shown is not None and 'num_heads' not in weights.assumed and heads != shown:
+    raise ValueError(f'{path!r} has {shown} attention heads (its query kernel is [width, {shown}, width/{shown}]), '
+                     f'but the model has num_heads={heads}; build it with num_heads={shown}, or use '
+                     f'isojax.pretrained.create(path).')
 
 
 def create(path: str, num_classes: Optional[int] = None, image_size: Optional[int] = None,

@@ -42,8 +42,17 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name:
                      axis_name)
 
 
+STEP_NAMES = ('latest', 'best')
+
+
+def _check_step(step) -> None:
+  if isinstance(step, str) and step not in STEP_NAMES:
+    raise ValueError(f'step={step!r}: expected a checkpoint step (an int), {STEP_NAMES[0]!r} or {STEP_NAMES[1]!r}.')
+
+
 def checkpoint_step(workdir: str, step: Optional[int | str] = None) -> int:
   """The step `load(workdir, step)` opens: the latest, a given one, or 'best'; nothing is restored."""
+  _check_step(step)
   ckpt = checkpoint_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), read_only=True)
   return _pick(ckpt, workdir, None if isinstance(step, str) else step, step if isinstance(step, str) else 'latest')
 
@@ -65,8 +74,11 @@ def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest')
   `which` is 'latest' or 'best' (by eval accuracy); an explicit `step` wins.
   """
   ckpt = checkpoint_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), read_only=True)
-  step = _pick(ckpt, workdir, step, which)
-  return step, ckpt.restore_raw(step)
+  if step is None and which == 'latest':   # the newest readable one (a corrupt latest falls back, warned)
+    if ckpt.latest_step() is None:
+      _pick(ckpt, workdir, None, which)   # the "no checkpoint here" error
+    return ckpt.restore_raw()
+  return ckpt.restore_raw(_pick(ckpt, workdir, step, which))
 
 
 def load(workdir: str, step: Optional[int | str] = None,
@@ -75,6 +87,7 @@ def load(workdir: str, step: Optional[int | str] = None,
 
   `ema=None` uses the EMA parameters when the run kept and evaluated them.
   """
+  _check_step(step)
   config = workdir_lib.read_config(workdir)
   which = step if isinstance(step, str) else 'latest'
   _, saved = restore_raw(workdir, None if isinstance(step, str) else step, which)

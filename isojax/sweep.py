@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from isojax import sweep_results, sweeps
+from isojax import config_base, sweep_results, sweeps
 from isojax import workdir as workdir_lib
 
 
@@ -134,6 +134,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error('give a sweep file and --workdir (or --summarize DIR)')
   sweep = sweeps.load(args.sweep_file)
   trials = sweep.trials()
+  for trial in trials:   # a bad field or value fails here, before any trial starts
+    try:
+      config_base.validate(config_base.load(trial.config, trial.overrides))
+    except (ValueError, FileNotFoundError) as e:
+      parser.error(f'trial {trial.name}: {e}')
   if args.dry_run:
     for trial in trials:
       print(f'{trial.name}: --config={trial.config} ' + ' '.join(f'{k}={v!r}' for k, v in trial.overrides.items()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import os
 import time
 from typing import Any, NamedTuple, Optional
 
@@ -17,13 +18,15 @@ import ml_collections
 import numpy as np
 
 from isojax import checkpoint as checkpoint_lib
-from isojax import data, evaluation, optim, parallel, plan, pretrained, runs, train_step
+from isojax import config_base
+from isojax import data, evaluation, optim, parallel, plan, preemption, pretrained, runs, train_step
 from isojax import workdir as workdir_lib
 from isojax.metrics import MetricWriter, Progress, summary_line
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Errors a user can act on, raised before anything is compiled."""
+  config_base.validate(config)   # values that cannot be right, by field name
   devices = jax.device_count()
   if config.batch_size % devices:
     raise ValueError(f'batch_size={config.batch_size} is not divisible by the {devices} devices; '
@@ -50,10 +53,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                     config.distributed.process_id, config.distributed.cpu_collectives)
   is_writer = jax.process_index() == 0
   validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.exclusive(workdir, enabled=is_writer):   # one run per workdir
+    return _train_and_evaluate(config, workdir, start_time, is_writer)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_time: float,
+                        is_writer: bool) -> TrainResult:
   workdir_lib.prepare(workdir, config, write=is_writer)
 
   # Processes sharing a disk take turns preparing the data (a file lock in get_builder).
-  builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
+  builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download,
+                             config.data.get('skip_bad_files', False))
   info = data.describe(builder, config.data.train_split, config.data.eval_split)
   if is_writer:
     workdir_lib.write_dataset_info(workdir, dataclasses.asdict(info))
@@ -74,7 +85,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with jax.default_device(jax.local_devices(backend='cpu')[0]):   # fresh state on the host, not the accelerator
     state = jax.jit(init)(rng_init)
   if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
+    _, state = checkpointer.restore(state)   # the newest readable checkpoint; a corrupt one is skipped, warned
   elif config.init_from:
     variables = pretrained.load(config.init_from, model, config.data.image_size, info.channels)
     ema = state.ema_params is not None
@@ -84,6 +95,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                           ema_batch_stats=variables.get('batch_stats', {}) if ema else None)
   state = jax.device_get(state)
   start_step = int(state.step)
+  if is_writer:   # metrics past the restored checkpoint (or of deleted checkpoints) are not this run's
+    workdir_lib.discard_metrics_after(workdir, start_step)
+  parallel.wait_for_all_processes('metrics_trimmed')
 
   writer = MetricWriter(workdir, enabled=is_writer)
   progress = Progress(steps, start_step, enabled=is_writer)
@@ -141,29 +155,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     progress.update(step, mean['loss'], mean['lr'], mean['images_per_sec'])
     pending, log_time, log_step, paused = [], time.time(), step, 0.0
 
-  for step in range(start_step + 1, steps + 1):
-    replicated, metrics = step_fn(replicated, next(batches), rng_train)   # batches arrive on device
-    pending.append((step, parallel.first_local(metrics)))
-    last = step == steps
-    if step % config.log_every == 0 or last:
-      flush_train_metrics(step)
-    due = [e for e in evaluators.values() if e.due(step, last)]
-    if due:
-      flush_train_metrics(step)   # never evaluate past an unnoticed NaN
-      eval_start = time.time()
-      for evaluator in due:
-        results[evaluator.name] = run_evaluator(evaluator, replicated.variables(use_ema), step)
-        writer.write(step, 'eval', results[evaluator.name], evaluator=evaluator.name)
-      progress.message(f'eval @ {step}: ' + evaluation.display({e.name: results[e.name] for e in due}, primary,
-                                                               list(config.progress_metrics) or None))
-      if primary in (e.name for e in due) and (best is None or results[primary][best_metric] > best[0]):
-        best = (results[primary][best_metric], step)
-      paused += time.time() - eval_start
-    if step % config.checkpoint.every == 0 or last:
-      flush_train_metrics(step)   # never checkpoint past an unnoticed NaN
-      evaluated_now = evaluators[primary].due(step, last)
-      checkpointer.save(step, parallel.unreplicate(replicated),
-                        metrics={'accuracy': results[primary][best_metric]} if evaluated_now else None)
+  with preemption.StopSignals() as stop_signals:   # SIGTERM/SIGINT: finish the step, checkpoint, stop
+    for step in range(start_step + 1, steps + 1):
+      replicated, metrics = step_fn(replicated, next(batches), rng_train)   # batches arrive on device
+      checkpointer.check_for_errors()   # a failed background save (disk full) stops the run now
+      pending.append((step, parallel.first_local(metrics)))
+      last = step == steps
+      if step % config.log_every == 0 or last:
+        flush_train_metrics(step)
+      due = [e for e in evaluators.values() if e.due(step, last)]
+      if due:
+        flush_train_metrics(step)   # never evaluate past an unnoticed NaN
+        eval_start = time.time()
+        for evaluator in due:
+          results[evaluator.name] = run_evaluator(evaluator, replicated.variables(use_ema), step)
+          writer.write(step, 'eval', results[evaluator.name], evaluator=evaluator.name)
+        progress.message(f'eval @ {step}: ' + evaluation.display({e.name: results[e.name] for e in due}, primary,
+                                                                 list(config.progress_metrics) or None))
+        if primary in (e.name for e in due) and (best is None or results[primary][best_metric] > best[0]):
+          best = (results[primary][best_metric], step)
+        paused += time.time() - eval_start
+      if step % config.checkpoint.every == 0 or last:
+        flush_train_metrics(step)   # never checkpoint past an unnoticed NaN
+        evaluated_now = evaluators[primary].due(step, last)
+        checkpointer.save(step, parallel.unreplicate(replicated),
+                          metrics={'accuracy': results[primary][best_metric]} if evaluated_now else None)
+
+      stop = stop_signals.requested(step)
+      if stop and not last:
+        flush_train_metrics(step)
+        if not step % config.checkpoint.every == 0:   # not saved above
+          checkpointer.save(step, parallel.unreplicate(replicated))
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+        raise preemption.Preempted(step, stop)
 
   checkpointer.wait()
   checkpointer.close()

@@ -18,9 +18,14 @@ Everything that reads or writes these paths goes through this module.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import time
+import warnings
 from typing import Any, Iterator
 
 import ml_collections
@@ -34,6 +39,7 @@ LAUNCH = 'launch.json'
 LOG = 'log.txt'
 RESULTS = 'results'   # .csv, .md, .png
 TENSORBOARD = 'tensorboard'
+LOCK = '.isojax.lock'   # held by the one run writing this workdir: {"host", "pid", "since"}
 
 # Fields that fix the shapes in a checkpoint or the meaning of its steps: a run cannot
 # resume from a workdir whose config differs in any of them.
@@ -86,8 +92,7 @@ def read_dataset_info(workdir: str) -> dict:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was started with."""
-  with open(config_path(workdir)) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(read_json(config_path(workdir)))
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -105,6 +110,66 @@ def iter_metrics(workdir: str) -> Iterator[dict]:
           continue
   except FileNotFoundError:
     return
+
+
+@contextlib.contextmanager
+def exclusive(workdir: str, enabled: bool = True):
+  """Holds DIR/.isojax.lock for the run: a second run on the same workdir is refused, naming the first.
+
+  An OS file lock (flock), so a run that died (even by SIGKILL) holds nothing: its lock is taken
+  over with a warning naming it. Local and most network file systems honour flock.
+  """
+  if not enabled:
+    yield
+    return
+  path = os.path.join(workdir, LOCK)
+  handle = open(path, 'a+')
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or 'unknown'
+    handle.close()
+    raise RuntimeError(f'Workdir {workdir!r} is in use by another run ({holder}); wait for it to finish, stop '
+                       f'it, or choose another --workdir.') from None
+  try:
+    handle.seek(0)
+    previous = handle.read().strip()
+    if previous:
+      warnings.warn(f'Taking over the lock of workdir {workdir!r} from a run that is gone ({previous}).')
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                             'since': time.strftime('%Y-%m-%d %H:%M:%S')}))
+    handle.flush()
+    yield
+  finally:
+    handle.seek(0)
+    handle.truncate()   # a clean exit leaves no holder behind
+    handle.flush()
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
+def discard_metrics_after(workdir: str, step: int) -> int:
+  """Keeps the metric lines of steps <= `step` (the checkpoint a run resumes from), minus summaries.
+
+  Lines after it were written by an attempt that died before its next checkpoint (they will be
+  written again) or belong to a run whose checkpoints were deleted; keeping them would make
+  "best" and "final" report evaluations of states this run no longer has, and log a step twice.
+  Returns how many lines were dropped.
+  """
+  path = metrics_path(workdir)
+  if not os.path.exists(path):
+    return 0
+  records = list(iter_metrics(workdir))
+  kept = [m for m in records if m.get('step', 0) <= step and m.get('split') != 'summary']
+  if len(kept) != len(records):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(json.dumps(m) + '\n' for m in kept)
+    os.replace(tmp, path)
+  return len(records) - len(kept)
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> None:
@@ -144,5 +209,9 @@ def write_json(path: str, value: Any) -> None:
 
 
 def read_json(path: str) -> Any:
+  """The JSON file at `path`; a corrupt one is an error naming it."""
   with open(path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is not valid JSON ({e}); was it cut short or edited by hand?') from None

@@ -19,7 +19,7 @@ def test_keeps_the_last_k_and_the_best_by_eval_accuracy(tmp_path):
     ckpt.save(step, state(step), metrics={'accuracy': accuracy})
   ckpt.wait()
   assert ckpt.all_steps() == [20, 40, 50] and ckpt.best_step() == 20 and ckpt.latest_step() == 50
-  restored = ckpt.restore(state(0), step=20)
+  _, restored = ckpt.restore(state(0), step=20)
   np.testing.assert_array_equal(restored['params']['w'], state(20)['params']['w'])
   ckpt.close()
 

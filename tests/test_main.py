@@ -167,7 +167,7 @@ def test_a_diverging_run_stops_at_the_nan_step_without_writing_nan_checkpoints(t
   from isojax import checkpoint
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(str(tmp_path)), read_only=True)
   for step in ckpt.all_steps():
-    state = ckpt.restore_raw(step)
+    _, state = ckpt.restore_raw(step)
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state) if np.asarray(x).dtype.kind == 'f')
 
 

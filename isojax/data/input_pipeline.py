@@ -38,13 +38,15 @@ class DatasetInfo:
   num_eval: int
 
 
-def get_builder(name: str, data_dir: Optional[str] = None, download: bool = True) -> tfds.core.DatasetBuilder:
-  """A prepared TFDS builder: `image_folder` reads `data_dir`; local builders prepare offline."""
+def get_builder(name: str, data_dir: Optional[str] = None, download: bool = True,
+                skip_bad_files: bool = False) -> tfds.core.DatasetBuilder:
+  """A prepared TFDS builder: `image_folder` reads (and checks) `data_dir`; local builders prepare offline."""
   if name == IMAGE_FOLDER:
     if not data_dir or not os.path.isdir(data_dir):
       raise ValueError(f"data.name='image_folder' needs data.data_dir to be a folder of "
                        f"split/class_name/image files; got {data_dir!r}.")
-    return tfds.ImageFolder(data_dir)
+    from isojax.data import image_folder
+    return image_folder.open_folder(data_dir, skip_bad_files)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -109,8 +111,22 @@ def _examples(builder, shard: _Shard, cache: bool) -> tf.data.Dataset:
   else:
     ds = builder.as_dataset(split=tfds.even_splits(shard.split, n=shard.count)[shard.index],
                             shuffle_files=False)
-  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label']}, num_parallel_calls=tf.data.AUTOTUNE)
+  if getattr(builder, 'isojax_skip_bad_files', False):
+    ds = ds.ignore_errors()   # the files image_folder.check found unreadable (and logged)
+  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'],
+                          'filename': ex.get('image/filename', tf.constant(''))},
+              num_parallel_calls=tf.data.AUTOTUNE)
   return ds.cache() if cache else ds
+
+
+def _sized(image: tf.Tensor, filename: tf.Tensor, image_size: int, pp: str) -> tf.Tensor:
+  """`image` after preprocessing, checked to be image_size x image_size, else an error naming the file."""
+  size = tf.shape(image)[:2]
+  check = tf.debugging.Assert(tf.reduce_all(tf.equal(size, [image_size, image_size])),
+                              [f'An image is not {image_size}x{image_size} after preprocessing {pp!r} (add a resize '
+                               f'or crop); file and height, width:', filename, size], summarize=8)
+  with tf.control_dependencies([check]):
+    return tf.ensure_shape(tf.identity(image), (image_size, image_size, image.shape[-1]))
 
 
 def _options() -> tf.data.Options:
@@ -129,7 +145,7 @@ def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_b
                   shuffle_buffer: int = 50_000, cache: bool = True) -> Iterator[dict]:
   """Endless training batches for this process's `shards`, starting at step `start_step`."""
   channels = builder.info.features['image'].shape[-1]
-  process = preprocess.build(pp, image_size, channels)
+  process = preprocess.build(pp, image_size, channels, fixed_shape=False)   # _sized checks, naming the file
   all_shards = _shards(split, num_shards)
   per_device = []
   for shard in shards:
@@ -148,7 +164,7 @@ def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_b
 
     def augment(index, ex, shard_seed=shard_seed):
       image = process(ex['image'], tf.stack([tf.cast(shard_seed, tf.int64), index]))
-      return {'image': image, 'label': tf.cast(ex['label'], tf.int32)}
+      return {'image': _sized(image, ex['filename'], image_size, pp), 'label': tf.cast(ex['label'], tf.int32)}
 
     ds = tf.data.Dataset.range(epoch, 2 ** 62).flat_map(one_epoch).skip(offset)
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -167,7 +183,7 @@ def eval_batches(builder, *, split: str, pp: str, image_size: int, per_device_ba
                  shards: Sequence[int], num_shards: int, cache: bool = True) -> Iterator[dict]:
   """Every example of `split` exactly once; short shards are padded with mask=0 examples."""
   channels = builder.info.features['image'].shape[-1]
-  process = preprocess.build(pp, image_size, channels)
+  process = preprocess.build(pp, image_size, channels, fixed_shape=False)   # _sized checks, naming the file
   steps = eval_steps(builder, split, per_device_batch, num_shards)
   all_shards = _shards(split, num_shards)
   padding = {'image': tf.zeros((image_size, image_size, channels)), 'label': tf.constant(0, tf.int32),
@@ -175,7 +191,8 @@ def eval_batches(builder, *, split: str, pp: str, image_size: int, per_device_ba
   per_device = []
   for shard in shards:
     ds = _examples(builder, all_shards[shard], cache).map(
-        lambda ex: {'image': process(ex['image'], tf.constant([0, 0], tf.int64)),
+        lambda ex: {'image': _sized(process(ex['image'], tf.constant([0, 0], tf.int64)), ex['filename'],
+                                    image_size, pp),
                     'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(1.0)},
         num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(steps * per_device_batch)

@@ -145,8 +145,12 @@ def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
   return ops
 
 
-def build(spec: str, image_size: int, channels: int) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """Compiles a spec into `fn(uint8 image, seed) -> float32 [image_size, image_size, channels]`."""
+def build(spec: str, image_size: int, channels: int,
+          fixed_shape: bool = True) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """Compiles a spec into `fn(uint8 image, seed) -> float32 [image_size, image_size, channels]`.
+
+  `fixed_shape=False` leaves the final shape check to the caller (the input pipeline names the file).
+  """
   ops = parse(spec)
 
   def apply(image, seed):
@@ -154,6 +158,6 @@ def build(spec: str, image_size: int, channels: int) -> Callable[[tf.Tensor, tf.
     seeds = _split_seed(seed, max(len(ops), 1))
     for (name, kwargs), op_seed in zip(ops, seeds):
       image = OPS[name](image, op_seed, **kwargs)
-    return tf.ensure_shape(image, (image_size, image_size, channels))
+    return tf.ensure_shape(image, (image_size, image_size, channels)) if fixed_shape else image
 
   return apply

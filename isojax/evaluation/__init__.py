@@ -30,7 +30,8 @@ def _inherit(config: ml_collections.ConfigDict, spec: ml_collections.ConfigDict)
   inherited = {'dataset': config.data.name, 'data_dir': config.data.get('data_dir'), 'split': config.data.eval_split,
                'pp': config.data.eval_pp, 'image_size': config.data.image_size,
                'batch_size': config.eval_batch_size, 'every': config.eval_every, 'cache': config.data.cache,
-               'download': config.data.get('download', True)}
+               'download': config.data.get('download', True),
+               'skip_bad_files': config.data.get('skip_bad_files', False)}
   fields = spec.to_dict()
   return {**inherited, **{k: v for k, v in fields.items() if v is not None}}
 
@@ -88,7 +89,8 @@ class Evaluator:
 
   def builder(self):
     if self._builder is None:
-      self._builder = data.get_builder(self.spec['dataset'], self.spec['data_dir'], self.spec['download'])
+      self._builder = data.get_builder(self.spec['dataset'], self.spec['data_dir'], self.spec['download'],
+                                       self.spec['skip_bad_files'])
     return self._builder
 
   def _check_split(self, split: str) -> None:

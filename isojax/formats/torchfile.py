@@ -1,14 +1,13 @@
 """Reading PyTorch state dicts (`.pth`, `.bin`, `.safetensors`) into numpy, without torch.
 
 `torch.save` writes a zip holding a pickle whose tensors point at raw storages in the same
-zip; a restricted unpickler rebuilds them as numpy arrays. `.safetensors` is a JSON header
-followed by raw little-endian arrays.
+zip; a restricted unpickler rebuilds them as numpy arrays, checking every tensor's declared
+offset, shape and strides against the bytes its storage really holds (no read past the end).
+`.safetensors` files are read by the `safetensors` library's numpy API, which validates them.
 """
 from __future__ import annotations
 
-import json
 import pickle
-import struct
 import zipfile
 from collections import OrderedDict
 
@@ -20,10 +19,6 @@ _STORAGE_DTYPES = {
     'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
 }
-_SAFETENSORS_DTYPES = {
-    'F32': np.float32, 'F64': np.float64, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16,
-    'I64': np.int64, 'I32': np.int32, 'I16': np.int16, 'I8': np.int8, 'U8': np.uint8, 'BOOL': np.bool_,
-}
 
 
 class _StorageType:
@@ -32,8 +27,15 @@ class _StorageType:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
+  size, stride = tuple(size), tuple(stride)
+  if offset < 0 or len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
+    raise pickle.UnpicklingError(f'A tensor declares offset {offset}, shape {size}, strides {stride}: not a tensor.')
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+  if last >= storage.size:
+    raise pickle.UnpicklingError(f'A tensor of shape {size} (offset {offset}, strides {stride}) reaches element '
+                                 f'{last}, but its storage holds {storage.size}; the file is corrupt.')
   itemsize = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+  return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                          strides=tuple(s * itemsize for s in stride)).copy()
 
 
@@ -62,6 +64,10 @@ class _Unpickler(pickle.Unpickler):
   def persistent_load(self, saved_id):
     _, storage_type, key, _, numel = saved_id
     raw = self._archive.read(f'{self._prefix}/data/{key}')
+    itemsize = np.dtype(storage_type.dtype).itemsize
+    if numel < 0 or numel * itemsize > len(raw):
+      raise pickle.UnpicklingError(f'Storage {key!r} declares {numel} elements of {itemsize} bytes, but holds '
+                                   f'{len(raw)} bytes; the file is corrupt.')
     return np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
 
 
@@ -73,7 +79,7 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
       prefix = pickle_name[:-len('/data.pkl')]
       with archive.open(pickle_name) as f:
         state = _Unpickler(f, archive, prefix).load()
-  except (zipfile.BadZipFile, StopIteration, EOFError, KeyError) as e:
+  except (zipfile.BadZipFile, StopIteration, EOFError, KeyError, pickle.UnpicklingError, ValueError) as e:
     raise ValueError(f'Cannot read {path!r} as a torch.save zip archive ({type(e).__name__}: {e}); '
                      f'is the file complete?') from None
   if isinstance(state, dict) and 'state_dict' in state:
@@ -84,22 +90,10 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """A `.safetensors` file as {name: array}."""
-  with open(path, 'rb') as f:
-    blob = f.read()
+  """A `.safetensors` file as {name: array}, read and validated by the safetensors library."""
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
   try:
-    (header_size,) = struct.unpack('<Q', blob[:8])
-    header = json.loads(blob[8:8 + header_size])
-  except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f'Cannot read {path!r} as safetensors ({type(e).__name__}); is the file complete?') from None
-  data = memoryview(blob)[8 + header_size:]
-  out = {}
-  for name, info in header.items():
-    if name == '__metadata__':
-      continue
-    start, end = info['data_offsets']
-    if end > len(data):
-      raise ValueError(f'{path!r} is truncated: {name!r} needs bytes up to {end}, the file has {len(data)}.')
-    dtype = _SAFETENSORS_DTYPES[info['dtype']]
-    out[name] = np.frombuffer(data[start:end], dtype=dtype).reshape(info['shape']).copy()
-  return out
+    return load_file(path)
+  except (SafetensorError, ValueError, OSError) as e:
+    raise ValueError(f'Cannot read {path!r} as safetensors ({type(e).__name__}: {e}); is the file complete?') from None

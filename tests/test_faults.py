@@ -1,0 +1,430 @@
+"""Faults a long run meets, and what isojax does about each (the README's fault table)."""
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+
+from isojax import checkpoint, config_base, preemption, runs
+from isojax import workdir as workdir_lib
+from isojax.formats import torchfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --- config values --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('field,value,message', [
+    ('optimizer.lr', -1e-3, r"optimizer.lr=-0.001 \(a finite learning rate > 0\)"),
+    ('label_smoothing', 2.0, r"label_smoothing=2.0 \(in \[0, 1\)\)"),
+    ('eval_every', 0, r"eval_every=0 \(an integer >= 1"),
+    ('checkpoint.every', 0, r"checkpoint.every=0 \(an integer >= 1"),
+    ('log_every', 0, r"log_every=0 \(an integer >= 1"),
+    ('batch_size', 0, r"batch_size=0 \(an integer >= 1\)"),
+    ('data.image_size', 0, r"data.image_size=0 \(an integer >= 1 \(pixels\)\)"),
+    ('dtype', 'float61', r"dtype='float61' \(one of \('float32', 'bfloat16', 'float16'\)\)"),
+    ('num_epochs', 0.0, r"num_epochs=0.0 \(> 0, or set num_steps >= 1\)"),
+    ('num_steps', -5, r"num_steps=-5 \(an integer >= 0"),
+])
+def test_values_that_cannot_be_right_are_refused_naming_the_field(field, value, message):
+  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'))
+  config_base.override(config, field, value)
+  with pytest.raises(ValueError, match=message):
+    config_base.validate(config)
+
+
+def test_an_unknown_field_is_one_short_error_naming_the_fields_that_exist():
+  with pytest.raises(ValueError, match=r"Config has no field 'optimizer.learning_rate'; fields there: \["):
+    config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {'optimizer.learning_rate': 1e-3})
+
+
+def test_the_shipped_configs_are_valid():
+  for name in sorted(os.listdir(os.path.join(ROOT, 'configs'))):
+    if name.endswith('.py') and not name.startswith('_'):
+      config_base.validate(config_base.load(os.path.join(ROOT, 'configs', name)))
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+
+def weights(step):
+  return np.random.RandomState(step).normal(size=(512, 512)).astype(np.float32)   # 1 MB that does not compress
+
+
+def saved_checkpoints(directory):
+  ckpt = checkpoint.Checkpointer(str(directory), keep=3, async_save=False)
+  for step in (1, 2):
+    ckpt.save(step, {'params': {'w': weights(step)}})
+  ckpt.wait()
+  ckpt.close()
+
+
+def _largest_data_file(step_dir):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if os.sep + 'd' + os.sep in
+           os.path.join(d, f)]
+  return max(files, key=os.path.getsize)
+
+
+CORRUPTIONS = {
+    'truncated data file': lambda step: (lambda f: open(f, 'r+b').truncate(os.path.getsize(f) // 2))(
+        _largest_data_file(step)),
+    'deleted data file': lambda step: os.remove(_largest_data_file(step)),
+    'empty step folder': lambda step: [__import__('shutil').rmtree(step), os.makedirs(step)],
+    'missing default/': lambda step: __import__('shutil').rmtree(os.path.join(step, 'default')),
+}
+
+
+@pytest.mark.parametrize('corruption', sorted(CORRUPTIONS))
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, corruption):
+  saved_checkpoints(tmp_path / 'ckpt')
+  CORRUPTIONS[corruption](str(tmp_path / 'ckpt' / '2'))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), read_only=True)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    step, state = ckpt.restore_raw()
+  assert step == 1
+  np.testing.assert_array_equal(state['params']['w'], weights(1))
+  messages = [str(w.message) for w in caught if 'unreadable' in str(w.message)]
+  assert len(messages) == 1 and messages[0].startswith(f'Checkpoint step 2 in {tmp_path / "ckpt"} is unreadable (')
+
+
+def test_when_no_checkpoint_is_readable_the_error_names_the_directory_and_each_step(tmp_path):
+  saved_checkpoints(tmp_path / 'ckpt')
+  for step in ('1', '2'):
+    CORRUPTIONS['missing default/'](str(tmp_path / 'ckpt' / step))
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    with pytest.raises(RuntimeError, match=r'No readable checkpoint in .*ckpt:\n  step 2: .*\n  step 1: '):
+      checkpoint.Checkpointer(str(tmp_path / 'ckpt'), read_only=True).restore_raw()
+
+
+_WRITE_LIMITED = '''
+import resource, signal, sys, numpy as np
+from isojax import checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)           # an over-size write fails with EFBIG, as on a full disk
+ckpt = checkpoint.Checkpointer(sys.argv[1], keep=3)
+ckpt.save(1, {'w': np.ones(1000, np.float32)})
+ckpt.wait()
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+ckpt.save(2, {'w': np.random.RandomState(0).normal(size=1_000_000).astype(np.float32)})   # 4 MB
+import time
+for step in range(3, 200):
+  time.sleep(0.05)
+  try:
+    ckpt.check_for_errors()                           # what the train loop calls after every step
+  except OSError as e:
+    print('STOPPED AT', step, '|', e)
+    break
+'''
+
+
+def test_a_failed_background_save_stops_the_run_at_the_next_check_naming_the_path(tmp_path):
+  out = subprocess.run([sys.executable, '-c', _WRITE_LIMITED, str(tmp_path / 'ckpt')], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+  line = next((l for l in out.stdout.splitlines() if l.startswith('STOPPED AT')), None)
+  assert line is not None, out.stdout[-2000:] + out.stderr[-2000:]
+  assert f'Saving the checkpoint of step 2 to {tmp_path / "ckpt"} failed' in line
+  assert 'It needs about 4,000,000 bytes' in line and 'Earlier checkpoints are intact ([1])' in line
+  assert int(line.split()[2]) < 100   # seconds of steps, not the next save
+  assert sorted(os.listdir(tmp_path / 'ckpt')) == ['1']   # no orphaned temporary folder
+
+
+# --- one writer per workdir -----------------------------------------------------------------------
+
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
+  with workdir_lib.exclusive(str(tmp_path)):     # this process plays the first run
+    out = subprocess.run([sys.executable, '-m', 'isojax.main', '--config=configs/default.py',
+                          f'--workdir={tmp_path}'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert out.returncode != 0
+  assert f'is in use by another run ({{"host": "{os.uname().nodename}", "pid": {os.getpid()}' in out.stderr
+
+
+def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path):
+  (tmp_path / workdir_lib.LOCK).write_text('{"host": "gone", "pid": 1234, "since": "yesterday"}')
+  with pytest.warns(UserWarning, match=r'Taking over the lock .* from a run that is gone \(.*"pid": 1234'):
+    with workdir_lib.exclusive(str(tmp_path)):
+      pass
+  assert (tmp_path / workdir_lib.LOCK).read_text() == ''   # a clean exit leaves no holder
+
+
+# --- results --------------------------------------------------------------------------------------
+
+def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
+  lines = [{'step': 100, 'split': 'eval', 'accuracy': 0.5}, {'step': 200, 'split': 'eval', 'accuracy': 1.0},
+           {'step': 200, 'split': 'summary', 'best_accuracy': 1.0}]
+  (tmp_path / workdir_lib.METRICS).write_text(''.join(json.dumps(m) + '\n' for m in lines))
+  assert workdir_lib.discard_metrics_after(str(tmp_path), 100) == 2
+  assert workdir_lib.read_metrics(str(tmp_path)) == lines[:1]
+  assert workdir_lib.discard_metrics_after(str(tmp_path), 0) == 1   # checkpoints deleted: nothing is this run's
+
+
+def test_a_summary_without_top5_is_written(tmp_path):
+  from isojax.metrics import MetricWriter
+  writer = MetricWriter(str(tmp_path))
+  writer.write(3, 'summary', {'best_accuracy': 0.5, 'final_top5': None, 'best_metric': 'val/accuracy'})
+  writer.close()
+  assert workdir_lib.summary(str(tmp_path))['final_top5'] is None
+
+
+# --- weight files and runs ------------------------------------------------------------------------
+
+def crafted_torch_file(path, numel_stored, size, offset=0):
+  """A torch.save-format zip whose one tensor declares `size` at `offset` over a storage of `numel_stored`."""
+  torch_utils = types.ModuleType('torch._utils')
+  torch_module = types.ModuleType('torch')
+
+  def _rebuild_tensor_v2(*args):
+    raise AssertionError('never called when writing')
+  _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = 'torch._utils', '_rebuild_tensor_v2'
+  torch_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+
+  class FloatStorage:
+    pass
+  FloatStorage.__module__, FloatStorage.__qualname__ = 'torch', 'FloatStorage'
+  torch_module.FloatStorage = FloatStorage
+  saved = {k: sys.modules.get(k) for k in ('torch', 'torch._utils')}
+  sys.modules.update({'torch': torch_module, 'torch._utils': torch_utils})
+
+  class Storage:
+    pass
+
+  class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      return ('storage', FloatStorage, '0', 'cpu', numel_stored) if isinstance(obj, Storage) else None
+
+  class Tensor:
+    def __reduce__(self):
+      stride = tuple(int(np.prod(size[i + 1:])) for i in range(len(size)))
+      return _rebuild_tensor_v2, (Storage(), offset, tuple(size), stride, False, {})
+  try:
+    import io
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({'w': Tensor()})
+  finally:
+    for k, v in saved.items():
+      if v is None:
+        sys.modules.pop(k, None)
+      else:
+        sys.modules[k] = v
+  with zipfile.ZipFile(path, 'w') as archive:
+    archive.writestr('archive/data.pkl', buffer.getvalue())
+    archive.writestr('archive/data/0', np.arange(numel_stored, dtype=np.float32).tobytes())
+
+
+@pytest.mark.parametrize('numel,size,offset,message', [
+    (16, (4, 4), 0, None),                                                # well formed
+    (16, (64, 64), 0, r'shape \(64, 64\) .* reaches element 4095, but its storage holds 16'),
+    (16, (4, 4), 8, r'reaches element 23, but its storage holds 16'),
+])
+def test_a_torch_file_declaring_more_than_it_holds_is_refused_without_reading_past_it(tmp_path, numel, size,
+                                                                                      offset, message):
+  crafted_torch_file(tmp_path / 'w.pth', numel, size, offset)
+  if message is None:
+    np.testing.assert_array_equal(torchfile.read_torch(str(tmp_path / 'w.pth'))['w'],
+                                  np.arange(16, dtype=np.float32).reshape(4, 4))
+    return
+  with pytest.raises(ValueError, match=r"Cannot read .*w.pth.* " + message):
+    torchfile.read_torch(str(tmp_path / 'w.pth'))
+
+
+def test_load_refuses_unknown_step_names_and_names_a_corrupt_config(tmp_path):
+  with pytest.raises(ValueError, match=r"step='bset': expected a checkpoint step \(an int\), 'latest' or 'best'"):
+    runs.load(str(tmp_path), step='bset')
+  (tmp_path / 'config.json').write_text('{"model": ')
+  with pytest.raises(ValueError, match=r'config.json is not valid JSON .*cut short'):
+    runs.load(str(tmp_path))
+
+
+# --- preemption -----------------------------------------------------------------------------------
+
+from tests.test_main import QUICK, WORKER, env, free_port, main_command, records  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def digits_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture(scope='module')
+def unbroken_quick_run(tmp_path_factory, digits_dir):
+  workdir = tmp_path_factory.mktemp('unbroken')
+  subprocess.run(main_command(workdir, *QUICK), env=env(1, digits_dir), cwd=ROOT, check=True,
+                 capture_output=True, timeout=600)
+  return workdir
+
+
+def wait_for(path, proc, timeout=300):
+  deadline = time.time() + timeout
+  while not os.path.exists(path) and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_current_step_and_resuming_gives_the_unbroken_result(
+    tmp_path, digits_dir, unbroken_quick_run, signum):
+  proc = subprocess.Popen(main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  wait_for(tmp_path / 'checkpoints' / '40' / '_CHECKPOINT_METADATA', proc)
+  proc.send_signal(signum)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == preemption.EXIT_CODE, err[-3000:]
+  stopped = int(re.search(rf'stopped at step (\d+) on {signum.name}; checkpoint saved; run the same command '
+                          rf'to resume', err).group(1))
+  assert 40 <= stopped < 120 and checkpoint.Checkpointer(str(tmp_path / 'checkpoints'),
+                                                         read_only=True).latest_step() == stopped
+  resumed = subprocess.run(main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0 and f'resuming at step {stopped}' in resumed.stderr, resumed.stderr[-3000:]
+  (a,), (b,) = records(unbroken_quick_run, 'summary'), records(tmp_path, 'summary')
+  assert b['final_accuracy'] == a['final_accuracy']
+  assert b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6)
+  keys = [(m['step'], m['split'], m.get('evaluator')) for m in workdir_lib.read_metrics(str(tmp_path))]
+  assert len(keys) == len(set(keys)), 'a step was logged twice'
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_path, digits_dir):
+  port = free_port()
+  script = tmp_path / 'worker.py'
+  distributed = (", 'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:{port}', "
+                 "'distributed.num_processes': 2, 'distributed.process_id': int(sys.argv[4]), "
+                 "'distributed.cpu_collectives': 'gloo', 'num_steps': 400, 'checkpoint.every': 200, "
+                 "'eval_every': 200").format(port=port)
+  script.write_text('import sys\nfrom isojax import preemption\ntry:\n' +
+                    ''.join('  ' + line + '\n' for line in WORKER.format(extra=distributed).strip().splitlines()) +
+                    'except preemption.Preempted as e:\n  print("STOPPED", e.step, flush=True)\n'
+                    '  sys.exit(preemption.EXIT_CODE)\n')
+  workers = [subprocess.Popen([sys.executable, str(script), os.path.join(ROOT, 'configs', 'default.py'),
+                               str(tmp_path / 'run'), str(tmp_path / f'p{i}.npz'), str(i)], env=env(2, digits_dir),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  deadline = time.time() + 300
+  while not [m for m in records(tmp_path / 'run', 'train') if m['step'] >= 5] and time.time() < deadline:
+    time.sleep(0.05)
+  workers[1].send_signal(signal.SIGTERM)                 # only process 1 is told
+  outputs = [w.communicate(timeout=300) for w in workers]
+  assert [w.returncode for w in workers] == [preemption.EXIT_CODE] * 2, outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  steps = [int(re.search(r'STOPPED (\d+)', out).group(1)) for out, _ in outputs]
+  assert steps[0] == steps[1] < 400
+  assert checkpoint.Checkpointer(str(tmp_path / 'run' / 'checkpoints'), read_only=True).latest_step() == steps[0]
+
+
+# --- data -----------------------------------------------------------------------------------------
+
+from tests.test_input_pipeline import batches, write_image_folder  # noqa: E402
+
+
+def test_an_unreadable_image_fails_naming_its_path_or_is_skipped_when_asked(tmp_path):
+  from isojax import data
+  write_image_folder(tmp_path)
+  (tmp_path / 'train' / 'cat' / 'empty.png').write_bytes(b'')
+  (tmp_path / 'train' / 'dog' / 'notes.jpg').write_text('not an image')
+  with pytest.raises(ValueError, match=r"2 unreadable image file\(s\) under .*: .*cat/empty.png \(an empty file\); "
+                                       r".*dog/notes.jpg \(UnidentifiedImageError.*set data.skip_bad_files=True"):
+    data.get_builder('image_folder', str(tmp_path))
+  builder = data.get_builder('image_folder', str(tmp_path), skip_bad_files=True)
+  (batch,) = batches(builder, 1, pp='resize(16)|normalize(imagenet)', image_size=16, per_device_batch=12,
+                     shards=[0], num_shards=1)   # the 12 good training images, none of the 2 bad ones
+  assert batch['image'].shape == (1, 12, 16, 16, 3)
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+  from isojax import data
+  write_image_folder(tmp_path)
+  os.makedirs(tmp_path / 'train' / 'bird')
+  with pytest.raises(ValueError, match=r'Class folder .*train/bird has no images'):
+    data.get_builder('image_folder', str(tmp_path))
+
+
+def test_an_image_of_another_size_fails_naming_the_file(tmp_path):
+  import tensorflow as tf
+  from isojax import data
+  write_image_folder(tmp_path, size=(16, 16))
+  odd = np.zeros((20, 16, 3), np.uint8)
+  tf.io.write_file(str(tmp_path / 'test' / 'cat' / 'odd.png'), tf.image.encode_png(odd))
+  builder = data.get_builder('image_folder', str(tmp_path))
+  with pytest.raises(Exception, match=r'not 16x16 after preprocessing .*odd.png'):
+    list(data.eval_batches(builder, split='test', pp='normalize(imagenet)', image_size=16, per_device_batch=13,
+                           shards=[0], num_shards=1, cache=False))
+
+
+def test_grayscale_rgb_and_rgba_files_mix_in_one_folder(tmp_path):
+  import tensorflow as tf
+  from isojax import data
+  write_image_folder(tmp_path)
+  tf.io.write_file(str(tmp_path / 'train' / 'cat' / 'gray.png'), tf.image.encode_png(np.zeros((9, 9, 1), np.uint8)))
+  tf.io.write_file(str(tmp_path / 'train' / 'dog' / 'rgba.png'), tf.image.encode_png(np.zeros((9, 9, 4), np.uint8)))
+  builder = data.get_builder('image_folder', str(tmp_path))
+  (batch,) = batches(builder, 1, pp='resize(16)|normalize(imagenet)', image_size=16, per_device_batch=14,
+                     shards=[0], num_shards=1)
+  assert batch['image'].shape == (1, 14, 16, 16, 3)
+
+
+# --- weight files that do not fit -----------------------------------------------------------------
+
+def official_vit_file(tmp_path, depth=2, heads=4):
+  import flax
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  from tests.reference import sources
+  models_vit, _ = sources.vision_transformer()
+  reference = models_vit.VisionTransformer(
+      num_classes=10, patches=ml_collections.ConfigDict({'size': (4, 4)}), hidden_size=32, classifier='token',
+      transformer=dict(num_layers=depth, mlp_dim=64, num_heads=heads, dropout_rate=0.0, attention_dropout_rate=0.0))
+  params = reference.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)['params']
+  path = str(tmp_path / 'vit.npz')
+  np.savez(path, **{'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()})
+  return path
+
+
+@pytest.mark.parametrize('name,message', [
+    ('ViT-32x1/4-h4-m64', r"2 tensor\(s\)|tensor\(s\) in the weights are not used by the model: \['params/block_1/"),
+    ('ViT-32x2/4-h2-m64', r"has 4 attention heads .* but the model has num_heads=2; build it with num_heads=4"),
+    ('ViT-32x2/4-h8-m64', r"has 4 attention heads .* but the model has num_heads=8"),
+    ('ViT-48x2/4-h4-m64', r"Pretrained 'params/[\w/]+' has shape \([\d, ]*32[\d, ]*\), but the model expects"),
+])
+def test_a_weight_file_that_does_not_fit_the_model_names_what_differs(tmp_path, name, message):
+  from isojax import models, pretrained
+  path = official_vit_file(tmp_path)
+  with pytest.raises(ValueError, match=message):
+    pretrained.load(path, models.create(name, 10), 16)
+
+
+def test_a_sweep_with_an_impossible_value_fails_before_any_trial_starts(tmp_path, capsys):
+  from isojax import sweep
+  sweep_file = tmp_path / 'bad_sweep.py'
+  sweep_file.write_text(
+      'from isojax.sweeps import Sweep, product\n'
+      f'def get_sweep():\n  return Sweep({os.path.join(ROOT, "configs", "default.py")!r}, '
+      "product({'optimizer.lr': [1e-3, -1e-3]}))\n")
+  with pytest.raises(SystemExit):
+    sweep.main([str(sweep_file), f'--workdir={tmp_path / "sweep"}'])
+  assert 'trial lr=-0.001: Invalid config value(s): optimizer.lr=-0.001' in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / 'sweep')
+
+
+def test_best_and_final_come_from_this_runs_checkpoints_not_stale_metrics(tmp_path):
+  import shutil
+  from isojax import train
+  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
+      'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 3, 'batch_size': 16,
+      'eval_batch_size': 360, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tmp_path / 'tfds')})
+  with config.unlocked():
+    config.evals.fewshot.shots = (1,)
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  shutil.rmtree(tmp_path / 'run' / 'checkpoints')
+  config.optimizer.lr = 1e-7                       # another run in the same workdir
+  second = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  evals = workdir_lib.eval_records(workdir_lib.read_metrics(str(tmp_path / 'run')), 'val')
+  assert [m['step'] for m in evals] == [3, 6]      # only this run's evaluations (the first run's are gone)
+  assert second.summary['best_accuracy'] == max(m['accuracy'] for m in evals)
+  assert len([m for m in workdir_lib.read_metrics(str(tmp_path / 'run')) if m['split'] == 'summary']) == 1
