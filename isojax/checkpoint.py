@@ -56,6 +56,25 @@ class _quiet_orbax:
     return False
 
 
+class _OneLineOrbaxErrors(logging.Filter):
+  """Orbax logs a failed background save with its whole traceback from three threads; isojax raises
+  the failure itself in one line (Checkpointer._write_errors), so Orbax's records keep their message only."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.exc_info and f'{os.sep}orbax{os.sep}' in (record.pathname or ''):
+      record.exc_info, record.exc_text = None, None
+    return True
+
+
+def _drop_closed_loop_callbacks(unraisable) -> None:
+  """TensorStore threads finishing a failed read or write call back into an asyncio loop Orbax has
+  already closed; Python reports each as an unraisable "Event loop is closed". Those say nothing
+  the raised error does not; everything else is reported as usual."""
+  if isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(unraisable.exc_value):
+    return
+  sys.__unraisablehook__(unraisable)
+
+
 class Checkpointer:
   """Saves and restores TrainStates in `directory`."""
 
@@ -78,6 +97,9 @@ class Checkpointer:
       os.makedirs(directory, exist_ok=True)
     self.directory = directory
     self.writer = process == 0 and not read_only
+    if not any(isinstance(f, _OneLineOrbaxErrors) for f in logging.getLogger('absl').filters):
+      logging.getLogger('absl').addFilter(_OneLineOrbaxErrors())
+    sys.unraisablehook = _drop_closed_loop_callbacks
     self._manager = ocp.CheckpointManager(directory, options=options)
 
   def latest_step(self) -> Optional[int]:
