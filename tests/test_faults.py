@@ -245,7 +245,8 @@ def test_load_refuses_unknown_step_names_and_names_a_corrupt_config(tmp_path):
 
 # --- preemption -----------------------------------------------------------------------------------
 
-from tests.test_main import QUICK, WORKER, env, free_port, main_command, records  # noqa: E402
+from tests.test_main import (QUICK, WORKER, distributed_overrides, env, free_port, main_command,  # noqa: E402
+                             records)
 
 
 @pytest.fixture(scope='module')
@@ -295,10 +296,7 @@ def test_a_signal_checkpoints_the_current_step_and_resuming_gives_the_unbroken_r
 def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_path, digits_dir):
   port = free_port()
   script = tmp_path / 'worker.py'
-  distributed = (", 'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:{port}', "
-                 "'distributed.num_processes': 2, 'distributed.process_id': int(sys.argv[4]), "
-                 "'distributed.cpu_collectives': 'gloo', 'num_steps': 400, 'checkpoint.every': 200, "
-                 "'eval_every': 200").format(port=port)
+  distributed = distributed_overrides(port, ", 'num_steps': 400, 'checkpoint.every': 200, 'eval_every': 200")
   script.write_text('import sys\nfrom isojax import preemption\ntry:\n' +
                     ''.join('  ' + line + '\n' for line in WORKER.format(extra=distributed).strip().splitlines()) +
                     'except preemption.Preempted as e:\n  print("STOPPED", e.step, flush=True)\n'

@@ -96,6 +96,13 @@ np.savez(sys.argv[3], *leaves)
 '''
 
 
+def distributed_overrides(port, extra=''):
+  """Config overrides (as WORKER's `extra`) joining process `sys.argv[4]` of 2 at localhost:`port` over gloo."""
+  return (", 'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:{port}', "
+          "'distributed.num_processes': 2, 'distributed.process_id': int(sys.argv[4]), "
+          "'distributed.cpu_collectives': 'gloo'").format(port=port) + extra
+
+
 def free_port():
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -106,10 +113,7 @@ def free_port():
 def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, tfds_dir):
   port = free_port()
   script = tmp_path / 'worker.py'
-  distributed = (", 'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:{port}', "
-                 "'distributed.num_processes': 2, 'distributed.process_id': int(sys.argv[4]), "
-                 "'distributed.cpu_collectives': 'gloo'").format(port=port)
-  script.write_text(WORKER.format(extra=distributed))
+  script.write_text(WORKER.format(extra=distributed_overrides(port)))
   single = tmp_path / 'single.py'
   single.write_text(WORKER.format(extra=''))
   workers = [subprocess.Popen([sys.executable, str(script), DEFAULT, str(tmp_path / 'multi'),
