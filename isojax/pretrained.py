@@ -197,5 +197,7 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
 
 
 def _channels(variables: dict) -> int:
-  """Input channels, from the patch embedding's kernel [kh, kw, channels, width]."""
-  return int(np.shape(variables['params']['stem']['patch_embed']['embedding']['kernel'])[2])
+  """Input channels, from the first convolution's kernel [kh, kw, channels, width] (patch embedding or stem)."""
+  params = variables['params']
+  first = params['stem']['patch_embed']['embedding'] if 'stem' in params else params['conv1']
+  return int(np.shape(first['kernel'])[2])

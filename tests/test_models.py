@@ -21,6 +21,9 @@ PUBLISHED_PARAMS = {
     'Mixer-H/14': 432_350_952,
     'ConvMixer-1536/20': 51_625_960, 'ConvMixer-768/32': 21_110_248,
     'ConvMixer-1024/20': 24_383_464, 'ConvMixer-256/8': 848_616,
+    # torchvision's resnet18 ... resnet152 at 1000 classes (= timm's; tests/reference/timm_param_counts.py)
+    'ResNet-18': 11_689_512, 'ResNet-34': 21_797_672, 'ResNet-50': 25_557_032, 'ResNet-101': 44_549_160,
+    'ResNet-152': 60_192_808,
 }
 
 
@@ -163,6 +166,42 @@ def test_convmixer_batchnorm_statistics_are_averaged_across_pmap_devices():
   _, updates = single.apply(variables, images.reshape(-1, 16, 16, 3), train=True, mutable=['batch_stats'])
   for a, b in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(updates['batch_stats'])):
     np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet_batchnorm_statistics_are_synced_across_pmap_devices():
+  n = jax.local_device_count()
+  model = models.create('ResNet-18', 5, axis_name='batch')
+  images = jax.random.normal(jax.random.PRNGKey(3), (n, 2, 32, 32, 3)) * jnp.arange(1, n + 1)[:, None, None, None, None]
+  variables = model.init(jax.random.PRNGKey(0), images[0], train=False)
+  step = jax.pmap(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'])[1],
+                  axis_name='batch', in_axes=(None, 0))
+  stats = step(variables, images)['batch_stats']
+  _, updates = models.create('ResNet-18', 5).apply(variables, images.reshape(-1, 32, 32, 3), train=True,
+                                                   mutable=['batch_stats'])
+  for a, b in zip(jax.tree_util.tree_leaves(stats), jax.tree_util.tree_leaves(updates['batch_stats'])):
+    np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=1e-5)   # = the global batch's statistics
+
+
+def test_resnet_starts_like_timm_init_weights():
+  params = models.create('ResNet-50', 10).init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))['params']
+  # kaiming_normal_(mode='fan_out', nonlinearity='relu'): std sqrt(2 / (out * kh * kw)), untruncated.
+  kernel = np.asarray(params['layer3_0']['conv2']['kernel'])          # [3, 3, 256, 256]
+  expected = np.sqrt(2.0 / (256 * 3 * 3))
+  assert abs(kernel.std() / expected - 1) < 0.02 and np.abs(kernel).max() > 3.5 * expected
+  # zero_init_last: the last BatchNorm of every residual branch starts at zero, the others at one.
+  assert not np.asarray(params['layer1_0']['bn3']['scale']).any()
+  assert (np.asarray(params['layer1_0']['bn2']['scale']) == 1).all()
+  # The stem and every shortcut convolution: no bias (BatchNorm follows).
+  assert set(params['conv1']) == {'kernel'} and set(params['layer2_0']['conv_downsample']) == {'kernel'}
+  head = np.asarray(params['head']['kernel'])                          # PyTorch nn.Linear: U(+-1/sqrt(2048))
+  assert np.abs(head).max() <= 1 / np.sqrt(2048) and np.abs(head).max() > 0.95 / np.sqrt(2048)
+
+
+def test_resnet_is_a_pyramid_its_stages_halve_the_grid():
+  model = models.create('ResNet-18', 10)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  _, found = models.features(model, variables, jnp.zeros((2, 64, 64, 3)))
+  assert [found[f'stage{i}'].shape[1:] for i in range(1, 5)] == [(16, 16, 64), (8, 8, 128), (4, 4, 256), (2, 2, 512)]
 
 
 @pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])

@@ -1,4 +1,4 @@
-"""timm state dicts for `vit_*` (incl. `deit3_*`), `mixer_*` and `convmixer_*` models, in isojax's layout.
+"""timm state dicts for `vit_*` (incl. `deit3_*`), `mixer_*`, `convmixer_*` and `resnet*` models, in isojax's layout.
 
 What a timm file shows and what it cannot (`describe`):
 - every width, depth, patch, MLP width and kernel size, from the tensors' shapes;
@@ -33,7 +33,9 @@ def family(state: dict) -> str:
     return 'mixer'
   if 'stem.0.weight' in keys and any(k.endswith('.0.fn.0.weight') for k in keys):
     return 'convmixer'
-  raise ValueError(f'Not a timm vit_*/deit3_*/mixer_*/convmixer_* state dict (first keys: {sorted(keys)[:5]}).')
+  if 'conv1.weight' in keys and 'layer1.0.conv1.weight' in keys:
+    return 'resnet'
+  raise ValueError(f'Not a timm vit_*/deit3_*/mixer_*/convmixer_*/resnet* state dict (first keys: {sorted(keys)[:5]}).')
 
 
 def _linear(state, name):
@@ -121,7 +123,36 @@ def convmixer(state: dict) -> dict:
   return {'params': params, 'batch_stats': stats}
 
 
-CONVERTERS = {'vit': vit, 'mixer': mixer, 'convmixer': convmixer}
+def _resnet_blocks(state) -> list[int]:
+  return [1 + max((int(m.group(1)) for k in state if (m := re.match(rf'layer{s}\.(\d+)\.', k))), default=-1)
+          for s in range(1, 5)]
+
+
+def resnet(state: dict) -> dict:
+  """torchvision-layout ResNet (timm `resnet18` ... `resnet152`): conv{k}/bn{k}, downsample.{0,1}, fc."""
+  params, stats = {}, {}
+
+  def conv_bn(prefix, conv, bn, target, suffix):
+    target_params = params if target is None else params.setdefault(target, {})
+    target_stats = stats if target is None else stats.setdefault(target, {})
+    target_params[f'conv{suffix}'] = {'kernel': _conv(state[f'{prefix}{conv}.weight'])}
+    target_params[f'bn{suffix}'], target_stats[f'bn{suffix}'] = _batchnorm(state, f'{prefix}{bn}')
+
+  conv_bn('', 'conv1', 'bn1', None, '1')
+  for stage, count in enumerate(_resnet_blocks(state), start=1):
+    for i in range(count):
+      prefix, name = f'layer{stage}.{i}.', f'layer{stage}_{i}'
+      for k in (1, 2, 3):
+        if f'{prefix}conv{k}.weight' in state:
+          conv_bn(prefix, f'conv{k}', f'bn{k}', name, str(k))
+      if f'{prefix}downsample.0.weight' in state:
+        conv_bn(prefix, 'downsample.0', 'downsample.1', name, '_downsample')
+  if 'fc.weight' in state:
+    params['head'] = _linear(state, 'fc')
+  return {'params': params, 'batch_stats': stats}
+
+
+CONVERTERS = {'vit': vit, 'mixer': mixer, 'convmixer': convmixer, 'resnet': resnet}
 
 
 def convert(state: dict) -> dict:
@@ -213,7 +244,19 @@ def describe_convmixer(state: dict) -> Weights:
   return Weights(convert(state), 'convmixer', fields, _classes(state), None, assumed)
 
 
-DESCRIBERS = {'vit': describe_vit, 'mixer': describe_mixer, 'convmixer': describe_convmixer}
+def describe_resnet(state: dict) -> Weights:
+  from isojax.models.resnet import STAGES
+  blocks = tuple(_resnet_blocks(state))
+  kind = 'bottleneck' if 'layer1.0.conv3.weight' in state else 'basic'
+  depth = next((d for d, shape in STAGES.items() if shape == (kind, blocks)), None)
+  if depth is None:
+    raise ValueError(f'A timm ResNet with {kind} blocks {blocks} is none of ResNet-{sorted(STAGES)}.')
+  classes = int(state['fc.weight'].shape[0]) if 'fc.weight' in state else None
+  return Weights(convert(state), 'resnet', dict(depth=depth), classes, None, {})
+
+
+DESCRIBERS = {'vit': describe_vit, 'mixer': describe_mixer, 'convmixer': describe_convmixer,
+              'resnet': describe_resnet}
 
 
 def describe(state: dict) -> Weights:

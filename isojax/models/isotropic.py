@@ -19,20 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.models.layers import ZEROS, Dense, DropPath, Initializer, LayerScale, MAPHead
+from isojax.models.layers import FEATURES, PRE_LOGITS, ZEROS, Dense, DropPath, Initializer, LayerScale, MAPHead
+from isojax.models.layers import keep_feature as _keep
 
 ModuleDef = Callable[..., nn.Module]
 POOLS = ('token', 'gap', 'map')
-FEATURES = 'intermediates'   # the collection features are sown into
-PRE_LOGITS = 'pre_logits'    # the feature the head sees (big_vision's name)
-
-
-def _keep(module: nn.Module, name: str, value: jax.Array) -> None:
-  """Records `value` as feature `name` when the caller asked for features (never during init)."""
-  if module.is_mutable_collection(FEATURES) and not module.is_initializing():
-    module.sow(FEATURES, name, value)
-
-
 def features(model: nn.Module, variables: dict, images: jax.Array,
              train: bool = False, **apply_kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(logits, {'block00': ..., 'block{depth-1:02d}': ..., 'pre_logits': [batch, width]})."""

@@ -26,6 +26,16 @@ LECUN = nn.initializers.lecun_normal()
 ZEROS = nn.initializers.zeros
 
 
+FEATURES = 'intermediates'   # the collection features are sown into (isojax.models.features)
+PRE_LOGITS = 'pre_logits'    # the feature the head sees (big_vision's name)
+
+
+def keep_feature(module: nn.Module, name: str, value: jax.Array) -> None:
+  """Records `value` as feature `name` when the caller asked for features (never during init)."""
+  if module.is_mutable_collection(FEATURES) and not module.is_initializing():
+    module.sow(FEATURES, name, value)
+
+
 def torch_default_init(fan_in: int) -> tuple[Initializer, Initializer]:
   """(kernel, bias) initialisers of PyTorch's nn.Linear / nn.Conv2d `reset_parameters`.
 

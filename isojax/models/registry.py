@@ -16,13 +16,14 @@ from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 
-from isojax.models import convmixer, mixer, vit
+from isojax.models import convmixer, mixer, resnet, vit
 
 # One line per family: (module, factory).
 FAMILIES = (
     (vit, vit.vit),
     (mixer, mixer.mixer),
     (convmixer, convmixer.convmixer),
+    (resnet, resnet.resnet),        # the pyramid baseline (not an Isotropic)
 )
 
 

@@ -35,6 +35,8 @@ SEEDED = {
     'vit_medium_patch16_gap_256': (dict(img_size=32, depth=2), 32),      # no class token, no qkv bias
     'mixer_s16_224': (dict(img_size=32), 32),                            # timm fixes its 8 blocks
     'convmixer_768_32': (dict(), 28),                                    # ReLU: the full 32 blocks
+    'resnet18': (dict(), 32),                                            # the pyramid baselines
+    'resnet50': (dict(), 32),
 }
 
 MODELS = {   # name: (timm model, file format)

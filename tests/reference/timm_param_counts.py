@@ -3,7 +3,7 @@
 Not part of the suite: timm and torch are not isojax dependencies. In a venv with
 `pip install torch==2.14.1 torchvision==0.29.1 timm` (no jax needed):
 
-    python tests/reference/timm_param_counts.py     # 24 x OK with timm 1.0.31
+    python tests/reference/timm_param_counts.py     # 29 x OK with timm 1.0.31
 """
 import ast
 import os
@@ -19,6 +19,9 @@ CONVMIXER = {'1536/20': (9, 7), '768/32': (7, 7), '1024/20': (9, 14), '256/8': (
 
 
 def timm_model(name):
+  if name.startswith('ResNet-'):
+    import timm
+    return timm.create_model(f'resnet{name.split("-")[1]}', pretrained=False, num_classes=1000)
   family, size, patch = re.match(r'(\w+)-(\w+)/(\d+)', name).groups()
   patch = int(patch)
   if family == 'ViT':
