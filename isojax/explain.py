@@ -30,7 +30,7 @@ def attention_maps(model: nn.Module, variables: dict, images: np.ndarray) -> lis
     y = state['intermediates'][f'block_{i}']['norm1']['__call__'][0]
     qkv = block['token_mixing']['attention']['qkv']
     heads = model.token_mixer.keywords['num_heads']
-    x = y @ qkv['kernel'] + qkv['bias']
+    x = y @ qkv['kernel'] + qkv.get('bias', 0.0)   # timm's qkv_bias=False models have none
     batch, tokens, three_width = x.shape
     x = x.reshape(batch, tokens, 3, heads, three_width // 3 // heads)
     q, k = x[:, :, 0], x[:, :, 1]
