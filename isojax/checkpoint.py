@@ -154,7 +154,7 @@ class Checkpointer:
       free = shutil.disk_usage(self.directory).free
       needed = getattr(self, '_state_bytes', 0)
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-      kept = [s for s in self._manager.all_steps() if s != step] if hasattr(self._manager, 'all_steps') else []
+      kept = [s for s in self._manager.all_steps() if s != step]
       raise OSError(f'Saving the checkpoint of step {step} to {self.directory} failed ({type(e).__name__}: '
                     f'{reason}). It needs about {needed:,} bytes; {free:,} are free there. Earlier checkpoints '
                     f'are intact ({kept}); free some space (or set --workdir elsewhere) and run the same '

@@ -42,8 +42,8 @@ def _evaluator(kind: str, **fields) -> ml_collections.ConfigDict:
   typed = {'dataset': str, 'data_dir': str, 'pp': str, 'image_size': int, 'batch_size': int, 'every': int,
            'cache': bool}
   for field, kind_of in typed.items():
-    spec[field] = fields.pop(field) if fields.get(field) is not None else config_dict.placeholder(kind_of)
-    fields.pop(field, None)
+    value = fields.pop(field, None)
+    spec[field] = value if value is not None else config_dict.placeholder(kind_of)
   spec.update(fields)
   return spec
 

@@ -11,6 +11,13 @@ import numpy as np
 from isojax import workdir as workdir_lib
 
 
+def _json_value(value):
+  """Scalars (Python or numpy, 0-d arrays) as floats; None, strings, dicts and lists as they are."""
+  if value is None or isinstance(value, (str, dict)):
+    return value
+  return float(value) if np.ndim(value) == 0 else value
+
+
 class MetricWriter:
   """Appends records to metrics.jsonl and TensorBoard; inert on processes other than 0."""
 
@@ -27,9 +34,7 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, **({'evaluator': evaluator} if evaluator else {}),
-              **{k: (float(v) if v is not None and not isinstance(v, (str, dict)) and (isinstance(v, (np.floating, np.integer, float, int))
-                                                                     or np.ndim(v) == 0) else v)
-                 for k, v in values.items()}}
+              **{k: _json_value(v) for k, v in values.items()}}
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     import tensorflow as tf

@@ -188,11 +188,12 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
   classes = num_classes or weights.num_classes
   if classes is None:
     raise ValueError(f'{path!r} has no classification head (a feature extractor); pass num_classes= to add one.')
-  model = models.create(models.name_for(weights.family, fields), classes, **fields)
+  name = models.name_for(weights.family, fields)
+  model = models.create(name, classes, **fields)
   if weights.assumed and not set(weights.assumed) <= set(overrides):
     logging.info('pretrained.create(%r) assumed %s', path,
                  {k: v for k, v in weights.assumed.items() if k not in overrides})
-  size = image_size or weights.image_size or models.default_image_size(models.name_for(weights.family, fields))
+  size = image_size or weights.image_size or models.default_image_size(name)
   return model, adapt(weights.variables, _fresh(model, size, _channels(weights.variables)), strict=strict)
 
 

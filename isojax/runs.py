@@ -74,11 +74,9 @@ def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest')
   `which` is 'latest' or 'best' (by eval accuracy); an explicit `step` wins.
   """
   ckpt = checkpoint_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir), read_only=True)
-  if step is None and which == 'latest':   # the newest readable one (a corrupt latest falls back, warned)
-    if ckpt.latest_step() is None:
-      _pick(ckpt, workdir, None, which)   # the "no checkpoint here" error
-    return ckpt.restore_raw()
-  return ckpt.restore_raw(_pick(ckpt, workdir, step, which))
+  picked = _pick(ckpt, workdir, step, which)
+  # 'latest' means the newest readable checkpoint: a corrupt latest falls back to an older one, warned.
+  return ckpt.restore_raw(None if step is None and which == 'latest' else picked)
 
 
 def load(workdir: str, step: Optional[int | str] = None,

@@ -110,7 +110,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup.mixup_alpha,
       cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
       loss=config.get('loss', 'softmax_xent'))
-  evaluators = evaluation.create(config, model, info.num_classes)   # bad datasets/splits/features fail here
+  # Bad datasets, splits and features fail here; evaluators on the training data share its builder.
+  evaluators = evaluation.create(config, model, info.num_classes, train_builder=builder)
   primary, best_metric = evaluation.best_metric(config)
   use_ema = config.ema_decay > 0 and config.eval_with_ema
   shards = parallel.local_shard_indices()
@@ -167,8 +168,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
       if due:
         flush_train_metrics(step)   # never evaluate past an unnoticed NaN
         eval_start = time.time()
+        variables = replicated.variables(use_ema)
         for evaluator in due:
-          results[evaluator.name] = run_evaluator(evaluator, replicated.variables(use_ema), step)
+          results[evaluator.name] = evaluator.evaluate(variables, step)
           writer.write(step, 'eval', results[evaluator.name], evaluator=evaluator.name)
         progress.message(f'eval @ {step}: ' + evaluation.display({e.name: results[e.name] for e in due}, primary,
                                                                  list(config.progress_metrics) or None))
@@ -195,7 +197,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
   checkpointer.close()
   for evaluator in evaluators.values():   # resumed a finished run: report its last evaluation
     if evaluator.name not in results:
-      results[evaluator.name] = run_evaluator(evaluator, replicated.variables(use_ema), steps)
+      results[evaluator.name] = evaluator.evaluate(replicated.variables(use_ema), steps)
   final = results[primary]
   wall = time.time() - start_time
   summary = {'best_accuracy': best[0] if best else None, 'best_step': best[1] if best else None,
@@ -208,15 +210,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
   progress.message(summary_line(summary['best_accuracy'], summary['best_step'],
                                 {'accuracy': final[best_metric], 'loss': final.get('loss', float('nan'))}, wall))
   return TrainResult(summary, parallel.unreplicate(replicated))
-
-
-def run_evaluator(evaluator: evaluation.Evaluator, variables: Any, step: int) -> dict:
-  """One evaluation; a failure stops the run, naming the evaluator and the step."""
-  try:
-    return evaluator.run(variables)
-  except Exception as e:
-    raise RuntimeError(f'Evaluator {evaluator.name!r} ({evaluator.kind}) failed at step {step}: '
-                       f'{type(e).__name__}: {e}') from e
 
 
 def _best_so_far(workdir: str, evaluator: str, metric: str) -> Optional[tuple[float, int]]:

@@ -134,6 +134,14 @@ class Evaluator:
     """Metrics for `variables` (replicated over the local devices, as pmap holds them)."""
     raise NotImplementedError
 
+  def evaluate(self, variables: Any, step: Optional[int] = None) -> dict:
+    """`run`, with a failure raised as one error naming this evaluator (and the step, in training)."""
+    try:
+      return self.run(variables)
+    except Exception as e:
+      at = f' at step {step}' if step is not None else ''
+      raise RuntimeError(f'Evaluator {self.name!r} ({self.kind}) failed{at}: {type(e).__name__}: {e}') from e
+
 
 class ClassificationEvaluator(Evaluator):
   kind = 'classification'
@@ -202,10 +210,10 @@ class FewshotEvaluator(Evaluator):
       raise ValueError(f'Evaluator {self.name!r}: the model has no feature {self.spec["feature"]!r}; '
                        f'features: {sorted(found)}.')
 
-  def _represent(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+  def _represent(self, variables: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
     feats, labels, masks = [], [], []
     for batch in self.batches(split):
-      f, y, m = self._fn(self._variables, batch)
+      f, y, m = self._fn(variables, batch)
       feats.append(_gather(f))
       labels.append(_gather(y))
       masks.append(_gather(m))
@@ -213,12 +221,8 @@ class FewshotEvaluator(Evaluator):
     return np.concatenate(feats)[keep], np.concatenate(labels)[keep]
 
   def run(self, variables):
-    self._variables = variables
-    try:
-      train_x, train_y = self._represent(self.spec['train_split'])
-      test_x, test_y = self._represent(self.spec['test_split'])
-    finally:
-      self._variables = None
+    train_x, train_y = self._represent(variables, self.spec['train_split'])
+    test_x, test_y = self._represent(variables, self.spec['test_split'])
     num_classes = self.builder().info.features['label'].num_classes
     return fewshot.fewshot_metrics(train_x, train_y, test_x, test_y, num_classes, shots=self.spec['shots'],
                                    seeds=self.spec['seeds'], l2_reg=self.spec['l2_reg'])
@@ -227,10 +231,18 @@ class FewshotEvaluator(Evaluator):
 KINDS = {'classification': ClassificationEvaluator, 'fewshot': FewshotEvaluator}
 
 
-def create(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int,
-           validate: bool = True) -> dict[str, Evaluator]:
-  """The evaluators of `config` for `model`, validated (datasets, splits, pp, features) unless told not to."""
+def create(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int, validate: bool = True,
+           train_builder: Optional[Any] = None) -> dict[str, Evaluator]:
+  """The evaluators of `config` for `model`, validated (datasets, splits, pp, features) unless told not to.
+
+  Evaluators on the training data reuse `train_builder` (the dataset is opened, and an image
+  folder checked, once)."""
   evaluators = {name: KINDS[spec['kind']](name, spec, model, num_classes) for name, spec in specs(config).items()}
+  training_data = (config.data.name, config.data.get('data_dir'), config.data.get('skip_bad_files', False))
+  for evaluator in evaluators.values():
+    if train_builder is not None and (evaluator.spec['dataset'], evaluator.spec['data_dir'],
+                                      evaluator.spec['skip_bad_files']) == training_data:
+      evaluator._builder = train_builder
   if validate:
     for evaluator in evaluators.values():
       evaluator.validate()
@@ -243,13 +255,7 @@ def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dic
   """Every evaluator of `config` on host `variables`, on all local devices: {name: metrics}."""
   evaluators = create(config, model, num_classes)
   replicated = parallel.replicate(variables)
-  results = {}
-  for name, evaluator in evaluators.items():
-    try:
-      results[name] = evaluator.run(replicated)
-    except Exception as e:
-      raise RuntimeError(f'Evaluator {name!r} ({evaluator.kind}) failed: {type(e).__name__}: {e}') from e
-  return results
+  return {name: evaluator.evaluate(replicated) for name, evaluator in evaluators.items()}
 
 
 def table(results: dict[str, dict]) -> str:

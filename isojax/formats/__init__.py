@@ -7,7 +7,9 @@ no place for is an error naming it, never silently dropped.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import math
+import re
+from typing import Iterable, NamedTuple, Optional
 
 
 class Weights(NamedTuple):
@@ -32,3 +34,23 @@ class KeyTracker(dict):
 
   def unread(self, ignore=lambda key: False) -> list:
     return sorted(k for k in self if k not in self.read and not ignore(k))
+
+
+def block_count(keys: Iterable[str], pattern: str) -> int:
+  """How many blocks: 1 + the largest index `pattern`'s first group matches among `keys`."""
+  return 1 + max(int(m.group(1)) for k in keys if (m := re.match(pattern, k)))
+
+
+def grid_side(tokens: int, what: str) -> int:
+  """The side of the square grid of `tokens` tokens; isojax builds square inputs only."""
+  side = math.isqrt(tokens)
+  if side * side != tokens:
+    raise ValueError(f'{what} has {tokens} tokens, not a square grid; isojax builds square inputs only.')
+  return side
+
+
+def square_patch(height: int, width: int) -> int:
+  """The patch size of a `height` x `width` patch embedding; isojax patches are square."""
+  if height != width:
+    raise ValueError(f'The patch embedding is {height}x{width}; isojax patches are square.')
+  return int(height)

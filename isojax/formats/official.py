@@ -26,8 +26,9 @@ import re
 from typing import Optional
 
 import numpy as np
+from flax import traverse_util
 
-from isojax.formats import KeyTracker, Weights
+from isojax.formats import KeyTracker, Weights, block_count, grid_side, square_patch
 
 
 def _strip(flat: dict) -> dict:
@@ -60,10 +61,6 @@ def _numbered(names, prefix):
   return sorted((n for n in names if n.startswith(prefix)), key=lambda n: int(n.rsplit('_', 1)[1]))
 
 
-def _depth(flat: dict, pattern: str) -> int:
-  return 1 + max(int(m.group(1)) for k in flat if (m := re.match(pattern, k)))
-
-
 def _refuse_unread(flat: KeyTracker, what: str) -> None:
   unread = flat.unread()
   if unread:
@@ -91,7 +88,7 @@ def vit(flat: dict) -> dict[str, np.ndarray]:
       if key == old or (old.endswith('/') and key.startswith(old)):
         out[new + key[len(old):]] = np.asarray(flat[key])
   width = flat['embedding/kernel'].shape[-1]
-  for i in range(_depth(flat, r'Transformer/encoderblock_(\d+)/')):
+  for i in range(block_count(flat, r'Transformer/encoderblock_(\d+)/')):
     block = f'Transformer/encoderblock_{i}'
     modules = {k[len(block) + 1:].split('/')[0] for k in flat if k.startswith(block + '/')}
     norm1, norm2 = _numbered(modules, 'LayerNorm_')
@@ -132,30 +129,6 @@ def mixer(flat: dict) -> dict[str, np.ndarray]:
   return out
 
 
-def _nest(flat: dict[str, np.ndarray]) -> dict:
-  nested: dict = {}
-  for key, value in flat.items():
-    *parents, leaf = key.split('/')
-    node = nested
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return nested
-
-
-def _square(tokens: int, what: str) -> int:
-  side = math.isqrt(tokens)
-  if side * side != tokens:
-    raise ValueError(f'{what} has {tokens} tokens, not a square grid; isojax builds square inputs only.')
-  return side
-
-
-def _patch(kernel: np.ndarray) -> int:
-  if kernel.shape[0] != kernel.shape[1]:
-    raise ValueError(f'The patch embedding is {kernel.shape[0]}x{kernel.shape[1]}; isojax patches are square.')
-  return int(kernel.shape[0])
-
-
 def _classes(flat: dict, key: str = 'head/kernel') -> Optional[int]:
   return int(flat[key].shape[-1]) if key in flat else None
 
@@ -163,7 +136,7 @@ def _classes(flat: dict, key: str = 'head/kernel') -> Optional[int]:
 def describe_vit(flat: dict) -> Weights:
   """The ViT a vision_transformer or big_vision file holds, and its variables."""
   params = vit(flat)
-  patch = _patch(params['stem/patch_embed/embedding/kernel'])
+  patch = square_patch(*params['stem/patch_embed/embedding/kernel'].shape[:2])
   width = params['stem/patch_embed/embedding/kernel'].shape[-1]
   raw = _strip(flat)
   query = next(np.asarray(v) for k, v in raw.items() if re.match(r'Transformer/encoderblock_0/MultiHead\w+/query/kernel', k))
@@ -175,29 +148,29 @@ def describe_vit(flat: dict) -> Weights:
     tokens = params['stem/pos_embedding'].shape[1]
     side = math.isqrt(tokens)
     with_class = class_token and side * side != tokens
-    image_size = patch * _square(tokens - with_class, 'The position embedding')
+    image_size = patch * grid_side(tokens - with_class, 'The position embedding')
     posemb_class_token = with_class if class_token else True
   elif class_token:
     posemb_class_token = False     # big_vision adds sin-cos position embeddings before the class token
-  fields = dict(hidden_size=int(width), depth=_depth(params, r'block_(\d+)/'), num_heads=int(query.shape[1]),
+  fields = dict(hidden_size=int(width), depth=block_count(params, r'block_(\d+)/'), num_heads=int(query.shape[1]),
                 mlp_dim=int(params['block_0/channel_mixing/Dense_0/kernel'].shape[-1]), patch_size=patch,
                 classifier=classifier, posemb=posemb, posemb_class_token=posemb_class_token,
                 representation_size=_classes(params, 'pre_logits/kernel'),
                 approximate_gelu=True, layernorm_epsilon=1e-6)
-  return Weights({'params': _nest(params)}, 'vit', fields, _classes(params), image_size, {})
+  return Weights({'params': traverse_util.unflatten_dict(params, sep='/')}, 'vit', fields, _classes(params), image_size, {})
 
 
 def describe_mixer(flat: dict) -> Weights:
   """The MLP-Mixer a vision_transformer file holds, and its variables."""
   params = mixer(flat)
   stem = params['stem/patch_embed/embedding/kernel']
-  patch, tokens_in = _patch(stem), params['block_0/token_mixing/mlp/Dense_0/kernel'].shape[0]
-  fields = dict(hidden_size=int(stem.shape[-1]), depth=_depth(params, r'block_(\d+)/'),
+  patch, tokens_in = square_patch(*stem.shape[:2]), params['block_0/token_mixing/mlp/Dense_0/kernel'].shape[0]
+  fields = dict(hidden_size=int(stem.shape[-1]), depth=block_count(params, r'block_(\d+)/'),
                 tokens_mlp_dim=int(params['block_0/token_mixing/mlp/Dense_0/kernel'].shape[-1]),
                 channels_mlp_dim=int(params['block_0/channel_mixing/Dense_0/kernel'].shape[-1]), patch_size=patch,
                 approximate_gelu=True, layernorm_epsilon=1e-6)
-  return Weights({'params': _nest(params)}, 'mixer', fields, _classes(params),
-                 patch * _square(tokens_in, 'The token-mixing MLP'), {})
+  return Weights({'params': traverse_util.unflatten_dict(params, sep='/')}, 'mixer', fields, _classes(params),
+                 patch * grid_side(tokens_in, 'The token-mixing MLP'), {})
 
 
 def describe(flat: dict) -> Weights:

@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from isojax.formats import KeyTracker, Weights
+from isojax.formats import KeyTracker, Weights, block_count, grid_side, square_patch
 
 
 def family(state: dict) -> str:
@@ -58,10 +58,6 @@ def _batchnorm(state, name):
   return params, stats
 
 
-def _depth(state, pattern):
-  return 1 + max(int(m.group(1)) for k in state if (m := re.match(pattern, k)))
-
-
 def _patch_embedding(state, name):
   return {'embedding': {'kernel': _conv(state[f'{name}.weight']), 'bias': state[f'{name}.bias']}}
 
@@ -72,7 +68,7 @@ def vit(state: dict) -> dict:
     params['stem']['cls'] = state['cls_token']
   if 'pos_embed' in state:
     params['stem']['pos_embedding'] = state['pos_embed']
-  for i in range(_depth(state, r'blocks\.(\d+)\.')):
+  for i in range(block_count(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}'
     block = {'norm1': _norm(state, f'{b}.norm1'), 'norm2': _norm(state, f'{b}.norm2'),
              'token_mixing': {'attention': {'qkv': _linear(state, f'{b}.attn.qkv'),
@@ -90,7 +86,7 @@ def vit(state: dict) -> dict:
 
 def mixer(state: dict) -> dict:
   params = {'stem': {'patch_embed': _patch_embedding(state, 'stem.proj')}}
-  for i in range(_depth(state, r'blocks\.(\d+)\.')):
+  for i in range(block_count(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}'
     params[f'block_{i}'] = {
         'norm1': _norm(state, f'{b}.norm1'), 'norm2': _norm(state, f'{b}.norm2'),
@@ -108,7 +104,7 @@ def convmixer(state: dict) -> dict:
   stem_norm, stem_stats = _batchnorm(state, 'stem.2')
   params = {'stem': {'patch_embed': _patch_embedding(state, 'stem.0'), 'norm': stem_norm}}
   stats = {'stem': {'norm': stem_stats}}
-  for i in range(_depth(state, r'blocks\.(\d+)\.')):
+  for i in range(block_count(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}'
     token_norm, token_stats = _batchnorm(state, f'{b}.0.fn.2')
     channel_norm, channel_stats = _batchnorm(state, f'{b}.3')
@@ -173,26 +169,13 @@ def heads_for_width(width: int) -> int:
   return 16 if width > 1024 else max(width // 64, 1)
 
 
-def _grid(tokens: int, what: str) -> int:
-  side = math.isqrt(tokens)
-  if side * side != tokens:
-    raise ValueError(f'{what} covers {tokens} tokens, not a square grid; isojax builds square inputs only.')
-  return side
-
-
 def _classes(state: dict):
   return int(state['head.weight'].shape[0]) if 'head.weight' in state else None
 
 
-def _square_patch(weight: np.ndarray) -> int:
-  if weight.shape[2] != weight.shape[3]:
-    raise ValueError(f'The patch embedding is {weight.shape[2]}x{weight.shape[3]}; isojax patches are square.')
-  return int(weight.shape[2])
-
-
 def describe_vit(state: dict) -> Weights:
   embed = state['patch_embed.proj.weight']
-  width, patch = int(embed.shape[0]), _square_patch(embed)
+  width, patch = int(embed.shape[0]), square_patch(*embed.shape[2:])
   class_token, fc_norm = 'cls_token' in state, 'fc_norm.weight' in state
   if class_token and fc_norm:
     raise ValueError('This timm ViT has a class token but pools by averaging the patch tokens (fc_norm, as MAE '
@@ -201,11 +184,11 @@ def describe_vit(state: dict) -> Weights:
   if 'pos_embed' in state:
     tokens = state['pos_embed'].shape[1]
     with_class = class_token and math.isqrt(tokens) ** 2 != tokens
-    image_size = patch * _grid(tokens - with_class, 'The position embedding')
+    image_size = patch * grid_side(tokens - with_class, 'The position embedding')
     posemb_class_token = with_class if class_token else True
   layer_scale = 'blocks.0.ls1.gamma' in state
   heads = heads_for_width(width)
-  fields = dict(hidden_size=width, depth=_depth(state, r'blocks\.(\d+)\.'), num_heads=heads,
+  fields = dict(hidden_size=width, depth=block_count(state, r'blocks\.(\d+)\.'), num_heads=heads,
                 mlp_dim=int(state['blocks.0.mlp.fc1.weight'].shape[0]), patch_size=patch,
                 classifier='token' if class_token else 'gap', posemb='learn',
                 posemb_class_token=posemb_class_token, norm_after_pool=fc_norm,
@@ -219,13 +202,13 @@ def describe_vit(state: dict) -> Weights:
 
 def describe_mixer(state: dict) -> Weights:
   stem = state['stem.proj.weight']
-  patch = _square_patch(stem)
+  patch = square_patch(*stem.shape[2:])
   tokens = int(state['blocks.0.mlp_tokens.fc1.weight'].shape[1])
-  fields = dict(hidden_size=int(stem.shape[0]), depth=_depth(state, r'blocks\.(\d+)\.'),
+  fields = dict(hidden_size=int(stem.shape[0]), depth=block_count(state, r'blocks\.(\d+)\.'),
                 tokens_mlp_dim=int(state['blocks.0.mlp_tokens.fc1.weight'].shape[0]),
                 channels_mlp_dim=int(state['blocks.0.mlp_channels.fc1.weight'].shape[0]), patch_size=patch,
                 approximate_gelu=False, layernorm_epsilon=1e-6)
-  return Weights(convert(state), 'mixer', fields, _classes(state), patch * _grid(tokens, 'The token-mixing MLP'), {})
+  return Weights(convert(state), 'mixer', fields, _classes(state), patch * grid_side(tokens, 'The token-mixing MLP'), {})
 
 
 # timm's published ConvMixers whose activation is not its default GELU (convmixer.py l.142-144).
@@ -234,10 +217,10 @@ RELU_CONVMIXERS = {(768, 32): 'convmixer_768_32'}
 
 def describe_convmixer(state: dict) -> Weights:
   stem = state['stem.0.weight']
-  width, depth = int(stem.shape[0]), _depth(state, r'blocks\.(\d+)\.')
+  width, depth = int(stem.shape[0]), block_count(state, r'blocks\.(\d+)\.')
   relu = (width, depth) in RELU_CONVMIXERS
   fields = dict(hidden_size=width, depth=depth, kernel_size=int(state['blocks.0.0.fn.0.weight'].shape[-1]),
-                patch_size=_square_patch(stem), activation='relu' if relu else 'gelu', approximate_gelu=False)
+                patch_size=square_patch(*stem.shape[2:]), activation='relu' if relu else 'gelu', approximate_gelu=False)
   assumed = {'activation': (f'relu: a {width}-wide, {depth}-deep timm ConvMixer is {RELU_CONVMIXERS[(width, depth)]}, '
                             f'built with nn.ReLU' if relu else 'exact GELU, timm ConvMixer\'s default (nn.GELU)')
                            + '; the file does not store it. Pass activation= if this model was built otherwise.'}
