@@ -7,6 +7,11 @@ per field below. Expected: 76.4% top-1 on ImageNet validation (MLP-Mixer paper, 
 Mixer-B/16 trained on ImageNet from scratch with this kind of regularisation); big_vision's
 file states no figure. Needs TFDS `imagenet2012`.
 
+Crops and resizes are big_vision's own defaults: `decode_jpeg_and_inception_crop` samples 5-100%
+of the area at aspect ratios 0.75-1.33, bilinear without antialiasing; `resize_small` is method 'area' without antialiasing
+(big_vision/pp/ops_image.py l.199-201, l.108). isojax keeps float pixels between ops where
+big_vision rounds to uint8 after each resize and RandAugment op (rounding, not another augmentation).
+
 Differences, and why:
 - mixup: big_vision rolls the batch by one and weights max(a, 1 - a); isojax pairs with the
   reversed batch (the same distribution of pairs and weights).
@@ -25,9 +30,10 @@ def get_config(arg=None):
   c.data.eval_split = 'train[99%:]'           # minival
   c.data.image_size = 224
   # 'decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2,15)|value_range(-1, 1)'
-  c.data.train_pp = ('inception_crop(224)|flip|randaugment(num_ops=2, magnitude=15, flavour=big_vision)'
+  c.data.train_pp = ('inception_crop(224, area_min=0.05, ratio_max=1.33, antialias=False)|flip'
+                     '|randaugment(num_ops=2, magnitude=15, flavour=big_vision)'
                      '|normalize(half)')
-  c.data.eval_pp = 'resize_small(256)|central_crop(224)|normalize(half)'
+  c.data.eval_pp = 'resize_small(256, method=area, antialias=False)|central_crop(224)|normalize(half)'
   c.data.shuffle_buffer = 250_000
   c.batch_size = 4096
   c.eval_batch_size = 1024

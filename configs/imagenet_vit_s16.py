@@ -7,6 +7,11 @@ Source: google-research/big_vision big_vision/configs/vit_s16_i1k.py (commit 012
 per field below. Expected: 76.5% top-1 on ImageNet validation after 90 epochs (the config's
 docstring, l.16-19; 79.6% after 300: `--config.num_epochs=300`). Needs TFDS `imagenet2012`.
 
+Crops and resizes are big_vision's own defaults: `decode_jpeg_and_inception_crop` samples 5-100%
+of the area at aspect ratios 0.75-1.33, bilinear without antialiasing; `resize_small` is method 'area' without antialiasing
+(big_vision/pp/ops_image.py l.199-201, l.108). isojax keeps float pixels between ops where
+big_vision rounds to uint8 after each resize and RandAugment op (rounding, not another augmentation).
+
 Differences, and why:
 - mixup: big_vision mixes each batch with itself rolled by one, weight max(a, 1 - a) with
   a ~ Beta(0.2, 0.2) (utils.get_mixup); isojax pairs with the reversed batch and draws a
@@ -27,9 +32,10 @@ def get_config(arg=None):
   c.data.image_size = 224
   # 'decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2,10)|value_range(-1, 1)', l.53-56; randaug is
   # big_vision/pp/archive/randaug.py -> autoaugment.distort_image_with_randaugment.
-  c.data.train_pp = ('inception_crop(224)|flip|randaugment(num_ops=2, magnitude=10, flavour=big_vision)'
+  c.data.train_pp = ('inception_crop(224, area_min=0.05, ratio_max=1.33, antialias=False)|flip'
+                     '|randaugment(num_ops=2, magnitude=10, flavour=big_vision)'
                      '|normalize(half)')
-  c.data.eval_pp = 'resize_small(256)|central_crop(224)|normalize(half)'   # pp_eval, l.57
+  c.data.eval_pp = 'resize_small(256, method=area, antialias=False)|central_crop(224)|normalize(half)'   # pp_eval, l.57
   c.data.shuffle_buffer = 250_000             # l.46
   c.batch_size = 1024                         # l.44
   c.eval_batch_size = 1024

@@ -194,15 +194,27 @@ def largest_batch(name: str, image_size: int, dtype: str = 'float32', remat: boo
           'probes': {str(b): probes[b] for b in sorted(probes)}}
 
 
-def bench_input(config_path: str, steps: int = 50) -> dict:
-  """Images/s of the config's training input pipeline alone, on this process's shards."""
+def _override_value(text: str):
+  """'1e-3' -> 0.001, 'True' -> True, "(1, 2)" -> (1, 2); anything else stays a string."""
+  import ast
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def bench_input(config_path: str, steps: int = 50, overrides: Sequence[str] = ()) -> dict:
+  """Images/s of the config's training input pipeline alone, for this process's devices."""
   from isojax import config_base, data, parallel
-  config = config_base.load(config_path)
+  pairs = [item.partition('=') for item in overrides]
+  if any(not sep for _, sep, _ in pairs):
+    raise ValueError(f'--set takes KEY=VALUE (e.g. data.name=image_folder); got {list(overrides)}.')
+  config = config_base.load(config_path, {key: _override_value(value) for key, _, value in pairs})
   builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download)
   per_device = config.batch_size // jax.device_count()
   batches = data.train_batches(builder, split=config.data.train_split, pp=config.data.train_pp,
                                image_size=config.data.image_size, per_device_batch=per_device,
-                               shards=parallel.local_shard_indices(), num_shards=jax.device_count(), seed=0,
+                               **parallel.data_host(), seed=0,
                                shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
   next(batches)   # start-up (file reads, caches) is not throughput
   start = time.perf_counter()
@@ -249,12 +261,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--num-classes', type=int, default=1000)
   parser.add_argument('--remat', action='store_true', help='recompute block activations in the backward pass')
   parser.add_argument('--input', metavar='CONFIG', help="measure this config's input pipeline alone")
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='with --input: a config override, e.g. --set data.name=image_folder '
+                           '--set data.data_dir=/data/photos --set batch_size=128')
   parser.add_argument('--max-batch', action='store_true',
                       help='find the largest training batch that fits the device memory (compiles only)')
   args = parser.parse_args(argv)
   host_memory.keep_freed_memory()   # as isojax.main does
   if args.input:
-    result = bench_input(args.input, args.steps)
+    result = bench_input(args.input, args.steps, args.set)
   elif args.model and args.max_batch:
     result = largest_batch(args.model, args.image_size, args.dtype, args.remat, args.num_classes)
   elif args.model:

@@ -20,10 +20,11 @@ def initialize_distributed(coordinator_address: Optional[str] = None, num_proces
                              process_id=process_id)
 
 
-def local_shard_indices() -> list[int]:
-  """Global indices of this process's devices: which data shards it reads."""
-  first = jax.process_index() * jax.local_device_count()
-  return list(range(first, first + jax.local_device_count()))
+def data_host() -> dict[str, int]:
+  """This process's place in the data: the input pipeline's `process_index`, `process_count` and
+  `local_devices` keywords (one pipeline per process, each batch split among its devices)."""
+  return {'process_index': jax.process_index(), 'process_count': jax.process_count(),
+          'local_devices': jax.local_device_count()}
 
 
 AXIS = 'batch'   # the pmap axis name (train_step.AXIS)

@@ -114,11 +114,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
   evaluators = evaluation.create(config, model, info.num_classes, train_builder=builder)
   primary, best_metric = evaluation.best_metric(config)
   use_ema = config.ema_decay > 0 and config.eval_with_ema
-  shards = parallel.local_shard_indices()
   batches = parallel.prefetch(data.train_batches(
       builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
-      per_device_batch=config.batch_size // jax.device_count(), shards=shards, num_shards=jax.device_count(),
-      seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache))
+      per_device_batch=config.batch_size // jax.device_count(), **parallel.data_host(), seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache))
 
   # Compile ahead of time, then start together: the first collective of a multi-process run must
   # not wait on another process's compilation.

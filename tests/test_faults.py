@@ -329,8 +329,8 @@ def test_an_unreadable_image_fails_naming_its_path_or_is_skipped_when_asked(tmp_
                                        r".*dog/notes.jpg \(UnidentifiedImageError.*set data.skip_bad_files=True"):
     data.get_builder('image_folder', str(tmp_path))
   builder = data.get_builder('image_folder', str(tmp_path), skip_bad_files=True)
-  (batch,) = batches(builder, 1, pp='resize(16)|normalize(imagenet)', image_size=16, per_device_batch=12,
-                     shards=[0], num_shards=1)   # the 12 good training images, none of the 2 bad ones
+  (batch,) = batches(builder, 1, pp='resize(16)|normalize(imagenet)', image_size=16, per_device_batch=12)
+  # the 12 good training images, none of the 2 bad ones
   assert batch['image'].shape == (1, 12, 16, 16, 3)
 
 
@@ -351,7 +351,7 @@ def test_an_image_of_another_size_fails_naming_the_file(tmp_path):
   builder = data.get_builder('image_folder', str(tmp_path))
   with pytest.raises(Exception, match=r'not 16x16 after preprocessing .*odd.png'):
     list(data.eval_batches(builder, split='test', pp='normalize(imagenet)', image_size=16, per_device_batch=13,
-                           shards=[0], num_shards=1, cache=False))
+                           cache=False))
 
 
 def test_grayscale_rgb_and_rgba_files_mix_in_one_folder(tmp_path):
@@ -361,8 +361,7 @@ def test_grayscale_rgb_and_rgba_files_mix_in_one_folder(tmp_path):
   tf.io.write_file(str(tmp_path / 'train' / 'cat' / 'gray.png'), tf.image.encode_png(np.zeros((9, 9, 1), np.uint8)))
   tf.io.write_file(str(tmp_path / 'train' / 'dog' / 'rgba.png'), tf.image.encode_png(np.zeros((9, 9, 4), np.uint8)))
   builder = data.get_builder('image_folder', str(tmp_path))
-  (batch,) = batches(builder, 1, pp='resize(16)|normalize(imagenet)', image_size=16, per_device_batch=14,
-                     shards=[0], num_shards=1)
+  (batch,) = batches(builder, 1, pp='resize(16)|normalize(imagenet)', image_size=16, per_device_batch=14)
   assert batch['image'].shape == (1, 14, 16, 16, 3)
 
 

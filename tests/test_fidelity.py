@@ -403,3 +403,39 @@ def test_dry_run_command_prints_the_plan_and_one_json_line_and_writes_nothing(tm
           'weight_decay_per_step_at_peak'} <= set(record)
   assert record['model'] == 'ViT-S/16' and record['weight_decay_per_step_at_peak'] == pytest.approx(1e-4, rel=1e-5)
   assert 'learning rate at % of training' in out.stdout and not workdir.exists()
+
+
+@pytest.mark.parametrize('config_file', ['configs/imagenet_vit_s16.py', 'configs/imagenet_mixer_b16.py'])
+def test_big_vision_imagenet_configs_crop_and_resize_as_big_vision_does(config_file, monkeypatch):
+  """Their train and eval pp against big_vision's own ops (vendored pp/ops_image.py) on one JPEG:
+  the same crop distribution (area and aspect-ratio ranges), and for the same window the same
+  pixels up to big_vision's rounding to uint8 after each resize."""
+  import tensorflow as tf
+  from isojax.data import preprocess
+  from tests.reference import sources
+  ops = sources.big_vision_ops_image()
+  config = config_base.load(config_file)
+  rng = np.random.default_rng(0)
+  smooth = tf.image.resize(rng.uniform(0, 255, (30, 40, 3)).astype(np.float32), (375, 500))
+  jpeg = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(smooth + rng.normal(0, 8, (375, 500, 3)), 0, 255), tf.uint8))
+  sampled = {}
+
+  def fixed_window(name):   # records the sampling ranges, returns one window for both
+    def sample(image_size, bounding_boxes, seed=None, area_range=None, aspect_ratio_range=None, **kwargs):
+      sampled[name] = (tuple(np.round(area_range, 6)), tuple(np.round(aspect_ratio_range, 6)))
+      return tf.constant([40, 60, 0]), tf.constant([250, 300, -1]), tf.zeros([1, 1, 4])
+    return sample
+
+  monkeypatch.setattr(tf.image, 'sample_distorted_bounding_box', fixed_window('big_vision'))
+  monkeypatch.setattr(tf.image, 'stateless_sample_distorted_bounding_box', fixed_window('isojax'))
+  train_crop = config.data.train_pp.split('|')[0]
+  theirs = ops.get_decode_jpeg_and_inception_crop(224)({'image': jpeg})['image']
+  ours = preprocess.build(train_crop, 224, 3, encoded=True)(jpeg, tf.constant([0, 0], tf.int64))
+  assert sampled['isojax'] == sampled['big_vision'] == ((0.05, 1.0), (0.75, 1.33))
+  np.testing.assert_array_equal(tf.cast(tf.clip_by_value(ours, 0, 255), tf.uint8), theirs)
+
+  eval_resize = '|'.join(config.data.eval_pp.split('|')[:2])          # resize_small(256)|central_crop(224)
+  decoded = ops.get_decode()({'image': jpeg})
+  theirs = ops.get_central_crop(224)(ops.get_resize_small(256)(decoded))['image']
+  ours = preprocess.build(eval_resize, 224, 3, encoded=True)(jpeg, tf.constant([0, 0], tf.int64))
+  np.testing.assert_array_equal(tf.cast(tf.clip_by_value(ours, 0, 255), tf.uint8), theirs)

@@ -1,5 +1,7 @@
 """The input pipeline: offline digits, sharding, exact resume, exact-once eval, every augmentation."""
+import glob
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ def digits(tmp_path_factory):
 
 
 def batches(builder, n, **kw):
-  args = dict(split='train', pp=PP, image_size=8, per_device_batch=16, shards=[0], num_shards=1, seed=0)
+  args = dict(split='train', pp=PP, image_size=8, per_device_batch=16, seed=0)
   it = data.train_batches(builder, **{**args, **kw})
   return [next(it) for _ in range(n)]
 
@@ -33,7 +35,7 @@ def test_digits_is_prepared_offline_with_a_fixed_held_out_split(digits):
 
 
 def test_training_batches_have_the_device_layout(digits):
-  (batch,) = batches(digits, 1, shards=[0, 1], num_shards=2)
+  (batch,) = batches(digits, 1, local_devices=2)
   assert batch['image'].shape == (2, 16, 8, 8, 1) and batch['image'].dtype == np.float32
   assert batch['label'].shape == (2, 16) and batch['label'].dtype == np.int32
 
@@ -54,18 +56,36 @@ def test_epochs_are_reshuffled_and_the_seed_matters(digits):
   assert not np.array_equal(first, epoch2)
 
 
-def test_each_process_reads_only_its_devices_shards_of_the_same_global_batch(digits):
-  everyone = batches(digits, 2, shards=[0, 1, 2, 3], num_shards=4)
-  host0 = batches(digits, 2, shards=[0, 1], num_shards=4)
-  host1 = batches(digits, 2, shards=[2, 3], num_shards=4)
-  for all_, a, b in zip(everyone, host0, host1):
-    np.testing.assert_array_equal(all_['image'], np.concatenate([a['image'], b['image']]))
+def test_a_host_stream_does_not_depend_on_its_device_count(digits):
+  # One pipeline per host: 1 device x 32 and 8 devices x 4 are the same images in the same order.
+  one = batches(digits, 2, per_device_batch=32)
+  eight = batches(digits, 2, per_device_batch=4, local_devices=8)
+  for a, b in zip(one, eight):
+    assert b['image'].shape == (8, 4, 8, 8, 1)
+    np.testing.assert_array_equal(a['image'].reshape(b['image'].shape), b['image'])
+
+
+def test_each_process_trains_on_its_own_part_and_evaluates_it_exactly_once(digits):
+  # 1437 examples on 2 hosts: parts of 719 and 718. A batch as large as its part is one whole epoch;
+  # the eval stream of the same part holds the same images, and the two parts hold the whole split.
+  rows = lambda images: sorted(map(bytes, images.reshape(len(images), -1)))
+  parts = []
+  for host, size in ((0, 719), (1, 718)):
+    (epoch,) = batches(digits, 1, per_device_batch=size, process_index=host, process_count=2, pp='normalize(half)')
+    evals = list(data.eval_batches(digits, split='train', pp='normalize(half)', image_size=8, per_device_batch=100,
+                                   process_index=host, process_count=2))
+    assert len(evals) == data.eval_steps(digits, 'train', 100, 1, 2) == 8
+    images = np.concatenate([e['image'][0] for e in evals])[np.concatenate([e['mask'][0] for e in evals]) > 0]
+    assert len(images) == size and rows(images) == rows(epoch['image'][0])
+    parts.append(images)
+  everything = list(data.eval_batches(digits, split='train', pp='normalize(half)', image_size=8, per_device_batch=1437))
+  assert rows(np.concatenate(parts)) == rows(everything[0]['image'][0])
 
 
 def test_evaluation_visits_every_example_exactly_once(digits):
   evals = list(data.eval_batches(digits, split='test', pp='normalize(half)', image_size=8,
-                                 per_device_batch=16, shards=list(range(8)), num_shards=8))
-  assert len(evals) == data.eval_steps(digits, 'test', 16, 8) == 3   # 360 / 8 = 45 -> 3 batches of 16
+                                 per_device_batch=16, local_devices=8))
+  assert len(evals) == data.eval_steps(digits, 'test', 16, 8) == 3   # 360 / (8 x 16) -> 3 steps
   mask = np.concatenate([e['mask'].reshape(-1) for e in evals])
   labels = np.concatenate([e['label'].reshape(-1) for e in evals])[mask > 0]
   assert mask.sum() == 360
@@ -78,7 +98,7 @@ def test_cifar10_mock_data_runs_every_augmentation(tmp_path):
           '|normalize(cifar)|random_erasing(0.25)')
   with tfds.testing.mock_data(num_examples=12):
     builder = data.get_builder('cifar10', data_dir=str(tmp_path))
-    (batch,) = batches(builder, 1, pp=spec, image_size=32, per_device_batch=4, shards=[0, 1], num_shards=2)
+    (batch,) = batches(builder, 1, pp=spec, image_size=32, per_device_batch=4, local_devices=2)
     assert batch['image'].shape == (2, 4, 32, 32, 3) and np.isfinite(batch['image']).all()
     inception = batches(builder, 1, pp='inception_crop(24)|flip|normalize(imagenet)', image_size=24,
                         per_device_batch=4)
@@ -103,7 +123,7 @@ def test_a_folder_of_the_users_own_images_is_a_dataset(tmp_path):
   info = data.describe(builder, 'train', 'test')
   assert (info.num_classes, info.num_train, info.num_eval) == (2, 12, 12)
   (batch,) = batches(builder, 1, pp='resize(16)|flip|normalize(imagenet)', image_size=16, per_device_batch=4,
-                     shards=[0, 1], num_shards=2)
+                     local_devices=2)
   assert batch['image'].shape == (2, 4, 16, 16, 3)
 
 
@@ -152,3 +172,90 @@ def test_random_erasing_replaces_one_rectangle_with_noise():
   changed = np.asarray(tf.reduce_any(out != image, axis=-1))
   rows, cols = np.where(changed)
   assert changed.any() and changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+
+
+# --- encoded images: buffers, fused decode-and-crop, memory checks, a folder of photographs --------------
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import photo_folder  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+  """A small version of the benchmark's JPEG folder: 2 classes x 4 training photographs of ~500x375."""
+  root = str(tmp_path_factory.mktemp('photos'))
+  photo_folder.make(root, per_class=4, classes=2, val_per_class=1)
+  return root
+
+
+def test_the_photo_folder_is_imagenet_sized_jpegs_made_offline(photos):
+  from PIL import Image
+  files = sorted(glob.glob(os.path.join(photos, 'train', '*', '*.jpg')))
+  assert len(files) == 8 and len(glob.glob(os.path.join(photos, 'validation', '*', '*.jpg'))) == 2
+  for path in files:
+    with Image.open(path) as image:
+      assert image.format == 'JPEG' and image.mode == 'RGB'
+      assert 318 <= min(image.size) <= 432 and 425 <= max(image.size) <= 575
+
+
+def test_the_imagenet_training_and_eval_pipelines_run_on_a_jpeg_folder(photos):
+  # The image folder's images have no static shape; every op (RandAugment's included) must cope.
+  from isojax import config_base
+  config = config_base.load('configs/imagenet_vit_s16.py')
+  builder = data.get_builder('image_folder', photos)
+  (batch,) = batches(builder, 1, pp=config.data.train_pp, image_size=224, per_device_batch=2, local_devices=2)
+  assert batch['image'].shape == (2, 2, 224, 224, 3) and -1.001 < batch['image'].min() < batch['image'].max() < 1.001
+  (evaluation,) = list(data.eval_batches(builder, split='validation', pp=config.data.eval_pp, image_size=224,
+                                         per_device_batch=2))
+  assert evaluation['image'].shape == (1, 2, 224, 224, 3) and evaluation['mask'].sum() == 2
+
+
+def test_shuffle_buffers_hold_encoded_bytes_and_a_buffer_too_large_is_refused(photos, monkeypatch):
+  builder = data.get_builder('image_folder', photos)
+  files = glob.glob(os.path.join(photos, 'train', '*', '*.jpg'))
+  mean_file = sum(os.path.getsize(f) for f in files) / len(files)
+  each = data.input_pipeline.encoded_example_bytes(builder, 'train')
+  assert mean_file < each < mean_file + 2048          # the JPEG's bytes, not 500 x 375 x 3 pixels
+  from isojax import host_memory
+  monkeypatch.setattr(host_memory, 'available', lambda: (2 ** 19, 'MemAvailable in /proc/meminfo'))
+  with pytest.raises(ValueError, match=r"training pipeline of 'train' would hold about [\d.]+ MiB .*"
+                                       r"data.shuffle_buffer: 8 encoded .*data.cache: 8 encoded.*"
+                                       r"more than the 0.5 MiB available \(MemAvailable"):
+    data.train_batches(builder, split='train', pp='resize(8)', image_size=8, per_device_batch=2, seed=0,
+                       shuffle_buffer=100, cache=True)
+  monkeypatch.setattr(host_memory, 'available', lambda: (1000, 'the cgroup limit in /sys/fs/cgroup/memory.max'))
+  with pytest.raises(ValueError, match=r'Lower data.shuffle_buffer or set data.cache=False'):
+    data.train_batches(builder, split='train', pp='resize(8)', image_size=8, per_device_batch=2, seed=0,
+                       shuffle_buffer=100, cache=False)
+
+
+def test_a_fused_jpeg_crop_equals_decoding_then_cropping():
+  rng = np.random.default_rng(0)
+  smooth = tf.image.resize(rng.uniform(0, 255, (30, 40, 3)).astype(np.float32), (375, 500))
+  pixels = tf.cast(tf.clip_by_value(smooth + rng.normal(0, 8, (375, 500, 3)), 0, 255), tf.uint8)
+  spec = 'inception_crop(64, area_min=0.05, antialias=False)'
+  fused = preprocess.build(spec, 64, 3, encoded=True)
+  unfused = preprocess.build(spec, 64, 3)
+  for k in range(4):
+    seed = tf.constant([k, 1], tf.int64)
+    for encoded, exact in ((tf.io.encode_png(pixels), True), (tf.io.encode_jpeg(pixels, chroma_downsampling=False), True),
+                           (tf.io.encode_jpeg(pixels, quality=90), False)):
+      reference = unfused(preprocess.decode(encoded, 3), seed).numpy()
+      difference = np.abs(fused(encoded, seed).numpy() - reference)
+      if exact:     # PNG and 4:4:4 JPEG: the same pixels
+        assert difference.max() == 0
+      else:         # 4:2:0 JPEG: libjpeg upsamples the window's edge columns without their neighbours
+        assert difference.mean() < 0.5
+
+
+def test_equalize_is_pils_equalize_for_any_channel_count():
+  from PIL import Image, ImageOps
+  rng = np.random.default_rng(1)
+  for shape in ((37, 53, 3), (20, 21, 1)):
+    pixels = (rng.beta(2, 5, shape) * 255).astype(np.uint8)
+    pixels[..., 0] = np.clip(pixels[..., 0], 30, 60)            # a narrow histogram in one channel
+    ours = randaugment.equalize(tf.constant(pixels, tf.float32), None).numpy()
+    pil = np.asarray(ImageOps.equalize(Image.fromarray(pixels.squeeze(-1) if shape[-1] == 1 else pixels)))
+    np.testing.assert_array_equal(ours, pil.reshape(shape))
+  flat = np.full((5, 5, 3), 7, np.uint8)                        # one grey level: left as it is
+  np.testing.assert_array_equal(randaugment.equalize(tf.constant(flat, tf.float32), None).numpy(), flat)

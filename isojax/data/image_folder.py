@@ -61,7 +61,7 @@ def open_folder(root: str, skip_bad_files: bool = False) -> tfds.ImageFolder:
     raise ValueError(f'{len(bad)} unreadable image file(s) under {root}: {listed}{" ..." if len(bad) > 5 else ""}. '
                      f'Fix or remove them, or set data.skip_bad_files=True to skip them.')
   builder = tfds.ImageFolder(root)
-  builder.isojax_skip_bad_files = bool(bad)
+  builder.isojax_bad_files = tuple(path for path, _ in bad)   # the input pipeline leaves them out
   if bad:
     logging.warning('Skipping %d unreadable image file(s) under %s (data.skip_bad_files=True): %s', len(bad), root,
                     ', '.join(path for path, _ in bad[:10]))

@@ -1,12 +1,17 @@
 """TFDS datasets -> device-ready numpy batches [local_devices, per_device_batch, ...].
 
-Sharding: the data is cut into one shard per *global device*; each process reads the
-shards of its own devices. A run on 2 hosts x 2 devices therefore sees exactly the
-global batches of a 1-host x 4-device run.
+One pipeline per host: the data is cut into one part per *process*; each process reads,
+shuffles and augments its part once and splits every batch among its local devices, so
+its host memory does not grow with the number of devices (and its stream does not depend
+on them: 1 device x 32 or 8 devices x 4 see the same images).
 
-Determinism: epoch e of a shard is a shuffle seeded by (seed, shard, e), and each
-example's augmentation is seeded by its position in the stream, so restarting at step
-s (epoch and offset by arithmetic) continues exactly where an unbroken run would be.
+Memory: images stay encoded (PNG/JPEG bytes) through the cache and the shuffle buffer and
+are decoded per example after shuffling, a leading Inception crop of a JPEG decoding only
+its window. A cache or buffer that would not fit in the host's memory is refused up front.
+
+Determinism: epoch e of a part is a shuffle seeded by (seed, part, e), and each example's
+augmentation is seeded by its position in the stream, so restarting at step s (epoch and
+offset by arithmetic) continues exactly where an unbroken run would be.
 This module knows TFDS and tf.data, nothing of models or JAX.
 """
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Iterator, Optional, Sequence
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from isojax import host_memory
 from isojax.data import digits  # noqa: F401  (registers the offline 'isojax_digits' builder)
 from isojax.data import preprocess
 
@@ -73,28 +79,34 @@ def _prepare_lock(dataset_dir: str):
 
 def num_examples(builder, split: str) -> int:
   """Examples in `split` (any TFDS split string), from metadata or, lacking it, by counting."""
+  if isinstance(builder, tfds.ImageFolder):   # less the unreadable files data.skip_bad_files skips
+    return len(_folder_paths(builder, split))
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError):  # no metadata (e.g. tfds.testing.mock_data): count
     return int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
 
 
+def _folder_paths(builder: tfds.ImageFolder, split: str) -> list[str]:
+  examples = builder._split_examples.get(split)   # tfds.ImageFolder has no public list of its files
+  if examples is None:
+    builder.info.splits[split]   # raises tfds's error naming the splits there are
+  bad = set(getattr(builder, 'isojax_bad_files', ()))
+  return [str(ex.image_path) for ex in examples if str(ex.image_path) not in bad]
+
+
 @dataclasses.dataclass(frozen=True)
-class _Shard:
-  """Shard `index` of `count` of a split: a TFDS sub-split, or every count-th example of a folder."""
+class _Part:
+  """Host `index` of `count`'s part of a split: a TFDS sub-split, or every count-th image of a folder."""
   split: str
   index: int
   count: int
 
 
-def _shards(split: str, num_shards: int) -> list[_Shard]:
-  return [_Shard(split, k, num_shards) for k in range(num_shards)]
-
-
-def _shard_size(builder, shard: _Shard) -> int:
+def _part_size(builder, part: _Part) -> int:
   if isinstance(builder, tfds.ImageFolder):   # no sub-split API: Dataset.shard semantics
-    return len(range(shard.index, num_examples(builder, shard.split), shard.count))
-  return num_examples(builder, tfds.even_splits(shard.split, n=shard.count)[shard.index])
+    return len(range(part.index, num_examples(builder, part.split), part.count))
+  return num_examples(builder, tfds.even_splits(part.split, n=part.count)[part.index])
 
 
 def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
@@ -105,18 +117,60 @@ def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
                      num_eval=num_examples(builder, eval_split))
 
 
-def _examples(builder, shard: _Shard, cache: bool) -> tf.data.Dataset:
+def _encoded_examples(builder, part: _Part, cache: bool) -> tf.data.Dataset:
+  """{'image': encoded bytes, 'label', 'filename'} of a host's part, in a fixed order."""
+  skip_decoding = {'image': tfds.decode.SkipDecoding()}
   if isinstance(builder, tfds.ImageFolder):
-    ds = builder.as_dataset(split=shard.split, shuffle_files=False).shard(shard.count, shard.index)
+    ds = builder.as_dataset(split=part.split, shuffle_files=False, decoders=skip_decoding)
+    bad = tuple(getattr(builder, 'isojax_bad_files', ()))
+    if bad:   # the files image_folder.check found unreadable (and logged)
+      ds = ds.filter(lambda ex: tf.logical_not(tf.reduce_any(tf.equal(ex['image/filename'], bad))))
+    ds = ds.shard(part.count, part.index)
   else:
-    ds = builder.as_dataset(split=tfds.even_splits(shard.split, n=shard.count)[shard.index],
-                            shuffle_files=False)
-  if getattr(builder, 'isojax_skip_bad_files', False):
-    ds = ds.ignore_errors()   # the files image_folder.check found unreadable (and logged)
+    ds = builder.as_dataset(split=tfds.even_splits(part.split, n=part.count)[part.index],
+                            shuffle_files=False, decoders=skip_decoding)
   ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'],
                           'filename': ex.get('image/filename', tf.constant(''))},
               num_parallel_calls=tf.data.AUTOTUNE)
   return ds.cache() if cache else ds
+
+
+# What tf.data keeps per buffered example besides the encoded image (tensor headers, label, name).
+_EXAMPLE_OVERHEAD_BYTES = 1024
+
+
+def encoded_example_bytes(builder, split: str) -> float:
+  """Mean bytes an encoded example of `split` holds in memory: file sizes, TFDS metadata, or a sample."""
+  if isinstance(builder, tfds.ImageFolder):
+    paths = _folder_paths(builder, split)
+    return sum(os.path.getsize(p) for p in paths) / max(len(paths), 1) + _EXAMPLE_OVERHEAD_BYTES
+  base = split.split('[')[0].split('+')[0]
+  try:
+    info = builder.info.splits[base]
+    if info.num_bytes and info.num_examples:
+      return info.num_bytes / info.num_examples + _EXAMPLE_OVERHEAD_BYTES
+  except (KeyError, ValueError):
+    pass
+  sample = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()}).take(64)
+  sizes = [int(n) for n in tfds.as_numpy(sample.map(lambda ex: tf.strings.length(ex['image'])))]
+  return sum(sizes) / max(len(sizes), 1) + _EXAMPLE_OVERHEAD_BYTES
+
+
+def _readable(size: float) -> str:
+  return f'{size / 2 ** 30:,.2f} GiB' if size >= 2 ** 30 else f'{size / 2 ** 20:,.1f} MiB'
+
+
+def check_fits_in_memory(needs: dict[str, tuple[int, float]], what: str) -> None:
+  """Refuses buffers that would not fit in host memory; `needs`: setting -> (examples, bytes each)."""
+  total = sum(n * each for n, each in needs.values())
+  limit, source = host_memory.available()
+  if total <= limit:
+    return
+  parts = ', '.join(f'{setting}: {n:,} encoded examples x {each / 1024:,.0f} KiB = {_readable(n * each)}'
+                    for setting, (n, each) in needs.items())
+  raise ValueError(f'The {what} would hold about {_readable(total)} in host memory ({parts}), more than the '
+                   f'{_readable(limit)} available ({source}). Lower data.shuffle_buffer or set data.cache=False '
+                   f'(read from disk each epoch).')
 
 
 def _sized(image: tf.Tensor, filename: tf.Tensor, image_size: int, pp: str) -> tf.Tensor:
@@ -136,66 +190,70 @@ def _options() -> tf.data.Options:
   return options
 
 
-def _stack_devices(*per_device):
-  return {k: tf.stack([d[k] for d in per_device]) for k in per_device[0]}
+def _per_device(batch: dict, local_devices: int) -> dict:
+  """[local_devices * b, ...] -> [local_devices, b, ...]."""
+  return {k: tf.reshape(v, tf.concat([[local_devices, -1], tf.shape(v)[1:]], 0)) for k, v in batch.items()}
+
+
+def _batched(ds: tf.data.Dataset, per_device_batch: int, local_devices: int):
+  ds = ds.batch(per_device_batch * local_devices, drop_remainder=True)
+  ds = ds.map(lambda batch: _per_device(batch, local_devices)).prefetch(1)
+  return tfds.as_numpy(ds.with_options(_options())).__iter__()
 
 
 def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_batch: int,
-                  shards: Sequence[int], num_shards: int, seed: int, start_step: int = 0,
-                  shuffle_buffer: int = 50_000, cache: bool = True) -> Iterator[dict]:
-  """Endless training batches for this process's `shards`, starting at step `start_step`."""
+                  local_devices: int = 1, process_index: int = 0, process_count: int = 1, seed: int,
+                  start_step: int = 0, shuffle_buffer: int = 50_000, cache: bool = True) -> Iterator[dict]:
+  """Endless training batches of this process's part of `split`, starting at step `start_step`."""
   channels = builder.info.features['image'].shape[-1]
-  process = preprocess.build(pp, image_size, channels, fixed_shape=False)   # _sized checks, naming the file
-  all_shards = _shards(split, num_shards)
-  per_device = []
-  for shard in shards:
-    examples = _examples(builder, all_shards[shard], cache)
-    n = _shard_size(builder, all_shards[shard])
-    if n < per_device_batch:
-      raise ValueError(f'Shard {shard} of {split!r} has {n} examples, fewer than the per-device '
-                       f'batch {per_device_batch}; use a smaller batch or fewer devices.')
-    epoch, offset = divmod(start_step * per_device_batch, n)
-    shard_seed = seed * 1_000_003 + shard * 7919
+  process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True)   # _sized names the file
+  part = _Part(split, process_index, process_count)
+  n, local_batch = _part_size(builder, part), per_device_batch * local_devices
+  if n < local_batch:
+    raise ValueError(f'Process {process_index} has {n} examples of {split!r}, fewer than its batch '
+                     f'{local_batch} ({local_devices} devices x {per_device_batch}); use a smaller batch.')
+  each = encoded_example_bytes(builder, split)
+  check_fits_in_memory({'data.shuffle_buffer': (min(n, shuffle_buffer), each),
+                        **({'data.cache': (n, each)} if cache else {})}, f'training pipeline of {split!r}')
+  examples = _encoded_examples(builder, part, cache)
+  epoch, offset = divmod(start_step * local_batch, n)
+  part_seed = seed * 1_000_003 + process_index * 7919
 
-    def one_epoch(e, examples=examples, n=n, shard_seed=shard_seed):
-      shuffled = examples.shuffle(min(n, shuffle_buffer), seed=shard_seed + e * 104_729,
-                                  reshuffle_each_iteration=False)
-      return shuffled.enumerate().map(lambda i, ex: (e * n + i, ex))
+  def one_epoch(e):
+    shuffled = examples.shuffle(min(n, shuffle_buffer), seed=part_seed + e * 104_729, reshuffle_each_iteration=False)
+    return shuffled.enumerate().map(lambda i, ex: (e * n + i, ex))
 
-    def augment(index, ex, shard_seed=shard_seed):
-      image = process(ex['image'], tf.stack([tf.cast(shard_seed, tf.int64), index]))
-      return {'image': _sized(image, ex['filename'], image_size, pp), 'label': tf.cast(ex['label'], tf.int32)}
+  def augment(index, ex):
+    image = process(ex['image'], tf.stack([tf.cast(part_seed, tf.int64), index]))
+    return {'image': _sized(image, ex['filename'], image_size, pp), 'label': tf.cast(ex['label'], tf.int32)}
 
-    ds = tf.data.Dataset.range(epoch, 2 ** 62).flat_map(one_epoch).skip(offset)
-    ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    per_device.append(ds.batch(per_device_batch, drop_remainder=True))
-  ds = tf.data.Dataset.zip(tuple(per_device)).map(_stack_devices).prefetch(2)
-  return tfds.as_numpy(ds.with_options(_options())).__iter__()
+  ds = tf.data.Dataset.range(epoch, 2 ** 62).flat_map(one_epoch).skip(offset)
+  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return _batched(ds, per_device_batch, local_devices)
 
 
-def eval_steps(builder, split: str, per_device_batch: int, num_shards: int) -> int:
-  """How many eval batches every device runs so that the largest shard is covered."""
-  sizes = [_shard_size(builder, s) for s in _shards(split, num_shards)]
-  return max(1, math.ceil(max(sizes) / per_device_batch))
+def eval_steps(builder, split: str, per_device_batch: int, local_devices: int = 1, process_count: int = 1) -> int:
+  """How many eval batches every process runs so that the largest part is covered."""
+  sizes = [_part_size(builder, _Part(split, k, process_count)) for k in range(process_count)]
+  return max(1, math.ceil(max(sizes) / (per_device_batch * local_devices)))
 
 
-def eval_batches(builder, *, split: str, pp: str, image_size: int, per_device_batch: int,
-                 shards: Sequence[int], num_shards: int, cache: bool = True) -> Iterator[dict]:
-  """Every example of `split` exactly once; short shards are padded with mask=0 examples."""
+def eval_batches(builder, *, split: str, pp: str, image_size: int, per_device_batch: int, local_devices: int = 1,
+                 process_index: int = 0, process_count: int = 1, cache: bool = True) -> Iterator[dict]:
+  """Every example of this process's part of `split` exactly once, padded with mask=0 examples."""
   channels = builder.info.features['image'].shape[-1]
-  process = preprocess.build(pp, image_size, channels, fixed_shape=False)   # _sized checks, naming the file
-  steps = eval_steps(builder, split, per_device_batch, num_shards)
-  all_shards = _shards(split, num_shards)
+  process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True)   # _sized names the file
+  part = _Part(split, process_index, process_count)
+  if cache:
+    check_fits_in_memory({'data.cache': (_part_size(builder, part), encoded_example_bytes(builder, split))},
+                         f'evaluation pipeline of {split!r}')
+  steps = eval_steps(builder, split, per_device_batch, local_devices, process_count)
   padding = {'image': tf.zeros((image_size, image_size, channels)), 'label': tf.constant(0, tf.int32),
              'mask': tf.constant(0.0)}
-  per_device = []
-  for shard in shards:
-    ds = _examples(builder, all_shards[shard], cache).map(
-        lambda ex: {'image': _sized(process(ex['image'], tf.constant([0, 0], tf.int64)), ex['filename'],
-                                    image_size, pp),
-                    'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(1.0)},
-        num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(steps * per_device_batch)
-    per_device.append(ds.batch(per_device_batch, drop_remainder=True))
-  ds = tf.data.Dataset.zip(tuple(per_device)).map(_stack_devices).prefetch(2)
-  return tfds.as_numpy(ds.with_options(_options())).__iter__()
+  ds = _encoded_examples(builder, part, cache).map(
+      lambda ex: {'image': _sized(process(ex['image'], tf.constant([0, 0], tf.int64)), ex['filename'],
+                                  image_size, pp),
+                  'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(1.0)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(steps * per_device_batch * local_devices)
+  return _batched(ds, per_device_batch, local_devices)

@@ -3,7 +3,9 @@
 A spec is `op|op(arg=value, ...)|...`, e.g. the CIFAR recipe
 `random_crop(size=32, padding=4)|flip|randaugment(num_ops=2, magnitude=9)|normalize(cifar)`.
 Every op is `fn(image, seed, **kwargs) -> image`, `image` float32 HWC in 0..255 until
-`normalize`; randomness is stateless (`seed` is a [2] int tensor derived from the
+`normalize`. The input pipeline hands over encoded bytes (PNG/JPEG/...): `build(encoded=True)`
+decodes first, and a leading `inception_crop` of a JPEG decodes only the crop window
+(`tf.image.decode_and_crop_jpeg`, as big_vision's `decode_jpeg_and_inception_crop`). Randomness is stateless (`seed` is a [2] int tensor derived from the
 example's position in the stream), so the data of a resumed run equals an unbroken one.
 Adding an augmentation: write the function and add it to OPS.
 """
@@ -35,12 +37,15 @@ def resize(image, seed, size: int, method: str = 'bilinear'):
   return tf.image.resize(image, (size, size), method=method, antialias=True)
 
 
-def resize_small(image, seed, size: int):
-  """Resize so the shorter side is `size`, keeping the aspect ratio (ImageNet eval)."""
+def resize_small(image, seed, size: int, method: str = 'bilinear', antialias: bool = True):
+  """Resize so the shorter side is `size`, keeping the aspect ratio (ImageNet eval).
+
+  big_vision's `resize_small` is method='area', antialias=False (big_vision/pp/ops_image.py l.108).
+  """
   h, w = tf.shape(image)[0], tf.shape(image)[1]
   ratio = tf.cast(size, tf.float32) / tf.cast(tf.minimum(h, w), tf.float32)
   new = tf.cast(tf.round(tf.cast(tf.stack([h, w]), tf.float32) * ratio), tf.int32)
-  return tf.image.resize(image, new, antialias=True)
+  return tf.image.resize(image, new, method=method, antialias=antialias)
 
 
 def central_crop(image, seed, size: int):
@@ -58,14 +63,55 @@ def random_crop(image, seed, size: int, padding: int = 0):
   return tf.image.stateless_random_crop(image, (size, size, channels), seed=seed)
 
 
-def inception_crop(image, seed, size: int, area_min: float = 0.08, area_max: float = 1.0):
-  """Random-resized crop (Inception / ImageNet): a random area and aspect ratio, resized."""
+def _inception_window(shape, seed, area_min: float, area_max: float, ratio_min: float, ratio_max: float):
+  """(offset, size) of a random crop of an image of `shape` [h, w, c]: a random area and aspect ratio."""
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), tf.zeros([0, 0, 4], tf.float32), seed=seed,
-      area_range=(area_min, area_max), aspect_ratio_range=(3 / 4, 4 / 3),
-      min_object_covered=0, use_image_if_no_bounding_boxes=True)
-  crop = tf.slice(image, begin, crop_size)
-  return tf.image.resize(crop, (size, size), antialias=True)
+      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(area_min, area_max),
+      aspect_ratio_range=(ratio_min, ratio_max), min_object_covered=0, use_image_if_no_bounding_boxes=True)
+  return begin, crop_size
+
+
+def inception_crop(image, seed, size: int, area_min: float = 0.08, area_max: float = 1.0,
+                   ratio_min: float = 3 / 4, ratio_max: float = 4 / 3, method: str = 'bilinear',
+                   antialias: bool = True):
+  """Random-resized crop (Inception / ImageNet): a random area and aspect ratio, resized.
+
+  The defaults are torchvision's RandomResizedCrop (scale=(0.08, 1), antialiased bilinear);
+  big_vision's `decode_jpeg_and_inception_crop` is area_min=0.05, ratio_max=1.33,
+  antialias=False (big_vision/pp/ops_image.py l.199-201).
+  """
+  begin, crop_size = _inception_window(tf.shape(image), seed, area_min, area_max, ratio_min, ratio_max)
+  return tf.image.resize(tf.slice(image, begin, crop_size), (size, size), method=method, antialias=antialias)
+
+
+def decode(data, channels: int):
+  """Encoded PNG/JPEG/GIF/BMP bytes -> uint8 [h, w, channels] (grey and RGBA files converted)."""
+  return tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
+
+
+def decode_and_inception_crop(data, seed, channels: int, size: int, area_min: float = 0.08,
+                              area_max: float = 1.0, ratio_min: float = 3 / 4, ratio_max: float = 4 / 3,
+                              method: str = 'bilinear', antialias: bool = True):
+  """`inception_crop` of the encoded image `data`; a JPEG is decoded only inside the crop window.
+
+  The window is the one `inception_crop` draws for the decoded image (same seed, same shape), so
+  the two agree exactly on PNGs and 4:4:4 JPEGs; on chroma-subsampled JPEGs libjpeg upsamples the
+  window's border columns without their outside neighbours (a few levels on the edge pixels).
+  """
+  def jpeg():
+    height_width = tf.image.extract_jpeg_shape(data)[:2]
+    shape = tf.concat([height_width, [channels]], 0)
+    begin, crop_size = _inception_window(shape, seed, area_min, area_max, ratio_min, ratio_max)
+    window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+    return tf.image.decode_and_crop_jpeg(data, window, channels=channels)
+
+  def other():
+    image = decode(data, channels)
+    begin, crop_size = _inception_window(tf.shape(image), seed, area_min, area_max, ratio_min, ratio_max)
+    return tf.slice(image, begin, crop_size)
+
+  crop = tf.cond(tf.io.is_jpeg(data), jpeg, other)
+  return tf.image.resize(tf.cast(crop, tf.float32), (size, size), method=method, antialias=antialias)
 
 
 def flip(image, seed):
@@ -145,18 +191,25 @@ def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
   return ops
 
 
-def build(spec: str, image_size: int, channels: int,
-          fixed_shape: bool = True) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """Compiles a spec into `fn(uint8 image, seed) -> float32 [image_size, image_size, channels]`.
+def build(spec: str, image_size: int, channels: int, fixed_shape: bool = True,
+          encoded: bool = False) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """Compiles a spec into `fn(image, seed) -> float32 [image_size, image_size, channels]`.
 
-  `fixed_shape=False` leaves the final shape check to the caller (the input pipeline names the file).
+  `image` is uint8 pixels, or with `encoded=True` the encoded file's bytes (decoded here, fused
+  with a leading `inception_crop`). `fixed_shape=False` leaves the final shape check to the
+  caller (the input pipeline names the file).
   """
   ops = parse(spec)
 
   def apply(image, seed):
+    steps = list(zip(ops, _split_seed(seed, max(len(ops), 1))))
+    if encoded and steps and steps[0][0][0] == 'inception_crop':
+      (_, kwargs), op_seed = steps.pop(0)
+      image = decode_and_inception_crop(image, op_seed, channels, **kwargs)
+    elif encoded:
+      image = decode(image, channels)
     image = tf.cast(image, tf.float32)
-    seeds = _split_seed(seed, max(len(ops), 1))
-    for (name, kwargs), op_seed in zip(ops, seeds):
+    for (name, kwargs), op_seed in steps:
       image = OPS[name](image, op_seed, **kwargs)
     return tf.ensure_shape(image, (image_size, image_size, channels)) if fixed_shape else image
 

@@ -72,15 +72,17 @@ def auto_contrast(image, arg):
 
 def equalize(image, arg):
   """PIL's ImageOps.equalize per channel; works for any (also statically unknown) channel count."""
-  def channel(im):
-    im = tf.cast(tf.clip_by_value(im, 0, 255), tf.int32)
-    histo = tf.histogram_fixed_width(im, [0, 255], nbins=256)
-    nonzero = tf.boolean_mask(histo, histo > 0)
-    step = (tf.reduce_sum(nonzero) - nonzero[-1]) // 255
-    lut = tf.clip_by_value(tf.concat([[0], ((tf.cumsum(histo) + step // 2) // tf.maximum(step, 1))[:-1]], 0), 0, 255)
-    return tf.cast(tf.cond(step == 0, lambda: im, lambda: tf.gather(lut, im)), tf.float32)
-  channels_first = tf.transpose(image, [2, 0, 1])
-  return tf.transpose(tf.map_fn(channel, channels_first, fn_output_signature=tf.float32), [1, 2, 0])
+  pixels = tf.cast(tf.clip_by_value(image, 0, 255), tf.int32)
+  channels = tf.shape(pixels)[-1]
+  binned = pixels + tf.range(channels) * 256           # channel c's value v counts in bin 256 c + v
+  histo = tf.reshape(tf.math.bincount(tf.reshape(binned, [-1]), minlength=256 * channels,
+                                      maxlength=256 * channels), [channels, 256])
+  last = 255 - tf.argmax(tf.cast(tf.reverse(histo, [1]) > 0, tf.int32), axis=1, output_type=tf.int32)
+  step = (tf.reduce_sum(histo, axis=1) - tf.gather(histo, last, batch_dims=1)) // 255      # [channels]
+  lut = (tf.cumsum(histo, axis=1) + (step // 2)[:, None]) // tf.maximum(step, 1)[:, None]
+  lut = tf.clip_by_value(tf.concat([tf.zeros([channels, 1], tf.int32), lut[:, :-1]], 1), 0, 255)
+  equalized = tf.gather(tf.reshape(lut, [-1]), binned)
+  return tf.cast(tf.where(step == 0, pixels, equalized), tf.float32)
 
 
 def invert(image, arg):
@@ -294,9 +296,11 @@ def randaugment(image, seed, num_ops: int = 2, magnitude: float = 9.0, magnitude
       level = tf.clip_by_value(level + magnitude_std * tf.random.stateless_normal([], s_mag), 0.0, _MAX_LEVEL)
     sign = tf.where(tf.random.stateless_uniform([], s_sign) < 0.5, -1.0, 1.0)
     branches = [lambda fn=fn, to_arg=to_arg: fn(image, to_arg(level, sign, image)) for fn, to_arg in table.values()]
-    augmented = tf.switch_case(index, branches)
-    apply = tf.random.stateless_uniform([], s_apply) < prob
-    image = tf.ensure_shape(tf.where(apply, augmented, image), image.shape)
+    if prob >= 1:   # big_vision, torchvision: every drawn op applies
+      image = tf.ensure_shape(tf.switch_case(index, branches), image.shape)
+    else:           # the skipped op is not computed at all
+      apply = tf.random.stateless_uniform([], s_apply) < prob
+      image = tf.ensure_shape(tf.cond(apply, lambda: tf.switch_case(index, branches), lambda: image), image.shape)
   return image
 
 

@@ -119,8 +119,8 @@ class Evaluator:
   def batches(self, split: str):
     return parallel.prefetch(data.eval_batches(
         self.builder(), split=split, pp=self.spec['pp'], image_size=self.spec['image_size'],
-        per_device_batch=self.spec['batch_size'] // jax.device_count(), shards=parallel.local_shard_indices(),
-        num_shards=jax.device_count(), cache=self.spec['cache']))
+        per_device_batch=self.spec['batch_size'] // jax.device_count(), **parallel.data_host(),
+        cache=self.spec['cache']))
 
   def compile(self, variables: Any) -> None:
     """Compiles the pmapped function ahead of time (processes then start evaluating together)."""

@@ -26,6 +26,12 @@ SOURCES = {
                                  'vit_jax/models_resnet.py', 'f9e005281941bb9b0dabb020cab6ba6e2d44e716'),
     'big_vision_vit.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                           'big_vision/models/vit.py', '56360bdad58b848056395a5e06f385117f64a79f'),
+    'big_vision_pp_utils.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+                          'big_vision/pp/utils.py', '3ee834560246549c71f0a6d9785694fd1507ca9b'),
+    'big_vision_pp_registry.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+                          'big_vision/pp/registry.py', 'f5c7d996d756be16ba68a5fcb143f23129e1249d'),
+    'big_vision_pp_ops_image.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+                          'big_vision/pp/ops_image.py', 'bdc55a5659c3e0df0c209edef798bbd5c6a7f623'),
 }
 
 
@@ -78,3 +84,10 @@ def big_vision_vit() -> types.ModuleType:
   _stub('big_vision.utils')
   _stub('big_vision.models.common')
   return load('big_vision_vit.py', 'big_vision.models.vit')
+
+
+def big_vision_ops_image() -> types.ModuleType:
+  """big_vision/pp/ops_image.py (the preprocessing ops its ImageNet configs name), with its pp utils."""
+  load('big_vision_pp_utils.py', 'big_vision.pp.utils')
+  load('big_vision_pp_registry.py', 'big_vision.pp.registry')
+  return load('big_vision_pp_ops_image.py', 'big_vision.pp.ops_image')
