@@ -5,8 +5,9 @@ A spec is `op|op(arg=value, ...)|...`, e.g. the CIFAR recipe
 Every op is `fn(image, seed, **kwargs) -> image`, `image` float32 HWC in 0..255 until
 `normalize`. The input pipeline hands over encoded bytes (PNG/JPEG/...): `build(encoded=True)`
 decodes first, and a leading `inception_crop` of a JPEG decodes only the crop window
-(`tf.image.decode_and_crop_jpeg`, as big_vision's `decode_jpeg_and_inception_crop`). Randomness is stateless (`seed` is a [2] int tensor derived from the
-example's position in the stream), so the data of a resumed run equals an unbroken one.
+(`tf.image.decode_and_crop_jpeg`, as big_vision's `decode_jpeg_and_inception_crop`).
+Randomness is stateless (`seed` is a [2] int tensor derived from the example's position in
+the stream), so the data of a resumed run equals an unbroken one.
 Adding an augmentation: write the function and add it to OPS.
 """
 from __future__ import annotations
@@ -103,15 +104,14 @@ def decode_and_inception_crop(data, seed, channels: int, size: int, area_min: fl
     shape = tf.concat([height_width, [channels]], 0)
     begin, crop_size = _inception_window(shape, seed, area_min, area_max, ratio_min, ratio_max)
     window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
-    return tf.image.decode_and_crop_jpeg(data, window, channels=channels)
+    crop = tf.image.decode_and_crop_jpeg(data, window, channels=channels)
+    return tf.image.resize(tf.cast(crop, tf.float32), (size, size), method=method, antialias=antialias)
 
-  def other():
-    image = decode(data, channels)
-    begin, crop_size = _inception_window(tf.shape(image), seed, area_min, area_max, ratio_min, ratio_max)
-    return tf.slice(image, begin, crop_size)
+  def other():   # PNG, GIF, BMP: decode whole, then crop
+    return inception_crop(tf.cast(decode(data, channels), tf.float32), seed, size, area_min, area_max,
+                          ratio_min, ratio_max, method, antialias)
 
-  crop = tf.cond(tf.io.is_jpeg(data), jpeg, other)
-  return tf.image.resize(tf.cast(crop, tf.float32), (size, size), method=method, antialias=antialias)
+  return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
 
 def flip(image, seed):
