@@ -34,7 +34,7 @@ def get_config(arg=None):
                      '|randaugment(num_ops=2, magnitude=15, flavour=big_vision)'
                      '|normalize(half)')
   c.data.eval_pp = 'resize_small(256, method=area, antialias=False)|central_crop(224)|normalize(half)'
-  c.data.shuffle_buffer = 250_000
+  c.data.shuffle_buffer = 250_000   # big_vision's is per host; isojax's is the run's (README, input pipeline)
   c.batch_size = 4096
   c.eval_batch_size = 1024
   c.num_epochs = 300                          # total_epochs

@@ -36,7 +36,7 @@ def get_config(arg=None):
                      '|randaugment(num_ops=2, magnitude=10, flavour=big_vision)'
                      '|normalize(half)')
   c.data.eval_pp = 'resize_small(256, method=area, antialias=False)|central_crop(224)|normalize(half)'   # pp_eval, l.57
-  c.data.shuffle_buffer = 250_000             # l.46
+  c.data.shuffle_buffer = 250_000             # l.46 (big_vision's is per host; isojax's is the run's, see README)
   c.batch_size = 1024                         # l.44
   c.eval_batch_size = 1024
   c.num_epochs = 90                           # total_epochs, l.36

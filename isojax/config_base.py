@@ -95,7 +95,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.image_size = 224
   c.data.train_pp = 'inception_crop(224)|flip|normalize(imagenet)'
   c.data.eval_pp = 'resize_small(256)|central_crop(224)|normalize(imagenet)'
-  c.data.shuffle_buffer = 50_000
+  c.data.shuffle_buffer = 50_000     # the run's whole buffer: each device's shard shuffles with 1/devices of it
   c.data.cache = False
   c.data.skip_bad_files = False      # image_folder: skip (and count) unreadable files instead of failing
 

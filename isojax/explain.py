@@ -3,6 +3,8 @@
 - ViT: attention rollout from the class token (or averaged over tokens for GAP models).
 - Mixer: the token-mixing MLP's first-layer weights, one image per hidden unit.
 - ConvMixer: the depthwise convolution kernels, one k x k image per channel.
+- Any model: its shape profile, tokens x width after each block or stage (flat for isotropic
+  models, shrinking for pyramids), from `models.features` without computing anything.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from isojax import models
 
 
 def _blocks(params: dict) -> list[dict]:
@@ -29,7 +33,7 @@ def attention_maps(model: nn.Module, variables: dict, images: np.ndarray) -> lis
   for i, block in enumerate(_blocks(variables['params'])):
     y = state['intermediates'][f'block_{i}']['norm1']['__call__'][0]
     qkv = block['token_mixing']['attention']['qkv']
-    heads = model.token_mixer.keywords['num_heads']
+    heads = models.attention_heads(model)
     x = y @ qkv['kernel'] + qkv.get('bias', 0.0)   # timm's qkv_bias=False models have none
     batch, tokens, three_width = x.shape
     x = x.reshape(batch, tokens, 3, heads, three_width // 3 // heads)
@@ -48,7 +52,7 @@ def attention_rollout(model: nn.Module, variables: dict, images: np.ndarray) -> 
     attention = 0.5 * attention + 0.5 * np.eye(tokens)   # the residual connection
     attention /= attention.sum(-1, keepdims=True)
     rollout = attention @ rollout
-  class_token = model.pool == 'token'
+  class_token = model.pooling_head.pool == 'token'
   flow = rollout[:, 0, 1:] if class_token else rollout.mean(axis=1)
   side = int(round(np.sqrt(flow.shape[-1])))
   return flow.reshape(-1, side, side)
@@ -65,3 +69,19 @@ def depthwise_kernels(variables: dict, block: int = 0) -> np.ndarray:
   """ConvMixer: [channels, k, k], the depthwise filters of one block."""
   kernel = np.asarray(_blocks(variables['params'])[block]['token_mixing']['depthwise']['kernel'])
   return np.moveaxis(kernel[:, :, 0, :], -1, 0)
+
+
+def shape_profile(model: nn.Module, image_size: int, channels: int = 3) -> list[tuple[str, int, int]]:
+  """[(feature, tokens, width)] after each block ('block00', ...) or stage ('stage1', ...), in order.
+
+  Tokens are every position of a feature map (h x w, or the sequence with any class token);
+  shapes only (`jax.eval_shape`): no parameters are initialised.
+  """
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+
+  def run(x):
+    return models.features(model, model.init(jax.random.PRNGKey(0), x, train=False), x)[1]
+
+  found = jax.eval_shape(run, images)
+  return [(name, int(np.prod(found[name].shape[1:-1])), int(found[name].shape[-1]))
+          for name in sorted(found) if name != models.PRE_LOGITS]

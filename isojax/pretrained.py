@@ -149,7 +149,8 @@ def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict
 
 def _check_heads(path: str, weights: Weights, model: nn.Module) -> None:
   """Attention heads leave no trace in the fused qkv shape: compare them where the file shows them."""
-  heads = getattr(getattr(model, 'token_mixer', None), 'keywords', {}).get('num_heads')
+  from isojax import models
+  heads = models.attention_heads(model)
   shown = weights.fields.get('num_heads')
   if heads is not None and shown is not None and 'num_heads' not in weights.assumed and heads != shown:
     raise ValueError(f'{path!r} has {shown} attention heads (its query kernel is [width, {shown}, width/{shown}]), '

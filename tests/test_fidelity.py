@@ -109,6 +109,104 @@ def test_convmixer_768_32_uses_relu_like_its_published_weights():
   assert np.abs(np.asarray(relu) - np.asarray(gelu)).max() > 1e-3
 
 
+def timm_registered_models(source: str, prefix: str) -> dict:
+  """{timm name: its `model_args` dict(...) keywords} for `@register_model def {prefix}*` in `source`."""
+  import ast
+  found = {}
+  for node in ast.parse(source).body:
+    if isinstance(node, ast.FunctionDef) and node.name.startswith(prefix):
+      call = next(n.value for n in node.body if isinstance(n, ast.Assign) and n.targets[0].id == 'model_args')
+      found[node.name] = {k.arg: k.value for k in call.keywords if k.arg}
+  return found
+
+
+def test_resmlp_and_gmlp_variants_are_timms_registered_models():
+  # timm mlp_mixer.py (vendored verbatim, parsed: it needs torch): resmlp_*_224 and gmlp_*16_224's
+  # model_args, and ResBlock's default init_values where a model passes none.
+  import ast
+  from tests.reference import sources
+  source = sources.text('timm_mlp_mixer.py')
+  resblock = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == 'ResBlock')
+  init = next(n for n in resblock.body if isinstance(n, ast.FunctionDef) and n.name == '__init__')
+  defaults = dict(zip([a.arg for a in init.args.args][-len(init.args.defaults):], init.args.defaults))
+  ours = {'resmlp_12_224': 'ResMLP-S12', 'resmlp_24_224': 'ResMLP-S24', 'resmlp_36_224': 'ResMLP-S36',
+          'resmlp_big_24_224': 'ResMLP-B24', 'gmlp_ti16_224': 'gMLP-Ti/16', 'gmlp_s16_224': 'gMLP-S/16',
+          'gmlp_b16_224': 'gMLP-B/16'}
+  registered = {**timm_registered_models(source, 'resmlp_'), **timm_registered_models(source, 'gmlp_')}
+  assert sorted(registered) == sorted(ours)
+  for timm_name, args in registered.items():
+    _, fields = models.resolve(ours[timm_name])
+    value = lambda key: ast.literal_eval(args[key])
+    assert (fields['hidden_size'], fields['depth'], fields['patch_size'], fields['mlp_ratio']) == (
+        value('embed_dim'), value('num_blocks'), value('patch_size'), value('mlp_ratio')), timm_name
+    block = args['block_layer']
+    if timm_name.startswith('resmlp'):
+      scale = (ast.literal_eval(defaults['init_values']) if isinstance(block, ast.Name) else
+               ast.literal_eval(next(k.value for k in block.keywords if k.arg == 'init_values')))
+      assert fields['layer_scale_init'] == scale, timm_name
+      assert ast.unparse(args['norm_layer']) == 'Affine'
+    else:
+      assert ast.unparse(block) == 'SpatialGatingBlock' and ast.unparse(args['mlp_layer']) == 'GatedMlp'
+
+
+def test_resmlp_and_gmlp_start_like_timms_init_weights():
+  # timm mlp_mixer.py _init_weights (l.519-556): xavier-uniform Linear, bias N(0, 1e-6) when 'mlp' is in
+  # the module's name else 0; lecun-normal conv; zero head. gMLP's gate: N(0, 1e-6) weights, bias 1 (l.198-202).
+  resmlp, gmlp = init_params('ResMLP-S12', 224), init_params('gMLP-Ti/16', 224)
+  tokens = 196
+  block = resmlp['block_0']
+  assert_uniform(block['token_mixing']['linear_tokens']['kernel'], xavier_bound(tokens, tokens))
+  assert np.all(block['token_mixing']['linear_tokens']['bias'] == 0)                  # 'blocks.0.linear_tokens'
+  assert_uniform(block['channel_mixing']['Dense_0']['kernel'], xavier_bound(384, 1536))
+  np.testing.assert_allclose(block['channel_mixing']['Dense_0']['bias'].std(), 1e-6, rtol=0.2)   # 'mlp_channels'
+  np.testing.assert_allclose(block['ls1']['scale'], 1e-4)
+  assert np.all(block['norm1']['alpha'] == 1) and np.all(block['norm1']['beta'] == 0)
+  assert np.all(resmlp['head']['kernel'] == 0)
+  g = gmlp['block_0']
+  assert_uniform(g['fc1']['kernel'], xavier_bound(128, 768))
+  np.testing.assert_allclose(g['fc1']['bias'].std(), 1e-6, rtol=0.2)
+  np.testing.assert_allclose(g['gate']['proj']['kernel'].std(), 1e-6, rtol=0.05)
+  assert np.all(g['gate']['proj']['bias'] == 1)
+  stem = np.asarray(gmlp['stem']['patch_embed']['embedding']['kernel'])
+  np.testing.assert_allclose(stem.std(), np.sqrt(1 / (16 * 16 * 3)), rtol=0.05)   # lecun-normal (truncated)
+
+
+def test_convnext_iso_variants_are_facebookresearch_convnexts_registered_models():
+  # models/convnext_isotropic.py (vendored verbatim): convnext_isotropic_{small,base,large} build
+  # ConvNeXtIsotropic(depth=, dim=), whose layer_scale_init_value defaults to 0 (no gamma) and whose
+  # Block uses a 7x7 depthwise convolution (models/convnext.py l.28).
+  import ast
+  from tests.reference import sources
+  tree = ast.parse(sources.text('convnext_models_convnext_isotropic.py'))
+  built = {}
+  for node in tree.body:
+    if isinstance(node, ast.FunctionDef) and node.name.startswith('convnext_isotropic_'):
+      call = next(n.value for n in node.body if isinstance(n, ast.Assign) and n.targets[0].id == 'model')
+      built[node.name] = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
+  ours = {'convnext_isotropic_small': 'ConvNeXt-iso-S', 'convnext_isotropic_base': 'ConvNeXt-iso-B',
+          'convnext_isotropic_large': 'ConvNeXt-iso-L'}
+  assert sorted(built) == sorted(ours)
+  for name, args in built.items():
+    _, fields = models.resolve(ours[name])
+    assert (fields['hidden_size'], fields['depth']) == (args['dim'], args['depth']) and fields['patch_size'] == 16
+    assert fields.get('layer_scale_init') is None and fields['kernel_size'] == 7
+  init = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == '__init__')
+  defaults = dict(zip([a.arg for a in init.args.args][-len(init.args.defaults):], init.args.defaults))
+  assert ast.literal_eval(defaults['layer_scale_init_value']) == 0
+  assert 'kernel_size=7, padding=3, groups=dim' in sources.text('convnext_models_convnext.py')
+
+
+def test_convnext_iso_starts_like_its_trunc_normal_init():
+  # convnext_isotropic.py l.51-54: trunc_normal_(std=.02) (bounds +-2: effectively N(0, 0.02)), zero biases.
+  params = init_params('ConvNeXt-iso-S', 224)
+  block = params['block_0']
+  for kernel in (block['dwconv']['kernel'], block['pwconv1']['kernel'], block['pwconv2']['kernel'],
+                 params['stem']['patch_embed']['embedding']['kernel'], params['head']['kernel']):
+    np.testing.assert_allclose(np.asarray(kernel).std(), 0.02, rtol=0.1)
+  assert all(np.all(block[k]['bias'] == 0) for k in ('dwconv', 'pwconv1', 'pwconv2'))
+  assert 'ls' not in block and np.all(params['head']['bias'] == 0)
+
+
 # --- the name is the architecture -----------------------------------------------------------------
 
 @pytest.mark.parametrize('name,fields', [

@@ -56,13 +56,25 @@ def test_epochs_are_reshuffled_and_the_seed_matters(digits):
   assert not np.array_equal(first, epoch2)
 
 
-def test_a_host_stream_does_not_depend_on_its_device_count(digits):
-  # One pipeline per host: 1 device x 32 and 8 devices x 4 are the same images in the same order.
-  one = batches(digits, 2, per_device_batch=32)
-  eight = batches(digits, 2, per_device_batch=4, local_devices=8)
-  for a, b in zip(one, eight):
-    assert b['image'].shape == (8, 4, 8, 8, 1)
-    np.testing.assert_array_equal(a['image'].reshape(b['image'].shape), b['image'])
+def test_the_training_stream_depends_on_the_global_device_count_not_on_the_hosts(digits):
+  # One shard per device of all hosts: 1 host x 4 devices sees exactly what hosts 0 and 1 x 2 devices see.
+  one_host = batches(digits, 2, per_device_batch=4, local_devices=4)
+  for host in (0, 1):
+    half = batches(digits, 2, per_device_batch=4, local_devices=2, process_index=host, process_count=2)
+    for whole, part in zip(one_host, half):
+      assert part['image'].shape == (2, 4, 8, 8, 1)
+      np.testing.assert_array_equal(whole['image'][2 * host:2 * host + 2], part['image'])
+      np.testing.assert_array_equal(whole['label'][2 * host:2 * host + 2], part['label'])
+
+
+def test_a_host_holds_one_shuffle_buffer_however_many_devices_it_has(digits, monkeypatch):
+  # 8 shards of ~180 digits, each shuffling with 800 / 8 = 100 of them: 800 held, as with one device.
+  held = {}
+  monkeypatch.setattr(data.input_pipeline, 'check_fits_in_memory', lambda needs, what: held.update(needs))
+  batches(digits, 1, per_device_batch=4, local_devices=8, shuffle_buffer=800, cache=False)
+  assert held['data.shuffle_buffer'][0] == 800
+  batches(digits, 1, per_device_batch=4, local_devices=1, shuffle_buffer=800, cache=False)
+  assert held['data.shuffle_buffer'][0] == 800
 
 
 def test_each_process_trains_on_its_own_part_and_evaluates_it_exactly_once(digits):

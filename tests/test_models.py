@@ -21,6 +21,12 @@ PUBLISHED_PARAMS = {
     'Mixer-H/14': 432_350_952,
     'ConvMixer-1536/20': 51_625_960, 'ConvMixer-768/32': 21_110_248,
     'ConvMixer-1024/20': 24_383_464, 'ConvMixer-256/8': 848_616,
+    # timm's resmlp_{12,24,36,big_24}_224 and gmlp_{ti,s,b}16_224 (tests/reference/timm_param_counts.py)
+    'ResMLP-S12': 15_350_872, 'ResMLP-S24': 30_020_680, 'ResMLP-S36': 44_690_488, 'ResMLP-B24': 129_138_280,
+    'gMLP-Ti/16': 5_867_328, 'gMLP-S/16': 19_422_656, 'gMLP-B/16': 73_075_392,
+    'DeiT3-S/16': 22_059_496, 'DeiT3-B/16': 86_585_320,   # timm deit3_{small,base}_patch16_224
+    # facebookresearch/ConvNeXt convnext_isotropic_{small,base,large}, counted by its own code
+    'ConvNeXt-iso-S': 22_308_712, 'ConvNeXt-iso-B': 87_083_752, 'ConvNeXt-iso-L': 305_905_640,
     # torchvision's resnet18 ... resnet152 at 1000 classes (= timm's; tests/reference/timm_param_counts.py)
     'ResNet-18': 11_689_512, 'ResNet-34': 21_797_672, 'ResNet-50': 25_557_032, 'ResNet-101': 44_549_160,
     'ResNet-152': 60_192_808,
@@ -95,7 +101,9 @@ def test_full_size_forward_is_finite(name):
 def tiny(name, **kw):
   """A shrunken member of the family, for behaviour tests that should run in milliseconds."""
   shrink = {'ViT': ('ViT-32x2/4-h2-m64', {}), 'Mixer': ('Mixer-32x2/4-t16-c64', {}),
-            'ConvMixer': ('ConvMixer-32/2', dict(kernel_size=3, patch_size=4))}
+            'ConvMixer': ('ConvMixer-32/2', dict(kernel_size=3, patch_size=4)),
+            'DeiT3': ('DeiT3-32x2/4-h2-m64', {}), 'ResMLP': ('ResMLP-32x2/4', {}), 'gMLP': ('gMLP-32x2/4', {}),
+            'ConvNeXt': ('ConvNeXt-iso-32x2-p4-k3', {})}
   small, fields = shrink[name.split('-')[0]]
   return models.create(small, num_classes=5, **{**fields, **kw})
 
@@ -204,7 +212,7 @@ def test_resnet_is_a_pyramid_its_stages_halve_the_grid():
   assert [found[f'stage{i}'].shape[1:] for i in range(1, 5)] == [(16, 16, 64), (8, 8, 128), (4, 4, 256), (2, 2, 512)]
 
 
-@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'DeiT3-S/16', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S'])
 def test_jit_grad_is_finite_and_nonzero(name):
   model = tiny(name, drop_path_rate=0.1)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
@@ -227,7 +235,7 @@ def test_jit_grad_is_finite_and_nonzero(name):
   assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
 
 
-@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'DeiT3-S/16', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S'])
 def test_bfloat16_computes_in_bf16_with_float32_parameters(name):
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   f32, bf16 = tiny(name), tiny(name, dtype=jnp.bfloat16)
@@ -248,9 +256,10 @@ def test_layer_scale_adds_two_vectors_per_block():
   assert param_count(tiny('ViT-S/16', layer_scale_init=1e-5), 16) - base == 2 * 2 * 32
 
 
-def test_remat_gives_identical_outputs_and_gradients():
+@pytest.mark.parametrize('name', ['ViT-S/16', 'gMLP-S/16'])   # a MixingBlock and a family's own block
+def test_remat_gives_identical_outputs_and_gradients(name):
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
-  plain, remat = tiny('ViT-S/16'), tiny('ViT-S/16', remat=True)
+  plain, remat = tiny(name), tiny(name, remat=True)
   variables = plain.init(jax.random.PRNGKey(0), images, train=False)
   loss = lambda m: lambda p: m.apply({'params': p}, images, train=False).sum() + sum(
       jnp.sum(x) for x in jax.tree_util.tree_leaves(p)) * 0
@@ -336,3 +345,52 @@ def test_folded_attention_equals_jax_dot_product_attention(dtype):
   tol = 1e-5 if dtype == jnp.float32 else 3e-2
   np.testing.assert_allclose(multihead_attention(qkv, heads).astype(jnp.float32), expected.astype(jnp.float32),
                              rtol=tol, atol=tol)
+
+
+# --- the open skeleton -------------------------------------------------------------------------------
+
+class ShiftBlock(nn.Module):
+  """A block no family has: x + dense(x rolled by one token). The skeleton's whole block contract."""
+  drop_path_rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    self.sow('rates', 'rate', self.drop_path_rate)
+    return x + nn.Dense(x.shape[-1], name='mix')(jnp.roll(x, 1, axis=1))
+
+
+@pytest.mark.parametrize('schedule,rates', [('linear', [0.0, 0.1, 0.2]), ('constant', [0.2, 0.2, 0.2])])
+def test_the_skeleton_takes_any_shape_keeping_block_and_keeps_head_names_at_the_top(schedule, rates):
+  from isojax.models.mixer import MixerStem
+  model = models.Isotropic(MixerStem(8, 4), ShiftBlock, models.PoolingHead(3, norm=nn.LayerNorm), depth=3,
+                           drop_path_rate=0.2, drop_path_schedule=schedule)
+  images = jnp.ones((2, 16, 16, 3))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  assert sorted(variables['params']) == ['block_0', 'block_1', 'block_2', 'final_norm', 'head', 'stem']
+  logits, found = models.features(model, variables, images)
+  assert logits.shape == (2, 3) and found['block02'].shape == (2, 16, 8) and found['pre_logits'].shape == (2, 8)
+  _, state = model.apply(variables, images, mutable=['rates'])
+  np.testing.assert_allclose([state['rates'][f'block_{i}']['rate'][0] for i in range(3)], rates)
+
+
+def test_an_unknown_drop_path_schedule_is_refused_naming_the_choices():
+  from isojax.models.mixer import MixerStem
+  model = models.Isotropic(MixerStem(8, 4), ShiftBlock, models.PoolingHead(3), depth=1, drop_path_schedule='cosine')
+  with pytest.raises(ValueError, match=r"'cosine'.*\('linear', 'constant'\)"):
+    model.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)))
+
+
+@pytest.mark.parametrize('name,blocks', [('ResMLP-S12', ['channel_mixing', 'ls1', 'ls2', 'norm1', 'norm2', 'token_mixing']),
+                                         ('gMLP-S/16', ['fc1', 'fc2', 'gate', 'norm'])])
+def test_resmlp_and_gmlp_blocks_have_timms_parts_and_a_constant_drop_path(name, blocks):
+  model = tiny(name, drop_path_rate=0.3)
+  assert model.drop_path_schedule == 'constant' and model.drop_path_rate == 0.3
+  variables = model.init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))
+  assert sorted(variables['params']['block_0']) == blocks
+  assert_random_in_training_only(model)
+
+
+def test_gmlp_gate_starts_as_an_identity_gate():
+  variables = tiny('gMLP-S/16').init(jax.random.PRNGKey(0), jnp.ones((1, 16, 16, 3)))
+  proj = variables['params']['block_0']['gate']['proj']
+  assert float(jnp.abs(proj['kernel']).std()) < 1e-5 and np.all(proj['bias'] == 1.0)   # timm SGU init_weights

@@ -119,3 +119,35 @@ def test_a_timm_tensor_isojax_has_no_place_for_is_refused_by_name(tmp_path):
   write_safetensors(str(tmp_path / 'reg.safetensors'), state)
   with pytest.raises(ValueError, match=r"1 tensor\(s\) of this timm vit file have no place in isojax: \['reg_token'\]"):
     pretrained.create(str(tmp_path / 'reg.safetensors'))
+
+
+def test_deit3_by_name_is_timms_deit3_with_its_logits(tmp_path):
+  # tests/reference/make_timm_fixtures.py: timm's deit3_small_patch16_224, 2 blocks, 32x32 images.
+  expected = np.load(os.path.join(DATA, 'seeded_logits.npz'))
+  model = models.create('DeiT3-384x2/16', 1000)
+  variables = pretrained.load(timm_file(tmp_path, 'deit3_small_patch16_224'), model, image_size=32)
+  logits = model.apply(variables, jnp.asarray(expected['deit3_small_patch16_224/images']), train=False)
+  assert relative_difference(logits, expected['deit3_small_patch16_224']) < 1e-5
+  assert models.describe('DeiT3-S/16') == 'DeiT3-S/16' and models.lookup('deit3_s16').name == 'DeiT3-S/16'
+
+
+def test_a_resmlp_file_in_the_authors_names_loads_with_timms_logits(tmp_path):
+  # facebookresearch/deit's resmlp_models.py names: timm's checkpoint_filter_fn (mlp_mixer.py l.559-573)
+  # maps patch_embed. -> stem., attn. -> linear_tokens., mlp. -> mlp_channels., gamma_ -> ls.
+  spec = SEEDED['models']['resmlp_24_224_d2']
+  state = seeded_state(spec['shapes'], spec['seed'])
+  authors = {}
+  for key, value in state.items():
+    for timm_name, deit_name in (('stem.', 'patch_embed.'), ('linear_tokens.', 'attn.'),
+                                 ('mlp_channels.', 'mlp.'), ('.ls1', '.gamma_1'), ('.ls2', '.gamma_2')):
+      key = key.replace(timm_name, deit_name)
+    authors[key] = value
+  assert 'blocks.0.attn.weight' in authors and 'blocks.0.gamma_1' in authors
+  path = str(tmp_path / 'resmlp_24_no_dist.safetensors')
+  write_safetensors(path, authors)
+  expected = np.load(os.path.join(DATA, 'seeded_logits.npz'))
+  model, variables = pretrained.create(path)
+  described = pretrained.describe(path)
+  assert models.name_for(described.family, described.fields) == 'ResMLP-384x2/16' and described.image_size == 32
+  logits = model.apply(variables, jnp.asarray(expected['resmlp_24_224_d2/images']), train=False)
+  assert relative_difference(logits, expected['resmlp_24_224_d2']) < 1e-5

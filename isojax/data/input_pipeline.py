@@ -1,17 +1,20 @@
 """TFDS datasets -> device-ready numpy batches [local_devices, per_device_batch, ...].
 
-One pipeline per host: the data is cut into one part per *process*; each process reads,
-shuffles and augments its part once and splits every batch among its local devices, so
-its host memory does not grow with the number of devices (and its stream does not depend
-on them: 1 device x 32 or 8 devices x 4 see the same images).
+One pipeline per host, built so that a run's data depends on its *global* device count
+only: training cuts a split into one shard per device of all processes, and each host
+interleaves its devices' shards into one stream (each shard shuffled with its share,
+shuffle_buffer / global devices, of one buffer), decodes and augments it in one map and
+splits every batch among its devices. So 2 hosts x 2 devices train on exactly the batches
+of 1 host x 4 devices, and a host holds at most `shuffle_buffer` examples however many
+devices it has. Evaluation cuts the split into one part per process, each example once.
 
 Memory: images stay encoded (PNG/JPEG bytes) through the cache and the shuffle buffer and
 are decoded per example after shuffling, a leading Inception crop of a JPEG decoding only
 its window. A cache or buffer that would not fit in the host's memory is refused up front.
 
-Determinism: epoch e of a part is a shuffle seeded by (seed, part, e), and each example's
-augmentation is seeded by its position in the stream, so restarting at step s (epoch and
-offset by arithmetic) continues exactly where an unbroken run would be.
+Determinism: epoch e of a shard is a shuffle seeded by (seed, shard, e), and each example's
+augmentation is seeded by its shard and position in the shard's stream, so restarting at
+step s (epoch and offset by arithmetic) continues exactly where an unbroken run would be.
 This module knows TFDS and tf.data, nothing of models or JAX.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ import dataclasses
 import fcntl
 import math
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -97,7 +100,8 @@ def _folder_paths(builder: tfds.ImageFolder, split: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class _Part:
-  """Host `index` of `count`'s part of a split: a TFDS sub-split, or every count-th image of a folder."""
+  """Part `index` of `count` of a split (a device's shard, a process's eval part): a TFDS sub-split,
+  or every count-th image of a folder."""
   split: str
   index: int
   count: int
@@ -205,30 +209,48 @@ def _batched(ds: tf.data.Dataset, per_device_batch: int, local_devices: int):
 def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_batch: int,
                   local_devices: int = 1, process_index: int = 0, process_count: int = 1, seed: int,
                   start_step: int = 0, shuffle_buffer: int = 50_000, cache: bool = True) -> Iterator[dict]:
-  """Endless training batches of this process's part of `split`, starting at step `start_step`."""
+  """Endless training batches of this process's devices' shards of `split`, starting at step `start_step`.
+
+  `shuffle_buffer` is the whole run's buffer: each of the `local_devices * process_count` shards
+  shuffles with an equal share of it."""
   channels = builder.info.features['image'].shape[-1]
   process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True)   # _sized names the file
-  part = _Part(split, process_index, process_count)
-  n, local_batch = _part_size(builder, part), per_device_batch * local_devices
-  if n < local_batch:
-    raise ValueError(f'Process {process_index} has {n} examples of {split!r}, fewer than its batch '
-                     f'{local_batch} ({local_devices} devices x {per_device_batch}); use a smaller batch.')
+  global_devices = local_devices * process_count
+  shards = [_Part(split, process_index * local_devices + d, global_devices) for d in range(local_devices)]
+  sizes = [_part_size(builder, shard) for shard in shards]
+  if min(sizes) < per_device_batch:
+    raise ValueError(f'Shard {shards[sizes.index(min(sizes))].index} of {split!r} (one per device of '
+                     f'{global_devices}) has {min(sizes)} examples, fewer than the per-device batch '
+                     f'{per_device_batch}; use a smaller batch or fewer devices.')
+  buffer_share = max(1, shuffle_buffer // global_devices)
   each = encoded_example_bytes(builder, split)
-  check_fits_in_memory({'data.shuffle_buffer': (min(n, shuffle_buffer), each),
-                        **({'data.cache': (n, each)} if cache else {})}, f'training pipeline of {split!r}')
-  examples = _encoded_examples(builder, part, cache)
-  epoch, offset = divmod(start_step * local_batch, n)
-  part_seed = seed * 1_000_003 + process_index * 7919
+  check_fits_in_memory({'data.shuffle_buffer': (sum(min(n, buffer_share) for n in sizes), each),
+                        **({'data.cache': (sum(sizes), each)} if cache else {})}, f'training pipeline of {split!r}')
 
-  def one_epoch(e):
-    shuffled = examples.shuffle(min(n, shuffle_buffer), seed=part_seed + e * 104_729, reshuffle_each_iteration=False)
-    return shuffled.enumerate().map(lambda i, ex: (e * n + i, ex))
+  def shard_stream(shard: _Part, n: int) -> tf.data.Dataset:
+    """(augmentation seed, encoded example) of one device's shard, endless, from `start_step` on."""
+    examples = _encoded_examples(builder, shard, cache)
+    epoch, offset = divmod(start_step * per_device_batch, n)
+    shard_seed = seed * 1_000_003 + shard.index * 7919
 
-  def augment(index, ex):
-    image = process(ex['image'], tf.stack([tf.cast(part_seed, tf.int64), index]))
+    def one_epoch(e):
+      shuffled = examples.shuffle(min(n, buffer_share), seed=shard_seed + e * 104_729,
+                                  reshuffle_each_iteration=False)
+      return shuffled.enumerate().map(lambda i, ex: (tf.stack([tf.constant(shard_seed, tf.int64), e * n + i]), ex))
+
+    return tf.data.Dataset.range(epoch, 2 ** 62).flat_map(one_epoch).skip(offset)
+
+  def augment(rng, ex):
+    image = process(ex['image'], rng)
     return {'image': _sized(image, ex['filename'], image_size, pp), 'label': tf.cast(ex['label'], tf.int32)}
 
-  ds = tf.data.Dataset.range(epoch, 2 ** 62).flat_map(one_epoch).skip(offset)
+  # A host batch: each device's next per_device_batch examples from its own shard, in device order.
+  streams = [shard_stream(shard, n) for shard, n in zip(shards, sizes)]
+  if local_devices == 1:
+    ds = streams[0]
+  else:
+    device = tf.data.Dataset.range(2 ** 62).map(lambda i: i // per_device_batch % local_devices)
+    ds = tf.data.Dataset.choose_from_datasets(streams, device)
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _batched(ds, per_device_batch, local_devices)
 

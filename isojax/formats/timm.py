@@ -1,4 +1,5 @@
-"""timm state dicts for `vit_*` (incl. `deit3_*`), `mixer_*`, `convmixer_*` and `resnet*` models, in isojax's layout.
+"""timm state dicts for `vit_*` (incl. `deit3_*`), `mixer_*`, `resmlp_*`, `gmlp_*`, `convmixer_*` and `resnet*`
+models, and facebookresearch/ConvNeXt's isotropic ConvNeXts (same torch layout), in isojax's layout.
 
 What a timm file shows and what it cannot (`describe`):
 - every width, depth, patch, MLP width and kernel size, from the tensors' shapes;
@@ -31,11 +32,17 @@ def family(state: dict) -> str:
     return 'vit'
   if any('.mlp_tokens.fc1.weight' in k for k in keys):
     return 'mixer'
+  if any('.linear_tokens.weight' in k for k in keys):
+    return 'resmlp'
+  if any('.mlp_channels.gate.proj.weight' in k for k in keys):
+    return 'gmlp'
+  if 'stem.weight' in keys and any(k.endswith('.dwconv.weight') for k in keys):
+    return 'convnext_iso'
   if 'stem.0.weight' in keys and any(k.endswith('.0.fn.0.weight') for k in keys):
     return 'convmixer'
   if 'conv1.weight' in keys and 'layer1.0.conv1.weight' in keys:
     return 'resnet'
-  raise ValueError(f'Not a timm vit_*/deit3_*/mixer_*/convmixer_*/resnet* state dict (first keys: {sorted(keys)[:5]}).')
+  raise ValueError(f'Not a timm vit_*/deit3_*/mixer_*/resmlp_*/gmlp_*/convmixer_*/resnet* or ConvNeXt-iso state dict (first keys: {sorted(keys)[:5]}).')
 
 
 def _linear(state, name):
@@ -100,6 +107,56 @@ def mixer(state: dict) -> dict:
   return {'params': params}
 
 
+def _affine(state, name):
+  return {'alpha': state[f'{name}.alpha'].reshape(-1), 'beta': state[f'{name}.beta'].reshape(-1)}   # [1, 1, C]
+
+
+def resmlp(state: dict) -> dict:
+  params = {'stem': {'patch_embed': _patch_embedding(state, 'stem.proj')}}
+  for i in range(block_count(state, r'blocks\.(\d+)\.')):
+    b = f'blocks.{i}'
+    params[f'block_{i}'] = {
+        'norm1': _affine(state, f'{b}.norm1'), 'norm2': _affine(state, f'{b}.norm2'),
+        'token_mixing': {'linear_tokens': _linear(state, f'{b}.linear_tokens')},
+        'channel_mixing': {'Dense_0': _linear(state, f'{b}.mlp_channels.fc1'),
+                           'Dense_1': _linear(state, f'{b}.mlp_channels.fc2')},
+        'ls1': {'scale': state[f'{b}.ls1']}, 'ls2': {'scale': state[f'{b}.ls2']}}
+  params['final_norm'] = _affine(state, 'norm')
+  if 'head.weight' in state:
+    params['head'] = _linear(state, 'head')
+  return {'params': params}
+
+
+def gmlp(state: dict) -> dict:
+  params = {'stem': {'patch_embed': _patch_embedding(state, 'stem.proj')}}
+  for i in range(block_count(state, r'blocks\.(\d+)\.')):
+    b = f'blocks.{i}.mlp_channels'
+    params[f'block_{i}'] = {
+        'norm': _norm(state, f'blocks.{i}.norm'), 'fc1': _linear(state, f'{b}.fc1'), 'fc2': _linear(state, f'{b}.fc2'),
+        'gate': {'norm': _norm(state, f'{b}.gate.norm'), 'proj': _linear(state, f'{b}.gate.proj')}}
+  params['final_norm'] = _norm(state, 'norm')
+  if 'head.weight' in state:
+    params['head'] = _linear(state, 'head')
+  return {'params': params}
+
+
+def convnext_iso(state: dict) -> dict:
+  """facebookresearch/ConvNeXt's ConvNeXtIsotropic files (timm has no isotropic ConvNeXt)."""
+  params = {'stem': {'patch_embed': _patch_embedding(state, 'stem')}}
+  for i in range(block_count(state, r'blocks\.(\d+)\.')):
+    b = f'blocks.{i}'
+    params[f'block_{i}'] = {
+        'dwconv': {'kernel': _conv(state[f'{b}.dwconv.weight']), 'bias': state[f'{b}.dwconv.bias']},
+        'norm': _norm(state, f'{b}.norm'), 'pwconv1': _linear(state, f'{b}.pwconv1'),
+        'pwconv2': _linear(state, f'{b}.pwconv2')}
+    if f'{b}.gamma' in state:
+      params[f'block_{i}']['ls'] = {'scale': state[f'{b}.gamma']}
+  params['final_norm'] = _norm(state, 'norm')
+  if 'head.weight' in state:
+    params['head'] = _linear(state, 'head')
+  return {'params': params}
+
+
 def convmixer(state: dict) -> dict:
   stem_norm, stem_stats = _batchnorm(state, 'stem.2')
   params = {'stem': {'patch_embed': _patch_embedding(state, 'stem.0'), 'norm': stem_norm}}
@@ -148,11 +205,26 @@ def resnet(state: dict) -> dict:
   return {'params': params, 'batch_stats': stats}
 
 
-CONVERTERS = {'vit': vit, 'mixer': mixer, 'convmixer': convmixer, 'resnet': resnet}
+CONVERTERS = {'vit': vit, 'mixer': mixer, 'resmlp': resmlp, 'gmlp': gmlp, 'convnext_iso': convnext_iso,
+              'convmixer': convmixer, 'resnet': resnet}
+
+
+def from_facebook_resmlp(state: dict) -> dict:
+  """facebookresearch/deit's ResMLP names -> timm's, as timm's mlp_mixer.py checkpoint_filter_fn (l.559-573)."""
+  if not any(k.endswith('.gamma_1') for k in state) or 'patch_embed.proj.weight' not in state:
+    return state
+  renamed = {}
+  for key, value in state.items():
+    for old, new in (('patch_embed.', 'stem.'), ('attn.', 'linear_tokens.'), ('mlp.', 'mlp_channels.'),
+                     ('gamma_', 'ls')):
+      key = key.replace(old, new)
+    renamed[key] = value
+  return renamed
 
 
 def convert(state: dict) -> dict:
   """A timm state dict -> isojax variables ({'params', ['batch_stats']}); every tensor must find a place."""
+  state = from_facebook_resmlp(state)
   kind = family(state)
   tracked = KeyTracker(state)
   variables = CONVERTERS[kind](tracked)
@@ -211,6 +283,32 @@ def describe_mixer(state: dict) -> Weights:
   return Weights(convert(state), 'mixer', fields, _classes(state), patch * grid_side(tokens, 'The token-mixing MLP'), {})
 
 
+def describe_resmlp(state: dict) -> Weights:
+  stem = state['stem.proj.weight']
+  width, patch = int(stem.shape[0]), square_patch(*stem.shape[2:])
+  tokens = int(state['blocks.0.linear_tokens.weight'].shape[0])
+  fields = dict(hidden_size=width, depth=block_count(state, r'blocks\.(\d+)\.'), patch_size=patch,
+                mlp_ratio=int(state['blocks.0.mlp_channels.fc1.weight'].shape[0]) // width)
+  return Weights(convert(state), 'resmlp', fields, _classes(state), patch * grid_side(tokens, 'The token-mixing layer'), {})
+
+
+def describe_gmlp(state: dict) -> Weights:
+  stem = state['stem.proj.weight']
+  width, patch = int(stem.shape[0]), square_patch(*stem.shape[2:])
+  tokens = int(state['blocks.0.mlp_channels.gate.proj.weight'].shape[0])
+  fields = dict(hidden_size=width, depth=block_count(state, r'blocks\.(\d+)\.'), patch_size=patch,
+                mlp_ratio=int(state['blocks.0.mlp_channels.fc1.weight'].shape[0]) // width)
+  return Weights(convert(state), 'gmlp', fields, _classes(state), patch * grid_side(tokens, 'The spatial gating unit'), {})
+
+
+def describe_convnext_iso(state: dict) -> Weights:
+  stem = state['stem.weight']
+  fields = dict(hidden_size=int(stem.shape[0]), depth=block_count(state, r'blocks\.(\d+)\.'),
+                patch_size=square_patch(*stem.shape[2:]), kernel_size=int(state['blocks.0.dwconv.weight'].shape[-1]),
+                layer_scale_init=1e-6 if 'blocks.0.gamma' in state else None)   # the loaded gammas replace 1e-6
+  return Weights(convert(state), 'convnext_iso', fields, _classes(state), None, {})
+
+
 # timm's published ConvMixers whose activation is not its default GELU (convmixer.py l.142-144).
 RELU_CONVMIXERS = {(768, 32): 'convmixer_768_32'}
 
@@ -238,10 +336,12 @@ def describe_resnet(state: dict) -> Weights:
   return Weights(convert(state), 'resnet', dict(depth=depth), classes, None, {})
 
 
-DESCRIBERS = {'vit': describe_vit, 'mixer': describe_mixer, 'convmixer': describe_convmixer,
+DESCRIBERS = {'vit': describe_vit, 'mixer': describe_mixer, 'resmlp': describe_resmlp, 'gmlp': describe_gmlp,
+              'convnext_iso': describe_convnext_iso, 'convmixer': describe_convmixer,
               'resnet': describe_resnet}
 
 
 def describe(state: dict) -> Weights:
   """A timm state dict -> `Weights` (variables and the architecture its tensors show)."""
+  state = from_facebook_resmlp(state)
   return DESCRIBERS[family(state)](state)

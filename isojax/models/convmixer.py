@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.models.isotropic import Isotropic
+from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
 from isojax.models.layers import Dense, DepthwiseConv, PatchEmbed, activation, torch_default_init
 
 # Published models: kernel, patch (locuslab/convmixer README.md l.31-33; timm convmixer.py
@@ -134,11 +134,10 @@ def convmixer(num_classes: int, *, hidden_size: int, depth: int, kernel_size: in
   """A ConvMixer-`hidden_size`/`depth` with global average pooling and a PyTorch-initialised head."""
   common = dict(axis_name=axis_name, activation=activation, approximate_gelu=approximate_gelu, dtype=dtype)
   head_kernel_init, head_bias_init = torch_default_init(hidden_size)
-  return Isotropic(
-      num_classes=num_classes, depth=depth,
-      stem=ConvMixerStem(hidden_size, patch_size, **common),
+  block = functools.partial(
+      MixingBlock, channel_residual=False,
       token_mixer=functools.partial(DepthwiseConvMixer, kernel_size, depthwise_impl=depthwise_impl, **common),
-      channel_mixer=functools.partial(PointwiseMixer, **common),
-      block_norm=None, channel_residual=False, final_norm=None, pool='gap',
-      drop_path_rate=drop_path_rate, remat=remat, approximate_gelu=approximate_gelu,
-      head_kernel_init=head_kernel_init, head_bias_init=head_bias_init, dtype=dtype)
+      channel_mixer=functools.partial(PointwiseMixer, **common))
+  head = PoolingHead(num_classes, pool='gap', kernel_init=head_kernel_init, bias_init=head_bias_init, dtype=dtype)
+  return Isotropic(ConvMixerStem(hidden_size, patch_size, **common), block, head, depth,
+                   drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.models.isotropic import Isotropic
+from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
 from isojax.models.layers import LECUN, ZEROS, MlpBlock, PatchEmbed
 
 _SIZES = {  # width, depth, token mlp, channel mlp
@@ -100,11 +100,12 @@ def mixer(num_classes: int, *, hidden_size: int, depth: int, tokens_mlp_dim: int
           remat: bool = False, head_bias_init: float = 0.0, dtype: Any = jnp.float32) -> Isotropic:
   """An MLP-Mixer with global average pooling."""
   norm = functools.partial(nn.LayerNorm, epsilon=layernorm_epsilon, dtype=dtype)
-  return Isotropic(
-      num_classes=num_classes, depth=depth,
-      stem=MixerStem(hidden_size, patch_size, dtype=dtype),
+  block = functools.partial(
+      MixingBlock, norm=norm,
       token_mixer=functools.partial(TokenMlp, tokens_mlp_dim, approximate_gelu, dtype),
       channel_mixer=functools.partial(MlpBlock, channels_mlp_dim, approximate_gelu=approximate_gelu,
-                                      kernel_init=LECUN, bias_init=ZEROS, dtype=dtype),
-      block_norm=norm, final_norm=norm, pool='gap', drop_path_rate=drop_path_rate,
-      remat=remat, approximate_gelu=approximate_gelu, head_bias_init=nn.initializers.constant(head_bias_init), dtype=dtype)
+                                      kernel_init=LECUN, bias_init=ZEROS, dtype=dtype))
+  head = PoolingHead(num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init),
+                     dtype=dtype)
+  return Isotropic(MixerStem(hidden_size, patch_size, dtype=dtype), block, head, depth,
+                   drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)

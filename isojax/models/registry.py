@@ -16,12 +16,16 @@ from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 
-from isojax.models import convmixer, mixer, resnet, vit
+from isojax.models import convmixer, convnext_iso, deit3, gmlp, mixer, resmlp, resnet, vit
 
 # One line per family: (module, factory).
 FAMILIES = (
     (vit, vit.vit),
+    (deit3, deit3.deit3),
     (mixer, mixer.mixer),
+    (resmlp, resmlp.resmlp),
+    (gmlp, gmlp.gmlp),
+    (convnext_iso, convnext_iso.convnext_iso),
     (convmixer, convmixer.convmixer),
     (resnet, resnet.resnet),        # the pyramid baseline (not an Isotropic)
 )
@@ -93,7 +97,7 @@ def lookup(name: str) -> Entry:
   close = difflib.get_close_matches(_key(name), list(_PUBLISHED), n=5, cutoff=0.5)
   hint = ', '.join(_PUBLISHED[k][2] for k in close) or 'none'
   raise ValueError(f'Unknown model {name!r}. Closest names: {hint}. Names are parametric: '
-                   f'ViT-S/16, ViT-384x6/4 (width x depth / patch), Mixer-B/16, ConvMixer-256/8[-k5-p2]; '
+                   f'ViT-S/16, ViT-384x6/4 (width x depth / patch), Mixer-B/16, ResMLP-S12, gMLP-S/16, ConvMixer-256/8[-k5-p2]; '
                    f'isojax.models.names() lists the {len(_PUBLISHED)} published ones.')
 
 

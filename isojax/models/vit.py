@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.models.isotropic import Isotropic
+from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
 from isojax.models.layers import MlpBlock, PatchEmbed, SelfAttention, posemb_sincos_2d
 
 POSEMBS = ('learn', 'sincos2d')
@@ -141,17 +141,24 @@ def vit(num_classes: int, *, hidden_size: int, depth: int, num_heads: int, mlp_d
   `qkv_bias=False` drops the query/key/value biases (timm's `qkv_bias=False` models).
   """
   norm = functools.partial(nn.LayerNorm, epsilon=layernorm_epsilon, dtype=dtype)
-  return Isotropic(
-      num_classes=num_classes, depth=depth,
-      stem=ViTStem(hidden_size, patch_size, class_token=classifier == 'token', posemb=posemb,
-                   posemb_class_token=posemb_class_token, dropout_rate=dropout_rate, dtype=dtype),
+  block = functools.partial(
+      MixingBlock, norm=norm, layer_scale_init=layer_scale_init,
       token_mixer=functools.partial(AttentionMixer, num_heads=num_heads,
                                     attention_dropout_rate=attention_dropout_rate,
                                     dropout_rate=dropout_rate, qkv_bias=qkv_bias, dtype=dtype),
       channel_mixer=functools.partial(MlpBlock, mlp_dim, dropout_rate=dropout_rate,
-                                      approximate_gelu=approximate_gelu, dtype=dtype),
-      block_norm=norm, final_norm=norm, norm_after_pool=norm_after_pool, pool=classifier, map_heads=num_heads,
-      map_mlp_dim=mlp_dim,
-      representation_size=representation_size, drop_path_rate=drop_path_rate,
-      layer_scale_init=layer_scale_init, remat=remat, approximate_gelu=approximate_gelu,
-      head_bias_init=nn.initializers.constant(head_bias_init), dtype=dtype)
+                                      approximate_gelu=approximate_gelu, dtype=dtype))
+  head = PoolingHead(num_classes, norm=norm, norm_after_pool=norm_after_pool, pool=classifier,
+                     map_heads=num_heads, map_mlp_dim=mlp_dim, representation_size=representation_size,
+                     approximate_gelu=approximate_gelu, bias_init=nn.initializers.constant(head_bias_init),
+                     dtype=dtype)
+  stem = ViTStem(hidden_size, patch_size, class_token=classifier == 'token', posemb=posemb,
+                 posemb_class_token=posemb_class_token, dropout_rate=dropout_rate, dtype=dtype)
+  return Isotropic(stem, block, head, depth, drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)
+
+
+def attention_heads(model: nn.Module) -> Optional[int]:
+  """The attention heads of a model `vit` built (ViT, DeiT III), else None: the one shape its
+  parameters do not show (the fused qkv kernel is [width, 3 * width] whatever the heads)."""
+  mixer = getattr(getattr(model, 'block', None), 'keywords', {}).get('token_mixer')
+  return mixer.keywords['num_heads'] if getattr(mixer, 'func', None) is AttentionMixer else None

@@ -20,7 +20,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 from timm.models.convmixer import ConvMixer
-from timm.models.mlp_mixer import MlpMixer
+from functools import partial
+
+from timm.layers import GatedMlp
+from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock
 from timm.models.vision_transformer import VisionTransformer
 
 OUT = os.path.join('tests', 'data', 'timm')
@@ -37,6 +40,35 @@ SEEDED = {
     'convmixer_768_32': (dict(), 28),                                    # ReLU: the full 32 blocks
     'resnet18': (dict(), 32),                                            # the pyramid baselines
     'resnet50': (dict(), 32),
+}
+
+
+def facebook_convnext_isotropic():
+  """facebookresearch/ConvNeXt's ConvNeXtIsotropic, run from the verbatim copies in tests/reference/sources."""
+  import importlib.util
+  import types
+  here = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sources')
+  sys.modules.setdefault('convnext_models', types.ModuleType('convnext_models')).__path__ = []
+  for name in ('convnext', 'convnext_isotropic'):
+    spec = importlib.util.spec_from_file_location(f'convnext_models.{name}', os.path.join(here, f'convnext_models_{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f'convnext_models.{name}'] = module
+    spec.loader.exec_module(module)
+  return sys.modules['convnext_models.convnext_isotropic'].ConvNeXtIsotropic
+
+
+# Models built from a constructor: name: (constructor, image size). ConvNeXt-iso (not in timm):
+# ConvNeXt-iso-S's width, 2 of its 18 blocks, once as published (no LayerScale), once with the gamma.
+REFERENCE = {
+    # timm's resmlp_24_224 and gmlp_ti16_224 (mlp_mixer.py l.797-806, 833-842) with 2 blocks: their
+    # registered functions fix num_blocks, so their MlpMixer arguments are repeated here.
+    'resmlp_24_224_d2': (lambda: MlpMixer(patch_size=16, num_blocks=2, embed_dim=384, mlp_ratio=4, img_size=32,
+                                          block_layer=partial(ResBlock, init_values=1e-5), norm_layer=Affine), 32),
+    'gmlp_ti16_224_d2': (lambda: MlpMixer(patch_size=16, num_blocks=2, embed_dim=128, mlp_ratio=6, img_size=32,
+                                          block_layer=SpatialGatingBlock, mlp_layer=GatedMlp), 32),
+    'convnext_isotropic_small_d2': (lambda: facebook_convnext_isotropic()(depth=2, dim=384), 32),
+    'convnext_isotropic_small_d2_gamma': (
+        lambda: facebook_convnext_isotropic()(depth=2, dim=384, layer_scale_init_value=1e-6), 32),
 }
 
 MODELS = {   # name: (timm model, file format)
@@ -83,8 +115,11 @@ def main():
   np.savez(os.path.join(OUT, 'expected_logits.npz'), **expected)
 
   specs, logits = {}, {}
-  for seed, (name, (kwargs, size)) in enumerate(SEEDED.items()):
-    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+  makers = {name: (lambda name=name, kwargs=kwargs: timm.create_model(name, pretrained=False, **kwargs), kwargs, size)
+            for name, (kwargs, size) in SEEDED.items()}
+  makers.update({name: (make, {}, size) for name, (make, size) in REFERENCE.items()})
+  for seed, (name, (make, kwargs, size)) in enumerate(makers.items()):
+    model = make().eval()
     shapes = {k: [list(v.shape), str(v.dtype).replace('torch.', '')] for k, v in model.state_dict().items()}
     state = seeded_state(shapes, seed)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})

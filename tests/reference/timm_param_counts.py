@@ -1,9 +1,10 @@
-"""Compares timm's parameter count with PUBLISHED_PARAMS in tests/test_models.py for every name.
+"""Compares the reference's own parameter count (timm's; ConvNeXt-iso: facebookresearch/ConvNeXt's) with
+PUBLISHED_PARAMS in tests/test_models.py for every name.
 
 Not part of the suite: timm and torch are not isojax dependencies. In a venv with
 `pip install torch==2.14.1 torchvision==0.29.1 timm` (no jax needed):
 
-    python tests/reference/timm_param_counts.py     # 29 x OK with timm 1.0.31
+    python tests/reference/timm_param_counts.py     # 41 x OK with timm 1.0.31
 """
 import ast
 import os
@@ -15,10 +16,21 @@ from timm.models.vision_transformer import VisionTransformer
 
 VIT = {'Ti': (192, 12, 3), 'S': (384, 12, 6), 'B': (768, 12, 12), 'L': (1024, 24, 16), 'H': (1280, 32, 16)}
 MIXER = {'S': (512, 8), 'B': (768, 12), 'L': (1024, 24), 'H': (1280, 32)}
+TIMM_NAMES = {'ResMLP-S12': 'resmlp_12_224', 'ResMLP-S24': 'resmlp_24_224', 'ResMLP-S36': 'resmlp_36_224',
+              'ResMLP-B24': 'resmlp_big_24_224', 'gMLP-Ti/16': 'gmlp_ti16_224', 'gMLP-S/16': 'gmlp_s16_224',
+              'gMLP-B/16': 'gmlp_b16_224', 'DeiT3-S/16': 'deit3_small_patch16_224',
+              'DeiT3-B/16': 'deit3_base_patch16_224'}
 CONVMIXER = {'1536/20': (9, 7), '768/32': (7, 7), '1024/20': (9, 14), '256/8': (5, 2)}
 
 
 def timm_model(name):
+  if name.startswith('ConvNeXt-iso-'):   # not in timm: facebookresearch/ConvNeXt's own code, vendored
+    from make_timm_fixtures import facebook_convnext_isotropic
+    depth, width = {'S': (18, 384), 'B': (18, 768), 'L': (36, 1024)}[name[-1]]
+    return facebook_convnext_isotropic()(depth=depth, dim=width)
+  if name in TIMM_NAMES:
+    import timm
+    return timm.create_model(TIMM_NAMES[name], pretrained=False, num_classes=1000)
   if name.startswith('ResNet-'):
     import timm
     return timm.create_model(f'resnet{name.split("-")[1]}', pretrained=False, num_classes=1000)

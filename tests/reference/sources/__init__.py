@@ -1,7 +1,7 @@
 """The reference implementations' own model code, vendored verbatim, importable without their repos.
 
 Tests that claim "isojax reproduces X" run X's code from here, not isojax's reading of it.
-Each file is a byte-for-byte copy (Apache-2.0, see the headers); `SOURCES` records the git blob
+Each file is a byte-for-byte copy (Apache-2.0; facebookresearch/ConvNeXt's: MIT); `SOURCES` records the git blob
 hash of each at the commit it was taken from, and `load` refuses a file that no longer matches.
 The few imports these files make of their own repositories (big_vision's `utils` and `common`,
 used only by its checkpoint loader) are stubbed; the model code runs unchanged.
@@ -32,6 +32,14 @@ SOURCES = {
                           'big_vision/pp/registry.py', 'f5c7d996d756be16ba68a5fcb143f23129e1249d'),
     'big_vision_pp_ops_image.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                           'big_vision/pp/ops_image.py', 'bdc55a5659c3e0df0c209edef798bbd5c6a7f623'),
+    # torch code: run by tests/reference/make_timm_fixtures.py in a venv with torch and timm (MIT licence)
+    'convnext_models_convnext.py': ('facebookresearch/ConvNeXt', '048efcea897d999aed302f2639b6270aedf8d4c8',
+                                    'models/convnext.py', '74c1e9407bb4096a3b27127515573e32865b40f7'),
+    'convnext_models_convnext_isotropic.py': ('facebookresearch/ConvNeXt', '048efcea897d999aed302f2639b6270aedf8d4c8',
+                                              'models/convnext_isotropic.py', '50217b2e431e2862376034ae25969b19b704f6e2'),
+    # parsed, not imported (it needs torch): tests read its registered models' arguments
+    'timm_mlp_mixer.py': ('huggingface/pytorch-image-models', 'aa4b5850c1543fa488abf260f18390eda46cf85d',
+                          'timm/models/mlp_mixer.py', 'd06402dfbc88a85ff596bce715e293efe5079f5f'),
 }
 
 
@@ -91,3 +99,13 @@ def big_vision_ops_image() -> types.ModuleType:
   load('big_vision_pp_utils.py', 'big_vision.pp.utils')
   load('big_vision_pp_registry.py', 'big_vision.pp.registry')
   return load('big_vision_pp_ops_image.py', 'big_vision.pp.ops_image')
+
+
+def text(filename: str) -> str:
+  """The verbatim source text of a vendored file (for files that cannot be imported here)."""
+  path = os.path.join(HERE, filename)
+  repository, commit, source_path, blob = SOURCES[filename]
+  if git_blob_hash(path) != blob:
+    raise AssertionError(f'{path} is no longer a verbatim copy of {repository}@{commit[:7]}:{source_path}.')
+  with open(path) as f:
+    return f.read()
