@@ -152,14 +152,14 @@ def test_resmlp_and_gmlp_variants_are_timms_registered_models():
 def test_resmlp_and_gmlp_start_like_timms_init_weights():
   # timm mlp_mixer.py _init_weights (l.519-556): xavier-uniform Linear, bias N(0, 1e-6) when 'mlp' is in
   # the module's name else 0; lecun-normal conv; zero head. gMLP's gate: N(0, 1e-6) weights, bias 1 (l.198-202).
-  resmlp, gmlp = init_params('ResMLP-S12', 224), init_params('gMLP-Ti/16', 224)
+  resmlp, gmlp = init_params('ResMLP-384x2/16', 224), init_params('gMLP-128x2/16', 224)   # S12's, Ti's widths
   tokens = 196
   block = resmlp['block_0']
   assert_uniform(block['token_mixing']['linear_tokens']['kernel'], xavier_bound(tokens, tokens))
   assert np.all(block['token_mixing']['linear_tokens']['bias'] == 0)                  # 'blocks.0.linear_tokens'
   assert_uniform(block['channel_mixing']['Dense_0']['kernel'], xavier_bound(384, 1536))
   np.testing.assert_allclose(block['channel_mixing']['Dense_0']['bias'].std(), 1e-6, rtol=0.2)   # 'mlp_channels'
-  np.testing.assert_allclose(block['ls1']['scale'], 1e-4)
+  np.testing.assert_allclose(block['ls1']['scale'], 1e-4)   # 2 blocks: as 12
   assert np.all(block['norm1']['alpha'] == 1) and np.all(block['norm1']['beta'] == 0)
   assert np.all(resmlp['head']['kernel'] == 0)
   g = gmlp['block_0']
@@ -169,6 +169,26 @@ def test_resmlp_and_gmlp_start_like_timms_init_weights():
   assert np.all(g['gate']['proj']['bias'] == 1)
   stem = np.asarray(gmlp['stem']['patch_embed']['embedding']['kernel'])
   np.testing.assert_allclose(stem.std(), np.sqrt(1 / (16 * 16 * 3)), rtol=0.05)   # lecun-normal (truncated)
+
+
+def test_cait_variants_are_timms_registered_models_and_start_like_its_init():
+  # timm cait.py (vendored verbatim, parsed): cait_{xxs24,s24}_224's model_args; init l.329-340.
+  import ast
+  from tests.reference import sources
+  registered = timm_registered_models(sources.text('timm_cait.py'), 'cait_')
+  for timm_name, ours in {'cait_xxs24_224': 'CaiT-XXS24', 'cait_s24_224': 'CaiT-S24'}.items():
+    args = {k: ast.literal_eval(v) for k, v in registered[timm_name].items()}
+    _, fields = models.resolve(ours)
+    assert (fields['hidden_size'], fields['depth'], fields['num_heads'], fields['patch_size'],
+            fields['layer_scale_init']) == (args['embed_dim'], args['depth'], args['num_heads'], args['patch_size'],
+                                            args['init_values']), timm_name
+  params = init_params('CaiT-192x2/16-h4', 224)   # CaiT-XXS24's width and heads, 2 blocks
+  for kernel in (params['block_0']['token_mixing']['qkv']['kernel'], params['block_0']['token_mixing']['proj_l']['kernel'],
+                 params['class_block_0']['attention']['q']['kernel'], params['head']['kernel'],
+                 params['stem']['pos_embedding'], params['cls']):
+    np.testing.assert_allclose(np.asarray(kernel).std(), 0.02, rtol=0.25)   # trunc_normal_(std=.02)
+  assert_uniform(params['stem']['patch_embed']['embedding']['kernel'], 1 / np.sqrt(16 * 16 * 3))   # Conv2d default
+  np.testing.assert_allclose(params['class_block_1']['ls2']['scale'], 1e-5)
 
 
 def test_convnext_iso_variants_are_facebookresearch_convnexts_registered_models():
@@ -198,7 +218,7 @@ def test_convnext_iso_variants_are_facebookresearch_convnexts_registered_models(
 
 def test_convnext_iso_starts_like_its_trunc_normal_init():
   # convnext_isotropic.py l.51-54: trunc_normal_(std=.02) (bounds +-2: effectively N(0, 0.02)), zero biases.
-  params = init_params('ConvNeXt-iso-S', 224)
+  params = init_params('ConvNeXt-iso-384x2', 224)   # ConvNeXt-iso-S's width, 2 blocks
   block = params['block_0']
   for kernel in (block['dwconv']['kernel'], block['pwconv1']['kernel'], block['pwconv2']['kernel'],
                  params['stem']['patch_embed']['embedding']['kernel'], params['head']['kernel']):

@@ -25,6 +25,7 @@ PUBLISHED_PARAMS = {
     'ResMLP-S12': 15_350_872, 'ResMLP-S24': 30_020_680, 'ResMLP-S36': 44_690_488, 'ResMLP-B24': 129_138_280,
     'gMLP-Ti/16': 5_867_328, 'gMLP-S/16': 19_422_656, 'gMLP-B/16': 73_075_392,
     'DeiT3-S/16': 22_059_496, 'DeiT3-B/16': 86_585_320,   # timm deit3_{small,base}_patch16_224
+    'CaiT-XXS24': 11_956_264, 'CaiT-S24': 46_916_200,     # timm cait_{xxs24,s24}_224
     # facebookresearch/ConvNeXt convnext_isotropic_{small,base,large}, counted by its own code
     'ConvNeXt-iso-S': 22_308_712, 'ConvNeXt-iso-B': 87_083_752, 'ConvNeXt-iso-L': 305_905_640,
     # torchvision's resnet18 ... resnet152 at 1000 classes (= timm's; tests/reference/timm_param_counts.py)
@@ -103,7 +104,7 @@ def tiny(name, **kw):
   shrink = {'ViT': ('ViT-32x2/4-h2-m64', {}), 'Mixer': ('Mixer-32x2/4-t16-c64', {}),
             'ConvMixer': ('ConvMixer-32/2', dict(kernel_size=3, patch_size=4)),
             'DeiT3': ('DeiT3-32x2/4-h2-m64', {}), 'ResMLP': ('ResMLP-32x2/4', {}), 'gMLP': ('gMLP-32x2/4', {}),
-            'ConvNeXt': ('ConvNeXt-iso-32x2-p4-k3', {})}
+            'ConvNeXt': ('ConvNeXt-iso-32x2-p4-k3', {}), 'CaiT': ('CaiT-32x2/4-h4', {})}
   small, fields = shrink[name.split('-')[0]]
   return models.create(small, num_classes=5, **{**fields, **kw})
 
@@ -212,7 +213,8 @@ def test_resnet_is_a_pyramid_its_stages_halve_the_grid():
   assert [found[f'stage{i}'].shape[1:] for i in range(1, 5)] == [(16, 16, 64), (8, 8, 128), (4, 4, 256), (2, 2, 512)]
 
 
-@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'DeiT3-S/16', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S'])
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S',
+                                  'CaiT-S24']   # DeiT III: ViT's modules)
 def test_jit_grad_is_finite_and_nonzero(name):
   model = tiny(name, drop_path_rate=0.1)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
@@ -235,7 +237,8 @@ def test_jit_grad_is_finite_and_nonzero(name):
   assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
 
 
-@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'DeiT3-S/16', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S'])
+@pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S',
+                                  'CaiT-S24']   # DeiT III: ViT's modules)
 def test_bfloat16_computes_in_bf16_with_float32_parameters(name):
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   f32, bf16 = tiny(name), tiny(name, dtype=jnp.bfloat16)

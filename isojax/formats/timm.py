@@ -1,4 +1,4 @@
-"""timm state dicts for `vit_*` (incl. `deit3_*`), `mixer_*`, `resmlp_*`, `gmlp_*`, `convmixer_*` and `resnet*`
+"""timm state dicts for `vit_*` (incl. `deit3_*`), `cait_*`, `mixer_*`, `resmlp_*`, `gmlp_*`, `convmixer_*` and `resnet*`
 models, and facebookresearch/ConvNeXt's isotropic ConvNeXts (same torch layout), in isojax's layout.
 
 What a timm file shows and what it cannot (`describe`):
@@ -28,6 +28,8 @@ from isojax.formats import KeyTracker, Weights, block_count, grid_side, square_p
 def family(state: dict) -> str:
   """'vit', 'mixer' or 'convmixer', from the state dict's keys."""
   keys = set(state)
+  if any(k.startswith('blocks_token_only.') for k in keys):
+    return 'cait'
   if any('.attn.qkv.weight' in k for k in keys):
     return 'vit'
   if any('.mlp_tokens.fc1.weight' in k for k in keys):
@@ -42,7 +44,7 @@ def family(state: dict) -> str:
     return 'convmixer'
   if 'conv1.weight' in keys and 'layer1.0.conv1.weight' in keys:
     return 'resnet'
-  raise ValueError(f'Not a timm vit_*/deit3_*/mixer_*/resmlp_*/gmlp_*/convmixer_*/resnet* or ConvNeXt-iso state dict (first keys: {sorted(keys)[:5]}).')
+  raise ValueError(f'Not a timm vit_*/deit3_*/cait_*/mixer_*/resmlp_*/gmlp_*/convmixer_*/resnet* or ConvNeXt-iso state dict (first keys: {sorted(keys)[:5]}).')
 
 
 def _linear(state, name):
@@ -86,6 +88,29 @@ def vit(state: dict) -> dict:
     params[f'block_{i}'] = block
   norm = 'fc_norm' if 'fc_norm.weight' in state else 'norm'
   params['final_norm'] = _norm(state, norm)
+  if 'head.weight' in state:
+    params['head'] = _linear(state, 'head')
+  return {'params': params}
+
+
+def _layer_scale_block(state, b: str, attention: str, attention_layers: tuple, mlp: str) -> dict:
+  """A CaiT block (blocks.i or blocks_token_only.i): norm1, attn, gamma_1, norm2, mlp, gamma_2."""
+  return {'norm1': _norm(state, f'{b}.norm1'), 'norm2': _norm(state, f'{b}.norm2'),
+          attention: {name: _linear(state, f'{b}.attn.{name}') for name in attention_layers},
+          mlp: {'Dense_0': _linear(state, f'{b}.mlp.fc1'), 'Dense_1': _linear(state, f'{b}.mlp.fc2')},
+          'ls1': {'scale': state[f'{b}.gamma_1']}, 'ls2': {'scale': state[f'{b}.gamma_2']}}
+
+
+def cait(state: dict) -> dict:
+  params = {'stem': {'patch_embed': _patch_embedding(state, 'patch_embed.proj'), 'pos_embedding': state['pos_embed']},
+            'cls': state['cls_token']}
+  for i in range(block_count(state, r'blocks\.(\d+)\.')):
+    params[f'block_{i}'] = _layer_scale_block(state, f'blocks.{i}', 'token_mixing', ('qkv', 'proj_l', 'proj_w', 'proj'),
+                                              'channel_mixing')
+  for i in range(block_count(state, r'blocks_token_only\.(\d+)\.')):
+    params[f'class_block_{i}'] = _layer_scale_block(state, f'blocks_token_only.{i}', 'attention', ('q', 'k', 'v', 'proj'),
+                                                    'mlp')
+  params['final_norm'] = _norm(state, 'norm')
   if 'head.weight' in state:
     params['head'] = _linear(state, 'head')
   return {'params': params}
@@ -205,13 +230,13 @@ def resnet(state: dict) -> dict:
   return {'params': params, 'batch_stats': stats}
 
 
-CONVERTERS = {'vit': vit, 'mixer': mixer, 'resmlp': resmlp, 'gmlp': gmlp, 'convnext_iso': convnext_iso,
+CONVERTERS = {'vit': vit, 'cait': cait, 'mixer': mixer, 'resmlp': resmlp, 'gmlp': gmlp, 'convnext_iso': convnext_iso,
               'convmixer': convmixer, 'resnet': resnet}
 
 
 def from_facebook_resmlp(state: dict) -> dict:
   """facebookresearch/deit's ResMLP names -> timm's, as timm's mlp_mixer.py checkpoint_filter_fn (l.559-573)."""
-  if not any(k.endswith('.gamma_1') for k in state) or 'patch_embed.proj.weight' not in state:
+  if not ('blocks.0.attn.weight' in state and 'blocks.0.gamma_1' in state):   # its token mixer: one Linear
     return state
   renamed = {}
   for key, value in state.items():
@@ -270,6 +295,18 @@ def describe_vit(state: dict) -> Weights:
   assumed = {'num_heads': f'{heads}: a timm file does not store heads; timm vit_* use width/64 up to 1024 '
                           f'wide, 16 above. Pass num_heads= if this model was built otherwise.'}
   return Weights(convert(state), 'vit', fields, _classes(state), image_size, assumed)
+
+
+def describe_cait(state: dict) -> Weights:
+  embed = state['patch_embed.proj.weight']
+  width, patch = int(embed.shape[0]), square_patch(*embed.shape[2:])
+  fields = dict(hidden_size=width, depth=block_count(state, r'blocks\.(\d+)\.'),
+                num_heads=int(state['blocks.0.attn.proj_l.weight'].shape[0]),   # talking heads show the heads
+                patch_size=patch, mlp_ratio=int(state['blocks.0.mlp.fc1.weight'].shape[0]) // width,
+                class_depth=block_count(state, r'blocks_token_only\.(\d+)\.'),
+                layer_scale_init=1e-5)   # the loaded gammas replace it
+  image_size = patch * grid_side(int(state['pos_embed'].shape[1]), 'The position embedding')
+  return Weights(convert(state), 'cait', fields, _classes(state), image_size, {})
 
 
 def describe_mixer(state: dict) -> Weights:
@@ -336,7 +373,7 @@ def describe_resnet(state: dict) -> Weights:
   return Weights(convert(state), 'resnet', dict(depth=depth), classes, None, {})
 
 
-DESCRIBERS = {'vit': describe_vit, 'mixer': describe_mixer, 'resmlp': describe_resmlp, 'gmlp': describe_gmlp,
+DESCRIBERS = {'vit': describe_vit, 'cait': describe_cait, 'mixer': describe_mixer, 'resmlp': describe_resmlp, 'gmlp': describe_gmlp,
               'convnext_iso': describe_convnext_iso, 'convmixer': describe_convmixer,
               'resnet': describe_resnet}
 

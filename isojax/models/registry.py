@@ -16,12 +16,13 @@ from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 
-from isojax.models import convmixer, convnext_iso, deit3, gmlp, mixer, resmlp, resnet, vit
+from isojax.models import cait, convmixer, convnext_iso, deit3, gmlp, mixer, resmlp, resnet, vit
 
 # One line per family: (module, factory).
 FAMILIES = (
     (vit, vit.vit),
     (deit3, deit3.deit3),
+    (cait, cait.cait),
     (mixer, mixer.mixer),
     (resmlp, resmlp.resmlp),
     (gmlp, gmlp.gmlp),

@@ -40,6 +40,7 @@ SEEDED = {
     'convmixer_768_32': (dict(), 28),                                    # ReLU: the full 32 blocks
     'resnet18': (dict(), 32),                                            # the pyramid baselines
     'resnet50': (dict(), 32),
+    'cait_xxs24_224': (dict(img_size=32, depth=2), 32),                  # talking heads, class attention
 }
 
 

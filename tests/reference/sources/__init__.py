@@ -40,6 +40,8 @@ SOURCES = {
     # parsed, not imported (it needs torch): tests read its registered models' arguments
     'timm_mlp_mixer.py': ('huggingface/pytorch-image-models', 'aa4b5850c1543fa488abf260f18390eda46cf85d',
                           'timm/models/mlp_mixer.py', 'd06402dfbc88a85ff596bce715e293efe5079f5f'),
+    'timm_cait.py': ('huggingface/pytorch-image-models', 'aa4b5850c1543fa488abf260f18390eda46cf85d',
+                     'timm/models/cait.py', 'c7b459b33ab0c32fa37d430735fe2eb8d9b1ca5a'),
 }
 
 

@@ -1,0 +1,190 @@
+"""CaiT ("Going deeper with Image Transformers", Touvron et al. 2021): talking-heads self-attention
+blocks over the patches, then class-attention layers in the head.
+
+The class token joins only at the end, so CaiT's head is not a pooling head: the family supplies
+a `ClassAttentionHead` (class token, 2 class-attention blocks, norm, linear) to the skeleton.
+Follows timm/models/cait.py at aa4b585 (the port of facebookresearch/deit cait_models.py):
+- patches + a learned position embedding (no class token slot), no dropout by default (l.280-296);
+- `LayerScaleBlock` (l.199-246): x + gamma_1 * TalkingHeadAttn(LN(x)), x + gamma_2 * Mlp(LN(x)),
+  `TalkingHeadAttn` (l.147-196): softmax((q * d^-0.5) k^T) with a linear layer across heads before
+  the softmax (`proj_l`) and one after it (`proj_w`); qkv biases (`qkv_bias=True`, l.258);
+- `LayerScaleBlockClassAttn` (l.85-144) x 2 (`depth_token_only`): the class token attends to
+  [class token, patches] (`ClassAttn`, l.27-82: separate q, k, v), then its own MLP; no drop path;
+- LayerNorm(eps=1e-6) everywhere (l.268), exact GELU, 4x MLPs, class-token pooling after the norm;
+- LayerScale starts at 1e-5 for the 24-block models (`cait_xxs24_224`, `cait_s24_224`, l.566-606);
+- initialisers (l.329-340): trunc_normal_(std=.02) on every linear layer (bounds +-2 absolute: N(0,
+  0.02)), the position embedding and the class token; zero biases; the patch embedding keeps
+  PyTorch's Conv2d default, U(+-1/sqrt(fan_in)) (it is not an nn.Linear);
+- stochastic depth is the same in every self-attention block (`dpr = [drop_path_rate] * depth`, l.289).
+
+Names: `CaiT-XXS24`, `CaiT-S24` or `CaiT-{width}x{depth}/{patch}` with `-h{heads}` (width/48 otherwise).
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from isojax.models.isotropic import Isotropic, MixingBlock
+from isojax.models.layers import (PRE_LOGITS, ZEROS, Dense, LayerScale, MlpBlock, PatchEmbed, keep_feature,
+                                  torch_default_init)
+
+NORMAL_02 = nn.initializers.normal(stddev=0.02)   # timm trunc_normal_(std=.02), bounds +-2: 100 sigma
+_SIZES = {'XXS24': (192, 24, 4), 'S24': (384, 24, 8)}   # width, depth, heads: cait.py l.566-606
+_PATCH = 16
+VARIANTS = {f'CaiT-{size}': dict(hidden_size=w, depth=d, num_heads=h, patch_size=_PATCH, layer_scale_init=1e-5)
+            for size, (w, d, h) in _SIZES.items()}
+IMAGE_SIZE = 224
+SOURCE = 'timm/models/cait.py Cait, LayerScaleBlock, TalkingHeadAttn, LayerScaleBlockClassAttn, ClassAttn'
+_NAME = re.compile(r'^cait[-_]?(?:(?P<size>xxs24|s24)|(?P<width>\d+)x(?P<depth>\d+)[/_-]?(?P<patch>\d+)'
+                   r'(?:-h(?P<heads>\d+))?)$', re.IGNORECASE)
+
+
+def parse_name(name: str) -> Optional[dict]:
+  """The architecture a CaiT name fixes, or None when `name` is not a CaiT name."""
+  match = _NAME.match(name.strip())
+  if not match:
+    return None
+  if match['size']:
+    width, depth, heads = _SIZES[match['size'].upper()]
+    patch = _PATCH
+  else:
+    width, depth, patch = int(match['width']), int(match['depth']), int(match['patch'])
+    heads = int(match['heads'] or max(width // 48, 1))
+  return dict(hidden_size=width, depth=depth, num_heads=heads, patch_size=patch)
+
+
+def format_name(arch: dict) -> str:
+  """The canonical name of a CaiT architecture (inverse of `parse_name`)."""
+  for size, sized in _SIZES.items():
+    if sized == (arch['hidden_size'], arch['depth'], arch['num_heads']) and arch['patch_size'] == _PATCH:
+      return f'CaiT-{size}'
+  heads = '' if arch['num_heads'] == max(arch['hidden_size'] // 48, 1) else f'-h{arch["num_heads"]}'
+  return f'CaiT-{arch["hidden_size"]}x{arch["depth"]}/{arch["patch_size"]}{heads}'
+
+
+def _split_heads(x: jax.Array, heads: int) -> jax.Array:
+  batch, tokens, width = x.shape
+  return x.reshape(batch, tokens, heads, width // heads).transpose(0, 2, 1, 3)   # [B, H, N, d]
+
+
+def _dense(features: int, dtype: Any, name: str) -> Dense:
+  return Dense(features, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=dtype, name=name)
+
+
+class CaiTStem(nn.Module):
+  """Patch embedding (PyTorch's Conv2d init) plus a learned position embedding, as [batch, tokens, width]."""
+  hidden_size: int
+  patch_size: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    kernel_init, bias_init = torch_default_init(self.patch_size ** 2 * images.shape[-1])
+    x = PatchEmbed(self.hidden_size, self.patch_size, kernel_init=kernel_init, bias_init=bias_init,
+                   dtype=self.dtype, name='patch_embed')(images)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])
+    x = x + self.param('pos_embedding', NORMAL_02, (1, x.shape[1], x.shape[2])).astype(x.dtype)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+class TalkingHeadAttention(nn.Module):
+  """Token mixer: self-attention whose logits and weights are each mixed across heads by a linear layer."""
+  num_heads: int
+  attention_dropout_rate: float = 0.0
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    batch, tokens, width = x.shape
+    qkv = _dense(3 * width, self.dtype, 'qkv')(x).reshape(batch, tokens, 3, width)
+    q, k, v = (_split_heads(qkv[:, :, i], self.num_heads) for i in range(3))
+    logits = jnp.einsum('bhqd,bhkd->bqkh', q * (width // self.num_heads) ** -0.5, k)
+    logits = _dense(self.num_heads, self.dtype, 'proj_l')(logits)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=2).astype(v.dtype)
+    weights = _dense(self.num_heads, self.dtype, 'proj_w')(weights)
+    weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
+    y = jnp.einsum('bqkh,bhkd->bqhd', weights, v).reshape(batch, tokens, width)
+    y = _dense(width, self.dtype, 'proj')(y)
+    return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+
+
+class ClassAttention(nn.Module):
+  """The class token (position 0 of x) attends to every token: [B, N, C] -> [B, 1, C]."""
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    q = _split_heads(_dense(width, self.dtype, 'q')(x[:, :1]), self.num_heads)
+    k = _split_heads(_dense(width, self.dtype, 'k')(x), self.num_heads)
+    v = _split_heads(_dense(width, self.dtype, 'v')(x), self.num_heads)
+    logits = jnp.einsum('bhqd,bhkd->bhqk', q * (width // self.num_heads) ** -0.5, k)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    y = jnp.einsum('bhqk,bhkd->bqhd', weights, v).reshape(x.shape[0], 1, width)
+    return _dense(width, self.dtype, 'proj')(y)
+
+
+class ClassAttentionBlock(nn.Module):
+  """cls + gamma_1 * ClassAttention(LN([cls, x])), then cls + gamma_2 * Mlp(LN(cls)): [B, 1, C]."""
+  num_heads: int
+  mlp_dim: int
+  layer_scale_init: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cls: jax.Array, train: bool = False) -> jax.Array:
+    norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
+    y = ClassAttention(self.num_heads, self.dtype, name='attention')(norm('norm1')(jnp.concatenate([cls, x], 1)))
+    cls = cls + LayerScale(self.layer_scale_init, name='ls1')(y)
+    y = MlpBlock(self.mlp_dim, approximate_gelu=False, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=self.dtype,
+                 name='mlp')(norm('norm2')(cls), train=train)
+    return cls + LayerScale(self.layer_scale_init, name='ls2')(y)
+
+
+class ClassAttentionHead(nn.Module):
+  """class token -> `class_depth` class-attention blocks over the patches -> norm -> linear."""
+  num_classes: int
+  num_heads: int
+  mlp_dim: int
+  layer_scale_init: float
+  class_depth: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    cls = jnp.tile(self.param('cls', NORMAL_02, (1, 1, x.shape[-1])).astype(x.dtype), (x.shape[0], 1, 1))
+    for i in range(self.class_depth):
+      cls = ClassAttentionBlock(self.num_heads, self.mlp_dim, self.layer_scale_init, self.dtype,
+                                name=f'class_block_{i}')(x, cls, train)
+    # timm norms [cls, x] and takes token 0; LayerNorm is per token, so norming cls alone is the same.
+    pooled = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='final_norm')(cls)[:, 0]
+    keep_feature(self, PRE_LOGITS + '_out', pooled)
+    return Dense(self.num_classes, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=self.dtype, name='head')(pooled)
+
+
+def cait(num_classes: int, *, hidden_size: int, depth: int, num_heads: int, patch_size: int, mlp_ratio: int = 4,
+         layer_scale_init: Optional[float] = None, class_depth: int = 2, drop_path_rate: float = 0.0,
+         dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0, remat: bool = False,
+         dtype: Any = jnp.float32) -> Isotropic:
+  """A CaiT; `layer_scale_init=None` (an unpublished shape) takes 1e-5 up to 24 blocks, else 1e-6 (timm's
+  cait_*36 and deeper)."""
+  if layer_scale_init is None:
+    layer_scale_init = 1e-5 if depth <= 24 else 1e-6
+  norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=dtype)
+  block = functools.partial(
+      MixingBlock, norm=norm, layer_scale_init=layer_scale_init,
+      token_mixer=functools.partial(TalkingHeadAttention, num_heads, attention_dropout_rate, dropout_rate, dtype),
+      channel_mixer=functools.partial(MlpBlock, mlp_ratio * hidden_size, dropout_rate=dropout_rate,
+                                      approximate_gelu=False, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=dtype))
+  head = ClassAttentionHead(num_classes, num_heads, mlp_ratio * hidden_size, layer_scale_init, class_depth,
+                            dtype=dtype)
+  return Isotropic(CaiTStem(hidden_size, patch_size, dropout_rate, dtype=dtype), block, head, depth,
+                   drop_path_rate=drop_path_rate, drop_path_schedule='constant', remat=remat, dtype=dtype)
