@@ -201,5 +201,5 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
 def _channels(variables: dict) -> int:
   """Input channels, from the first convolution's kernel [kh, kw, channels, width] (patch embedding or stem)."""
   params = variables['params']
-  first = params['stem']['patch_embed']['embedding'] if 'stem' in params else params['conv1']
-  return int(np.shape(first['kernel'])[2])
+  stem = flax.traverse_util.flatten_dict(params['stem'] if 'stem' in params else params['conv1'])
+  return int(next(np.shape(v)[2] for k, v in stem.items() if k[-1] == 'kernel' and np.ndim(v) == 4))

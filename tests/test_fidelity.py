@@ -227,6 +227,24 @@ def test_convnext_iso_starts_like_its_trunc_normal_init():
   assert 'ls' not in block and np.all(params['head']['bias'] == 0)
 
 
+def test_bit_resnetv2_standardises_its_filters_and_starts_like_timms_init_weights():
+  # timm resnetv2.py _init_weights (l.797-817): kaiming-normal fan_out convolutions, head N(0, 0.01), zero bias;
+  # std_conv.py StdConv2d: each filter standardised over (in, kh, kw), biased variance, eps 1e-8 (BiT).
+  from isojax.models import resnetv2
+  params = init_params('BiT-R50x1', 64)
+  stem = np.asarray(params['stem']['kernel'])
+  np.testing.assert_allclose(stem.std(), np.sqrt(2 / (64 * 7 * 7)), rtol=0.05)
+  np.testing.assert_allclose(np.asarray(params['head']['kernel']).std(), 0.01, rtol=0.05)
+  assert np.all(params['head']['bias'] == 0) and 'downsample' in params['stage2_0'] and 'downsample' not in params['stage2_1']
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 9, 9, 5))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 4)) * 3 + 1
+  out = resnetv2.StdConv(4, 3).apply({'params': {'kernel': kernel}}, x)
+  flat = np.asarray(kernel).reshape(-1, 4)
+  standard = ((flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-8)).reshape(kernel.shape)
+  expected = jax.lax.conv_general_dilated(x, standard, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
 # --- the name is the architecture -----------------------------------------------------------------
 
 @pytest.mark.parametrize('name,fields', [

@@ -31,6 +31,7 @@ PUBLISHED_PARAMS = {
     # torchvision's resnet18 ... resnet152 at 1000 classes (= timm's; tests/reference/timm_param_counts.py)
     'ResNet-18': 11_689_512, 'ResNet-34': 21_797_672, 'ResNet-50': 25_557_032, 'ResNet-101': 44_549_160,
     'ResNet-152': 60_192_808,
+    'BiT-R50x1': 25_549_352,   # timm resnetv2_50x1_bit
 }
 
 
@@ -45,9 +46,15 @@ def test_every_published_name_is_registered():
 
 
 @pytest.mark.parametrize('name', sorted(PUBLISHED_PARAMS))
-def test_parameter_count_equals_published_architecture(name):
+def test_every_published_model_has_its_parameter_count_and_maps_images_to_logits(name):
+  # Abstract evaluation (jax.eval_shape): full-size shapes for every model in seconds, no 600M-parameter init.
+  size = models.default_image_size(name)
   model = models.create(name, num_classes=1000)
-  assert param_count(model, models.default_image_size(name)) == PUBLISHED_PARAMS[name]
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
+  assert sum(x.size for x in jax.tree_util.tree_leaves(variables['params'])) == PUBLISHED_PARAMS[name]
+  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
 
 
 def test_vit_s16_with_ten_classes_matches_timm_count():
@@ -76,17 +83,6 @@ def test_map_pooling_adds_an_attention_probe_and_mlp():
   base = param_count(models.create('ViT-S/16', 10, classifier='gap'), 224)
   map_head = width + 4 * (width * width + width) + 2 * width + (width * mlp + mlp + mlp * width + width)
   assert param_count(models.create('ViT-S/16', 10, classifier='map'), 224) - base == map_head
-
-
-@pytest.mark.parametrize('name', models.names())
-def test_every_model_maps_images_to_logits_at_its_published_size(name):
-  # Abstract evaluation: full-size shapes for all 24 models in seconds, no 600M-parameter init.
-  size = models.default_image_size(name)
-  model = models.create(name, num_classes=7)
-  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
-  logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
-  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
 
 
 @pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8'])
@@ -206,6 +202,19 @@ def test_resnet_starts_like_timm_init_weights():
   assert np.abs(head).max() <= 1 / np.sqrt(2048) and np.abs(head).max() > 0.95 / np.sqrt(2048)
 
 
+def test_bit_resnetv2_is_a_batch_independent_pyramid():
+  # GroupNorm and weight-standardised convolutions: no batch statistics, and each image's logits
+  # do not depend on the rest of the batch, in training too.
+  model = models.create('BiT-R50x1', 10)
+  images = jax.random.normal(jax.random.PRNGKey(0), (3, 64, 64, 3))
+  variables = with_random_head(model.init(jax.random.PRNGKey(0), images[:1]))
+  assert list(variables) == ['params']
+  together = model.apply(variables, images, train=True)
+  np.testing.assert_allclose(together[1:2], model.apply(variables, images[1:2], train=True), rtol=1e-4, atol=1e-5)
+  _, found = models.features(model, variables, images)
+  assert [found[f'stage{i}'].shape[1:] for i in range(1, 5)] == [(16, 16, 256), (8, 8, 512), (4, 4, 1024), (2, 2, 2048)]
+
+
 def test_resnet_is_a_pyramid_its_stages_halve_the_grid():
   model = models.create('ResNet-18', 10)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
@@ -214,7 +223,7 @@ def test_resnet_is_a_pyramid_its_stages_halve_the_grid():
 
 
 @pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S',
-                                  'CaiT-S24']   # DeiT III: ViT's modules)
+                                  'CaiT-S24'])   # DeiT III: ViT's modules
 def test_jit_grad_is_finite_and_nonzero(name):
   model = tiny(name, drop_path_rate=0.1)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
@@ -238,7 +247,7 @@ def test_jit_grad_is_finite_and_nonzero(name):
 
 
 @pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S',
-                                  'CaiT-S24']   # DeiT III: ViT's modules)
+                                  'CaiT-S24'])   # DeiT III: ViT's modules
 def test_bfloat16_computes_in_bf16_with_float32_parameters(name):
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   f32, bf16 = tiny(name), tiny(name, dtype=jnp.bfloat16)

@@ -11,10 +11,9 @@ from isojax.config_base import model_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'experiments', 'notebooks', 'explore_run.ipynb')
 
-SMALL = {
+SMALL = {   # Mixer's figure (token-mixing weights) is covered by tests/test_explain.py
     'convmixer': None,   # the default config's own model, shrunk below
     'vit': model_config('ViT-16x2/2-h2-m32'),
-    'mixer': model_config('Mixer-16x2/2-c32'),
 }
 
 

@@ -61,13 +61,14 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
   monkeypatch.chdir(ROOT)
   # patch_size=3 does not divide the 8x8 digits: that trial fails, the others must not care.
-  spec = sweeps.Sweep('configs/default.py', sweeps.product({'model.patch_size': [2, 3], 'optimizer.lr': [2e-3, 5e-3]}),
-                      fixed=TINY)
+  trials = sweeps.product({'model.patch_size': [2], 'optimizer.lr': [2e-3, 5e-3]}) + [
+      {'model.patch_size': 3, 'optimizer.lr': 2e-3}]
+  spec = sweeps.Sweep('configs/default.py', trials, fixed=TINY)
   directory = str(tmp_path / 'sweep')
   table = sweep.run(spec, directory, parallel=2)
   status = {r['trial']: r['status'] for r in table}
   assert status == {'patch_size=2,lr=0.002': 'done', 'patch_size=2,lr=0.005': 'done',
-                    'patch_size=3,lr=0.002': 'failed', 'patch_size=3,lr=0.005': 'failed'}
+                    'patch_size=3,lr=0.002': 'failed'}
   failed = next(r for r in table if r['status'] == 'failed')
   assert 'not divisible by patch_size=3' in failed['error']
   done = [r for r in table if r['status'] == 'done']
@@ -92,7 +93,7 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
   assert '| patch_size=2,lr=' in out.stdout
   with open(os.path.join(directory, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
-  assert [r['status'] for r in rows] == ['done', 'done', 'failed', 'failed']
+  assert [r['status'] for r in rows] == ['done', 'done', 'failed']
   assert os.path.getsize(os.path.join(directory, 'results.png')) > 1000
 
 

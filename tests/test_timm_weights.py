@@ -74,6 +74,11 @@ def relative_difference(logits, expected):
   return float(np.abs(np.asarray(logits) - expected).max() / np.abs(expected).max())
 
 
+# BiT's pre-activation residual stream is never normalised, so float32 rounding grows over its 50 layers:
+# timm's own float32 logits differ from its float64 ones by 2.2e-5 (relative), isojax's by 1.6e-5.
+TOLERANCE = {'resnetv2_50x1_bit': 5e-5}
+
+
 @pytest.mark.parametrize('name', sorted(SEEDED['models']))
 def test_timm_models_rebuild_from_their_file_alone_with_timms_logits(tmp_path, name):
   expected = np.load(os.path.join(DATA, 'seeded_logits.npz'))
@@ -81,7 +86,7 @@ def test_timm_models_rebuild_from_their_file_alone_with_timms_logits(tmp_path, n
   logits = model.apply(variables, jnp.asarray(expected[f'{name}/images']), train=False)
   difference = relative_difference(logits, expected[name])
   print(f'{name} (timm {SEEDED["timm"]}): max |logit difference| / max |logit| {difference:.2e}')
-  assert difference < 1e-5
+  assert difference < TOLERANCE.get(name, 1e-5)
 
 
 def test_convmixer_768_32_is_read_as_relu_and_gelu_would_be_wrong(tmp_path):

@@ -44,7 +44,9 @@ def family(state: dict) -> str:
     return 'convmixer'
   if 'conv1.weight' in keys and 'layer1.0.conv1.weight' in keys:
     return 'resnet'
-  raise ValueError(f'Not a timm vit_*/deit3_*/cait_*/mixer_*/resmlp_*/gmlp_*/convmixer_*/resnet* or ConvNeXt-iso state dict (first keys: {sorted(keys)[:5]}).')
+  if 'stem.conv.weight' in keys and 'stages.0.blocks.0.conv1.weight' in keys:
+    return 'resnetv2'
+  raise ValueError(f'Not a timm vit_*/deit3_*/cait_*/mixer_*/resmlp_*/gmlp_*/convmixer_*/resnet*/resnetv2_*_bit or ConvNeXt-iso state dict (first keys: {sorted(keys)[:5]}).')
 
 
 def _linear(state, name):
@@ -230,8 +232,30 @@ def resnet(state: dict) -> dict:
   return {'params': params, 'batch_stats': stats}
 
 
+def _resnetv2_blocks(state) -> list[int]:
+  return [1 + max((int(m.group(1)) for k in state if (m := re.match(rf'stages\.{s}\.blocks\.(\d+)\.', k))), default=-1)
+          for s in range(4)]
+
+
+def resnetv2(state: dict) -> dict:
+  """timm `resnetv2_*_bit`: stem.conv, stages.S.blocks.B.{norm1-3, conv1-3, downsample.conv}, norm, head.fc."""
+  params = {'stem': {'kernel': _conv(state['stem.conv.weight'])}}
+  for stage, count in enumerate(_resnetv2_blocks(state)):
+    for i in range(count):
+      p = f'stages.{stage}.blocks.{i}'
+      block = {f'norm{k}': _norm(state, f'{p}.norm{k}') for k in (1, 2, 3)}
+      block.update({f'conv{k}': {'kernel': _conv(state[f'{p}.conv{k}.weight'])} for k in (1, 2, 3)})
+      if f'{p}.downsample.conv.weight' in state:
+        block['downsample'] = {'kernel': _conv(state[f'{p}.downsample.conv.weight'])}
+      params[f'stage{stage + 1}_{i}'] = block
+  params['final_norm'] = _norm(state, 'norm')
+  if 'head.fc.weight' in state:   # a 1x1 convolution on the pooled map: a dense layer
+    params['head'] = {'kernel': state['head.fc.weight'][:, :, 0, 0].T, 'bias': state['head.fc.bias']}
+  return {'params': params}
+
+
 CONVERTERS = {'vit': vit, 'cait': cait, 'mixer': mixer, 'resmlp': resmlp, 'gmlp': gmlp, 'convnext_iso': convnext_iso,
-              'convmixer': convmixer, 'resnet': resnet}
+              'convmixer': convmixer, 'resnet': resnet, 'resnetv2': resnetv2}
 
 
 def from_facebook_resmlp(state: dict) -> dict:
@@ -373,9 +397,20 @@ def describe_resnet(state: dict) -> Weights:
   return Weights(convert(state), 'resnet', dict(depth=depth), classes, None, {})
 
 
+def describe_resnetv2(state: dict) -> Weights:
+  from isojax.models.resnetv2 import STAGES
+  blocks = tuple(_resnetv2_blocks(state))
+  depth = next((d for d, shape in STAGES.items() if shape == blocks), None)
+  if depth is None:
+    raise ValueError(f'A timm ResNet-V2 with blocks {blocks} is none of BiT-R{sorted(STAGES)}.')
+  classes = int(state['head.fc.weight'].shape[0]) if 'head.fc.weight' in state else None
+  fields = dict(depth=depth, width_factor=int(state['stem.conv.weight'].shape[0]) // 64)
+  return Weights(convert(state), 'resnetv2', fields, classes, None, {})
+
+
 DESCRIBERS = {'vit': describe_vit, 'cait': describe_cait, 'mixer': describe_mixer, 'resmlp': describe_resmlp, 'gmlp': describe_gmlp,
               'convnext_iso': describe_convnext_iso, 'convmixer': describe_convmixer,
-              'resnet': describe_resnet}
+              'resnet': describe_resnet, 'resnetv2': describe_resnetv2}
 
 
 def describe(state: dict) -> Weights:

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 
-from isojax.models import cait, convmixer, convnext_iso, deit3, gmlp, mixer, resmlp, resnet, vit
+from isojax.models import cait, convmixer, convnext_iso, deit3, gmlp, mixer, resmlp, resnet, resnetv2, vit
 
 # One line per family: (module, factory).
 FAMILIES = (
@@ -28,7 +28,8 @@ FAMILIES = (
     (gmlp, gmlp.gmlp),
     (convnext_iso, convnext_iso.convnext_iso),
     (convmixer, convmixer.convmixer),
-    (resnet, resnet.resnet),        # the pyramid baseline (not an Isotropic)
+    (resnet, resnet.resnet),        # the pyramid baselines (not an Isotropic)
+    (resnetv2, resnetv2.resnetv2),
 )
 
 

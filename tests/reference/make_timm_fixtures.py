@@ -41,6 +41,7 @@ SEEDED = {
     'resnet18': (dict(), 32),                                            # the pyramid baselines
     'resnet50': (dict(), 32),
     'cait_xxs24_224': (dict(img_size=32, depth=2), 32),                  # talking heads, class attention
+    'resnetv2_50x1_bit': (dict(), 32),                                   # weight standardisation, GroupNorm
 }
 
 
