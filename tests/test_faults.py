@@ -268,8 +268,19 @@ def wait_for(path, proc, timeout=300):
     time.sleep(0.02)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_both_request_a_stop_named_after_them_and_handlers_are_restored(signum):
+  # The end-to-end run below sends SIGTERM; Ctrl-C (SIGINT) takes the same handler, pinned here in-process.
+  before = signal.getsignal(signum)
+  with preemption.StopSignals() as stop:
+    assert stop.requested(3) is None
+    os.kill(os.getpid(), signum)
+    assert stop.requested(4) == signum.name
+  assert signal.getsignal(signum) is before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('signum', [signal.SIGTERM])
 def test_a_signal_checkpoints_the_current_step_and_resuming_gives_the_unbroken_result(
     tmp_path, digits_dir, unbroken_quick_run, signum):
   proc = subprocess.Popen(main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT,
