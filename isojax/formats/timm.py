@@ -203,9 +203,14 @@ def convmixer(state: dict) -> dict:
   return {'params': params, 'batch_stats': stats}
 
 
+def _stage_blocks(state, stage: str, first: int) -> list[int]:
+  """Blocks in each of a ResNet's 4 stages, whose keys start `stage.format(s)`.<block>. for s = first..first+3."""
+  return [1 + max((int(m.group(1)) for k in state if (m := re.match(re.escape(stage.format(s)) + r'\.(\d+)\.', k))),
+                  default=-1) for s in range(first, first + 4)]
+
+
 def _resnet_blocks(state) -> list[int]:
-  return [1 + max((int(m.group(1)) for k in state if (m := re.match(rf'layer{s}\.(\d+)\.', k))), default=-1)
-          for s in range(1, 5)]
+  return _stage_blocks(state, 'layer{}', 1)
 
 
 def resnet(state: dict) -> dict:
@@ -233,8 +238,7 @@ def resnet(state: dict) -> dict:
 
 
 def _resnetv2_blocks(state) -> list[int]:
-  return [1 + max((int(m.group(1)) for k in state if (m := re.match(rf'stages\.{s}\.blocks\.(\d+)\.', k))), default=-1)
-          for s in range(4)]
+  return _stage_blocks(state, 'stages.{}.blocks', 0)
 
 
 def resnetv2(state: dict) -> dict:
@@ -344,22 +348,23 @@ def describe_mixer(state: dict) -> Weights:
   return Weights(convert(state), 'mixer', fields, _classes(state), patch * grid_side(tokens, 'The token-mixing MLP'), {})
 
 
-def describe_resmlp(state: dict) -> Weights:
+def _describe_mlp_ratio_family(state: dict, family: str, token_layer: str, what: str) -> Weights:
+  """ResMLP and gMLP (timm's MlpMixer with another block): width, depth, patch and MLP ratio from the
+  shapes; the image size from `token_layer`, a linear layer across the tokens."""
   stem = state['stem.proj.weight']
   width, patch = int(stem.shape[0]), square_patch(*stem.shape[2:])
-  tokens = int(state['blocks.0.linear_tokens.weight'].shape[0])
+  tokens = int(state[f'blocks.0.{token_layer}.weight'].shape[0])
   fields = dict(hidden_size=width, depth=block_count(state, r'blocks\.(\d+)\.'), patch_size=patch,
                 mlp_ratio=int(state['blocks.0.mlp_channels.fc1.weight'].shape[0]) // width)
-  return Weights(convert(state), 'resmlp', fields, _classes(state), patch * grid_side(tokens, 'The token-mixing layer'), {})
+  return Weights(convert(state), family, fields, _classes(state), patch * grid_side(tokens, what), {})
+
+
+def describe_resmlp(state: dict) -> Weights:
+  return _describe_mlp_ratio_family(state, 'resmlp', 'linear_tokens', 'The token-mixing layer')
 
 
 def describe_gmlp(state: dict) -> Weights:
-  stem = state['stem.proj.weight']
-  width, patch = int(stem.shape[0]), square_patch(*stem.shape[2:])
-  tokens = int(state['blocks.0.mlp_channels.gate.proj.weight'].shape[0])
-  fields = dict(hidden_size=width, depth=block_count(state, r'blocks\.(\d+)\.'), patch_size=patch,
-                mlp_ratio=int(state['blocks.0.mlp_channels.fc1.weight'].shape[0]) // width)
-  return Weights(convert(state), 'gmlp', fields, _classes(state), patch * grid_side(tokens, 'The spatial gating unit'), {})
+  return _describe_mlp_ratio_family(state, 'gmlp', 'mlp_channels.gate.proj', 'The spatial gating unit')
 
 
 def describe_convnext_iso(state: dict) -> Weights:

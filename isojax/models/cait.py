@@ -30,10 +30,10 @@ import jax
 import jax.numpy as jnp
 
 from isojax.models.isotropic import Isotropic, MixingBlock
+from isojax.models.layers import TIMM_TRUNC_NORMAL_02 as NORMAL_02
 from isojax.models.layers import (PRE_LOGITS, ZEROS, Dense, LayerScale, MlpBlock, PatchEmbed, keep_feature,
                                   torch_default_init)
 
-NORMAL_02 = nn.initializers.normal(stddev=0.02)   # timm trunc_normal_(std=.02), bounds +-2: 100 sigma
 _SIZES = {'XXS24': (192, 24, 4), 'S24': (384, 24, 8)}   # width, depth, heads: cait.py l.566-606
 _PATCH = 16
 VARIANTS = {f'CaiT-{size}': dict(hidden_size=w, depth=d, num_heads=h, patch_size=_PATCH, layer_scale_init=1e-5)

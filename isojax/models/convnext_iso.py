@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from isojax.models.isotropic import Isotropic, PoolingHead
+from isojax.models.layers import TIMM_TRUNC_NORMAL_02 as TRUNC_NORMAL_02
 from isojax.models.layers import ZEROS, Dense, DepthwiseConv, DropPath, LayerScale, PatchEmbed, gelu
 
-TRUNC_NORMAL_02 = nn.initializers.normal(stddev=0.02)   # timm trunc_normal_(std=.02), bounds +-2: 100 sigma
 _SIZES = {'S': (384, 18), 'B': (768, 18), 'L': (1024, 36)}
 _PATCH, _KERNEL = 16, 7
 VARIANTS = {f'ConvNeXt-iso-{size}': dict(hidden_size=w, depth=d, patch_size=_PATCH, kernel_size=_KERNEL)

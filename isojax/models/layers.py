@@ -36,6 +36,10 @@ def keep_feature(module: nn.Module, name: str, value: jax.Array) -> None:
     module.sow(FEATURES, name, value)
 
 
+# timm's trunc_normal_(std=.02) truncates at +-2 in absolute value, 100 standard deviations: N(0, 0.02).
+TIMM_TRUNC_NORMAL_02 = nn.initializers.normal(stddev=0.02)
+
+
 def torch_default_init(fan_in: int) -> tuple[Initializer, Initializer]:
   """(kernel, bias) initialisers of PyTorch's nn.Linear / nn.Conv2d `reset_parameters`.
 
