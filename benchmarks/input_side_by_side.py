@@ -51,7 +51,8 @@ def _status_kib(field: str, pid: str = 'self') -> int:
 
 
 def _isojax_batches(folder: str, devices: int, shuffle_buffer: int, antialias: bool = False):
-  from isojax import config_base, data
+  from isojax.training import config_base
+  from isojax import data
   config = config_base.load(CONFIG)
   builder = data.get_builder('image_folder', folder)
   pp = config.data.train_pp.replace('antialias=False', 'antialias=True') if antialias else config.data.train_pp
@@ -64,7 +65,7 @@ def plain_tfdata_batches(folder: str, devices: int, shuffle_buffer: int):
   """isojax's pipeline before encoded buffers: decoded on read, a pipeline and a buffer per device."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
-  from isojax import config_base
+  from isojax.training import config_base
   from isojax.data import image_folder, preprocess
   config = config_base.load(CONFIG)
   builder = image_folder.open_folder(folder)

@@ -9,7 +9,7 @@ __version__ = '0.1.0'
 
 def load(workdir, step=None, ema=None):
   """(model, variables, config) of a training run: latest checkpoint, a step, or step='best'."""
-  from isojax import runs   # imported on use: `import isojax` stays light
+  from isojax.weights import runs   # imported on use: `import isojax` stays light
   return runs.load(workdir, step=step, ema=ema)
 
 

@@ -80,13 +80,14 @@ def _peak_memory() -> tuple[Optional[int], str]:
 def bench_model(name: str, batch_size: int, image_size: int, dtype: str = 'float32', steps: int = 10,
                 num_classes: int = 1000, remat: bool = False) -> dict:
   """Training step and inference timings for one model, under pmap over all local devices."""
-  from isojax import models, optim, parallel, runs, train_step
-  from isojax.config_base import base
+  from isojax import models
+  from isojax.training import optim, parallel, train_step
+  from isojax.training.config_base import base
   devices = jax.local_device_count()
   if batch_size % devices:
     raise ValueError(f'--batch-size {batch_size} is not divisible by the {devices} local devices.')
   entry = models.lookup(name)
-  model = runs.build_model(name, num_classes, dtype=dtype, remat=remat, axis_name=train_step.AXIS)
+  model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=train_step.AXIS)
   opt_config = base().optimizer
   tx, lr = optim.create(opt_config, total_steps=1000)
   with jax.default_device(jax.local_devices(backend='cpu')[0]):   # as isojax.main: init on the host
@@ -150,9 +151,10 @@ def _available_memory() -> tuple[int, str]:
 def train_step_bytes(name: str, per_device_batch: int, image_size: int, dtype: str = 'float32',
                      remat: bool = False, num_classes: int = 1000) -> int:
   """Memory XLA assigns to one device's training step: state, batch, temporaries and outputs."""
-  from isojax import optim, runs, train_step
-  from isojax.config_base import base
-  model = runs.build_model(name, num_classes, dtype=dtype, remat=remat, axis_name=None)
+  from isojax import models
+  from isojax.training import optim, train_step
+  from isojax.training.config_base import base
+  model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=None)
   tx, lr = optim.create(base().optimizer, total_steps=1000)
   state = jax.eval_shape(lambda rng: train_step.init_state(model, tx, rng, (image_size, image_size, 3), ema=False),
                          jax.random.PRNGKey(0))
@@ -205,7 +207,8 @@ def _override_value(text: str):
 
 def bench_input(config_path: str, steps: int = 50, overrides: Sequence[str] = ()) -> dict:
   """Images/s of the config's training input pipeline alone, for this process's devices."""
-  from isojax import config_base, data, parallel
+  from isojax.training import config_base, parallel
+  from isojax import data
   pairs = [item.partition('=') for item in overrides]
   if any(not sep for _, sep, _ in pairs):
     raise ValueError(f'--set takes KEY=VALUE (e.g. data.name=image_folder); got {list(overrides)}.')

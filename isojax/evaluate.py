@@ -23,7 +23,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of an isojax.main
 _STEP = flags.DEFINE_string('step', None, "A checkpoint step, 'best', or empty for the latest.")
 _WEIGHTS = flags.DEFINE_string('weights', None, 'A published weight file (.npz, timm .pth/.bin/.safetensors).')
 _MODEL = flags.DEFINE_string('model', None, 'With --weights: the isojax model name to load them into; by '
-                             'default the architecture is read from the file (isojax.pretrained.create).')
+                             'default the architecture is read from the file (isojax.weights.pretrained.create).')
 _DATASET = flags.DEFINE_string('dataset', None, 'Evaluate one classification evaluator on this TFDS dataset.')
 _SPLIT = flags.DEFINE_string('split', None, 'Its split (default: the config\'s eval split).')
 _PP = flags.DEFINE_string('pp', None, 'Its preprocessing (default: the config\'s eval_pp).')
@@ -35,7 +35,7 @@ _DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-host run (j
 
 def _apply_flags(config) -> None:
   """--dataset/--split/--pp/--image_size/--data_dir: one classification evaluator on that data."""
-  from isojax.config_base import classification_eval
+  from isojax.training.config_base import classification_eval
   data_flags = (_DATASET.value, _SPLIT.value, _PP.value, _IMAGE_SIZE.value, _DATA_DIR.value)
   if not any(v is not None for v in data_flags):
     return
@@ -57,8 +57,10 @@ def main(argv: list[str]) -> None:
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')
   import jax
-  from isojax import evaluation, models, parallel, pretrained, runs
-  from isojax import workdir as workdir_lib
+  from isojax import evaluation, models
+  from isojax.training import parallel
+  from isojax.weights import pretrained, runs
+  from isojax.training import workdir as workdir_lib
   if _DISTRIBUTED.value:
     parallel.initialize_distributed()
   if _WORKDIR.value:

@@ -74,7 +74,8 @@ def depthwise_kernels(variables: dict, block: int = 0) -> np.ndarray:
 def shape_profile(model: nn.Module, image_size: int, channels: int = 3) -> list[tuple[str, int, int]]:
   """[(feature, tokens, width)] after each block ('block00', ...) or stage ('stage1', ...), in order.
 
-  Tokens are every position of a feature map (h x w, or the sequence with any class token);
+  Tokens are every position of a feature map (h x w, or the sequence with any class token); a hybrid's ResNet
+  stages ('stem/backbone/stage1', ...) come before its blocks.
   shapes only (`jax.eval_shape`): no parameters are initialised.
   """
   images = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
@@ -83,5 +84,6 @@ def shape_profile(model: nn.Module, image_size: int, channels: int = 3) -> list[
     return models.features(model, model.init(jax.random.PRNGKey(0), x, train=False), x)[1]
 
   found = jax.eval_shape(run, images)
+  in_order = sorted(found, key=lambda name: (not name.startswith('stem/'), name))   # a stem's stages come first
   return [(name, int(np.prod(found[name].shape[1:-1])), int(found[name].shape[-1]))
-          for name in sorted(found) if name != models.PRE_LOGITS]
+          for name in in_order if name != models.PRE_LOGITS]

@@ -4,7 +4,7 @@
         [--config.optimizer.lr=3e-3 ...]
 
 Running the same command on the same workdir resumes from its latest checkpoint. On SIGTERM or
-SIGINT the run finishes its step, checkpoints it and exits with code 75 (isojax/preemption.py).
+SIGINT the run finishes its step, checkpoints it and exits with code 75 (isojax/training/preemption.py).
 """
 from __future__ import annotations
 
@@ -34,14 +34,14 @@ def main(argv: list[str]) -> None:
   import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators
   if _DRY_RUN.value:
-    from isojax import config_base, plan
+    from isojax.training import config_base, plan
     config_base.validate(_CONFIG.value)
     plan.validate_model(_CONFIG.value)
     print(plan.format_dry_run(plan.dry_run(_CONFIG.value)), flush=True)
     return
-  from isojax import preemption, train
+  from isojax.training import preemption, loop
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except preemption.Preempted as stopped:
     import jax
     if jax.process_index() == 0:

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError('Give one or more image files after the flags.')
   logging.set_verbosity(logging.WARNING)
   import isojax
-  from isojax import workdir as workdir_lib
+  from isojax.training import workdir as workdir_lib
   step = _STEP.value
   step = int(step) if step and step.isdigit() else step
   model, variables, config = isojax.load(_WORKDIR.value, step=step)

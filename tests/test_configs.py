@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from isojax import config_base, runs
+from isojax.training import config_base
 from isojax.data import preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +21,7 @@ def test_config_builds_its_model_and_pipeline(spec):
   config = config_base.load(os.path.join(ROOT, spec))
   preprocess.parse(config.data.train_pp)
   preprocess.parse(config.data.eval_pp)
-  model = runs.create_model(config, num_classes=10)
+  model = config_base.create_model(config, num_classes=10)
   size = config.data.image_size
   logits = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))),
                                               jnp.zeros((2, size, size, 3))))

@@ -11,8 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from isojax import config_base, evaluation, models, train
-from isojax import workdir as workdir_lib
+from isojax.training import config_base, loop
+from isojax import evaluation, models
+from isojax.training import workdir as workdir_lib
 from isojax.evaluation import fewshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +93,7 @@ def test_several_evaluators_run_at_their_own_steps_and_one_picks_the_best(tmp_pa
     config.evals.train = config_base.classification_eval(split='train[:200]', every=4)
     config.evals.fewshot.shots = (1, 5)
     config.best_metric = 'fewshot/5shot'
-  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  result = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   records = workdir_lib.read_metrics(str(tmp_path / 'run'))
   steps = lambda name: [m['step'] for m in workdir_lib.eval_records(records, name)]
   assert steps('val') == [2, 4] and steps('fewshot') == [2, 4] and steps('train') == [4]
@@ -115,7 +116,7 @@ def test_an_evaluator_naming_what_does_not_exist_fails_before_training(tmp_path,
   with config.unlocked():
     config.evals.probe = config_base.fewshot_eval(**{field: value})
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not workdir_lib.read_metrics(str(tmp_path / 'run'))   # nothing trained
 
 
@@ -140,7 +141,7 @@ def test_an_evaluator_failing_mid_run_stops_the_run_naming_it_and_the_step(tmp_p
     return {'1shot': 0.5, '1shot_seeds': [0.5], '5shot': 0.5, '5shot_seeds': [0.5]}
   monkeypatch.setattr(evaluation.FewshotEvaluator, 'run', fail_second_time)
   with pytest.raises(RuntimeError, match=r"Evaluator 'fewshot' \(fewshot\) failed at step 4: OSError: disk went away"):
-    train.train_and_evaluate(short_config(tmp_path / 'tfds'), str(tmp_path / 'run'))
+    loop.train_and_evaluate(short_config(tmp_path / 'tfds'), str(tmp_path / 'run'))
 
 
 def run_evaluate(*args):
@@ -154,7 +155,7 @@ def run_evaluate(*args):
 @pytest.mark.slow
 def test_evaluate_reruns_a_finished_runs_evaluators_with_its_final_top1(tmp_path):
   config = short_config(tmp_path / 'tfds')
-  result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  result = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   stdout = run_evaluate(f'--workdir={tmp_path / "run"}', f'--out={tmp_path / "eval.json"}')
   written = json.loads((tmp_path / 'eval.json').read_text())
   assert written['step'] == 4 and set(written['results']) == {'val', 'fewshot'}
@@ -188,11 +189,11 @@ def test_classification_on_another_dataset_runs_when_the_label_spaces_match(tmp_
     config.evals.mnist = config_base.classification_eval(dataset='mnist', split='test', pp='resize(8)|normalize(half)')
     config.evals.fewshot.shots = (1,)
   with tfds.testing.mock_data(num_examples=16):   # no download: TFDS's mock MNIST, 10 classes like the digits
-    train.train_and_evaluate(config, str(tmp_path / 'run'))
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
     rows = workdir_lib.eval_records(workdir_lib.read_metrics(str(tmp_path / 'run')), 'mnist')
     assert [m['step'] for m in rows] == [2] and rows[0]['num_examples'] > 0   # mock splits: 16 per shard
     with config.unlocked():
       config.evals.mnist.dataset = 'cifar100'
     with pytest.raises(ValueError, match=r"Evaluator 'mnist': 'cifar100' has 100 classes, the model 10; "
                                          r"classification needs the same label space"):
-      train.train_and_evaluate(config, str(tmp_path / 'run2'))
+      loop.train_and_evaluate(config, str(tmp_path / 'run2'))

@@ -14,9 +14,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from isojax import checkpoint, config_base, preemption, runs
-from isojax import workdir as workdir_lib
-from isojax.formats import torchfile
+from isojax.training import checkpoint, config_base, preemption
+from isojax.weights import runs
+from isojax.training import workdir as workdir_lib
+from isojax.weights.formats import torchfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -108,7 +109,7 @@ def test_when_no_checkpoint_is_readable_the_error_names_the_directory_and_each_s
 
 _WRITE_LIMITED = '''
 import resource, signal, sys, numpy as np
-from isojax import checkpoint
+from isojax.training import checkpoint
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)           # an over-size write fails with EFBIG, as on a full disk
 ckpt = checkpoint.Checkpointer(sys.argv[1], keep=3)
 ckpt.save(1, {'w': np.ones(1000, np.float32)})
@@ -167,7 +168,7 @@ def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
 
 
 def test_a_summary_without_top5_is_written(tmp_path):
-  from isojax.metrics import MetricWriter
+  from isojax.training.metrics import MetricWriter
   writer = MetricWriter(str(tmp_path))
   writer.write(3, 'summary', {'best_accuracy': 0.5, 'final_top5': None, 'best_metric': 'val/accuracy'})
   writer.close()
@@ -308,7 +309,7 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
   port = free_port()
   script = tmp_path / 'worker.py'
   distributed = distributed_overrides(port, ", 'num_steps': 400, 'checkpoint.every': 200, 'eval_every': 200")
-  script.write_text('import sys\nfrom isojax import preemption\ntry:\n' +
+  script.write_text('import sys\nfrom isojax.training import preemption\ntry:\n' +
                     ''.join('  ' + line + '\n' for line in WORKER.format(extra=distributed).strip().splitlines()) +
                     'except preemption.Preempted as e:\n  print("STOPPED", e.step, flush=True)\n'
                     '  sys.exit(preemption.EXIT_CODE)\n')
@@ -401,7 +402,8 @@ def official_vit_file(tmp_path, depth=2, heads=4):
     ('ViT-48x2/4-h4-m64', r"Pretrained 'params/[\w/]+' has shape \([\d, ]*32[\d, ]*\), but the model expects"),
 ])
 def test_a_weight_file_that_does_not_fit_the_model_names_what_differs(tmp_path, name, message):
-  from isojax import models, pretrained
+  from isojax import models
+  from isojax.weights import pretrained
   path = official_vit_file(tmp_path)
   with pytest.raises(ValueError, match=message):
     pretrained.load(path, models.create(name, 10), 16)
@@ -422,16 +424,16 @@ def test_a_sweep_with_an_impossible_value_fails_before_any_trial_starts(tmp_path
 
 def test_best_and_final_come_from_this_runs_checkpoints_not_stale_metrics(tmp_path):
   import shutil
-  from isojax import train
+  from isojax.training import loop
   config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
       'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 3, 'batch_size': 16,
       'eval_batch_size': 360, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tmp_path / 'tfds')})
   with config.unlocked():
     config.evals.fewshot.shots = (1,)
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  loop.train_and_evaluate(config, str(tmp_path / 'run'))
   shutil.rmtree(tmp_path / 'run' / 'checkpoints')
   config.optimizer.lr = 1e-7                       # another run in the same workdir
-  second = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  second = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   evals = workdir_lib.eval_records(workdir_lib.read_metrics(str(tmp_path / 'run')), 'val')
   assert [m['step'] for m in evals] == [3, 6]      # only this run's evaluations (the first run's are gone)
   assert second.summary['best_accuracy'] == max(m['accuracy'] for m in evals)

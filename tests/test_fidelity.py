@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isojax import config_base, models, optim, plan, train_step
+from isojax.training import config_base, optim, plan, train_step
+from isojax import models
 from isojax.data import randaugment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,9 +276,8 @@ def test_changing_the_name_alone_changes_the_whole_architecture():
 
 
 def test_default_config_is_named_for_what_it_builds():
-  from isojax import runs
   config = config_base.load(os.path.join(CONFIGS, 'default.py'))
-  assert runs.model_name(config) == 'ConvMixer-128/6-k3-p2'
+  assert config_base.model_name(config) == 'ConvMixer-128/6-k3-p2'
 
 
 # --- recipes: the update each source's formula gives ----------------------------------------------

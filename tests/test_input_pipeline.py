@@ -212,7 +212,7 @@ def test_the_photo_folder_is_imagenet_sized_jpegs_made_offline(photos):
 
 def test_the_imagenet_training_and_eval_pipelines_run_on_a_jpeg_folder(photos):
   # The image folder's images have no static shape; every op (RandAugment's included) must cope.
-  from isojax import config_base
+  from isojax.training import config_base
   config = config_base.load('configs/imagenet_vit_s16.py')
   builder = data.get_builder('image_folder', photos)
   (batch,) = batches(builder, 1, pp=config.data.train_pp, image_size=224, per_device_batch=2, local_devices=2)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from isojax import config_base, train, workdir as workdir_lib
+from isojax.training import config_base, loop, workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, 'configs', 'default.py')
@@ -86,11 +86,11 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, tfds_dir
 # one process) stays at float rounding; Adam would amplify it in near-zero gradients.
 WORKER = '''
 import sys, numpy as np, jax
-from isojax import config_base, train
+from isojax.training import config_base, loop
 config = config_base.load(sys.argv[1], {{'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1,
     'batch_size': 32, 'eval_batch_size': 360, 'model.name': 'ConvMixer-32/2',
     'optimizer.name': 'sgd', 'optimizer.lr': 0.05{extra}}})
-result = train.train_and_evaluate(config, sys.argv[2])
+result = loop.train_and_evaluate(config, sys.argv[2])
 leaves = jax.tree_util.tree_leaves(result.state.params)
 np.savez(sys.argv[3], *leaves)
 '''
@@ -158,7 +158,7 @@ def quick_config(tfds_dir, **overrides):
 ])
 def test_bad_configs_fail_before_compiling_with_an_actionable_message(tmp_path, tfds_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
-    train.train_and_evaluate(quick_config(tfds_dir, **overrides), str(tmp_path))
+    loop.train_and_evaluate(quick_config(tfds_dir, **overrides), str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
 
 
@@ -167,8 +167,8 @@ def test_a_diverging_run_stops_at_the_nan_step_without_writing_nan_checkpoints(t
                                      'optimizer.warmup_steps': 0, 'optimizer.schedule': 'constant',
                                      'num_steps': 8, 'checkpoint.every': 1})
   with pytest.raises(FloatingPointError, match=r'Loss became (nan|inf) at step \d+; stopping'):
-    train.train_and_evaluate(config, str(tmp_path))
-  from isojax import checkpoint
+    loop.train_and_evaluate(config, str(tmp_path))
+  from isojax.training import checkpoint
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(str(tmp_path)), read_only=True)
   for step in ckpt.all_steps():
     _, state = ckpt.restore_raw(step)
@@ -183,7 +183,7 @@ def test_cifar10_convmixer_config_runs_the_whole_pipeline_on_mock_data(tmp_path)
   config.mixup.cutmix_alpha = 1.0   # and the batch-level augmentations too
   config.mixup.mixup_alpha = 0.8
   with tfds.testing.mock_data(num_examples=16):
-    result = train.train_and_evaluate(config, str(tmp_path / 'run'))
+    result = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   assert result.summary['steps'] == 2 and 0.0 <= result.summary['final_accuracy'] <= 1.0
   assert [m['step'] for m in records(tmp_path / 'run', 'train')] == [1, 2]
   assert records(tmp_path / 'run', 'eval')[0]['num_examples'] > 0

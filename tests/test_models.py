@@ -32,6 +32,9 @@ PUBLISHED_PARAMS = {
     'ResNet-18': 11_689_512, 'ResNet-34': 21_797_672, 'ResNet-50': 25_557_032, 'ResNet-101': 44_549_160,
     'ResNet-152': 60_192_808,
     'BiT-R50x1': 25_549_352,   # timm resnetv2_50x1_bit
+    # vision_transformer's hybrids, counted by its own models_vit.py in tests/test_official_weights.py; equal to
+    # timm's vit_{base_r50_s16,small_r26_s32,base_r26_s32,large_r50_s32}_224
+    'R50+ViT-B/16': 98_659_112, 'R26+ViT-S/32': 36_431_912, 'R26+ViT-B/32': 101_383_976, 'R50+ViT-L/32': 328_994_856,
 }
 
 
@@ -100,7 +103,8 @@ def tiny(name, **kw):
   shrink = {'ViT': ('ViT-32x2/4-h2-m64', {}), 'Mixer': ('Mixer-32x2/4-t16-c64', {}),
             'ConvMixer': ('ConvMixer-32/2', dict(kernel_size=3, patch_size=4)),
             'DeiT3': ('DeiT3-32x2/4-h2-m64', {}), 'ResMLP': ('ResMLP-32x2/4', {}), 'gMLP': ('gMLP-32x2/4', {}),
-            'ConvNeXt': ('ConvNeXt-iso-32x2-p4-k3', {}), 'CaiT': ('CaiT-32x2/4-h4', {})}
+            'ConvNeXt': ('ConvNeXt-iso-32x2-p4-k3', {}), 'CaiT': ('CaiT-32x2/4-h4', {}),
+            'R50+ViT': ('Rs1.1-w32+ViT-32x2/1-h2-m64', {})}
   small, fields = shrink[name.split('-')[0]]
   return models.create(small, num_classes=5, **{**fields, **kw})
 
@@ -223,7 +227,7 @@ def test_resnet_is_a_pyramid_its_stages_halve_the_grid():
 
 
 @pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S',
-                                  'CaiT-S24'])   # DeiT III: ViT's modules
+                                  'CaiT-S24', 'R50+ViT-B/16'])   # DeiT III: ViT's modules
 def test_jit_grad_is_finite_and_nonzero(name):
   model = tiny(name, drop_path_rate=0.1)
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
@@ -247,7 +251,7 @@ def test_jit_grad_is_finite_and_nonzero(name):
 
 
 @pytest.mark.parametrize('name', ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S',
-                                  'CaiT-S24'])   # DeiT III: ViT's modules
+                                  'CaiT-S24', 'R50+ViT-B/16'])   # DeiT III: ViT's modules
 def test_bfloat16_computes_in_bf16_with_float32_parameters(name):
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   f32, bf16 = tiny(name), tiny(name, dtype=jnp.bfloat16)

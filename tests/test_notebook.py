@@ -5,8 +5,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from isojax import config_base, train
-from isojax.config_base import model_config
+from isojax.training import config_base, loop
+from isojax.training.config_base import model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'experiments', 'notebooks', 'explore_run.ipynb')
@@ -27,7 +27,7 @@ def test_notebook_runs_on_a_finished_run_and_draws_its_figures(family, tmp_path,
     config.model.name = 'ConvMixer-16/1'
   else:
     config.model = SMALL[family]
-  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  loop.train_and_evaluate(config, str(tmp_path / 'run'))
 
   monkeypatch.setenv('ISOJAX_WORKDIR', str(tmp_path / 'run'))
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))

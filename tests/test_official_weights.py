@@ -13,7 +13,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from isojax import models, pretrained
+from isojax import models
+from isojax.weights import pretrained
 from tests.reference import sources
 
 VIT = dict(hidden_size=32, num_heads=2, mlp_dim=64, depth=2)
@@ -118,6 +119,57 @@ def test_vision_transformer_mixer_npz_rebuilds_and_reproduces_models_mixer(tmp_p
   print(f'models_mixer: max |logit difference| {difference:.2e}')
   assert difference < 1e-5 and np.abs(expected).max() > 0.1
   assert models.describe(model_name := models.name_for('mixer', pretrained.describe(path).fields)) == model_name
+
+
+# isojax name: vision_transformer configs/models.py function (l.269-332)
+HYBRIDS = {'R50+ViT-B/16': 'get_r50_b16_config', 'R26+ViT-S/32': 'get_r26_s32_config',
+           'R26+ViT-B/32': 'get_r26_b32_config', 'R50+ViT-L/32': 'get_r50_l32_config'}
+
+
+def count(model, size=224):
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
+  return sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(variables['params']))
+
+
+@pytest.mark.parametrize('name', list(HYBRIDS))
+def test_each_hybrid_is_vision_transformers_config_with_its_parameter_count(name):
+  models_vit, _ = sources.vision_transformer()
+  config = getattr(sources.vision_transformer_configs(), HYBRIDS[name])()
+  reference = models_vit.VisionTransformer(num_classes=1000, **{k: config[k] for k in config.keys()})
+  entry, fields = models.resolve(name)
+  assert count(models.create(name, 1000)) == count(reference)
+  assert fields['resnet_stages'] == tuple(config.resnet.num_layers) and fields['width_factor'] == config.resnet.width_factor
+  assert fields['dropout_rate'] == config.transformer.dropout_rate and fields['patch_size'] == config.patches.size[0]
+  assert entry.name == name and config.model_name == name.replace('/', '_')
+
+
+@pytest.mark.parametrize('one_counter', [True, False])
+def test_hybrid_npz_rebuilds_and_reproduces_models_vit_with_a_resnet(tmp_path, one_counter):
+  models_vit, _ = sources.vision_transformer()
+  reference = models_vit.VisionTransformer(
+      num_classes=10, patches=ml_collections.ConfigDict({'size': (1, 1)}), hidden_size=VIT['hidden_size'],
+      resnet=ml_collections.ConfigDict({'num_layers': (1, 2), 'width_factor': 0.5}),
+      transformer=dict(num_layers=VIT['depth'], mlp_dim=VIT['mlp_dim'], num_heads=VIT['num_heads'],
+                       dropout_rate=0.0, attention_dropout_rate=0.0))
+  path, expected = source_logits(reference, tmp_path, one_counter=one_counter)
+  assert 'block2/unit2/gn3/scale' in np.load(path) and 'block2/unit1/conv_proj/kernel' in np.load(path)
+  model, logits = created_logits(path)
+  difference = max_difference(logits, expected)
+  print(f'models_vit hybrid: max |logit difference| {difference:.2e}')
+  assert difference < 1e-5 and np.abs(expected).max() > 0.1
+  assert models.describe(models.name_for('hybrid', pretrained.describe(path).fields)) == 'Rs1.2-w32+ViT-32x2/1-h2-m64'
+  assert pretrained.describe(path).image_size == 16   # 2 x 2 tokens, each 8 x 8 pixels of the ResNet's grid
+
+
+def test_the_hybrid_resnet_standardises_filters_as_models_resnet_does():
+  """(w - mean) / (std + 1e-5), not timm's rsqrt(var + eps): models_resnet.weight_standardize, run."""
+  models_resnet = sources.load('vit_jax_models_resnet.py', 'vit_jax.models_resnet')
+  from isojax.models import hybrid
+  kernel = 0.01 * jax.random.normal(jax.random.PRNGKey(0), (3, 3, 4, 8))
+  expected = models_resnet.weight_standardize(kernel, axis=[0, 1, 2], eps=1e-5)
+  np.testing.assert_allclose(hybrid.weight_standardize(kernel), expected, rtol=1e-6, atol=1e-6)
+  timm_style = (kernel - kernel.mean((0, 1, 2))) * jax.lax.rsqrt(kernel.var((0, 1, 2)) + 1e-5)
+  assert float(jnp.abs(timm_style - expected).max()) > 1e-2    # the formulas differ at this scale
 
 
 def test_create_fine_tunes_at_another_size_and_class_count(tmp_path):

@@ -5,8 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from isojax import models, optim
-from isojax.config_base import base
+from isojax import models
+from isojax.training import optim
+from isojax.training.config_base import base
 
 
 @pytest.fixture(scope='module')

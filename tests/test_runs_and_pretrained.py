@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import isojax
-from isojax import config_base, models, pretrained, train
+from isojax.training import config_base, loop
+from isojax import models
+from isojax.weights import pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +19,7 @@ def short_default_run(workdir, tfds_dir, **overrides):
       'num_steps': 4, 'eval_every': 4, 'checkpoint.every': 2, 'log_every': 2, 'batch_size': 16,
       'eval_batch_size': 368, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tfds_dir),
       **overrides})
-  return config, train.train_and_evaluate(config, str(workdir))
+  return config, loop.train_and_evaluate(config, str(workdir))
 
 
 @pytest.fixture(scope='module')

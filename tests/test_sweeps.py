@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from isojax import sweep, sweep_results, sweeps
-from isojax import workdir as workdir_lib
+from isojax import sweeps
+from isojax.sweeps import launcher, results
+from isojax.training import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +66,7 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
       {'model.patch_size': 3, 'optimizer.lr': 2e-3}]
   spec = sweeps.Sweep('configs/default.py', trials, fixed=TINY)
   directory = str(tmp_path / 'sweep')
-  table = sweep.run(spec, directory, parallel=2)
+  table = launcher.run(spec, directory, parallel=2)
   status = {r['trial']: r['status'] for r in table}
   assert status == {'patch_size=2,lr=0.002': 'done', 'patch_size=2,lr=0.005': 'done',
                     'patch_size=3,lr=0.002': 'failed'}
@@ -73,7 +74,10 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
   assert 'not divisible by patch_size=3' in failed['error']
   done = [r for r in table if r['status'] == 'done']
   assert done[0]['best_accuracy'] >= done[1]['best_accuracy'] and done[0]['steps'] == 8
-  assert all(r['images_per_sec'] > 0 and r['wall_time_sec'] > 0 for r in done)
+  assert all(r['train_images_per_sec'] > 0 and r['eval_images_per_sec'] > 0 and r['wall_time_sec'] > 0 for r in done)
+  # each trial's model, from its workdir: the canonical name, its size and cost, its shape
+  assert {r['model'] for r in done} == {'ConvMixer-16/1-k3-p2'} and all(r['shape'] == 'isotropic' for r in done)
+  assert all(r['parameters'] == done[0]['parameters'] > 0 and r['gflops_per_image'] > 0 for r in done)
 
   # An interrupted trial: checkpoints but no final summary. It resumes; finished ones are not re-run.
   interrupted = os.path.join(directory, 'patch_size=2,lr=0.005')
@@ -82,7 +86,7 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
   open(metrics, 'w').writelines(kept)
   finished_log = os.path.join(directory, 'patch_size=2,lr=0.002', workdir_lib.LOG)
   size_before = os.path.getsize(finished_log)
-  sweep.run(spec, directory, parallel=1)
+  launcher.run(spec, directory, parallel=1)
   assert os.path.getsize(finished_log) == size_before
   assert 'resuming at step 8' in open(os.path.join(interrupted, workdir_lib.LOG)).read()
 
@@ -94,12 +98,14 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
   with open(os.path.join(directory, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
   assert [r['status'] for r in rows] == ['done', 'done', 'failed']
-  assert os.path.getsize(os.path.join(directory, 'results.png')) > 1000
+  assert rows[0]['parameters'] == str(done[0]['parameters']) and float(rows[0]['gflops_per_image']) > 0
+  for plot in ('results.png', 'results_cost.png', 'results_shapes.png'):   # by swept axis; by cost; shapes
+    assert os.path.getsize(os.path.join(directory, plot)) > 1000
 
 
 def test_a_failed_trial_is_reported_by_its_exception_line_not_trailing_notes():
   log = ('Traceback (most recent call last):\n  File "x.py", line 1\n'
          "ValueError: Image size 8x8 is not divisible by patch_size=3; use ...\n"
          '--------------------\nFor simplicity, JAX has removed its internal frames from the traceback.\n')
-  assert sweep_results.error_line(log).startswith('ValueError: Image size 8x8')
-  assert sweep_results.error_line('killed\n') == 'killed'
+  assert results.error_line(log).startswith('ValueError: Image size 8x8')
+  assert results.error_line('killed\n') == 'killed'

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isojax import models, pretrained
+from isojax import models
+from isojax.weights import pretrained
 from tests.reference.seeded import seeded_state, write_safetensors
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'timm')

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isojax import models, optim, train_step
+from isojax import models
+from isojax.training import optim, train_step
 from isojax.evaluation import classification
-from isojax.config_base import base
+from isojax.training.config_base import base
 
 
 def tiny(name, **kw):

@@ -12,6 +12,7 @@ metrics.jsonl as `{"step", "split": "eval", "evaluator": name, ...}` and to Tens
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -19,7 +20,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from isojax import data, parallel
+from isojax import data
+from isojax.training import parallel
 from isojax.data import preprocess
 from isojax.evaluation import classification, fewshot
 from isojax.models import features as model_features
@@ -39,7 +41,7 @@ def _inherit(config: ml_collections.ConfigDict, spec: ml_collections.ConfigDict)
 def specs(config: ml_collections.ConfigDict) -> dict[str, dict]:
   """{name: resolved fields} of every evaluator of `config`."""
   if 'evals' not in config:   # a run configured before named evaluators: its one evaluation
-    from isojax.config_base import classification_eval
+    from isojax.training.config_base import classification_eval
     evals = {'val': classification_eval()}
   else:
     evals = config.evals
@@ -164,10 +166,13 @@ class ClassificationEvaluator(Evaluator):
                        f'{self.train_classes}; classification needs the same label space (use kind="fewshot").')
 
   def run(self, variables):
-    totals = None
+    start, totals = time.perf_counter(), None
     for batch in self.batches(self.spec['split']):
       totals = classification.accumulate(totals, self._fn(variables, batch))
-    return classification.metrics_from_sums(parallel.unreplicate(totals), self.train_classes)
+    metrics = classification.metrics_from_sums(parallel.unreplicate(totals), self.train_classes)
+    # end to end, input pipeline included: inference speed as a user of this evaluator sees it
+    metrics['images_per_sec'] = metrics['num_examples'] / max(time.perf_counter() - start, 1e-9)
+    return metrics
 
 
 def _gather(x: jax.Array) -> np.ndarray:
@@ -265,7 +270,8 @@ def table(results: dict[str, dict]) -> str:
     for metric, value in metrics.items():
       if isinstance(value, list):
         continue
-      shown = f'{value:.4f}' if metric == 'loss' else f'{value:.0f}' if metric == 'num_examples' else f'{100 * value:.2f}%'
+      shown = (f'{value:.4f}' if metric == 'loss' else f'{value:.0f}' if metric in ('num_examples', 'images_per_sec')
+               else f'{100 * value:.2f}%')
       lines.append(f'| {name} | {metric} | {shown} |')
   return '\n'.join(lines)
 

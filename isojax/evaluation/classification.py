@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isojax.parallel import AXIS  # the pmap axis shared with the train step
+from isojax.training.parallel import AXIS  # the pmap axis shared with the train step
 
 
 def batch_sums(logits: jax.Array, batch: dict, num_classes: int) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,9 +34,11 @@ DROP_PATH_SCHEDULES = ('linear', 'constant')
 
 def features(model: nn.Module, variables: dict, images: jax.Array,
              train: bool = False, **apply_kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(logits, {'block00': ..., 'block{depth-1:02d}': ..., 'pre_logits': [batch, width]})."""
+  """(logits, {'block00': ..., 'block{depth-1:02d}': ..., 'pre_logits': [batch, width]}); features a submodule
+  keeps are named by its path ('stem/backbone/stage1': the hybrid's ResNet stages)."""
   logits, state = model.apply(variables, images, train=train, mutable=[FEATURES], **apply_kwargs)
-  return logits, {k.removesuffix('_out'): v[0] for k, v in state.get(FEATURES, {}).items()}
+  kept = flax.traverse_util.flatten_dict(dict(state.get(FEATURES, {})), sep='/')
+  return logits, {k.removesuffix('_out'): v[0] for k, v in kept.items()}
 
 
 class MixingBlock(nn.Module):

@@ -12,16 +12,18 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
+import jax.numpy as jnp
 
-from isojax.models import cait, convmixer, convnext_iso, deit3, gmlp, mixer, resmlp, resnet, resnetv2, vit
+from isojax.models import cait, convmixer, convnext_iso, deit3, gmlp, hybrid, mixer, resmlp, resnet, resnetv2, vit
 
 # One line per family: (module, factory).
 FAMILIES = (
     (vit, vit.vit),
     (deit3, deit3.deit3),
+    (hybrid, hybrid.hybrid),        # a ResNet stem under a ViT
     (cait, cait.cait),
     (mixer, mixer.mixer),
     (resmlp, resmlp.resmlp),
@@ -144,3 +146,17 @@ def create(name: str, num_classes: int, **overrides: Any) -> nn.Module:
     raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
   entry, fields = resolve(name, **overrides)
   return entry.factory(num_classes, **fields)
+
+
+def build(name: str, num_classes: int, overrides: Optional[dict] = None, dtype: Optional[str] = None,
+          remat: bool = False, axis_name: Optional[str] = None) -> nn.Module:
+  """`create` with the run-level options: compute dtype, rematerialised blocks, and under pmap the axis over
+  which BatchNorm models average their statistics (models without batch statistics ignore it)."""
+  overrides = dict(overrides or {})
+  if dtype:
+    overrides['dtype'] = jnp.dtype(dtype)
+  if remat:
+    overrides['remat'] = True
+  if 'axis_name' in lookup(name).options():
+    overrides['axis_name'] = axis_name
+  return create(name, num_classes, **overrides)

@@ -11,7 +11,7 @@ gain), BatchNorm scale 1 / bias 0 except the last BatchNorm of each residual bra
 (`zero_init_last=True`), the head PyTorch's nn.Linear default. BatchNorm as PyTorch's (momentum
 0.1, eps 1e-5), its statistics averaged over `axis_name` under pmap (synced BatchNorm).
 
-Names: `ResNet-{18,34,50,101,152}`.
+Names: `ResNet-{18,34,50,101,152}`; `ResNet-18-w16` for a narrower one (stem and first stage 16 wide, not 64).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottle
 VARIANTS = {f'ResNet-{depth}': dict(depth=depth) for depth in STAGES}
 IMAGE_SIZE = 224
 SOURCE = 'torchvision models/resnet.py as timm/models/resnet.py loads it (resnet18 ... resnet152)'
-_NAME = re.compile(r'^resnet[-_]?(?P<depth>\d+)$', re.IGNORECASE)
+_NAME = re.compile(r'^resnet[-_]?(?P<depth>\d+)(?:-w(?P<width>\d+))?$', re.IGNORECASE)
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / fan_out), not truncated.
 KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -39,11 +39,12 @@ def parse_name(name: str) -> Optional[dict]:
   match = _NAME.match(name.strip())
   if not match or int(match['depth']) not in STAGES:
     return None
-  return dict(depth=int(match['depth']))
+  return dict(depth=int(match['depth']), width=int(match['width'] or 64))
 
 
 def format_name(arch: dict) -> str:
-  return f'ResNet-{arch["depth"]}'
+  width = arch.get('width', 64)
+  return f'ResNet-{arch["depth"]}' + (f'-w{width}' if width != 64 else '')
 
 
 def conv_bn(module: nn.Module, x: jax.Array, train: bool, features: int, kernel: int, stride: int, name: str,
@@ -86,6 +87,7 @@ class ResNet(nn.Module):
   """stem -> 4 stages (grid /4, /8, /16, /32; widths 64..512 x expansion) -> average pool -> head."""
   num_classes: int
   depth: int
+  width: int = 64
   axis_name: Optional[str] = None
   zero_init_last: bool = True
   dtype: Any = jnp.float32
@@ -95,11 +97,11 @@ class ResNet(nn.Module):
     if images.ndim != 4:
       raise ValueError(f'Expected images as [batch, height, width, channels], got shape {images.shape}.')
     kind, blocks = STAGES[self.depth]
-    x = nn.relu(conv_bn(self, images.astype(self.dtype), train, 64, 7, 2, '1'))   # the stem: conv1, bn1
+    x = nn.relu(conv_bn(self, images.astype(self.dtype), train, self.width, 7, 2, '1'))   # the stem: conv1, bn1
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage, count in enumerate(blocks):
       for i in range(count):
-        x = Block(kind, 64 * 2 ** stage, 2 if i == 0 and stage > 0 else 1, axis_name=self.axis_name,
+        x = Block(kind, self.width * 2 ** stage, 2 if i == 0 and stage > 0 else 1, axis_name=self.axis_name,
                   zero_init_last=self.zero_init_last, dtype=self.dtype, name=f'layer{stage + 1}_{i}')(x, train)
       keep_feature(self, f'stage{stage + 1}', x)
     x = x.mean(axis=(1, 2))
@@ -109,9 +111,10 @@ class ResNet(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def resnet(num_classes: int, *, depth: int, axis_name: Optional[str] = None, zero_init_last: bool = True,
-           dtype: Any = jnp.float32) -> ResNet:
-  """A torchvision/timm ResNet-`depth`; under pmap, BatchNorm averages over `axis_name`."""
+def resnet(num_classes: int, *, depth: int, width: int = 64, axis_name: Optional[str] = None,
+           zero_init_last: bool = True, dtype: Any = jnp.float32) -> ResNet:
+  """A torchvision/timm ResNet-`depth`; under pmap, BatchNorm averages over `axis_name`. `width` is the stem's and
+  first stage's (64 published; `ResNet-18-w16` is a narrow one, every stage a quarter as wide)."""
   if depth not in STAGES:
     raise ValueError(f'ResNet depth {depth} is not one of {sorted(STAGES)}.')
-  return ResNet(num_classes, depth, axis_name=axis_name, zero_init_last=zero_init_last, dtype=dtype)
+  return ResNet(num_classes, depth, width, axis_name=axis_name, zero_init_last=zero_init_last, dtype=dtype)

@@ -17,7 +17,8 @@ at aa4b585 as `resnetv2_50x1_bit` builds it (l.876-895, 1009-1013; `_create_resn
 - initialisers `_init_weights` (l.797-817): convolutions kaiming-normal (fan_out, ReLU gain), the
   head N(0, 0.01) with zero bias, GroupNorm scale 1 / bias 0; `zero_init_last=False` (l.544).
 
-Names: `BiT-R50x1` (also `ResNetV2-50x1`, timm's `resnetv2_50x1_bit`), `BiT-R{50,101,152}x{1,2,3,4}`.
+Names: `BiT-R50x1` (also `ResNetV2-50x1`, timm's `resnetv2_50x1_bit`), `BiT-R{50,101,152}x{1,2,3,4}`; narrower
+than BiT publishes, `BiT-R50-w16-g8` (stem width 16, 8 groups per GroupNorm).
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 VARIANTS = {'BiT-R50x1': dict(depth=50, width_factor=1)}
 IMAGE_SIZE = 224
 SOURCE = 'timm/models/resnetv2.py resnetv2_50x1_bit (ResNetV2, PreActBottleneck, StdConv2d eps 1e-8, fixed stem)'
-_NAME = re.compile(r'^(?:bit[-_]?r|resnetv2[-_]?)(?P<depth>\d+)x(?P<width>\d+)(?:[-_]bit)?$', re.IGNORECASE)
+_NAME = re.compile(r'^(?:bit[-_]?r|resnetv2[-_]?)(?P<depth>\d+)(?:x(?P<width>\d+)|-w(?P<root>\d+))(?:-g(?P<groups>\d+))?'
+                   r'(?:[-_]bit)?$', re.IGNORECASE)
 
 
 def parse_name(name: str) -> Optional[dict]:
@@ -43,11 +45,14 @@ def parse_name(name: str) -> Optional[dict]:
   match = _NAME.match(name.strip())
   if not match or int(match['depth']) not in STAGES:
     return None
-  return dict(depth=int(match['depth']), width_factor=int(match['width']))
+  width_factor = int(match['width']) if match['width'] else int(match['root']) / 64
+  return dict(depth=int(match['depth']), width_factor=width_factor, norm_groups=int(match['groups'] or 32))
 
 
 def format_name(arch: dict) -> str:
-  return f'BiT-R{arch["depth"]}x{arch["width_factor"]}'
+  groups, factor = arch.get('norm_groups', 32), arch['width_factor']
+  width = f'x{int(factor)}' if factor == int(factor) else f'-w{round(64 * factor)}'
+  return f'BiT-R{arch["depth"]}{width}' + (f'-g{groups}' if groups != 32 else '')
 
 
 class StdConv(nn.Module):
@@ -71,13 +76,15 @@ class StdConv(nn.Module):
 
 
 def _gn_relu(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
-  return nn.relu(nn.GroupNorm(num_groups=32, epsilon=1e-5, use_fast_variance=False, dtype=module.dtype, name=name)(x))
+  return nn.relu(nn.GroupNorm(num_groups=module.norm_groups, epsilon=1e-5, use_fast_variance=False, dtype=module.dtype,
+                              name=name)(x))
 
 
 class PreActBottleneck(nn.Module):
   """GN+ReLU -> 1x1 -> GN+ReLU -> 3x3 (strided) -> GN+ReLU -> 1x1, plus the (projected) shortcut."""
   features: int
   stride: int = 1
+  norm_groups: int = 32
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -97,19 +104,20 @@ class ResNetV2(nn.Module):
   """BiT stem -> 4 pre-activation stages (grid /4 .. /32) -> GN+ReLU -> average pool -> 1x1 conv head."""
   num_classes: int
   depth: int
-  width_factor: int = 1
+  width_factor: float = 1
+  norm_groups: int = 32
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     if images.ndim != 4:
       raise ValueError(f'Expected images as [batch, height, width, channels], got shape {images.shape}.')
-    x = StdConv(64 * self.width_factor, 7, 2, dtype=self.dtype, name='stem')(images.astype(self.dtype))
+    x = StdConv(round(64 * self.width_factor), 7, 2, dtype=self.dtype, name='stem')(images.astype(self.dtype))
     x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))   # 'fixed': zero pad, then pool
     for stage, count in enumerate(STAGES[self.depth]):
       for i in range(count):
-        x = PreActBottleneck(256 * 2 ** stage * self.width_factor, 2 if i == 0 and stage > 0 else 1,
-                             dtype=self.dtype, name=f'stage{stage + 1}_{i}')(x)
+        x = PreActBottleneck(round(256 * 2 ** stage * self.width_factor), 2 if i == 0 and stage > 0 else 1,
+                             self.norm_groups, dtype=self.dtype, name=f'stage{stage + 1}_{i}')(x)
       keep_feature(self, f'stage{stage + 1}', x)
     x = _gn_relu(self, x, 'final_norm').mean(axis=(1, 2))
     keep_feature(self, 'pre_logits', x)
@@ -118,8 +126,17 @@ class ResNetV2(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def resnetv2(num_classes: int, *, depth: int, width_factor: int = 1, dtype: Any = jnp.float32) -> ResNetV2:
-  """A BiT ResNet-V2-`depth`x`width_factor` (GroupNorm: nothing to sync across devices)."""
+def resnetv2(num_classes: int, *, depth: int, width_factor: float = 1, norm_groups: int = 32,
+             dtype: Any = jnp.float32) -> ResNetV2:
+  """A BiT ResNet-V2-`depth`x`width_factor` (GroupNorm: nothing to sync across devices).
+
+  BiT publishes whole width factors and 32 groups; a narrower model (`BiT-R50-w16-g8`: stem 16 wide, every stage a
+  quarter of BiT-R50x1's) needs fewer groups, since a bottleneck's first convolution is then only 16 channels wide."""
   if depth not in STAGES:
     raise ValueError(f'BiT ResNet-V2 depth {depth} is not one of {sorted(STAGES)}.')
-  return ResNetV2(num_classes, depth, width_factor, dtype=dtype)
+  narrowest = round(64 * width_factor)
+  if narrowest % norm_groups:
+    raise ValueError(f'GroupNorm with norm_groups={norm_groups} needs channel counts divisible by it, but the stem and '
+                     f'first bottleneck are {narrowest} wide; choose norm_groups dividing {narrowest} '
+                     f'(name the model BiT-R{depth}-w{narrowest}-g<groups>).')
+  return ResNetV2(num_classes, depth, width_factor, norm_groups, dtype=dtype)

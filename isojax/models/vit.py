@@ -80,6 +80,7 @@ class ViTStem(nn.Module):
 
   `posemb_class_token=False` adds the position embedding to the patches only, before the
   class token is prepended (big_vision's 'tok' pooling, vit.py l.219-225; DeiT III).
+  A `backbone` (a module from images to a feature map) runs before the patch embedding: the hybrid's ResNet.
   """
   hidden_size: int
   patch_size: int
@@ -87,12 +88,15 @@ class ViTStem(nn.Module):
   posemb: str = 'learn'
   posemb_class_token: bool = True
   dropout_rate: float = 0.0
+  backbone: Optional[nn.Module] = None
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     if self.posemb not in POSEMBS:
       raise ValueError(f'Unknown posemb {self.posemb!r}; expected one of {POSEMBS}.')
+    if self.backbone is not None:
+      images = self.backbone(images)
     x = PatchEmbed(self.hidden_size, self.patch_size, dtype=self.dtype, name='patch_embed')(images)
     batch, h, w, c = x.shape
     x = x.reshape(batch, h * w, c)

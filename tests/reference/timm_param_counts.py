@@ -4,7 +4,7 @@ PUBLISHED_PARAMS in tests/test_models.py for every name.
 Not part of the suite: timm and torch are not isojax dependencies. In a venv with
 `pip install torch==2.14.1 torchvision==0.29.1 timm` (no jax needed):
 
-    python tests/reference/timm_param_counts.py     # 44 x OK with timm 1.0.31
+    python tests/reference/timm_param_counts.py     # 48 x OK with timm 1.0.31
 """
 import ast
 import os
@@ -20,7 +20,9 @@ TIMM_NAMES = {'ResMLP-S12': 'resmlp_12_224', 'ResMLP-S24': 'resmlp_24_224', 'Res
               'ResMLP-B24': 'resmlp_big_24_224', 'gMLP-Ti/16': 'gmlp_ti16_224', 'gMLP-S/16': 'gmlp_s16_224',
               'gMLP-B/16': 'gmlp_b16_224', 'DeiT3-S/16': 'deit3_small_patch16_224',
               'DeiT3-B/16': 'deit3_base_patch16_224', 'CaiT-XXS24': 'cait_xxs24_224', 'CaiT-S24': 'cait_s24_224',
-              'BiT-R50x1': 'resnetv2_50x1_bit'}
+              'BiT-R50x1': 'resnetv2_50x1_bit', 'R50+ViT-B/16': 'vit_base_r50_s16_224',
+              'R26+ViT-S/32': 'vit_small_r26_s32_224', 'R26+ViT-B/32': 'vit_base_r26_s32_224',
+              'R50+ViT-L/32': 'vit_large_r50_s32_224'}
 CONVMIXER = {'1536/20': (9, 7), '768/32': (7, 7), '1024/20': (9, 14), '256/8': (5, 2)}
 
 

@@ -24,6 +24,8 @@ SOURCES = {
                                 'vit_jax/models_mixer.py', 'b33757189388528f418c6d74f177adeb182a64f6'),
     'vit_jax_models_resnet.py': ('google-research/vision_transformer', 'c6de1e5378c9831a8477feb30994971bdc409e46',
                                  'vit_jax/models_resnet.py', 'f9e005281941bb9b0dabb020cab6ba6e2d44e716'),
+    'vit_jax_configs_models.py': ('google-research/vision_transformer', 'c6de1e5378c9831a8477feb30994971bdc409e46',
+                                  'vit_jax/configs/models.py', '8e457b0f81442d7afb81fe02eb601a24faa66913'),
     'big_vision_vit.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                           'big_vision/models/vit.py', '56360bdad58b848056395a5e06f385117f64a79f'),
     'big_vision_pp_utils.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
@@ -87,6 +89,11 @@ def vision_transformer() -> tuple[types.ModuleType, types.ModuleType]:
   """(models_vit, models_mixer) of google-research/vision_transformer."""
   load('vit_jax_models_resnet.py', 'vit_jax.models_resnet')
   return load('vit_jax_models_vit.py', 'vit_jax.models_vit'), load('vit_jax_models_mixer.py', 'vit_jax.models_mixer')
+
+
+def vision_transformer_configs() -> types.ModuleType:
+  """vit_jax/configs/models.py: the published models' configs (`get_r50_b16_config`, ...)."""
+  return load('vit_jax_configs_models.py', 'vit_jax.configs.models')
 
 
 def big_vision_vit() -> types.ModuleType:

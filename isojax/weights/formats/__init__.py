@@ -2,7 +2,7 @@
 
 Each reader returns a `Weights`: the variables in isojax's layout plus the architecture the file
 itself describes (family and factory fields, class count, image size), so that
-`isojax.pretrained.create(path)` needs no hand-set flags. Readers are strict: a tensor they have
+`isojax.weights.pretrained.create(path)` needs no hand-set flags. Readers are strict: a tensor they have
 no place for is an error naming it, never silently dropped.
 """
 from __future__ import annotations

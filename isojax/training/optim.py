@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from isojax import config_base
+from isojax.training import config_base
 
 DEFAULT_DECAY_PARAMS = r'(^|/)kernel$'
 WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')

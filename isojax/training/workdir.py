@@ -59,6 +59,11 @@ def config_path(workdir: str) -> str:
   return os.path.join(workdir, CONFIG)
 
 
+def is_run(path: str) -> bool:
+  """Whether `path` is a run's workdir (it has the config a run writes first)."""
+  return os.path.isdir(path) and os.path.exists(config_path(path))
+
+
 def metrics_path(workdir: str) -> str:
   return os.path.join(workdir, METRICS)
 

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from isojax import models, optim, runs
+from isojax import models
 from isojax.data import input_pipeline, preprocess, published
+from isojax.training import config_base, optim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> tuple[input_pipeline.Data
 
 def model_cost(config: ml_collections.ConfigDict, num_classes: int, channels: int) -> tuple[int, Optional[float]]:
   """(parameters, GFLOPs per image of the forward pass, XLA's count: a multiply-add is 2 FLOPs)."""
-  model = runs.create_model(config, num_classes)
+  model = config_base.create_model(config, num_classes)
   size = config.data.image_size
   images = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
@@ -95,7 +96,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   if config.label_smoothing:
     train_ops.append(f'label_smoothing({config.label_smoothing})')
   return {
-      'model': runs.model_name(config),
+      'model': config_base.model_name(config),
       'parameters': params,
       'gflops_per_image': gflops,
       'dataset': config.data.name,

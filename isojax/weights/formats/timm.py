@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from isojax.formats import KeyTracker, Weights, block_count, grid_side, square_patch
+from isojax.weights.formats import KeyTracker, Weights, block_count, grid_side, square_patch
 
 
 def family(state: dict) -> str:

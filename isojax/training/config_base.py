@@ -111,7 +111,7 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer.nesterov = False       # sgd
   c.optimizer.weight_decay = 1e-4
   # 'lr_scaled': param -= lr(t) * wd * param (optax.adamw, torch AdamW, timm);
-  # 'lr_independent': param -= lr(t) / lr * wd * param (big_vision's `wd`). See isojax/optim.py.
+  # 'lr_independent': param -= lr(t) / lr * wd * param (big_vision's `wd`). See isojax/training/optim.py.
   c.optimizer.weight_decay_mode = 'lr_scaled'
   c.optimizer.mu_dtype = config_dict.placeholder(str)   # Adam's first moment dtype ('bfloat16': big_vision)
   c.optimizer.decay_params = r'(^|/)kernel$'   # regex over parameter paths that get weight decay
@@ -245,3 +245,17 @@ def override(config: ml_collections.ConfigDict, dotted: str, value) -> None:
     node[leaf] = value
   except (TypeError, KeyError) as e:   # ml_collections refuses a value of another type
     raise ValueError(f'Config field {dotted!r} cannot be set to {value!r}: {e}') from None
+
+
+def model_name(config: ml_collections.ConfigDict) -> str:
+  """The canonical name of the model a config describes ('ConvMixer-128/6-k3-p2')."""
+  from isojax import models
+  return models.describe(config.model.name, **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: str | None = None):
+  """The model a config describes, with its dtype and remat options."""
+  from isojax import models
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
+  return models.build(config.model.name, num_classes, overrides, config.get('dtype'), config.get('remat', False),
+                      axis_name)

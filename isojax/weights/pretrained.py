@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isojax.formats import Weights
+from isojax.training import workdir as workdir_lib
+from isojax.weights.formats import Weights
 
 # Parameters that are replaced, not loaded, when their shape differs from the target's.
 REINIT_ON_MISMATCH = ('head/', 'pre_logits/')
@@ -92,17 +93,13 @@ def adapt(source: dict, target: dict, strict: bool = True) -> dict:
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
 
 
-def _is_run(path: str) -> bool:
-  return os.path.isdir(path) and os.path.exists(os.path.join(path, 'config.json'))
-
-
 def describe(path: str) -> Weights:
   """What the weight file at `path` holds: variables in isojax's layout plus the architecture
   (family, factory fields, classes, image size) its tensors show, and what had to be assumed."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'No pretrained weights at {path!r}.')
   if path.endswith('.npz'):
-    from isojax.formats import official
+    from isojax.weights.formats import official
     try:
       with np.load(path, allow_pickle=False) as archive:
         flat = {k: archive[k] for k in archive.files}
@@ -114,7 +111,7 @@ def describe(path: str) -> Weights:
     except ValueError as e:
       raise ValueError(f'{path!r}: {e}') from None
   if path.endswith(('.pth', '.bin', '.pt', '.safetensors')):
-    from isojax.formats import timm, torchfile
+    from isojax.weights.formats import timm, torchfile
     state = torchfile.read_safetensors(path) if path.endswith('.safetensors') else torchfile.read_torch(path)
     try:
       return timm.describe(state)
@@ -126,8 +123,8 @@ def describe(path: str) -> Weights:
 
 def read(path: str) -> dict:
   """The variables stored at `path`, as nested dicts of host arrays, in isojax's layout."""
-  if _is_run(path):
-    from isojax import runs
+  if workdir_lib.is_run(path):
+    from isojax.weights import runs
     _, variables, _ = runs.load(path)
     return variables
   return describe(path).variables
@@ -140,7 +137,7 @@ def _fresh(model: nn.Module, image_size: int, channels: int) -> dict:
 
 def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True) -> dict:
   """Variables for `model` at `image_size`, initialised from the weights at `path` (see `adapt`)."""
-  if _is_run(path):
+  if workdir_lib.is_run(path):
     return adapt(read(path), _fresh(model, image_size, channels), strict=strict)
   weights = describe(path)
   _check_heads(path, weights, model)
@@ -155,7 +152,7 @@ def _check_heads(path: str, weights: Weights, model: nn.Module) -> None:
   if heads is not None and shown is not None and 'num_heads' not in weights.assumed and heads != shown:
     raise ValueError(f'{path!r} has {shown} attention heads (its query kernel is [width, {shown}, width/{shown}]), '
                      f'but the model has num_heads={heads}; build it with num_heads={shown}, or use '
-                     f'isojax.pretrained.create(path).')
+                     f'isojax.weights.pretrained.create(path).')
 
 
 def create(path: str, num_classes: Optional[int] = None, image_size: Optional[int] = None,
@@ -170,8 +167,8 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
   or run-time options (`dtype`, `drop_path_rate`, ...); one that contradicts the file is an error.
   """
   from isojax import models
-  if _is_run(path):
-    from isojax import runs
+  if workdir_lib.is_run(path):
+    from isojax.weights import runs
     model, variables, config = runs.load(path)
     if num_classes is None and image_size is None and not overrides:
       return model, variables
@@ -201,5 +198,6 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
 def _channels(variables: dict) -> int:
   """Input channels, from the first convolution's kernel [kh, kw, channels, width] (patch embedding or stem)."""
   params = variables['params']
-  stem = flax.traverse_util.flatten_dict(params['stem'] if 'stem' in params else params['conv1'])
+  stem = params['stem'] if 'stem' in params else params['conv1']
+  stem = flax.traverse_util.flatten_dict(stem['backbone']['conv_root'] if 'backbone' in stem else stem)   # hybrid
   return int(next(np.shape(v)[2] for k, v in stem.items() if k[-1] == 'kernel' and np.ndim(v) == 4))

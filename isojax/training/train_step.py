@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isojax import parallel
+from isojax.training import parallel
 
 AXIS = parallel.AXIS
 

@@ -13,15 +13,15 @@ import time
 from typing import Any, NamedTuple, Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from isojax import checkpoint as checkpoint_lib
-from isojax import config_base
-from isojax import data, evaluation, optim, parallel, plan, preemption, pretrained, runs, train_step
-from isojax import workdir as workdir_lib
-from isojax.metrics import MetricWriter, Progress, summary_line
+from isojax import data, evaluation
+from isojax.training import checkpoint as checkpoint_lib
+from isojax.training import config_base, optim, parallel, plan, preemption, train_step
+from isojax.training import workdir as workdir_lib
+from isojax.training.metrics import MetricWriter, Progress, summary_line
+from isojax.weights import pretrained  # init_from: published weights or a finished run
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -72,7 +72,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
   steps = durations.total_steps
   image_shape = (config.data.image_size, config.data.image_size, info.channels)
 
-  model = runs.create_model(config, info.num_classes, axis_name=train_step.AXIS)
+  model = config_base.create_model(config, info.num_classes, axis_name=train_step.AXIS)
   tx, learning_rate = optim.create(config.optimizer, steps, durations.steps_per_epoch)
   init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape,
                            ema=config.ema_decay > 0)
@@ -101,7 +101,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
 
   writer = MetricWriter(workdir, enabled=is_writer)
   progress = Progress(steps, start_step, enabled=is_writer)
-  progress.message(f'{runs.model_name(config)} on {config.data.name}: {info.num_train} train / {info.num_eval} eval '
+  progress.message(f'{config_base.model_name(config)} on {config.data.name}: {info.num_train} train / {info.num_eval} eval '
                    f'examples, {info.num_classes} classes; {steps} steps of {config.batch_size} on '
                    f'{jax.device_count()} device(s)' + (f'; resuming at step {start_step}' if start_step else ''))
 

@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 from flax import traverse_util
 
-from isojax.formats import KeyTracker, Weights, block_count, grid_side, square_patch
+from isojax.weights.formats import KeyTracker, Weights, block_count, grid_side, square_patch
 
 
 def _strip(flat: dict) -> dict:
@@ -87,6 +87,8 @@ def vit(flat: dict) -> dict[str, np.ndarray]:
     for old, new in renames.items():
       if key == old or (old.endswith('/') and key.startswith(old)):
         out[new + key[len(old):]] = np.asarray(flat[key])
+    if re.match(r'(conv_root|gn_root|block\d+)/', key):   # a hybrid's ResNet (models_vit.py l.230-260)
+      out['stem/backbone/' + key] = np.asarray(flat[key])
   width = flat['embedding/kernel'].shape[-1]
   for i in range(block_count(flat, r'Transformer/encoderblock_(\d+)/')):
     block = f'Transformer/encoderblock_{i}'
@@ -152,12 +154,30 @@ def describe_vit(flat: dict) -> Weights:
     posemb_class_token = with_class if class_token else True
   elif class_token:
     posemb_class_token = False     # big_vision adds sin-cos position embeddings before the class token
+  stages = _hybrid_stages(params)
+  if stages is not None:   # the position embedding counts tokens of the backbone's grid, 4 x 2^(n-1) finer
+    image_size = image_size and image_size * (4 * 2 ** (len(stages) - 1) if stages else 4)
   fields = dict(hidden_size=int(width), depth=block_count(params, r'block_(\d+)/'), num_heads=int(query.shape[1]),
                 mlp_dim=int(params['block_0/channel_mixing/Dense_0/kernel'].shape[-1]), patch_size=patch,
                 classifier=classifier, posemb=posemb, posemb_class_token=posemb_class_token,
                 representation_size=_classes(params, 'pre_logits/kernel'),
                 approximate_gelu=True, layernorm_epsilon=1e-6)
-  return Weights({'params': traverse_util.unflatten_dict(params, sep='/')}, 'vit', fields, _classes(params), image_size, {})
+  family = 'vit'
+  if stages is not None:
+    family = 'hybrid'
+    fields = {k: v for k, v in fields.items() if k not in ('posemb', 'posemb_class_token', 'approximate_gelu',
+                                                           'layernorm_epsilon')}
+    fields.update(resnet_stages=stages, width_factor=params['stem/backbone/conv_root/kernel'].shape[-1] / 64)
+  return Weights({'params': traverse_util.unflatten_dict(params, sep='/')}, family, fields, _classes(params), image_size,
+                 {})
+
+
+def _hybrid_stages(params: dict) -> Optional[tuple[int, ...]]:
+  """A hybrid's units per stage (`stem/backbone/block{s}/unit{u}`), or None when there is no backbone."""
+  if 'stem/backbone/conv_root/kernel' not in params:
+    return None
+  last = lambda pattern: max((int(m[1]) for k in params if (m := re.match(pattern, k))), default=0)   # 1-based
+  return tuple(last(rf'stem/backbone/block{s}/unit(\d+)/') for s in range(1, last(r'stem/backbone/block(\d+)/') + 1))
 
 
 def describe_mixer(flat: dict) -> Weights:

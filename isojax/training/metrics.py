@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from isojax import workdir as workdir_lib
+from isojax.training import workdir as workdir_lib
 
 
 def _json_value(value):

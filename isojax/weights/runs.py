@@ -8,38 +8,11 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
-import jax.numpy as jnp
 import ml_collections
 
-from isojax import checkpoint as checkpoint_lib
-from isojax import models
-from isojax import workdir as workdir_lib
-
-
-def build_model(name: str, num_classes: int, overrides: Optional[dict] = None, dtype: Optional[str] = None,
-                remat: bool = False, axis_name: Optional[str] = None) -> nn.Module:
-  """A registered model with the run-level options; under pmap, BatchNorm models average
-  statistics over `axis_name` (models without batch statistics ignore it)."""
-  overrides = dict(overrides or {})
-  if dtype:
-    overrides['dtype'] = jnp.dtype(dtype)
-  if remat:
-    overrides['remat'] = True
-  if 'axis_name' in models.lookup(name).options():
-    overrides['axis_name'] = axis_name
-  return models.create(name, num_classes, **overrides)
-
-
-def model_name(config: ml_collections.ConfigDict) -> str:
-  """The canonical name of the model a config describes ('ConvMixer-128/6-k3-p2')."""
-  return models.describe(config.model.name, **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
-  """The model a config describes."""
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-  return build_model(config.model.name, num_classes, overrides, config.get('dtype'), config.get('remat', False),
-                     axis_name)
+from isojax.training import checkpoint as checkpoint_lib
+from isojax.training import config_base
+from isojax.training import workdir as workdir_lib
 
 
 STEP_NAMES = ('latest', 'best')
@@ -97,7 +70,7 @@ def load(workdir: str, step: Optional[int | str] = None,
   if use_ema and saved.get('ema_batch_stats') is not None:   # runs saved before the EMA covered them lack it
     batch_stats = saved['ema_batch_stats']
   num_classes = int(params['head']['bias'].shape[0])
-  model = create_model(config, num_classes)
+  model = config_base.create_model(config, num_classes)
   variables = {'params': params}
   if batch_stats:
     variables['batch_stats'] = batch_stats

@@ -1,0 +1,234 @@
+"""The comparison of a sweep's trials: one row per trial, as CSV, Markdown and plots.
+
+Built only from the trial workdirs, so it can be rebuilt at any time, even while trials run. Beside the
+accuracies: each trial's model (canonical name, parameters, forward GFLOPs per image by XLA's count,
+'isotropic', 'hybrid' or 'pyramid' by its shape profile) and its speeds as trained (median training images/s of the
+logged intervals after the first, which includes compilation; median end-to-end images/s of its primary
+evaluator). results.png plots accuracy against each swept axis, results_cost.png against GFLOPs and
+parameters, results_shapes.png each model's tokens and width after every block or stage.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import statistics
+from typing import Any, Optional
+
+from isojax.training import workdir as workdir_lib
+
+COLUMNS = ('model', 'shape', 'best_accuracy', 'final_accuracy', 'final_loss', 'parameters', 'gflops_per_image',
+           'train_images_per_sec', 'eval_images_per_sec', 'steps', 'wall_time_sec')
+
+
+def error_line(error: Optional[str]) -> str:
+  """The line of a failed trial's output that names the exception, else its last line."""
+  lines = [l.strip() for l in (error or '').splitlines() if l.strip()]
+  named = [l for l in lines if re.match(r'^[\w.]*(Error|Exception|Interrupt)\b', l)]
+  return (named or lines or [''])[-1]
+
+
+def trial_status(trial_dir: str, records: Optional[list] = None) -> tuple[str, Optional[str]]:
+  """('done' | 'failed' | 'running' | 'pending', error message or None); `records` are the
+  trial's metrics if already read."""
+  if not os.path.isdir(trial_dir):
+    return 'pending', None
+  records = workdir_lib.read_metrics(trial_dir) if records is None else records
+  if any(m.get('split') == 'summary' for m in records):
+    return 'done', None
+  launch_path = os.path.join(trial_dir, workdir_lib.LAUNCH)
+  if os.path.exists(launch_path):
+    launch = workdir_lib.read_json(launch_path)
+    if launch.get('returncode') not in (None, 0):
+      return 'failed', launch.get('error')
+  return 'running', None
+
+
+def _primary_evaluator(trial_dir: str) -> str:
+  """The evaluator whose accuracy ranks a trial (config.best_metric), 'val' if the trial has no config yet."""
+  try:
+    best = workdir_lib.read_config(trial_dir).get('best_metric', '')
+  except FileNotFoundError:
+    best = ''
+  return best.partition('/')[0] or workdir_lib.DEFAULT_EVALUATOR
+
+
+def model_profile(trial_dir: str) -> dict[str, Any]:
+  """{'model', 'parameters', 'gflops_per_image', 'shape', 'profile'} of a trial's model, from its config and
+  dataset record alone (abstract evaluation: nothing is initialised); {} before the trial has written them, or when the model cannot be built."""
+  from isojax import explain
+  from isojax.training import config_base, plan
+  try:
+    config, info = workdir_lib.read_config(trial_dir), workdir_lib.read_dataset_info(trial_dir)
+  except FileNotFoundError:
+    return {}
+  try:
+    parameters, gflops = plan.model_cost(config, info['num_classes'], info['channels'])
+    profile = explain.shape_profile(config_base.create_model(config, info['num_classes']), config.data.image_size,
+                                    info['channels'])
+  except ValueError:   # a model that cannot be built (the trial failed for it: its error says why)
+    return {}
+  return {'model': config_base.model_name(config), 'parameters': parameters, 'gflops_per_image': gflops,
+          'shape': shape_kind(profile), 'profile': profile}
+
+
+def shape_kind(profile: list[tuple[str, int, int]]) -> str:
+  """'isotropic' (every block keeps one shape), 'pyramid' (stages that change it, no blocks) or 'hybrid'
+  (a pyramid stem under same-shape blocks)."""
+  blocks = {(tokens, width) for name, tokens, width in profile if name.startswith('block')}
+  stages = [name for name, *_ in profile if not name.startswith('block')]
+  if not blocks:
+    return 'pyramid'
+  if len(blocks) > 1:
+    raise ValueError(f'Blocks of different shapes in {profile}: not an isotropic body.')
+  return 'hybrid' if stages else 'isotropic'
+
+
+def rows(sweep_dir: str, profiles: bool = True) -> list[dict[str, Any]]:
+  """One dict per trial: name, status, swept values, results (and with `profiles`, its model's); best first."""
+  trials = workdir_lib.read_json(os.path.join(sweep_dir, workdir_lib.SWEEP))
+  table = []
+  for trial in trials:
+    trial_dir = os.path.join(sweep_dir, trial['name'])
+    records = workdir_lib.read_metrics(trial_dir)
+    status, error = trial_status(trial_dir, records)
+    row = {'trial': trial['name'], 'status': status, **trial['swept']}
+    summary = next((m for m in reversed(records) if m.get('split') == 'summary'), None)
+    train = [m for m in records if m.get('split') == 'train']
+    evals = workdir_lib.eval_records(records, _primary_evaluator(trial_dir))
+    speeds = [m['images_per_sec'] for m in train[1:]] or [m['images_per_sec'] for m in train]   # first includes compile
+    eval_speeds = [m['images_per_sec'] for m in evals if 'images_per_sec' in m]
+    row.update({
+        'best_accuracy': summary['best_accuracy'] if summary else max((m['accuracy'] for m in evals if 'accuracy' in m),
+                                                                       default=None),
+        'final_accuracy': summary['final_accuracy'] if summary else None,
+        'final_loss': summary['final_loss'] if summary else None,
+        'steps': summary['steps'] if summary else (train[-1]['step'] if train else 0),
+        'wall_time_sec': summary['wall_time_sec'] if summary else None,
+        'train_images_per_sec': statistics.median(speeds) if speeds else None,
+        'eval_images_per_sec': statistics.median(eval_speeds) if eval_speeds else None,
+        'error': error,
+    })
+    if profiles and status != 'pending':
+      row.update(model_profile(trial_dir))
+    table.append(row)
+  return sorted(table, key=lambda r: -(r['best_accuracy'] if r['best_accuracy'] is not None else -1))
+
+
+def _cell(value) -> str:
+  if value is None:
+    return ''
+  if isinstance(value, float):
+    return f'{value:.4g}'
+  return str(value)
+
+
+def write(sweep_dir: str) -> list[dict[str, Any]]:
+  """Writes results.csv, results.md and the plots (results.png, results_cost.png, results_shapes.png); returns
+  the rows."""
+  table = rows(sweep_dir)
+  trials = workdir_lib.read_json(os.path.join(sweep_dir, workdir_lib.SWEEP))
+  axes = list(dict.fromkeys(k for t in trials for k in t['swept']))
+  header = ['trial', 'status', *axes, *COLUMNS, 'error']
+  base = os.path.join(sweep_dir, workdir_lib.RESULTS)
+  with open(base + '.csv', 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(table)
+  with open(base + '.md', 'w') as f:
+    f.write('| ' + ' | '.join(header[:-1]) + ' |\n|' + '---|' * (len(header) - 1) + '\n')
+    for row in table:
+      f.write('| ' + ' | '.join(_cell(row.get(h)) for h in header[:-1]) + ' |\n')
+    for row in table:
+      if row['error']:
+        f.write(f'\n`{row["trial"]}` failed: {error_line(row["error"])}\n')
+  plt = _pyplot()
+  _plot(plt, table, axes, base + '.png')
+  _plot_cost(plt, table, base + '_cost.png')
+  _plot_shapes(plt, table, base + '_shapes.png')
+  return table
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _scatter_labelled(ax, table, x_key, label_key):
+  """Accuracy against `x_key`, one labelled point per trial, isotropic and pyramid models in two colours."""
+  for shape, colour in (('isotropic', 'tab:blue'), ('hybrid', 'tab:green'), ('pyramid', 'tab:orange')):
+    points = [r for r in table if r['best_accuracy'] is not None and r.get(x_key) and r.get('shape', 'isotropic') == shape]
+    if points:
+      ax.scatter([r[x_key] for r in points], [r['best_accuracy'] for r in points], color=colour, label=shape)
+      for r in points:
+        ax.annotate(str(r.get(label_key) or r['trial']), (r[x_key], r['best_accuracy']), fontsize=6,
+                    xytext=(3, 2), textcoords='offset points')
+  values = [r[x_key] for r in table if r.get(x_key)]
+  if values and min(values) > 0 and max(values) / min(values) > 20:
+    ax.set_xscale('log')
+  ax.set_ylabel('best eval accuracy')
+
+
+def _plot(plt, table, axes, path):
+  if not axes:
+    axes = ['trial']
+  fig, subplots = plt.subplots(1, len(axes), figsize=(4 * len(axes), 3.2), squeeze=False)
+  for ax, axis in zip(subplots[0], axes):
+    points = [(r.get(axis), r['best_accuracy']) for r in table if r['best_accuracy'] is not None]
+    numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points)
+    if numeric and points:
+      ax.scatter([x for x, _ in points], [y for _, y in points])
+      values = [x for x, _ in points]
+      if min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_xscale('log')
+    else:
+      labels = list(dict.fromkeys(str(x) for x, _ in points))
+      ax.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points])
+      ax.set_xticks(range(len(labels)), labels, rotation=30, ha='right', fontsize=7)
+    ax.set_xlabel(axis)
+    ax.set_ylabel('best eval accuracy')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_cost(plt, table, path):
+  """Accuracy against forward GFLOPs per image and against parameters."""
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  _scatter_labelled(left, table, 'gflops_per_image', 'model')
+  left.set_xlabel('GFLOPs per image (forward)')
+  _scatter_labelled(right, table, 'parameters', 'model')
+  right.set_xlabel('parameters')
+  right.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_shapes(plt, table, path):
+  """Tokens and width after each block or stage, against relative depth: flat lines are isotropic models."""
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  for row in table:
+    profile = row.get('profile')
+    if not profile:
+      continue
+    depth = [(i + 1) / len(profile) for i in range(len(profile))]
+    style = {'isotropic': '-', 'hybrid': '-.'}.get(row.get('shape'), '--')
+    label = row.get('model') or row['trial']
+    left.plot(depth, [tokens for _, tokens, _ in profile], style, marker='.', label=label)
+    right.plot(depth, [width for _, _, width in profile], style, marker='.', label=label)
+  for ax, what in ((left, 'tokens (positions) after the block'), (right, 'width (channels) after the block')):
+    ax.set_xlabel('relative depth (block or stage / all)')
+    ax.set_ylabel(what)
+    ax.set_yscale('log')
+  right.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def markdown(sweep_dir: str) -> str:
+  with open(os.path.join(sweep_dir, workdir_lib.RESULTS + '.md')) as f:
+    return f.read()
