@@ -34,7 +34,6 @@ from isojax.models.layers import LECUN, keep_feature
 
 # (R depth, effective patch) -> stages: vision_transformer configs/models.py l.280, 298, 312, 326
 RESNET_STAGES = {(50, 16): (3, 4, 9), (26, 32): (2, 2, 2, 2), (50, 32): (3, 4, 6, 3)}
-_PUBLISHED = {'R50+ViT-B/16': 0.1, 'R26+ViT-S/32': 0.0, 'R26+ViT-B/32': 0.0, 'R50+ViT-L/32': 0.1}   # dropout: configs/models.py l.273; l.142 (ViT-L/16's, inherited)
 
 
 def _fields(depth: int, size: str, patch: int) -> dict:
@@ -43,10 +42,14 @@ def _fields(depth: int, size: str, patch: int) -> dict:
               num_heads=heads, mlp_dim=mlp, patch_size=1)
 
 
-VARIANTS = {}
-for _name, _dropout in _PUBLISHED.items():
-  _m = re.match(r'R(\d+)\+ViT-(\w+)/(\d+)', _name)
-  VARIANTS[_name] = dict(_fields(int(_m[1]), _m[2], int(_m[3])), dropout_rate=_dropout)
+def _published(name: str, dropout_rate: float) -> dict:
+  depth, size, patch = re.match(r'R(\d+)\+ViT-(\w+)/(\d+)', name).groups()
+  return dict(_fields(int(depth), size, int(patch)), dropout_rate=dropout_rate)
+
+
+# dropout: configs/models.py l.273 (R50+ViT-B/16); l.142 (ViT-L/16's, which R50+ViT-L/32 inherits)
+VARIANTS = {name: _published(name, dropout) for name, dropout in
+            (('R50+ViT-B/16', 0.1), ('R26+ViT-S/32', 0.0), ('R26+ViT-B/32', 0.0), ('R50+ViT-L/32', 0.1))}
 IMAGE_SIZE = 224
 SOURCE = ('google-research/vision_transformer vit_jax/models_vit.py l.230-260 (hybrid root and stages), '
           'models_resnet.py (StdConv, ResidualUnit), configs/models.py get_r50_b16_config')

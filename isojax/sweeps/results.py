@@ -156,15 +156,16 @@ def _pyplot():
   return plt
 
 
-def _scatter_labelled(ax, table, x_key, label_key):
-  """Accuracy against `x_key`, one labelled point per trial, isotropic and pyramid models in two colours."""
+def _scatter_labelled(ax, table, x_key, label_key, scale=1.0):
+  """Accuracy against `x_key` / `scale`, one labelled point per trial, isotropic, hybrid and pyramid models in
+  three colours."""
   for shape, colour in (('isotropic', 'tab:blue'), ('hybrid', 'tab:green'), ('pyramid', 'tab:orange')):
     points = [r for r in table if r['best_accuracy'] is not None and r.get(x_key) and r.get('shape', 'isotropic') == shape]
     if points:
-      ax.scatter([r[x_key] for r in points], [r['best_accuracy'] for r in points], color=colour, label=shape)
+      ax.scatter([r[x_key] / scale for r in points], [r['best_accuracy'] for r in points], color=colour, label=shape)
       for r in points:
-        ax.annotate(str(r.get(label_key) or r['trial']), (r[x_key], r['best_accuracy']), fontsize=6,
-                    xytext=(3, 2), textcoords='offset points')
+        ax.annotate(str(r.get(label_key) or r['trial']), (r[x_key] / scale, r['best_accuracy']), fontsize=6,
+                    xytext=(3, 2), textcoords='offset points', rotation=20)
   values = [r[x_key] for r in table if r.get(x_key)]
   if values and min(values) > 0 and max(values) / min(values) > 20:
     ax.set_xscale('log')
@@ -199,8 +200,8 @@ def _plot_cost(plt, table, path):
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
   _scatter_labelled(left, table, 'gflops_per_image', 'model')
   left.set_xlabel('GFLOPs per image (forward)')
-  _scatter_labelled(right, table, 'parameters', 'model')
-  right.set_xlabel('parameters')
+  _scatter_labelled(right, table, 'parameters', 'model', scale=1e6)
+  right.set_xlabel('parameters (millions)')
   right.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -210,15 +211,15 @@ def _plot_cost(plt, table, path):
 def _plot_shapes(plt, table, path):
   """Tokens and width after each block or stage, against relative depth: flat lines are isotropic models."""
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-  for row in table:
-    profile = row.get('profile')
-    if not profile:
-      continue
+  colours = plt.get_cmap('tab20').colors
+  for i, row in enumerate(r for r in table if r.get('profile')):
+    profile = row['profile']
     depth = [(i + 1) / len(profile) for i in range(len(profile))]
     style = {'isotropic': '-', 'hybrid': '-.'}.get(row.get('shape'), '--')
     label = row.get('model') or row['trial']
-    left.plot(depth, [tokens for _, tokens, _ in profile], style, marker='.', label=label)
-    right.plot(depth, [width for _, _, width in profile], style, marker='.', label=label)
+    colour = colours[(2 * i) % 20 + (2 * i) // 20 % 2]
+    left.plot(depth, [tokens for _, tokens, _ in profile], style, marker='.', color=colour, label=label)
+    right.plot(depth, [width for _, _, width in profile], style, marker='.', color=colour, label=label)
   for ax, what in ((left, 'tokens (positions) after the block'), (right, 'width (channels) after the block')):
     ax.set_xlabel('relative depth (block or stage / all)')
     ax.set_ylabel(what)
