@@ -1,6 +1,5 @@
 """isojax.explain: what a model learned and how its shape evolves, as arrays ready to plot."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from isojax import explain, models

@@ -11,8 +11,7 @@ from isojax.training.config_base import model_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'experiments', 'notebooks', 'explore_run.ipynb')
 
-SMALL = {   # Mixer's figure (token-mixing weights) is covered by tests/test_explain.py
-    'convmixer': None,   # the default config's own model, shrunk below
+SMALL = {   # one run (suite time): the figure functions of every family are tests/test_explain.py's
     'vit': model_config('ViT-16x2/2-h2-m32'),
 }
 
@@ -23,10 +22,7 @@ def test_notebook_runs_on_a_finished_run_and_draws_its_figures(family, tmp_path,
   config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
       'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1, 'batch_size': 16,
       'eval_batch_size': 368, 'data.data_dir': str(tmp_path / 'tfds')})
-  if SMALL[family] is None:
-    config.model.name = 'ConvMixer-16/1'
-  else:
-    config.model = SMALL[family]
+  config.model = SMALL[family]
   loop.train_and_evaluate(config, str(tmp_path / 'run'))
 
   monkeypatch.setenv('ISOJAX_WORKDIR', str(tmp_path / 'run'))

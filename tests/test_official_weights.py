@@ -3,7 +3,6 @@ the source's own logits: the references here are the sources' model files, vendo
 (tests/reference/sources), initialised at random with every parameter perturbed (their heads and
 class tokens start at zero, which would hide a wrong head or pooling), and exported as their
 checkpoints are. `pretrained.create(path)` must rebuild each model from the file alone."""
-import collections
 import re
 
 import flax
@@ -24,9 +23,8 @@ IMAGES = jax.random.normal(jax.random.PRNGKey(3), (4, 16, 16, 3))
 
 def randomised(params, seed=11):
   """Every parameter moved off its initial value, so zero heads and class tokens cannot hide a mistake."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree_util.tree_unflatten(tree, [p + 0.2 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  rng = np.random.default_rng(seed)   # numpy: one draw per leaf without compiling one per shape
+  return jax.tree_util.tree_map(lambda p: p + 0.2 * rng.standard_normal(p.shape).astype(p.dtype), params)
 
 
 def export_npz(params, path, prefix='', one_counter=False):
@@ -58,15 +56,16 @@ def big_vision_vit(**kw):
 
 def source_logits(reference, tmp_path, images=IMAGES, **export):
   """(path of the exported .npz, the source's logits on `images`)."""
-  params = randomised(reference.init(jax.random.PRNGKey(7), images[:1], train=False)['params'])
+  init = jax.jit(lambda rng, x: reference.init(rng, x, train=False))   # compiled: eager init of a ResNet takes 10 s
+  params = randomised(init(jax.random.PRNGKey(7), images[:1])['params'])
   export_npz(params, tmp_path / 'weights.npz', **export)
-  out = reference.apply({'params': params}, images, train=False)
+  out = jax.jit(lambda p, x: reference.apply({'params': p}, x, train=False))(params, images)
   return str(tmp_path / 'weights.npz'), np.asarray(out[0] if isinstance(out, tuple) else out)
 
 
 def created_logits(path, images=IMAGES, **kw):
   model, variables = pretrained.create(path, **kw)
-  return model, np.asarray(model.apply(variables, images, train=False))
+  return model, np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images))
 
 
 def max_difference(a, b):

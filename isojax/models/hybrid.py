@@ -164,6 +164,10 @@ def hybrid(num_classes: int, *, resnet_stages: Sequence[int], width_factor: floa
            representation_size: Optional[int] = None, dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
            drop_path_rate: float = 0.0, remat: bool = False, dtype: Any = jnp.float32) -> Isotropic:
   """A ResNet backbone under the ViT of `vit.vit` (same blocks, head and names; the stem gains `backbone`)."""
+  if int(64 * width_factor) % 32:
+    raise ValueError(f'The hybrid ResNet root is {int(64 * width_factor)} channels wide (width_factor={width_factor}); '
+                     f'its GroupNorms have 32 groups (models_resnet.py, flax defaults), so it must be a multiple of 32 '
+                     f'(Rs...-w32, -w64, ...).')
   body = _vit.vit(num_classes, hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                   patch_size=patch_size, classifier=classifier, representation_size=representation_size,
                   dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,

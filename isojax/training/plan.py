@@ -1,6 +1,6 @@
 """A config resolved before anything trains: dataset sizes, steps, model, schedule, augmentation.
 
-`train.py` runs on the same resolution, and `python -m isojax.main ... --dry_run` prints it, so
+The training loop (`loop.py`) runs on the same resolution, and `python -m isojax.main ... --dry_run` prints it, so
 a recipe can be checked before it spends accelerator hours.
 """
 from __future__ import annotations

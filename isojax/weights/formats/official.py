@@ -18,6 +18,10 @@ What the file shows about the architecture (`describe`):
   width is the encoder's (l.238); 'sincos2d' files have no position embedding at all (l.47-53).
 - Heads come from the query kernel `[C, heads, C/heads]`; both use tanh-approximate GELU
   (`nn.gelu`) and flax's LayerNorm epsilon 1e-6.
+- vision_transformer's hybrids (`R50+ViT-B_16.npz`, models_vit.py l.230-260) add a ResNet:
+  `conv_root`, `gn_root`, `block{s}/unit{u}/{conv,gn}{1,2,3,_proj}`; its stages are counted from
+  the units, its width from `conv_root`, and the image size is the position embedding's grid times
+  the ResNet's stride (4 x 2^(stages - 1)) times the patch.
 """
 from __future__ import annotations
 
