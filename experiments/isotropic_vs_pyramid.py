@@ -8,7 +8,7 @@ recipe of configs/digits32.py (the digits upsampled to 32x32, 30 epochs). The is
 image into 4x4 patches (an 8x8 grid of tokens, 1x1 on the hybrid's /8 ResNet map); the pyramids shrink it
 from 32x32 to 1x1. results.md lists parameters, GFLOPs per image and train / evaluation images/s beside
 the accuracy; results_cost.png plots accuracy against GFLOPs and parameters, results_shapes.png each
-model's tokens x width after every block or stage. About 25 minutes on 2 CPU cores, one trial at a time.
+model's tokens x width after every block or stage. About 32 minutes on 2 CPU cores, one trial at a time.
 """
 from isojax.sweeps import Sweep
 
