@@ -63,9 +63,9 @@ def model_profile(trial_dir: str) -> dict[str, Any]:
   except FileNotFoundError:
     return {}
   try:
-    parameters, gflops = plan.model_cost(config, info['num_classes'], info['channels'])
-    profile = explain.shape_profile(config_base.create_model(config, info['num_classes']), config.data.image_size,
-                                    info['channels'])
+    model = config_base.create_model(config, info['num_classes'])
+    parameters, gflops = plan.model_cost(model, config.data.image_size, info['channels'])
+    profile = explain.shape_profile(model, config.data.image_size, info['channels'])
   except ValueError:   # a model that cannot be built (the trial failed for it: its error says why)
     return {}
   return {'model': config_base.model_name(config), 'parameters': parameters, 'gflops_per_image': gflops,
@@ -84,8 +84,8 @@ def shape_kind(profile: list[tuple[str, int, int]]) -> str:
   return 'hybrid' if stages else 'isotropic'
 
 
-def rows(sweep_dir: str, profiles: bool = True) -> list[dict[str, Any]]:
-  """One dict per trial: name, status, swept values, results (and with `profiles`, its model's); best first."""
+def rows(sweep_dir: str) -> list[dict[str, Any]]:
+  """One dict per trial: name, status, swept values, results and its model's profile; best first."""
   trials = workdir_lib.read_json(os.path.join(sweep_dir, workdir_lib.SWEEP))
   table = []
   for trial in trials:
@@ -109,7 +109,7 @@ def rows(sweep_dir: str, profiles: bool = True) -> list[dict[str, Any]]:
         'eval_images_per_sec': statistics.median(eval_speeds) if eval_speeds else None,
         'error': error,
     })
-    if profiles and status != 'pending':
+    if status != 'pending':
       row.update(model_profile(trial_dir))
     table.append(row)
   return sorted(table, key=lambda r: -(r['best_accuracy'] if r['best_accuracy'] is not None else -1))
@@ -166,10 +166,14 @@ def _scatter_labelled(ax, table, x_key, label_key, scale=1.0):
       for r in points:
         ax.annotate(str(r.get(label_key) or r['trial']), (r[x_key] / scale, r['best_accuracy']), fontsize=6,
                     xytext=(3, 2), textcoords='offset points', rotation=20)
-  values = [r[x_key] for r in table if r.get(x_key)]
+  _log_scale_if_wide(ax, [r[x_key] / scale for r in table if r.get(x_key)])
+  ax.set_ylabel('best eval accuracy')
+
+
+def _log_scale_if_wide(ax, values) -> None:
+  """A log x axis when the values span more than 20x."""
   if values and min(values) > 0 and max(values) / min(values) > 20:
     ax.set_xscale('log')
-  ax.set_ylabel('best eval accuracy')
 
 
 def _plot(plt, table, axes, path):
@@ -181,9 +185,7 @@ def _plot(plt, table, axes, path):
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points)
     if numeric and points:
       ax.scatter([x for x, _ in points], [y for _, y in points])
-      values = [x for x, _ in points]
-      if min(values) > 0 and max(values) / min(values) > 20:
-        ax.set_xscale('log')
+      _log_scale_if_wide(ax, [x for x, _ in points])
     else:
       labels = list(dict.fromkeys(str(x) for x, _ in points))
       ax.scatter([labels.index(str(x)) for x, _ in points], [y for _, y in points])

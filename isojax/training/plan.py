@@ -10,6 +10,7 @@ import json
 import math
 from typing import Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -70,11 +71,9 @@ def dataset_info(config: ml_collections.ConfigDict) -> tuple[input_pipeline.Data
                 f'({config.data.train_split}: {info.num_train:,}, {config.data.eval_split}: {info.num_eval:,})')
 
 
-def model_cost(config: ml_collections.ConfigDict, num_classes: int, channels: int) -> tuple[int, Optional[float]]:
+def model_cost(model: nn.Module, image_size: int, channels: int) -> tuple[int, Optional[float]]:
   """(parameters, GFLOPs per image of the forward pass, XLA's count: a multiply-add is 2 FLOPs)."""
-  model = config_base.create_model(config, num_classes)
-  size = config.data.image_size
-  images = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
   params = sum(x.size for x in jax.tree_util.tree_leaves(variables['params']))
   analysis = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).cost_analysis()
@@ -87,7 +86,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   """Everything a run would do, resolved, with nothing trained: the `--dry_run` record."""
   info, note = dataset_info(config)
   steps = durations(config, info.num_train)
-  params, gflops = model_cost(config, info.num_classes, info.channels)
+  params, gflops = model_cost(config_base.create_model(config, info.num_classes), config.data.image_size,
+                              info.channels)
   train_ops = [f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
                for name, kwargs in preprocess.parse(config.data.train_pp)]
   mixup = config.mixup.to_dict()
