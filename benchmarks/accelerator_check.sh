@@ -8,7 +8,9 @@
 # requirements that do not import are pip-installed from PyPI, or without a network from WHEELS_DIR
 # (made elsewhere with `pip download -d WHEELS_DIR tensorflow-cpu tensorflow-datasets ml-collections
 # scikit-learn pytest einops --python-version 3.12 --only-binary=:all:`). A step whose requirements
-# still do not import is reported as skipped, with the reason, and the others run. Without an
+# still do not import is reported as skipped, with the reason, and the others run: without
+# TensorFlow (its wheel is ~250 MB) the pmap tests and both benches still run (ml-collections and
+# pytest are all they need; the two train-step tests that use tf say so and skip). Without an
 # accelerator it runs the same steps on the CPU with small batches (a check of the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."

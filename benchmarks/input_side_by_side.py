@@ -8,11 +8,13 @@ missing) with the augmentations of configs/imagenet_vit_s16.py: decode, Inceptio
 flip, RandAugment(2, 10), normalise, batches of 128:
 
   isojax        isojax.data.train_batches with the config's train_pp (big_vision's crop, resize
-                without antialiasing, RandAugment), data.shuffle_buffer=5000, with 1 and with 8
+                without antialiasing, RandAugment), uint8 batches (data.uint8_batches: the
+                normalisation is left to the device), data.shuffle_buffer=5000, with 1 and with 8
                 forced host devices; once more with antialiased resizing (PIL always antialiases
                 when it shrinks) and once with glibc's malloc defaults (ISOJAX_KEEP_HOST_MEMORY=0);
   plain tf.data the same ops the way isojax read data before encoded buffers: decoded on read,
-                one pipeline and one shuffle buffer (of decoded pixels) per device;
+                one pipeline and one shuffle buffer (of decoded pixels) per device, float32
+                batches normalised on the host (isojax's are uint8, normalised on the device);
   timm          torchvision ImageFolder + PIL + timm.data.create_transform(224, is_training=True,
                 auto_augment='rand-m10-n2') (timm's RandAugment: the same 0..10 magnitude scale,
                 its colour jitter off as with any auto_augment) in a torch DataLoader with 2
@@ -58,7 +60,7 @@ def _isojax_batches(folder: str, devices: int, shuffle_buffer: int, antialias: b
   pp = config.data.train_pp.replace('antialias=False', 'antialias=True') if antialias else config.data.train_pp
   return data.train_batches(builder, split='train', pp=pp, image_size=224,
                             per_device_batch=BATCH // devices, local_devices=devices, seed=0,
-                            shuffle_buffer=shuffle_buffer, cache=False)
+                            shuffle_buffer=shuffle_buffer, cache=False, uint8_batches=config.data.uint8_batches)
 
 
 def plain_tfdata_batches(folder: str, devices: int, shuffle_buffer: int):
@@ -225,8 +227,8 @@ def main() -> None:
           ('isojax, 8 devices', sys.executable, 'isojax', 8, None),
           ('isojax, 1 device, glibc malloc defaults', sys.executable, 'isojax', 1, {'ISOJAX_KEEP_HOST_MEMORY': '0'}),
           ('isojax, 1 device, antialiased resize (as PIL)', sys.executable, 'isojax_antialias', 1, None),
-          ('plain tf.data (decoded buffers), 1 device', sys.executable, 'plain', 1, None),
-          ('plain tf.data (decoded buffers), 8 devices', sys.executable, 'plain', 8, None),
+          ('plain tf.data (decoded buffers, float32 batches), 1 device', sys.executable, 'plain', 1, None),
+          ('plain tf.data (decoded buffers, float32 batches), 8 devices', sys.executable, 'plain', 8, None),
           ('timm (torchvision + PIL), 2 workers', args.torch_python, 'timm', 1, None)]
   rows = []
   for name, python, loader, devices, env in plan:

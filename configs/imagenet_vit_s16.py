@@ -10,7 +10,8 @@ docstring, l.16-19; 79.6% after 300: `--config.num_epochs=300`). Needs TFDS `ima
 Crops and resizes are big_vision's own defaults: `decode_jpeg_and_inception_crop` samples 5-100%
 of the area at aspect ratios 0.75-1.33, bilinear without antialiasing; `resize_small` is method 'area' without antialiasing
 (big_vision/pp/ops_image.py l.199-201, l.108). isojax keeps float pixels between ops where
-big_vision rounds to uint8 after each resize and RandAugment op (rounding, not another augmentation).
+big_vision casts to uint8 after each resize and RandAugment op (rounding, not another augmentation);
+it rounds once before `normalize`, which runs on the device (data.uint8_batches).
 
 Differences, and why:
 - mixup: big_vision mixes each batch with itself rolled by one, weight max(a, 1 - a) with

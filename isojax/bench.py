@@ -218,7 +218,8 @@ def bench_input(config_path: str, steps: int = 50, overrides: Sequence[str] = ()
   batches = data.train_batches(builder, split=config.data.train_split, pp=config.data.train_pp,
                                image_size=config.data.image_size, per_device_batch=per_device,
                                **parallel.data_host(), seed=0,
-                               shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache)
+                               shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache,
+                               uint8_batches=config.data.uint8_batches)
   next(batches)   # start-up (file reads, caches) is not throughput
   start = time.perf_counter()
   for _ in range(steps):

@@ -527,6 +527,8 @@ def test_dry_run_resolves_the_cifar_recipe_without_the_dataset():
   # the peak of the interp falls between two steps: within 0.1% of lr_max * wd
   assert record['weight_decay_per_step_at_peak'] == pytest.approx(0.05 * 0.005, rel=1e-3)
   assert 'not downloaded' in record['dataset_note']
+  # random_erasing follows normalize, so CIFAR's batches stay float32, normalised on the host
+  assert not any('uint8' in op for op in record['augmentation'])
 
 
 @pytest.mark.slow
@@ -540,6 +542,7 @@ def test_dry_run_command_prints_the_plan_and_one_json_line_and_writes_nothing(tm
           'weight_decay_per_step_at_peak'} <= set(record)
   assert record['model'] == 'ViT-S/16' and record['weight_decay_per_step_at_peak'] == pytest.approx(1e-4, rel=1e-5)
   assert 'learning rate at % of training' in out.stdout and not workdir.exists()
+  assert "normalize(stats='half') on device (uint8 batches)" in record['augmentation']
 
 
 @pytest.mark.parametrize('config_file', ['configs/imagenet_vit_s16.py', 'configs/imagenet_mixer_b16.py'])

@@ -222,6 +222,31 @@ def test_the_imagenet_training_and_eval_pipelines_run_on_a_jpeg_folder(photos):
   assert evaluation['image'].shape == (1, 2, 224, 224, 3) and evaluation['mask'].sum() == 2
 
 
+def test_uint8_batches_are_the_pixels_before_the_final_normalize_rounded_at_a_quarter_the_bytes(photos):
+  from isojax.training import config_base, train_step
+  config = config_base.load('configs/imagenet_vit_s16.py')
+  builder = data.get_builder('image_folder', photos)
+  kw = dict(pp=config.data.train_pp, image_size=224, per_device_batch=2, local_devices=2)
+  (floats,) = batches(builder, 1, **kw)
+  (pixels,) = batches(builder, 1, uint8_batches=True, **kw)
+  assert pixels['image'].dtype == np.uint8 and 4 * pixels['image'].nbytes == floats['image'].nbytes
+  np.testing.assert_array_equal(pixels['label'], floats['label'])
+  mean, std = data.device_normalization(config.data.train_pp)
+  assert (mean, std) == ((127.5,), (127.5,))     # normalize(half)
+  before_normalize = floats['image'] * 127.5 + 127.5   # the same crops, flips and RandAugment ops, unrounded
+  assert np.abs(pixels['image'] - before_normalize).max() <= 0.5 + 1e-3
+  on_device = np.asarray(train_step.normalize_on_device(pixels['image'], mean, std))
+  assert np.abs(on_device - floats['image']).max() <= 0.5 / 127.5 + 1e-5
+
+
+def test_uint8_batches_apply_only_to_specs_that_end_with_normalize(digits):
+  assert data.device_normalization(PP) is None     # random_erasing runs after normalize: floats stay floats
+  (batch,) = batches(digits, 1, uint8_batches=True)
+  assert batch['image'].dtype == np.float32
+  with pytest.raises(ValueError, match=r"uint8 output needs a spec that ends with normalize.*got 'resize\(8\)'"):
+    preprocess.build('resize(8)', 8, 1, uint8=True)
+
+
 def test_shuffle_buffers_hold_encoded_bytes_and_a_buffer_too_large_is_refused(photos, monkeypatch):
   builder = data.get_builder('image_folder', photos)
   files = glob.glob(os.path.join(photos, 'train', '*', '*.jpg'))

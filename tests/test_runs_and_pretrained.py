@@ -98,13 +98,35 @@ def test_learned_position_embeddings_are_resized_over_the_grid_keeping_the_class
 
 def test_a_vit_fine_tuned_at_a_larger_image_size_gets_resized_position_embeddings():
   small = models.create('ViT-16x1/4-h2-m32', 10)
-  variables = jax.device_get(small.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+  variables = jax.device_get(jax.jit(lambda: small.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))())
   larger = models.create('ViT-16x1/4-h2-m32', 5)
-  target = jax.device_get(larger.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3))))
+  target = jax.device_get(jax.jit(lambda: larger.init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3))))())
   adapted = pretrained.adapt(variables, target)
   assert adapted['params']['stem']['pos_embedding'].shape == (1, 1 + 64, 16)
   assert adapted['params']['head']['kernel'].shape == (16, 5)
   assert larger.apply(adapted, jnp.ones((1, 32, 32, 3))).shape == (1, 5)
+
+
+def test_the_model_is_initialised_only_when_a_layer_must_start_fresh():
+  # pretrained.create and load hand adapt the shapes alone (jax.eval_shape): compiling a large
+  # model's init takes seconds, and only a re-initialised head needs its values.
+  ten, five = models.create('ViT-16x1/4-h2-m32', 10), models.create('ViT-16x1/4-h2-m32', 5)
+  init = {n: (lambda m=m: m.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 3)))) for n, m in ((10, ten), (5, five))}
+  weights = jax.device_get(jax.jit(init[10])())
+  calls = []
+
+  def initialise(classes):
+    calls.append(classes)
+    return jax.device_get(jax.jit(init[classes])())
+
+  same = pretrained.adapt(weights, jax.eval_shape(init[10]), initialise=lambda: initialise(10))
+  assert calls == []
+  for a, b in zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(weights)):
+    np.testing.assert_array_equal(a, b)
+  new_head = pretrained.adapt(weights, jax.eval_shape(init[5]), initialise=lambda: initialise(5))
+  assert calls == [5] and new_head['params']['head']['kernel'].shape == (16, 5)
+  np.testing.assert_array_equal(new_head['params']['stem']['patch_embed']['embedding']['kernel'],
+                                weights['params']['stem']['patch_embed']['embedding']['kernel'])
 
 
 def test_predict_applies_the_runs_eval_preprocessing_to_raw_images(finished_run):

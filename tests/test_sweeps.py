@@ -1,12 +1,10 @@
 """Sweeps: deterministic expansion, and a launcher that resumes, skips failures and summarises."""
 import csv
 import os
-import subprocess
-import sys
 
 import pytest
 
-from isojax import sweeps
+from isojax import sweep as sweep_command, sweeps
 from isojax.sweeps import launcher, results
 from isojax.training import workdir as workdir_lib
 
@@ -56,7 +54,7 @@ TINY = {'num_steps': 8, 'eval_every': 4, 'checkpoint.every': 4, 'log_every': 4,
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_path, monkeypatch):
+def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
@@ -90,11 +88,10 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
   assert os.path.getsize(finished_log) == size_before
   assert 'resuming at step 8' in open(os.path.join(interrupted, workdir_lib.LOG)).read()
 
-  # The summary is rebuilt from the trial folders alone, by the command line too.
+  # The summary is rebuilt from the trial folders alone, by the command's main too.
   os.remove(os.path.join(directory, 'results.csv'))
-  out = subprocess.run([sys.executable, '-m', 'isojax.sweep', '--summarize', directory], capture_output=True,
-                       text=True, check=True, timeout=120)
-  assert '| patch_size=2,lr=' in out.stdout
+  assert sweep_command.main(['--summarize', directory]) == 0
+  assert '| patch_size=2,lr=' in capsys.readouterr().out
   with open(os.path.join(directory, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
   assert [r['status'] for r in rows] == ['done', 'done', 'failed']

@@ -1,4 +1,7 @@
-"""The pure train/eval steps under pmap: N devices == 1 device, accumulation, mixing, EMA, bf16."""
+"""The pure train/eval steps under pmap: N devices == 1 device, accumulation, mixing, EMA, bf16.
+
+Runs without TensorFlow (benchmarks/accelerator_check.sh on a GPU machine that lacks it): the
+two tests that need it say so and skip there."""
 import functools
 
 import jax
@@ -8,7 +11,6 @@ import pytest
 
 from isojax import models
 from isojax.training import optim, train_step
-from isojax.evaluation import classification
 from isojax.training.config_base import base
 
 
@@ -41,6 +43,28 @@ def run_pmapped(state, batch, devices, steps=1, **static):
   for _ in range(steps):
     replicated, metrics = step(replicated, split, jax.random.PRNGKey(1))
   return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), replicated), jax.tree_util.tree_map(np.asarray, metrics)
+
+
+def test_uint8_batches_normalised_in_the_step_train_exactly_like_batches_normalised_on_the_host():
+  tf = pytest.importorskip('tensorflow', reason='the host-side normalize is a tf op')
+  from isojax.data import preprocess
+  model = tiny('ViT-S/16')
+  state, tx, lr = setup(model)
+  batch = global_batch()
+  pixels = np.random.RandomState(1).randint(0, 256, batch['image'].shape).astype(np.uint8)
+  host = preprocess.normalize(tf.constant(pixels, tf.float32), None, 'imagenet').numpy()
+  step = jax.jit(functools.partial(train_step.train_step, model=model, tx=tx, learning_rate=lr, num_classes=5,
+                                   axis_name=None, image_normalization=preprocess.device_normalization(
+                                       'flip|normalize(imagenet)')))
+  plain = jax.jit(functools.partial(train_step.train_step, model=model, tx=tx, learning_rate=lr, num_classes=5,
+                                    axis_name=None))
+  on_device, m1 = step(state, {**batch, 'image': pixels}, jax.random.PRNGKey(1))
+  on_host, m2 = plain(state, {**batch, 'image': host}, jax.random.PRNGKey(1))
+  np.testing.assert_allclose(m1['loss'], m2['loss'], rtol=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(on_device.params), jax.tree_util.tree_leaves(on_host.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  with pytest.raises(TypeError, match='expects the uint8 batches of data.uint8_batches; got float32 images'):
+    step(state, {**batch, 'image': host}, jax.random.PRNGKey(1))
 
 
 @pytest.mark.parametrize('name', ['ViT-S/16', 'ConvMixer-256/8'])
@@ -125,6 +149,8 @@ def test_bfloat16_training_keeps_float32_parameters_and_optimizer_state():
 
 
 def test_evaluation_counts_only_real_examples():
+  pytest.importorskip('tensorflow', reason='isojax.evaluation reads data through tf.data')
+  from isojax.evaluation import classification
   model = tiny('ViT-S/16')
   state, _, _ = setup(model)
   batch = {**global_batch(8), 'mask': np.array([1, 1, 1, 0, 0, 0, 0, 0], np.float32)}

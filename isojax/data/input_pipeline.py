@@ -10,7 +10,8 @@ devices it has. Evaluation cuts the split into one part per process, each exampl
 
 Memory: images stay encoded (PNG/JPEG bytes) through the cache and the shuffle buffer and
 are decoded per example after shuffling, a leading Inception crop of a JPEG decoding only
-its window. A cache or buffer that would not fit in the host's memory is refused up front.
+its window. Training batches can be uint8, normalised on the device (a quarter of float32's
+bytes). A cache or buffer that would not fit in the host's memory is refused up front.
 
 Determinism: epoch e of a shard is a shuffle seeded by (seed, shard, e), and each example's
 augmentation is seeded by its shard and position in the shard's stream, so restarting at
@@ -208,13 +209,17 @@ def _batched(ds: tf.data.Dataset, per_device_batch: int, local_devices: int):
 
 def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_batch: int,
                   local_devices: int = 1, process_index: int = 0, process_count: int = 1, seed: int,
-                  start_step: int = 0, shuffle_buffer: int = 50_000, cache: bool = True) -> Iterator[dict]:
+                  start_step: int = 0, shuffle_buffer: int = 50_000, cache: bool = True,
+                  uint8_batches: bool = False) -> Iterator[dict]:
   """Endless training batches of this process's devices' shards of `split`, starting at step `start_step`.
 
   `shuffle_buffer` is the whole run's buffer: each of the `local_devices * process_count` shards
-  shuffles with an equal share of it."""
+  shuffles with an equal share of it. With `uint8_batches`, a `pp` that ends with `normalize`
+  yields uint8 images and leaves that normalisation (`device_normalization(pp)`) to the train step."""
   channels = builder.info.features['image'].shape[-1]
-  process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True)   # _sized names the file
+  uint8 = uint8_batches and preprocess.device_normalization(pp) is not None
+  process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True,   # _sized names the file
+                             uint8=uint8)
   global_devices = local_devices * process_count
   shards = [_Part(split, process_index * local_devices + d, global_devices) for d in range(local_devices)]
   sizes = [_part_size(builder, shard) for shard in shards]

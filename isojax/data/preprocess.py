@@ -3,9 +3,11 @@
 A spec is `op|op(arg=value, ...)|...`, e.g. the CIFAR recipe
 `random_crop(size=32, padding=4)|flip|randaugment(num_ops=2, magnitude=9)|normalize(cifar)`.
 Every op is `fn(image, seed, **kwargs) -> image`, `image` float32 HWC in 0..255 until
-`normalize`. The input pipeline hands over encoded bytes (PNG/JPEG/...): `build(encoded=True)`
-decodes first, and a leading `inception_crop` of a JPEG decodes only the crop window
-(`tf.image.decode_and_crop_jpeg`, as big_vision's `decode_jpeg_and_inception_crop`).
+`normalize`; a spec that ends with `normalize` can instead hand over uint8 pixels and leave the
+normalisation to the device (`build(uint8=True)`, `device_normalization`). The input pipeline
+hands over encoded bytes (PNG/JPEG/...): `build(encoded=True)` decodes first, and a leading
+`inception_crop` of a JPEG decodes only the crop window (`tf.image.decode_and_crop_jpeg`, as
+big_vision's `decode_jpeg_and_inception_crop`).
 Randomness is stateless (`seed` is a [2] int tensor derived from the example's position in
 the stream), so the data of a resumed run equals an unbroken one.
 Adding an augmentation: write the function and add it to OPS.
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
@@ -119,12 +121,32 @@ def flip(image, seed):
   return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
-def normalize(image, seed, stats: str = 'imagenet'):
-  """(image - mean) / std with named per-channel statistics (see STATS)."""
+def _stats(stats: str = 'imagenet') -> tuple[tuple[float, ...], tuple[float, ...]]:
   if stats not in STATS:
     raise ValueError(f'Unknown normalize stats {stats!r}; expected one of {sorted(STATS)}.')
-  mean, std = STATS[stats]
+  return STATS[stats]
+
+
+def normalize(image, seed, stats: str = 'imagenet'):
+  """(image - mean) / std with named per-channel statistics (see STATS)."""
+  mean, std = _stats(stats)
   return (image - tf.constant(mean)) / tf.constant(std)
+
+
+def device_normalization(spec: str) -> Optional[tuple[tuple[float, ...], tuple[float, ...]]]:
+  """(mean, std) of the `normalize` that ends `spec`, or None if it does not end with one.
+
+  Such a spec can stop on the host at uint8 pixels (`build(uint8=True)`) and leave this
+  normalisation to the device: a batch then takes a quarter of the host memory and of the
+  host-to-device traffic (timm's CUDA prefetcher does the same).
+  """
+  ops = parse(spec)
+  return _stats(**ops[-1][1]) if ops and ops[-1][0] == 'normalize' else None
+
+
+def to_uint8(image):
+  """Float pixels in 0..255 -> uint8, rounded to the nearest level and clipped."""
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def random_erasing(image, seed, prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3,
@@ -192,14 +214,19 @@ def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def build(spec: str, image_size: int, channels: int, fixed_shape: bool = True,
-          encoded: bool = False) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """Compiles a spec into `fn(image, seed) -> float32 [image_size, image_size, channels]`.
+          encoded: bool = False, uint8: bool = False) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """Compiles a spec into `fn(image, seed) -> float32 [image_size, image_size, channels]` (or uint8).
 
   `image` is uint8 pixels, or with `encoded=True` the encoded file's bytes (decoded here, fused
-  with a leading `inception_crop`). `fixed_shape=False` leaves the final shape check to the
-  caller (the input pipeline names the file).
+  with a leading `inception_crop`). `uint8=True` stops before the spec's final `normalize` and
+  returns uint8 pixels (`to_uint8`; `device_normalization(spec)` is what is left to do).
+  `fixed_shape=False` leaves the final shape check to the caller (the input pipeline names the file).
+  Each op's seed is the same with and without `uint8`, so both see the same crops and flips.
   """
   ops = parse(spec)
+  if uint8 and device_normalization(spec) is None:
+    raise ValueError(f'uint8 output needs a spec that ends with normalize(...), which is left to the '
+                     f'device; got {spec!r}.')
 
   def apply(image, seed):
     steps = list(zip(ops, _split_seed(seed, max(len(ops), 1))))
@@ -209,8 +236,12 @@ def build(spec: str, image_size: int, channels: int, fixed_shape: bool = True,
     elif encoded:
       image = decode(image, channels)
     image = tf.cast(image, tf.float32)
+    if uint8:
+      steps.pop()   # the final normalize, done on the device
     for (name, kwargs), op_seed in steps:
       image = OPS[name](image, op_seed, **kwargs)
+    if uint8:
+      image = to_uint8(image)
     return tf.ensure_shape(image, (image_size, image_size, channels)) if fixed_shape else image
 
   return apply

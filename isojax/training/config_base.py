@@ -97,6 +97,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.eval_pp = 'resize_small(256)|central_crop(224)|normalize(imagenet)'
   c.data.shuffle_buffer = 50_000     # the run's whole buffer: each device's shard shuffles with 1/devices of it
   c.data.cache = False
+  c.data.uint8_batches = True        # a train_pp ending in normalize(...) ships uint8 images; the step normalises
   c.data.skip_bad_files = False      # image_folder: skip (and count) unreadable files instead of failing
 
   c.mixup = ml_collections.ConfigDict({'mixup_alpha': 0.0, 'cutmix_alpha': 0.0})

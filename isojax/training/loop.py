@@ -109,14 +109,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
       model=model, tx=tx, learning_rate=learning_rate, num_classes=info.num_classes,
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup.mixup_alpha,
       cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
-      loss=config.get('loss', 'softmax_xent'))
+      loss=config.get('loss', 'softmax_xent'),
+      image_normalization=data.device_normalization(config.data.train_pp) if config.data.uint8_batches else None)
   # Bad datasets, splits and features fail here; evaluators on the training data share its builder.
   evaluators = evaluation.create(config, model, info.num_classes, train_builder=builder)
   primary, best_metric = evaluation.best_metric(config)
   use_ema = config.ema_decay > 0 and config.eval_with_ema
   batches = parallel.prefetch(data.train_batches(
       builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
-      per_device_batch=config.batch_size // jax.device_count(), **parallel.data_host(), seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache))
+      per_device_batch=config.batch_size // jax.device_count(), **parallel.data_host(), seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache,
+      uint8_batches=config.data.uint8_batches))
 
   # Compile ahead of time, then start together: the first collective of a multi-process run must
   # not wait on another process's compilation.

@@ -90,6 +90,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
                               info.channels)
   train_ops = [f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
                for name, kwargs in preprocess.parse(config.data.train_pp)]
+  if config.data.uint8_batches and preprocess.device_normalization(config.data.train_pp):
+    train_ops[-1] += ' on device (uint8 batches)'
   mixup = config.mixup.to_dict()
   if any(mixup.values()):
     train_ops.append(f'mixup({", ".join(f"{k}={v}" for k, v in mixup.items())}) on device')

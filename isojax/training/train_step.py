@@ -6,7 +6,7 @@ metrics and BatchNorm statistics are averaged across devices with `lax.pmean`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -89,6 +89,14 @@ def loss_per_example(logits: jax.Array, targets: jax.Array, loss: str = 'softmax
   raise ValueError(f'Unknown loss {loss!r}; expected one of {LOSSES}.')
 
 
+def normalize_on_device(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+  """uint8 pixels -> float32 (images - mean) / std; refuses float batches, which were normalised already."""
+  if images.dtype != jnp.uint8:
+    raise TypeError(f'image_normalization expects the uint8 batches of data.uint8_batches; got {images.dtype} '
+                    f'images, which the host has normalised already (drop image_normalization).')
+  return (images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
 def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
   return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
 
@@ -97,17 +105,23 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
                tx: optax.GradientTransformation, learning_rate: Callable[[Any], Any],
                num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
                cutmix_alpha: float = 0.0, accum_steps: int = 1, ema_decay: float = 0.0,
-               loss: str = 'softmax_xent', axis_name: Optional[str] = AXIS) -> tuple[TrainState, dict]:
+               loss: str = 'softmax_xent', axis_name: Optional[str] = AXIS,
+               image_normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+               ) -> tuple[TrainState, dict]:
   """One optimizer step on this device's share of the global batch.
 
   The step's randomness is `rng` folded with the step number and the device index, so
   dropout differs per device and per step, and a resumed run draws the same keys.
+  `image_normalization` (mean, std): the batch holds uint8 pixels that the host left
+  unnormalised (isojax.data.device_normalization); they become (image - mean) / std here.
   """
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   rng_mix, rng_model = jax.random.split(rng)
   images = batch['image']
+  if image_normalization is not None:
+    images = normalize_on_device(images, *image_normalization)
   targets = soft_targets(batch['label'], num_classes, label_smoothing)
   images, targets = mix(images, targets, rng_mix, mixup_alpha, cutmix_alpha)
 

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import flax.linen as nn
@@ -53,34 +53,48 @@ def resize_posemb(posemb: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarr
   return np.concatenate([head, np.asarray(grid).reshape(1, new * new, width)], axis=1)
 
 
-def adapt(source: dict, target: dict, strict: bool = True) -> dict:
+def adapt(source: dict, target: dict, strict: bool = True,
+          initialise: Optional[Callable[[], dict]] = None) -> dict:
   """`target`-shaped variables filled from `source` with the fine-tuning rules above.
 
+  `target` holds the model's variables, or only their shapes (`jax.eval_shape`) with `initialise`
+  giving the values on demand: initialising a large model compiles for seconds, and only a
+  re-initialised head needs fresh values.
   Every tensor of `source` must be used: one the model has no place for (LayerScale, fc_norm,
   pre_logits, a learned position embedding for a sin-cos model, ...) means the model is not
   configured as the weights were trained, and fails the load, listing the unused and the
   missing ones. `strict=False` loads anyway and reports them as a warning.
   """
   src, out, used, missing = _flatten(source), {}, set(), []
+  initialised: dict = {}
+
+  def fresh(path, init):   # a fresh layer (isojax heads start at zero, as the ViT paper fine-tunes)
+    if not isinstance(init, jax.ShapeDtypeStruct):
+      return init
+    if not initialised:
+      initialised.update(_flatten(initialise()))
+    return initialised[path]
+
   for path, init in _flatten(target).items():
+    shape = tuple(init.shape)
     if path not in src:
       if path.startswith(tuple(f'params/{p}' for p in REINIT_ON_MISMATCH)):
-        out[path] = init
+        out[path] = fresh(path, init)
         missing.append(path)
         continue
-      raise ValueError(f'Pretrained weights have no {path!r} (shape {tuple(np.shape(init))}); '
+      raise ValueError(f'Pretrained weights have no {path!r} (shape {shape}); '
                        f'they are for another architecture.')
     used.add(path)
     value = np.asarray(src[path])
-    if value.shape == tuple(np.shape(init)):
-      out[path] = value.astype(np.asarray(init).dtype)
+    if value.shape == shape:
+      out[path] = value.astype(init.dtype)
     elif path.split('/', 1)[1].startswith(REINIT_ON_MISMATCH):
-      out[path] = init   # a fresh layer (isojax heads start at zero, as the ViT paper fine-tunes)
+      out[path] = fresh(path, init)
     elif path.endswith('pos_embedding'):
-      out[path] = resize_posemb(value, tuple(np.shape(init))).astype(np.asarray(init).dtype)
+      out[path] = resize_posemb(value, shape).astype(init.dtype)
     else:
       raise ValueError(f'Pretrained {path!r} has shape {value.shape}, but the model expects '
-                       f'{tuple(np.shape(init))}; they are for another architecture.')
+                       f'{shape}; they are for another architecture.')
   unused = sorted(set(src) - used)
   if unused:
     message = (f'{len(unused)} tensor(s) in the weights are not used by the model: {unused[:8]}'
@@ -131,17 +145,18 @@ def read(path: str) -> dict:
 
 
 def _fresh(model: nn.Module, image_size: int, channels: int) -> dict:
-  images = jnp.zeros((1, image_size, image_size, channels))
-  return jax.device_get(jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False))())
+  """`adapt`'s target and initialise: the model's variable shapes now, their values if a layer is re-initialised."""
+  init = lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, channels)), train=False)
+  return {'target': jax.eval_shape(init), 'initialise': lambda: jax.device_get(jax.jit(init)())}
 
 
 def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True) -> dict:
   """Variables for `model` at `image_size`, initialised from the weights at `path` (see `adapt`)."""
   if workdir_lib.is_run(path):
-    return adapt(read(path), _fresh(model, image_size, channels), strict=strict)
+    return adapt(read(path), **_fresh(model, image_size, channels), strict=strict)
   weights = describe(path)
   _check_heads(path, weights, model)
-  return adapt(weights.variables, _fresh(model, image_size, channels), strict=strict)
+  return adapt(weights.variables, **_fresh(model, image_size, channels), strict=strict)
 
 
 def _check_heads(path: str, weights: Weights, model: nn.Module) -> None:
@@ -176,7 +191,7 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
     classes = num_classes or int(variables['params']['head']['bias'].shape[0])
     fields = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
     model = models.create(config.model.name, classes, **{**fields, **overrides})
-    return model, adapt(variables, _fresh(model, size, _channels(variables)), strict=strict)
+    return model, adapt(variables, **_fresh(model, size, _channels(variables)), strict=strict)
   weights = describe(path)
   for field, value in overrides.items():
     if field in weights.fields and weights.fields[field] != value and field not in weights.assumed:
@@ -192,7 +207,7 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
     logging.info('pretrained.create(%r) assumed %s', path,
                  {k: v for k, v in weights.assumed.items() if k not in overrides})
   size = image_size or weights.image_size or models.default_image_size(name)
-  return model, adapt(weights.variables, _fresh(model, size, _channels(weights.variables)), strict=strict)
+  return model, adapt(weights.variables, **_fresh(model, size, _channels(weights.variables)), strict=strict)
 
 
 def _channels(variables: dict) -> int:
