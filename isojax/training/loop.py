@@ -117,7 +117,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
   use_ema = config.ema_decay > 0 and config.eval_with_ema
   batches = parallel.prefetch(data.train_batches(
       builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
-      per_device_batch=config.batch_size // jax.device_count(), **parallel.data_host(), seed=config.seed, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache,
+      per_device_batch=config.batch_size // jax.device_count(), **parallel.data_host(), seed=config.seed,
+      start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache,
       uint8_batches=config.data.uint8_batches))
 
   # Compile ahead of time, then start together: the first collective of a multi-process run must
