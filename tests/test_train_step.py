@@ -53,11 +53,11 @@ def test_uint8_batches_normalised_in_the_step_train_exactly_like_batches_normali
   batch = global_batch()
   pixels = np.random.RandomState(1).randint(0, 256, batch['image'].shape).astype(np.uint8)
   host = preprocess.normalize(tf.constant(pixels, tf.float32), None, 'imagenet').numpy()
-  step = jax.jit(functools.partial(train_step.train_step, model=model, tx=tx, learning_rate=lr, num_classes=5,
-                                   axis_name=None, image_normalization=preprocess.device_normalization(
-                                       'flip|normalize(imagenet)')))
-  plain = jax.jit(functools.partial(train_step.train_step, model=model, tx=tx, learning_rate=lr, num_classes=5,
-                                    axis_name=None))
+  one_device = functools.partial(train_step.train_step, model=model, tx=tx, learning_rate=lr, num_classes=5,
+                                 axis_name=None)
+  step = jax.jit(functools.partial(one_device, image_normalization=preprocess.device_normalization(
+      'flip|normalize(imagenet)')))
+  plain = jax.jit(one_device)
   on_device, m1 = step(state, {**batch, 'image': pixels}, jax.random.PRNGKey(1))
   on_host, m2 = plain(state, {**batch, 'image': host}, jax.random.PRNGKey(1))
   np.testing.assert_allclose(m1['loss'], m2['loss'], rtol=1e-6)
