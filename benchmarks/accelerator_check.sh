@@ -60,16 +60,16 @@ step() {   # step NAME SECONDS COMMAND...: runs it, keeping its output and exit 
 
 # The pure train step under pmap on the real devices (N devices == 1 device, BatchNorm sync, bf16, EMA).
 step pmap_tests 240 python -m pytest -q -p no:cacheprovider tests/test_train_step.py
-step vit_b16_bf16 150 python -m isojax.bench --model ViT-B/16 --batch-size "$VIT_BATCH" --image-size "$IMAGE" \
-  --dtype bfloat16 --steps "$STEPS"
-step convmixer_1536_20 150 python -m isojax.bench --model ConvMixer-1536/20 --batch-size "$CONVMIXER_BATCH" \
-  --image-size "$CONVMIXER_IMAGE" --dtype bfloat16 --steps "$STEPS"
+step vit_b16_bf16 150 python -m isojax.bench --model=ViT-B/16 --batch_size="$VIT_BATCH" --image_size="$IMAGE" \
+  --dtype=bfloat16 --steps="$STEPS"
+step convmixer_1536_20 150 python -m isojax.bench --model=ConvMixer-1536/20 --batch_size="$CONVMIXER_BATCH" \
+  --image_size="$CONVMIXER_IMAGE" --dtype=bfloat16 --steps="$STEPS"
 if python -c 'import tensorflow, tensorflow_datasets, sklearn' 2>/dev/null; then
   step photo_folder 120 python benchmarks/photo_folder.py --out="$OUT/photos" --per_class="$FOLDER_PER_CLASS" \
     --val_per_class=1
-  step input_pipeline 150 python -m isojax.bench --input configs/imagenet_vit_s16.py --steps "$STEPS" \
-    --set data.name=image_folder --set data.data_dir="$OUT/photos" --set data.train_split=train \
-    --set batch_size="$INPUT_BATCH" --set data.shuffle_buffer=2000
+  step input_pipeline 150 python -m isojax.bench --input=configs/imagenet_vit_s16.py --steps="$STEPS" \
+    --set=data.name=image_folder --set=data.data_dir="$OUT/photos" --set=data.train_split=train \
+    --set=batch_size="$INPUT_BATCH" --set=data.shuffle_buffer=2000
 else
   echo "TensorFlow, TFDS or scikit-learn does not import: input pipeline skipped" | tee "$OUT/input_pipeline.log"
   echo skipped >"$OUT/input_pipeline.rc"

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from isojax.core import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -53,9 +54,8 @@ def _status_kib(field: str, pid: str = 'self') -> int:
 
 
 def _isojax_batches(folder: str, devices: int, shuffle_buffer: int, antialias: bool = False):
-  from isojax.training import config_base
   from isojax import data
-  config = config_base.load(CONFIG)
+  config = loading.load(CONFIG)
   builder = data.get_builder('image_folder', folder)
   pp = config.data.train_pp.replace('antialias=False', 'antialias=True') if antialias else config.data.train_pp
   return data.train_batches(builder, split='train', pp=pp, image_size=224,
@@ -67,9 +67,9 @@ def plain_tfdata_batches(folder: str, devices: int, shuffle_buffer: int):
   """isojax's pipeline before encoded buffers: decoded on read, a pipeline and a buffer per device."""
   import tensorflow as tf
   import tensorflow_datasets as tfds
-  from isojax.training import config_base
+
   from isojax.data import image_folder, preprocess
-  config = config_base.load(CONFIG)
+  config = loading.load(CONFIG)
   builder = image_folder.open_folder(folder)
   process = preprocess.build(config.data.train_pp, 224, 3)
   n = len(builder._split_examples['train'])
@@ -108,7 +108,7 @@ def worker(loader: str, folder: str, devices: int, batches: int, warmup: int, sh
     baseline = _status_kib('VmRSS')
     stream = _timm_batches(folder)
   else:
-    from isojax import host_memory
+    from isojax.core import host_memory
     host_memory.keep_freed_memory()   # as isojax.main does
     import jax
     import tensorflow  # noqa: F401

@@ -1,6 +1,6 @@
 """The plain-Flax baseline of the side-by-side benchmark: the same models written the usual way.
 
-    python benchmarks/plain_flax.py --model ViT-S/16 --batch-size 16 --image-size 224
+    python benchmarks/plain_flax.py --model ViT-S/16 --batch_size 16 --image_size 224
 
 ViT and Mixer are google-research/vision_transformer's own `models_vit.py` and `models_mixer.py`
 (vendored verbatim in tests/reference/sources: flax's stock MultiHeadDotProductAttention with
@@ -8,7 +8,7 @@ separate query/key/value, heads as a middle axis; dropout set to 0 as in isojax'
 column); ConvMixer uses nn.Conv for the patch,
 depthwise (feature_group_count) and pointwise convolutions. The step is the flax-examples
 one: `jax.jit` of value_and_grad + optax.adamw through flax's TrainState, with no buffer
-donation. Architecture sizes come from isojax's registry tables and the timing from isojax.bench; nothing else from isojax.
+donation. Architecture sizes come from isojax's registry tables and the timing from isojax.training.benchmark; nothing else from isojax.
 Prints one JSON line with the median seconds of a training step and of inference.
 """
 import argparse
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
-from isojax.bench import median_seconds  # noqa: E402  (the same timing as the isojax column)
+from isojax.training.benchmark import median_seconds  # noqa: E402  (the same timing as the isojax column)
 from isojax.models import convmixer, mixer, vit  # noqa: E402  (architecture sizes only)
 from tests.reference import sources  # noqa: E402
 
@@ -77,10 +77,10 @@ def build(name: str, num_classes: int) -> nn.Module:
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--model', required=True)
-  parser.add_argument('--batch-size', type=int, required=True)
-  parser.add_argument('--image-size', type=int, required=True)
+  parser.add_argument('--batch_size', type=int, required=True)
+  parser.add_argument('--image_size', type=int, required=True)
   parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--num-classes', type=int, default=1000)
+  parser.add_argument('--num_classes', type=int, default=1000)
   args = parser.parse_args()
   model = build(args.model, args.num_classes)
   batch_norm = isinstance(model, PlainConvMixer)

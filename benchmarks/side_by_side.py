@@ -1,6 +1,6 @@
 """isojax vs timm (PyTorch) vs a plain-Flax baseline, in one run on one machine, as a Markdown table.
 
-    python benchmarks/side_by_side.py --timm-python /path/to/timm-venv/bin/python \
+    python benchmarks/side_by_side.py --timm_python /path/to/timm-venv/bin/python \
         [--cases ViT-S/16:16:224 Mixer-S/16:16:224 ...] [--steps 5] [--out benchmarks/results.md]
 
 Each measurement runs in its own process, one after the other (never two at once), so
@@ -9,7 +9,7 @@ every column sees the same idle machine:
   plain Flax  benchmarks/plain_flax.py: the same architecture written the usual Flax way
   timm        benchmarks/timm_bench.py in the timm venv: timm's model, AdamW, eager PyTorch
 A case is NAME:BATCH:IMAGE_SIZE[:CLASSES]. Figures are images/s from the median step;
-ratios above 1 mean isojax is faster. Without --timm-python the timm columns are left out.
+ratios above 1 mean isojax is faster. Without --timm_python the timm columns are left out.
 """
 import argparse
 import datetime
@@ -48,9 +48,9 @@ def run_json(cmd: list, timeout: float) -> dict:
 
 
 def measure(case: dict, steps: int, timm_python: str, timeout: float) -> dict:
-  common = ['--model', case['model'], '--batch-size', str(case['batch_size']),
-            '--image-size', str(case['image_size']), '--steps', str(steps),
-            '--num-classes', str(case['num_classes'])]
+  common = ['--model', case['model'], '--batch_size', str(case['batch_size']),
+            '--image_size', str(case['image_size']), '--steps', str(steps),
+            '--num_classes', str(case['num_classes'])]
   out = {}
   isojax = run_json([sys.executable, '-m', 'isojax.bench', *common], timeout)
   out['isojax'] = isojax if 'error' in isojax else {
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--cases', nargs='+', default=DEFAULT_CASES, help='NAME:BATCH:IMAGE_SIZE[:CLASSES] ...')
   parser.add_argument('--steps', type=int, default=5, help='timed steps per measurement (median)')
-  parser.add_argument('--timm-python', default=os.environ.get('TIMM_PYTHON'),
+  parser.add_argument('--timm_python', default=os.environ.get('TIMM_PYTHON'),
                       help='python of a venv with torch and timm (or $TIMM_PYTHON)')
   parser.add_argument('--timeout', type=float, default=1800, help='seconds per measurement process')
   parser.add_argument('--out', help='also write the Markdown table (and the raw JSON next to it)')

@@ -1,6 +1,6 @@
 """timm/PyTorch side of the side-by-side benchmark; runs in its own venv (torch and timm only).
 
-    /path/to/timm-venv/bin/python benchmarks/timm_bench.py --model ViT-S/16 --batch-size 16 --image-size 224
+    /path/to/timm-venv/bin/python benchmarks/timm_bench.py --model ViT-S/16 --batch_size 16 --image_size 224
 
 Times the same two things isojax.bench times, the way timm trains: a full training step
 (forward, cross-entropy, backward, AdamW update) in train mode, and inference under
@@ -40,10 +40,10 @@ def median_seconds(fn, steps):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--model', required=True, choices=sorted(MODELS))
-  parser.add_argument('--batch-size', type=int, required=True)
-  parser.add_argument('--image-size', type=int, required=True)
+  parser.add_argument('--batch_size', type=int, required=True)
+  parser.add_argument('--image_size', type=int, required=True)
   parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--num-classes', type=int, default=1000)
+  parser.add_argument('--num_classes', type=int, default=1000)
   parser.add_argument('--only', choices=('train', 'inference'))
   args = parser.parse_args()
   torch.manual_seed(0)

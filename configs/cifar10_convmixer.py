@@ -14,7 +14,8 @@ Differences, and why:
 - The source's DataLoader keeps a last partial batch (98 steps per epoch); isojax runs
   ceil(100 * 50000 / 512) = 9,766 full batches, and the schedule spans exactly those steps.
 """
-from isojax.training.config_base import base, model_config
+from isojax.core.config import base
+from isojax.models import model_config
 
 
 def get_config(arg=None):

@@ -16,7 +16,8 @@ For timm weights add `--config.model.approximate_gelu=False`. The ViT paper's fi
 512, 10k steps with 500 warmup and cosine decay, grad clip 1.0, 224px. Expected, from
 ImageNet-21k weights: ~98.9% (ViT-B/16) / ~97.7% (Mixer-B/16) test accuracy.
 """
-from isojax.training.config_base import base, model_config
+from isojax.core.config import base
+from isojax.models import model_config
 
 
 def get_config(arg=None):

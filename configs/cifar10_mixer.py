@@ -8,7 +8,8 @@ estimate: ~85-88% test accuracy (Mixers overfit small data without strong augmen
 """
 import os
 
-from isojax.training.config_base import load, model_config
+from isojax.core.loading import load
+from isojax.models import model_config
 
 
 def get_config(arg=None):

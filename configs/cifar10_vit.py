@@ -9,7 +9,8 @@ augmentation (timm RandAugment, mixup/CutMix, random erasing, label smoothing) a
 epochs (ViTs need heavy augmentation on CIFAR).
 Use the CIFAR-100 variant with `--config=configs/cifar100.py:vit`.
 """
-from isojax.training.config_base import base, model_config
+from isojax.core.config import base
+from isojax.models import model_config
 
 
 def get_config(arg=None):

@@ -9,7 +9,10 @@ Expected: >= 97% test accuracy on the 360 held-out digits (99% typical) in under
 test split; picks the best checkpoint) and `fewshot` (big_vision's closed-form linear probe on
 the frozen pre-logits: 1, 5, 10, 25 training digits per class, 3 seeds, accuracy on the test split).
 """
-from isojax.training.config_base import base, classification_eval, fewshot_eval, model_config
+from isojax.core.config import base
+from isojax.core.config import classification_eval
+from isojax.core.config import fewshot_eval
+from isojax.models import model_config
 
 
 def get_config(arg=None):

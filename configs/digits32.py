@@ -12,7 +12,9 @@ ResNet's last stages would pool a 1x1 map after its stem, while at 32x32 every s
 Expected (2026-11-30): 97.5-99.7% test accuracy on the 360 held-out digits for most families, CaiT 94% and
 ResMLP 89% under this one recipe (README, "Isotropic vs pyramid"); 1-5 minutes per model on 2 CPU cores.
 """
-from isojax.training.config_base import base, classification_eval, model_config
+from isojax.core.config import base
+from isojax.core.config import classification_eval
+from isojax.models import model_config
 
 
 def get_config(arg=None):

@@ -14,7 +14,8 @@ Differences, and why:
 - Evaluation: timm's convmixer cfg crops 0.96 with bicubic resizing; here resize_small(233) ->
   central_crop(224), bilinear.
 """
-from isojax.training.config_base import base, model_config
+from isojax.core.config import base
+from isojax.models import model_config
 
 
 def get_config(arg=None):

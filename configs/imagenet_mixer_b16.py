@@ -18,7 +18,8 @@ Differences, and why:
 - RandAugment magnitude 15 is past the 0..10 scale; big_vision's ops extrapolate linearly
   and so do isojax's big_vision-flavour ops.
 """
-from isojax.training.config_base import base, model_config
+from isojax.core.config import base
+from isojax.models import model_config
 
 
 def get_config(arg=None):

@@ -19,7 +19,8 @@ Differences, and why:
   ~ Beta(0.2, 0.2) without the max: the same distribution of pairs and weights.
 - The learned-posemb initialiser is irrelevant here (sincos2d has no parameters).
 """
-from isojax.training.config_base import base, model_config
+from isojax.core.config import base
+from isojax.models import model_config
 
 
 def get_config(arg=None):

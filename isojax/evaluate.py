@@ -11,31 +11,46 @@ DIR/evaluation_step{N}.json for a run, evaluation.json here for a weight file).
 from __future__ import annotations
 
 import os
+import sys
+from typing import Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-from absl import app, flags, logging  # noqa: E402
+import jax  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from isojax import data, evaluation, models  # noqa: E402
+from isojax.core import command_line, devices  # noqa: E402
+from isojax.core import workdir as workdir_lib  # noqa: E402
+from isojax.core.config import classification_eval  # noqa: E402
+from isojax.weights import pretrained, runs  # noqa: E402
+
+FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config whose data and evals to use (weights; optional '
-                                          'for a run, whose own config is the default).', lock_config=False)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of an isojax.main run.')
-_STEP = flags.DEFINE_string('step', None, "A checkpoint step, 'best', or empty for the latest.")
-_WEIGHTS = flags.DEFINE_string('weights', None, 'A published weight file (.npz, timm .pth/.bin/.safetensors).')
+                                          'for a run, whose own config is the default).', lock_config=False,
+                                          flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of an isojax.main run.', flag_values=FLAGS)
+_STEP = flags.DEFINE_string('step', None, "A checkpoint step, 'best', or empty for the latest.", flag_values=FLAGS)
+_WEIGHTS = flags.DEFINE_string('weights', None, 'A published weight file (.npz, timm .pth/.bin/.safetensors).',
+                               flag_values=FLAGS)
 _MODEL = flags.DEFINE_string('model', None, 'With --weights: the isojax model name to load them into; by '
-                             'default the architecture is read from the file (isojax.weights.pretrained.create).')
-_DATASET = flags.DEFINE_string('dataset', None, 'Evaluate one classification evaluator on this TFDS dataset.')
-_SPLIT = flags.DEFINE_string('split', None, 'Its split (default: the config\'s eval split).')
-_PP = flags.DEFINE_string('pp', None, 'Its preprocessing (default: the config\'s eval_pp).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, 'Its image size (default: the config\'s).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.')
-_OUT = flags.DEFINE_string('out', None, 'Where to write the JSON result.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-host run (jax.distributed.initialize).')
+                             'default the architecture is read from the file (isojax.weights.pretrained.create).',
+                             flag_values=FLAGS)
+_DATASET = flags.DEFINE_string('dataset', None, 'Evaluate one classification evaluator on this TFDS dataset.',
+                               flag_values=FLAGS)
+_SPLIT = flags.DEFINE_string('split', None, "Its split (default: the config's eval split).", flag_values=FLAGS)
+_PP = flags.DEFINE_string('pp', None, "Its preprocessing (default: the config's eval_pp).", flag_values=FLAGS)
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', None, "Its image size (default: the config's).", flag_values=FLAGS)
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir.', flag_values=FLAGS)
+_OUT = flags.DEFINE_string('out', None, 'Where to write the JSON result.', flag_values=FLAGS)
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join a multi-host run (jax.distributed.initialize).',
+                                 flag_values=FLAGS)
 
 
 def _apply_flags(config) -> None:
   """--dataset/--split/--pp/--image_size/--data_dir: one classification evaluator on that data."""
-  from isojax.training.config_base import classification_eval
   data_flags = (_DATASET.value, _SPLIT.value, _PP.value, _IMAGE_SIZE.value, _DATA_DIR.value)
   if not any(v is not None for v in data_flags):
     return
@@ -48,43 +63,47 @@ def _apply_flags(config) -> None:
     config.best_metric = ''
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if bool(_WORKDIR.value) == bool(_WEIGHTS.value):
-    raise app.UsageError('Give exactly one of --workdir (a run) or --weights (a weight file).')
-  logging.set_verbosity(logging.ERROR)   # Orbax warns that a read-only checkpoint is read-only
-  import tensorflow as tf
-  tf.config.set_visible_devices([], 'GPU')
-  import jax
-  from isojax import evaluation, models
-  from isojax.training import parallel
-  from isojax.weights import pretrained, runs
-  from isojax.training import workdir as workdir_lib
-  if _DISTRIBUTED.value:
-    parallel.initialize_distributed()
-  if _WORKDIR.value:
-    step = _STEP.value
-    step = int(step) if step and step.isdigit() else step
-    model, variables, run_config = runs.load(_WORKDIR.value, step=step)
-    config = _CONFIG.value if _CONFIG.value is not None else run_config
-    resolved_step = runs.checkpoint_step(_WORKDIR.value, step)
-    source = {'workdir': os.path.abspath(_WORKDIR.value), 'step': resolved_step}
-    out = _OUT.value or os.path.join(_WORKDIR.value, f'evaluation_step{resolved_step}.json')
+def _from_run() -> tuple:
+  """(model, variables, config, source, out) of --workdir at --step."""
+  step = _STEP.value
+  step = int(step) if step and step.isdigit() else step
+  model, variables, run_config = runs.load(_WORKDIR.value, step=step)
+  config = _CONFIG.value if _CONFIG.value is not None else run_config
+  resolved_step = runs.checkpoint_step(_WORKDIR.value, step)
+  source = {'workdir': os.path.abspath(_WORKDIR.value), 'step': resolved_step}
+  return model, variables, config, source, _OUT.value or os.path.join(_WORKDIR.value,
+                                                                      f'evaluation_step{resolved_step}.json')
+
+
+def _from_weights() -> tuple:
+  """(model, variables, config, source, out) of --weights under --config."""
+  if _CONFIG.value is None:
+    raise command_line.UsageError('--weights needs --config (its data and evaluators; e.g. '
+                                  'configs/cifar10_finetune.py)')
+  config = _CONFIG.value
+  if _MODEL.value:
+    classes = data.get_builder(config.data.name, config.data.get('data_dir'),
+                               config.data.get('download', True)).info.features['label'].num_classes
+    model = models.create(_MODEL.value, classes)
+    variables = pretrained.load(_WEIGHTS.value, model, config.data.image_size)
   else:
-    if _CONFIG.value is None:
-      raise app.UsageError('--weights needs --config (its data and evaluators; e.g. configs/cifar10_finetune.py).')
-    config = _CONFIG.value
-    if _MODEL.value:
-      from isojax import data
-      classes = data.get_builder(config.data.name, config.data.get('data_dir'),
-                                 config.data.get('download', True)).info.features['label'].num_classes
-      model = models.create(_MODEL.value, classes)
-      variables = pretrained.load(_WEIGHTS.value, model, config.data.image_size)
-    else:
-      model, variables = pretrained.create(_WEIGHTS.value)
-    source = {'weights': os.path.abspath(_WEIGHTS.value), 'model': _MODEL.value}
-    out = _OUT.value or 'evaluation.json'
+    model, variables = pretrained.create(_WEIGHTS.value)
+  source = {'weights': os.path.abspath(_WEIGHTS.value), 'model': _MODEL.value}
+  return model, variables, config, source, _OUT.value or 'evaluation.json'
+
+
+@command_line.command
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  positional = command_line.parse(FLAGS, argv, __doc__)
+  if positional:
+    raise command_line.UsageError(f'unexpected arguments {positional}')
+  if bool(_WORKDIR.value) == bool(_WEIGHTS.value):
+    raise command_line.UsageError('give exactly one of --workdir (a run) or --weights (a weight file)')
+  logging.set_verbosity(logging.ERROR)   # Orbax warns that a read-only checkpoint is read-only
+  tf.config.set_visible_devices([], 'GPU')
+  if _DISTRIBUTED.value:
+    devices.initialize_distributed()
+  model, variables, config, source, out = _from_run() if _WORKDIR.value else _from_weights()
   _apply_flags(config)
   num_classes = int(variables['params']['head']['bias'].shape[0])
   results = evaluation.evaluate(config, model, variables, num_classes)
@@ -93,11 +112,8 @@ def main(argv: list[str]) -> None:
     workdir_lib.write_json(out, {**source, 'devices': jax.device_count(), 'processes': jax.process_count(),
                                  'evaluators': evaluation.specs(config), 'results': results})
     print(f'wrote {out}')
-
-
-def run() -> None:
-  app.run(main)
+  return 0
 
 
 if __name__ == '__main__':
-  run()
+  sys.exit(main())

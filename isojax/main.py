@@ -1,57 +1,65 @@
 """Train and evaluate from a config file.
 
     python -m isojax.main --config=configs/default.py --workdir=workdirs/default \
-        [--config.optimizer.lr=3e-3 ...]
+        [--config.optimizer.lr=3e-3 ...] [--dry_run]
 
-Running the same command on the same workdir resumes from its latest checkpoint. On SIGTERM or
-SIGINT the run finishes its step, checkpoints it and exits with code 75 (isojax/training/preemption.py).
+Running the same command on the same workdir resumes from its latest checkpoint. On SIGTERM or SIGINT the
+run finishes its step, checkpoints it and exits with code 75 (isojax/training/preemption.py).
 """
+
 from __future__ import annotations
 
 import os
 import sys
+from typing import Optional, Sequence
+
+from isojax.core import host_memory
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+host_memory.keep_freed_memory()   # before JAX and TensorFlow start their threads (isojax/core/host_memory.py)
 
-from absl import app, flags, logging  # noqa: E402
+import jax  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from isojax import models  # noqa: E402
+from isojax.core import command_line, validation  # noqa: E402
+from isojax.training import loop, plan, preemption  # noqa: E402
+
+FLAGS = flags.FlagValues()
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file, optionally with :ARG.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.')
+                                          lock_config=True, flag_values=FLAGS)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.',
+                               flag_values=FLAGS)
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Resolve the config and print what the run would do (model, '
                              'parameters, GFLOPs, steps, learning rate over training, weight decay, '
-                             'augmentation) as text and one JSON line; train nothing, write nothing.')
-flags.mark_flags_as_required(['config', 'workdir'])
+                             'augmentation) as text and one JSON line; train nothing, write nothing.',
+                             flag_values=FLAGS)
+flags.mark_flags_as_required(['config', 'workdir'], flag_values=FLAGS)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from isojax import host_memory
-  host_memory.keep_freed_memory()          # before JAX and TensorFlow start their threads
+@command_line.command
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  positional = command_line.parse(FLAGS, argv, __doc__)
+  if positional:
+    raise command_line.UsageError(f'unexpected arguments {positional}; every setting is a flag')
   logging.set_verbosity(logging.WARNING)   # Orbax and TFDS log every save and read at INFO
-  import tensorflow as tf
   tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators
+  config = _CONFIG.value
   if _DRY_RUN.value:
-    from isojax.training import config_base, plan
-    config_base.validate(_CONFIG.value)
-    plan.validate_model(_CONFIG.value)
-    print(plan.format_dry_run(plan.dry_run(_CONFIG.value)), flush=True)
-    return
-  from isojax.training import preemption, loop
+    validation.validate(config)
+    models.check_config(config)
+    print(plan.format_dry_run(plan.dry_run(config)), flush=True)
+    return 0
   try:
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    loop.train_and_evaluate(config, _WORKDIR.value)
   except preemption.Preempted as stopped:
-    import jax
     if jax.process_index() == 0:
       print(str(stopped), file=sys.stderr, flush=True)
-    sys.exit(preemption.EXIT_CODE)
-
-
-def run() -> None:
-  app.run(main)
+    return preemption.EXIT_CODE
+  return 0
 
 
 if __name__ == '__main__':
-  run()
+  sys.exit(main())

@@ -2,36 +2,45 @@
 
     python -m isojax.predict --workdir=DIR [--step=best] IMAGE [IMAGE ...]
 """
+
 from __future__ import annotations
 
 import os
+import sys
+from typing import Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of an isojax.main run.')
-_STEP = flags.DEFINE_string('step', None, "A checkpoint step, 'best', or empty for the latest.")
-_TOP = flags.DEFINE_integer('top', 5, 'How many classes to print per image.')
-flags.mark_flag_as_required('workdir')
+from isojax.core import command_line  # noqa: E402
+from isojax.core import workdir as workdir_lib  # noqa: E402
+from isojax.evaluation import inference  # noqa: E402
+from isojax.weights import runs  # noqa: E402
+
+FLAGS = flags.FlagValues()
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The --workdir of an isojax.main run.', flag_values=FLAGS)
+_STEP = flags.DEFINE_string('step', None, "A checkpoint step, 'best', or empty for the latest.", flag_values=FLAGS)
+_TOP = flags.DEFINE_integer('top', 5, 'How many classes to print per image.', flag_values=FLAGS)
+flags.mark_flag_as_required('workdir', flag_values=FLAGS)
 
 
-def main(argv: list[str]) -> None:
-  images = argv[1:]
+@command_line.command
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  images = command_line.parse(FLAGS, argv, __doc__)
   if not images:
-    raise app.UsageError('Give one or more image files after the flags.')
+    raise command_line.UsageError('give one or more image files after the flags')
   logging.set_verbosity(logging.WARNING)
-  import isojax
-  from isojax.training import workdir as workdir_lib
   step = _STEP.value
   step = int(step) if step and step.isdigit() else step
-  model, variables, config = isojax.load(_WORKDIR.value, step=step)
+  model, variables, config = runs.load(_WORKDIR.value, step=step)
   names = workdir_lib.read_dataset_info(_WORKDIR.value)['class_names']
-  probabilities = isojax.predict(model, variables, config, images)
+  probabilities = inference.predict(model, variables, config, images)
   for path, p in zip(images, probabilities):
     top = p.argsort()[::-1][:_TOP.value]
     print(path + ': ' + ', '.join(f'{names[i]} {100 * p[i]:.1f}%' for i in top))
+  return 0
 
 
 if __name__ == '__main__':
-  app.run(main)
+  sys.exit(main())

@@ -1,61 +1,71 @@
 """Run a sweep: every trial its own `isojax.main` run in DIR/<trial>/ (isojax/sweeps/launcher.py).
 
     python -m isojax.sweep experiments/default_sweep.py --workdir=DIR [--parallel=N]
-    python -m isojax.sweep experiments/default_sweep.py --workdir=DIR --dry-run
-    python -m isojax.sweep experiments/default_sweep.py --workdir=DIR --print-commands
-    python -m isojax.sweep --summarize DIR
+    python -m isojax.sweep experiments/default_sweep.py --workdir=DIR --dry_run
+    python -m isojax.sweep experiments/default_sweep.py --workdir=DIR --print_commands
+    python -m isojax.sweep --summarize=DIR
 
 Resumable: finished trials are not run again, interrupted ones resume from their checkpoints,
 failed ones are retried. A failing trial is reported and does not stop the others. With
 several GPUs, `--parallel=N` gives each running trial its own share of them.
 """
+
 from __future__ import annotations
 
-import argparse
 import os
-import shlex
 import sys
+import shlex
 from typing import Optional, Sequence
 
+from absl import flags
+
 from isojax import sweeps
+from isojax.core import command_line, loading, validation
 from isojax.sweeps import launcher, results
-from isojax.training import config_base
+
+FLAGS = flags.FlagValues()
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory: one folder per trial.', flag_values=FLAGS)
+_PARALLEL = flags.DEFINE_integer('parallel', 1, 'Trials at a time.', lower_bound=1, flag_values=FLAGS)
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the trials and stop.', flag_values=FLAGS)
+_PRINT_COMMANDS = flags.DEFINE_bool('print_commands', False, 'Print one isojax.main command per trial (for a '
+                                    'cluster scheduler) and stop.', flag_values=FLAGS)
+_SUMMARIZE = flags.DEFINE_string('summarize', None, 'Rebuild results.csv/.md/.png of this sweep directory and '
+                                 'print the table.', flag_values=FLAGS)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m isojax.sweep', description=__doc__.splitlines()[0])
-  parser.add_argument('sweep_file', nargs='?', help='experiments/NAME.py')
-  parser.add_argument('--workdir', help='the sweep directory: one folder per trial')
-  parser.add_argument('--parallel', type=int, default=1, help='trials at a time')
-  parser.add_argument('--dry-run', action='store_true', help='print the trials and stop')
-  parser.add_argument('--print-commands', action='store_true',
-                      help='print one isojax.main command per trial (for a cluster scheduler) and stop')
-  parser.add_argument('--summarize', metavar='DIR', help='rebuild results.csv/.md/.png of DIR and print the table')
-  args = parser.parse_args(argv)
-  if args.summarize:
-    results.write(args.summarize)
-    print(results.markdown(args.summarize))
-    return 0
-  if not args.sweep_file or not args.workdir:
-    parser.error('give a sweep file and --workdir (or --summarize DIR)')
-  sweep = sweeps.load(args.sweep_file)
+def _checked_trials(sweep: sweeps.Sweep) -> list[sweeps.Trial]:
+  """The trials, each config loaded and validated: a bad field or value fails here, before any trial starts."""
   trials = sweep.trials()
-  for trial in trials:   # a bad field or value fails here, before any trial starts
+  for trial in trials:
     try:
-      config_base.validate(config_base.load(trial.config, trial.overrides))
+      validation.validate(loading.load(trial.config, trial.overrides))
     except (ValueError, FileNotFoundError) as e:
-      parser.error(f'trial {trial.name}: {e}')
-  if args.dry_run:
+      raise command_line.UsageError(f'trial {trial.name}: {e}') from None
+  return trials
+
+
+@command_line.command
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  positional = command_line.parse(FLAGS, argv, __doc__)
+  if _SUMMARIZE.value:
+    results.write(_SUMMARIZE.value)
+    print(results.markdown(_SUMMARIZE.value))
+    return 0
+  if len(positional) != 1 or not _WORKDIR.value:
+    raise command_line.UsageError('give one sweep file and --workdir (or --summarize=DIR)')
+  sweep = sweeps.load(positional[0])
+  trials = _checked_trials(sweep)
+  if _DRY_RUN.value:
     for trial in trials:
       print(f'{trial.name}: --config={trial.config} ' + ' '.join(f'{k}={v!r}' for k, v in trial.overrides.items()))
     print(f'{len(trials)} trials')
     return 0
-  if args.print_commands:
+  if _PRINT_COMMANDS.value:
     for trial in trials:
-      print(shlex.join(launcher.command(trial, os.path.join(args.workdir, trial.name), python='python')))
+      print(shlex.join(launcher.command(trial, os.path.join(_WORKDIR.value, trial.name), python='python')))
     return 0
-  table = launcher.run(sweep, args.workdir, parallel=args.parallel)
-  print(results.markdown(args.workdir))
+  table = launcher.run(sweep, _WORKDIR.value, parallel=_PARALLEL.value)
+  print(results.markdown(_WORKDIR.value))
   return 1 if any(r['status'] == 'failed' for r in table) else 0
 
 

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from isojax.training import checkpoint, workdir
-from isojax.training.config_base import base
+from isojax.core import checkpoint, workdir
+from isojax.core.config import base
 
 
 def state(value):

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from isojax.training import config_base
+
 from isojax.data import preprocess
+from isojax.core import loading
+from isojax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))]
@@ -18,10 +20,10 @@ SPECS += ['configs/cifar100.py:vit', 'configs/cifar100.py:mixer', 'configs/cifar
 def test_config_builds_its_model_and_pipeline(spec):
   path = os.path.join(ROOT, spec.split(':')[0])
   assert 'python -m isojax.main --config=configs/' in open(path).read().split('"""')[1]
-  config = config_base.load(os.path.join(ROOT, spec))
+  config = loading.load(os.path.join(ROOT, spec))
   preprocess.parse(config.data.train_pp)
   preprocess.parse(config.data.eval_pp)
-  model = config_base.create_model(config, num_classes=10)
+  model = models.from_config(config, num_classes=10)
   size = config.data.image_size
   logits = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))),
                                               jnp.zeros((2, size, size, 3))))

@@ -11,10 +11,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from isojax.training import config_base, loop
+from isojax.training import loop
 from isojax import evaluation, models
-from isojax.training import workdir as workdir_lib
+from isojax.core import workdir as workdir_lib
 from isojax.evaluation import fewshot
+from isojax.core import config as config_schema
+from isojax.core import loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,7 +84,7 @@ def test_features_give_every_block_output_and_the_pre_logits():
 
 
 def short_config(tfds_dir, **overrides):
-  return config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
+  return loading.load(os.path.join(ROOT, 'configs', 'default.py'), {
       'num_steps': 4, 'eval_every': 2, 'checkpoint.every': 2, 'log_every': 2, 'batch_size': 16,
       'eval_batch_size': 360, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tfds_dir), **overrides})
 
@@ -90,7 +92,7 @@ def short_config(tfds_dir, **overrides):
 def test_several_evaluators_run_at_their_own_steps_and_one_picks_the_best(tmp_path):
   config = short_config(tmp_path / 'tfds')
   with config.unlocked():
-    config.evals.train = config_base.classification_eval(split='train[:200]', every=4)
+    config.evals.train = config_schema.classification_eval(split='train[:200]', every=4)
     config.evals.fewshot.shots = (1, 5)
     config.best_metric = 'fewshot/5shot'
   result = loop.train_and_evaluate(config, str(tmp_path / 'run'))
@@ -114,7 +116,7 @@ def test_several_evaluators_run_at_their_own_steps_and_one_picks_the_best(tmp_pa
 def test_an_evaluator_naming_what_does_not_exist_fails_before_training(tmp_path, field, value, message):
   config = short_config(tmp_path / 'tfds')
   with config.unlocked():
-    config.evals.probe = config_base.fewshot_eval(**{field: value})
+    config.evals.probe = config_schema.fewshot_eval(**{field: value})
   with pytest.raises(ValueError, match=message):
     loop.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not workdir_lib.read_metrics(str(tmp_path / 'run'))   # nothing trained
@@ -139,7 +141,7 @@ def test_an_evaluator_failing_mid_run_stops_the_run_naming_it_and_the_step(tmp_p
     if len(calls) == 2:
       raise OSError('disk went away')
     return {'1shot': 0.5, '1shot_seeds': [0.5], '5shot': 0.5, '5shot_seeds': [0.5]}
-  monkeypatch.setattr(evaluation.FewshotEvaluator, 'run', fail_second_time)
+  monkeypatch.setattr(fewshot.FewshotEvaluator, 'run', fail_second_time)
   with pytest.raises(RuntimeError, match=r"Evaluator 'fewshot' \(fewshot\) failed at step 4: OSError: disk went away"):
     loop.train_and_evaluate(short_config(tmp_path / 'tfds'), str(tmp_path / 'run'))
 
@@ -186,7 +188,7 @@ def test_classification_on_another_dataset_runs_when_the_label_spaces_match(tmp_
   import tensorflow_datasets as tfds
   config = short_config(tmp_path / 'tfds', num_steps=2)
   with config.unlocked():
-    config.evals.mnist = config_base.classification_eval(dataset='mnist', split='test', pp='resize(8)|normalize(half)')
+    config.evals.mnist = config_schema.classification_eval(dataset='mnist', split='test', pp='resize(8)|normalize(half)')
     config.evals.fewshot.shots = (1,)
   with tfds.testing.mock_data(num_examples=16):   # no download: TFDS's mock MNIST, 10 classes like the digits
     loop.train_and_evaluate(config, str(tmp_path / 'run'))

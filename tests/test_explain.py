@@ -2,7 +2,8 @@
 import jax
 import numpy as np
 
-from isojax import explain, models
+from isojax import models
+from isojax.evaluation import explain
 
 
 def init(name, image_size=16, **kw):

@@ -14,10 +14,11 @@ import zipfile
 import numpy as np
 import pytest
 
-from isojax.training import checkpoint, config_base, preemption
+from isojax.core import checkpoint, loading, validation
+from isojax.training import preemption
 from isojax.weights import runs
-from isojax.training import workdir as workdir_lib
-from isojax.weights.formats import torchfile
+from isojax.core import workdir as workdir_lib
+from isojax.weights import torchfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,21 +38,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ('num_steps', -5, r"num_steps=-5 \(an integer >= 0"),
 ])
 def test_values_that_cannot_be_right_are_refused_naming_the_field(field, value, message):
-  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'))
-  config_base.override(config, field, value)
+  config = loading.load(os.path.join(ROOT, 'configs', 'default.py'))
+  loading.override(config, field, value)
   with pytest.raises(ValueError, match=message):
-    config_base.validate(config)
+    validation.validate(config)
 
 
 def test_an_unknown_field_is_one_short_error_naming_the_fields_that_exist():
   with pytest.raises(ValueError, match=r"Config has no field 'optimizer.learning_rate'; fields there: \["):
-    config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {'optimizer.learning_rate': 1e-3})
+    loading.load(os.path.join(ROOT, 'configs', 'default.py'), {'optimizer.learning_rate': 1e-3})
 
 
 def test_the_shipped_configs_are_valid():
   for name in sorted(os.listdir(os.path.join(ROOT, 'configs'))):
     if name.endswith('.py') and not name.startswith('_'):
-      config_base.validate(config_base.load(os.path.join(ROOT, 'configs', name)))
+      validation.validate(loading.load(os.path.join(ROOT, 'configs', name)))
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_when_no_checkpoint_is_readable_the_error_names_the_directory_and_each_s
 
 _WRITE_LIMITED = '''
 import resource, signal, sys, numpy as np
-from isojax.training import checkpoint
+from isojax.core import checkpoint
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)           # an over-size write fails with EFBIG, as on a full disk
 ckpt = checkpoint.Checkpointer(sys.argv[1], keep=3)
 ckpt.save(1, {'w': np.ones(1000, np.float32)})
@@ -425,7 +426,7 @@ def test_a_sweep_with_an_impossible_value_fails_before_any_trial_starts(tmp_path
 def test_best_and_final_come_from_this_runs_checkpoints_not_stale_metrics(tmp_path):
   import shutil
   from isojax.training import loop
-  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
+  config = loading.load(os.path.join(ROOT, 'configs', 'default.py'), {
       'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 3, 'batch_size': 16,
       'eval_batch_size': 360, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tmp_path / 'tfds')})
   with config.unlocked():

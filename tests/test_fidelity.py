@@ -12,9 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isojax.training import config_base, optim, plan, train_step
+from isojax.training import optim, plan, train_step
 from isojax import models
 from isojax.data import randaugment
+from isojax.core import config as config_schema
+from isojax.core import loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
@@ -269,7 +271,7 @@ def test_an_override_that_contradicts_the_name_is_an_error_naming_both():
 
 
 def test_changing_the_name_alone_changes_the_whole_architecture():
-  config = config_base.load(os.path.join(CONFIGS, 'imagenet_vit_s16.py'), {'model.name': 'ViT-B/16'})
+  config = loading.load(os.path.join(CONFIGS, 'imagenet_vit_s16.py'), {'model.name': 'ViT-B/16'})
   model = models.create(config.model.name, 1000, **{k: v for k, v in config.model.to_dict().items()
                                                      if k != 'name'})
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
@@ -277,8 +279,8 @@ def test_changing_the_name_alone_changes_the_whole_architecture():
 
 
 def test_default_config_is_named_for_what_it_builds():
-  config = config_base.load(os.path.join(CONFIGS, 'default.py'))
-  assert config_base.model_name(config) == 'ConvMixer-128/6-k3-p2'
+  config = loading.load(os.path.join(CONFIGS, 'default.py'))
+  assert models.config_name(config) == 'ConvMixer-128/6-k3-p2'
 
 
 # --- recipes: the update each source's formula gives ----------------------------------------------
@@ -296,7 +298,7 @@ def zero_gradient_step_at(config, step, total_steps, steps_per_epoch):
 
 
 def load_config(name, **overrides):
-  return config_base.load(os.path.join(CONFIGS, name), overrides)
+  return loading.load(os.path.join(CONFIGS, name), overrides)
 
 
 def test_imagenet_vit_s16_decays_every_kernel_by_big_visions_wd_at_peak_and_leaves_biases():
@@ -389,7 +391,7 @@ def test_imagenet_mixer_follows_big_vision_sigmoid_loss_and_linear_end():
 # --- durations resolve at run time ------------------------------------------------------------
 
 def opt_config(**fields):
-  config = config_base.base().optimizer
+  config = config_schema.base().optimizer
   config.update(fields)
   return config
 
@@ -554,7 +556,7 @@ def test_big_vision_imagenet_configs_crop_and_resize_as_big_vision_does(config_f
   from isojax.data import preprocess
   from tests.reference import sources
   ops = sources.big_vision_ops_image()
-  config = config_base.load(config_file)
+  config = loading.load(config_file)
   rng = np.random.default_rng(0)
   smooth = tf.image.resize(rng.uniform(0, 255, (30, 40, 3)).astype(np.float32), (375, 500))
   jpeg = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(smooth + rng.normal(0, 8, (375, 500, 3)), 0, 255), tf.uint8))

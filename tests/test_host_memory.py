@@ -7,7 +7,7 @@ import pytest
 
 PROGRAM = '''
 import resource, sys
-from isojax import host_memory
+from isojax.core import host_memory
 applied = host_memory.keep_freed_memory()
 import jax, jax.numpy as jnp
 # A training-like step: the backward pass keeps ~100 MiB of activations in XLA's temporary buffer.
@@ -48,7 +48,7 @@ def test_kept_host_memory_is_reused_instead_of_faulted_in_every_step():
 
 
 def test_freed_memory_is_kept_only_where_jax_computes_on_the_cpu(monkeypatch):
-  from isojax import host_memory
+  from isojax.core import host_memory
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
   monkeypatch.delenv('ISOJAX_KEEP_HOST_MEMORY', raising=False)
   assert not host_memory.jax_will_use_cpu() and not host_memory.keep_freed_memory()   # not measured there
@@ -60,6 +60,6 @@ def test_freed_memory_is_kept_only_where_jax_computes_on_the_cpu(monkeypatch):
 
 
 def test_available_host_memory_names_its_source():
-  from isojax import host_memory
+  from isojax.core import host_memory
   available, source = host_memory.available()
   assert 0 < available < 2 ** 50 and ('meminfo' in source or 'cgroup' in source or 'sysconf' in source)

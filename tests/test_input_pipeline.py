@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from isojax import data
 from isojax.data import preprocess, randaugment
+from isojax.core import loading
 
 PP = 'random_crop(size=8, padding=1)|randaugment(num_ops=2, magnitude=9)|normalize(half)|random_erasing(0.5)'
 
@@ -212,8 +213,8 @@ def test_the_photo_folder_is_imagenet_sized_jpegs_made_offline(photos):
 
 def test_the_imagenet_training_and_eval_pipelines_run_on_a_jpeg_folder(photos):
   # The image folder's images have no static shape; every op (RandAugment's included) must cope.
-  from isojax.training import config_base
-  config = config_base.load('configs/imagenet_vit_s16.py')
+  
+  config = loading.load('configs/imagenet_vit_s16.py')
   builder = data.get_builder('image_folder', photos)
   (batch,) = batches(builder, 1, pp=config.data.train_pp, image_size=224, per_device_batch=2, local_devices=2)
   assert batch['image'].shape == (2, 2, 224, 224, 3) and -1.001 < batch['image'].min() < batch['image'].max() < 1.001
@@ -223,8 +224,8 @@ def test_the_imagenet_training_and_eval_pipelines_run_on_a_jpeg_folder(photos):
 
 
 def test_uint8_batches_are_the_pixels_before_the_final_normalize_rounded_at_a_quarter_the_bytes(photos):
-  from isojax.training import config_base, train_step
-  config = config_base.load('configs/imagenet_vit_s16.py')
+  from isojax.training import train_step
+  config = loading.load('configs/imagenet_vit_s16.py')
   builder = data.get_builder('image_folder', photos)
   kw = dict(pp=config.data.train_pp, image_size=224, per_device_batch=2, local_devices=2)
   (floats,) = batches(builder, 1, **kw)
@@ -253,7 +254,7 @@ def test_shuffle_buffers_hold_encoded_bytes_and_a_buffer_too_large_is_refused(ph
   mean_file = sum(os.path.getsize(f) for f in files) / len(files)
   each = data.input_pipeline.encoded_example_bytes(builder, 'train')
   assert mean_file < each < mean_file + 2048          # the JPEG's bytes, not 500 x 375 x 3 pixels
-  from isojax import host_memory
+  from isojax.core import host_memory
   monkeypatch.setattr(host_memory, 'available', lambda: (2 ** 19, 'MemAvailable in /proc/meminfo'))
   with pytest.raises(ValueError, match=r"training pipeline of 'train' would hold about [\d.]+ MiB .*"
                                        r"data.shuffle_buffer: 8 encoded .*data.cache: 8 encoded.*"

@@ -1,13 +1,19 @@
-"""The package's folders are its architecture, and imports run one way (top uses bottom).
+"""The package's folders are its architecture: layers that import only downward, no cycles, no lazy imports.
 
-    models/      knows nothing of data, training, weights files or sweeps
-    data/        knows no model (and nothing of training)
-    training/    builds its model through models/, not through the module that opens finished runs
-    weights/     published files and finished runs -> models
-    sweeps/      trials of `isojax.main` runs and their table
-    top level    thin entry points (`python -m isojax.X`) and notebook tools only
+    commands     isojax/main.py evaluate.py predict.py bench.py sweep.py, and the package root (the facade)
+    sweeps       trials of `isojax.main` runs and their table
+    training     optimizer, train step, loop, plan, metrics, preemption, benchmark
+    evaluation   evaluators, reports, inference, explain      weights   weight files, pretrained, runs
+    models       skeleton, layers, one file per family        data      input pipeline, preprocessing, datasets
+    kernels      CPU fast paths
+    core         config schema, validation, loading; workdir and checkpoint format; devices; host memory; losses
 
-Read from the source (AST), so a forbidden import anywhere in a file fails, even inside a function.
+An import must point to a lower layer or stay inside its own folder; folders of one layer know nothing of each
+other; module by module there is no cycle. Every import counts, at module level or inside a function, read from
+the source (AST). Inside the library no isojax import sits in a function, and a third-party one does only when
+it is optional at run time (LAZY_THIRD_PARTY). The package root resolves its two public names on first use
+(PEP 562, its `PUBLIC` table), so that an entry point can tune host memory before JAX and TensorFlow load: the
+test reads that table as the root's imports.
 """
 import ast
 import os
@@ -17,34 +23,34 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'isojax')
 
-ENTRY_POINTS = {'main', 'predict', 'bench', 'evaluate', 'sweep'}
-NOTEBOOK_TOOLS = {'explain', 'inference'}    # isojax.predict / attention maps on finished models
-PROCESS_SETUP = {'host_memory'}              # malloc settings the entry points and the input pipeline apply first
+LAYERS = [   # bottom first: (layer, module prefixes)
+    ('core', ('isojax.core',)),
+    ('kernels', ('isojax.kernels',)),
+    ('models and data', ('isojax.models', 'isojax.data')),
+    ('evaluation and weights', ('isojax.evaluation', 'isojax.weights')),
+    ('training', ('isojax.training',)),
+    ('sweeps', ('isojax.sweeps',)),
+    ('commands', ('isojax.main', 'isojax.evaluate', 'isojax.predict', 'isojax.bench', 'isojax.sweep', 'isojax')),
+]
+COMMANDS = {'main', 'evaluate', 'predict', 'bench', 'sweep'}
+# Imported inside a function because they are optional at run time, each for a reason.
+LAZY_THIRD_PARTY = {
+    'sklearn.datasets': 'only when the offline digits are prepared (the first run on a machine)',
+    'PIL': 'only when an image folder is checked; TFDS decodes the images',
+    'matplotlib.pyplot': 'after matplotlib.use("Agg"), which must come first',
+    'jax_plugins': 'probing for accelerator plugins without starting JAX',
+}
 
 
-def _modules(folder: str) -> dict[str, str]:
-  """{dotted module: path} of every .py file under isojax/`folder`."""
+def modules() -> dict[str, str]:
+  """{dotted module: path} of every .py file of the package."""
   out = {}
-  for directory, _, files in os.walk(os.path.join(PACKAGE, folder)):
+  for directory, _, files in os.walk(PACKAGE):
     for name in files:
       if name.endswith('.py'):
         path = os.path.join(directory, name)
-        dotted = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
-        out[dotted.removesuffix('.__init__')] = path
+        out[os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.').removesuffix('.__init__')] = path
   return out
-
-
-def _isojax_imports(path: str) -> set[str]:
-  """Every isojax module `path` imports (for `from isojax.x import y`, both x and x.y)."""
-  found = set()
-  for node in ast.walk(ast.parse(open(path).read())):
-    if isinstance(node, ast.Import):
-      found |= {a.name for a in node.names if a.name.startswith('isojax')}
-    elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith('isojax') and not node.level:
-      for alias in node.names:   # `from isojax.x import y`: the module y if there is one, else x
-        full = f'{node.module}.{alias.name}'
-        found.add(full if _is_module(full) else node.module)
-  return found
 
 
 def _is_module(dotted: str) -> bool:
@@ -52,40 +58,120 @@ def _is_module(dotted: str) -> bool:
   return os.path.isdir(path) or os.path.exists(path + '.py')
 
 
-def _violations(folder: str, allowed: tuple[str, ...]) -> list[str]:
-  bad = []
-  for module, path in _modules(folder).items():
-    for imported in _isojax_imports(path):
-      if not any(imported == a or imported.startswith(a + '.') for a in allowed):
-        bad.append(f'{module} imports {imported}')
-  return bad
+def _isojax_names(node: ast.AST) -> set[str]:
+  """The isojax modules an import statement names (for `from isojax.x import y`: x.y if y is a module, else x)."""
+  if isinstance(node, ast.Import):
+    return {a.name for a in node.names if a.name.split('.')[0] == 'isojax'}
+  if isinstance(node, ast.ImportFrom) and node.module and node.module.split('.')[0] == 'isojax' and not node.level:
+    return {f'{node.module}.{a.name}' if _is_module(f'{node.module}.{a.name}') else node.module for a in node.names}
+  return set()
 
 
-@pytest.mark.parametrize('folder,allowed', [
-    ('models', ('isojax.models',)),
-    ('data', ('isojax.data', 'isojax.host_memory')),
-    ('weights/formats', ('isojax.weights.formats', 'isojax.models')),
-    ('evaluation', ('isojax.evaluation', 'isojax.data', 'isojax.models', 'isojax.training.parallel',
-                    'isojax.training.config_base')),
-])
-def test_lower_layers_import_nothing_above_them(folder, allowed):
-  assert _violations(folder, allowed) == []
+def _function_level_imports(tree: ast.AST) -> list[ast.AST]:
+  found = []
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      found += [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+  return found
 
 
-def test_training_builds_models_through_models_not_through_finished_runs():
-  imports = {m: _isojax_imports(p) for m, p in _modules('training').items()}
-  assert not any('isojax.weights.runs' in found for found in imports.values()), imports
-  assert not any(i.startswith('isojax.sweeps') for found in imports.values() for i in found)
-  # the train step is a pure function of (state, batch, rng): it reads no data, files or configs
-  step = {i for i in imports['isojax.training.train_step'] if i != 'isojax.training'}
-  assert step <= {'isojax.training.parallel'}, step
+def _facade_imports(tree: ast.AST) -> set[str]:
+  """The modules of the root's `PUBLIC = {name: (module, attribute)}` table."""
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and any(getattr(t, 'id', None) == 'PUBLIC' for t in node.targets):
+      return {module for module, _ in ast.literal_eval(node.value).values()}
+  return set()
 
 
-def test_the_top_level_holds_only_entry_points_and_notebook_tools():
+def import_graph() -> dict[str, set[str]]:
+  """{module: the isojax modules it imports, anywhere in the file}."""
+  graph = {}
+  for module, path in modules().items():
+    tree = ast.parse(open(path).read())
+    graph[module] = set().union(*(_isojax_names(n) for n in ast.walk(tree))) - {module}
+    if module == 'isojax':
+      graph[module] |= _facade_imports(tree)
+  return graph
+
+
+def layer_of(module: str) -> tuple[int, str]:
+  """(rank, folder) of a module: the longest matching prefix of LAYERS decides."""
+  best = max(((rank, prefix) for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
+              if module == prefix or module.startswith(prefix + '.')), key=lambda found: len(found[1]))
+  return best
+
+
+def test_every_module_has_a_layer():
+  assert all(layer_of(m) for m in modules())
+
+
+def test_imports_point_down_the_layers_or_stay_in_their_folder():
+  wrong = []
+  for module, imported in import_graph().items():
+    rank, folder = layer_of(module)
+    for target in imported:
+      target_rank, target_folder = layer_of(target)
+      if target_rank > rank or (target_rank == rank and target_folder != folder):
+        wrong.append(f'{module} ({LAYERS[rank][0]}) imports {target} ({LAYERS[target_rank][0]})')
+  assert wrong == []
+
+
+def test_the_module_graph_has_no_cycle():
+  graph = import_graph()
+  # A package's __init__ re-exports its modules: an edge from a module to its own package is not a dependency
+  # on the modules the package re-exports, so `package -> its module` edges are left out of cycle detection.
+  edges = {m: {t for t in targets if not (m.startswith(t + '.'))} for m, targets in graph.items()}
+  state: dict[str, str] = {}
+
+  def visit(node: str, path: list[str]) -> None:
+    state[node] = 'open'
+    for target in sorted(edges.get(node, ())):
+      if state.get(target) == 'open':
+        pytest.fail('import cycle: ' + ' -> '.join(path[path.index(target):] + [node, target]))
+      if target not in state:
+        visit(target, path + [node])
+    state[node] = 'done'
+
+  for module in sorted(edges):
+    if module not in state:
+      visit(module, [])
+
+
+def test_no_import_inside_a_function_but_named_optional_dependencies():
+  found = []
+  for module, path in modules().items():
+    for node in _function_level_imports(ast.parse(open(path).read())):
+      names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or '']
+      found += [f'{module}: {name}' for name in names if name not in LAZY_THIRD_PARTY]
+  assert found == []
+
+
+def test_the_top_level_holds_only_the_command_lines_and_the_layers_folders():
   top = {name[:-3] for name in os.listdir(PACKAGE) if name.endswith('.py')} - {'__init__'}
-  assert top == ENTRY_POINTS | NOTEBOOK_TOOLS | PROCESS_SETUP
+  assert top == COMMANDS
   folders = {n for n in os.listdir(PACKAGE) if os.path.isdir(os.path.join(PACKAGE, n)) and not n.startswith('__')}
-  assert folders == {'models', 'data', 'training', 'evaluation', 'weights', 'sweeps'}
+  assert folders == {'core', 'kernels', 'models', 'data', 'evaluation', 'weights', 'training', 'sweeps'}
+
+
+def test_models_know_no_data_and_the_input_pipeline_knows_no_model():
+  graph = import_graph()
+  assert not any(t.startswith('isojax.data') for m, ts in graph.items() if m.startswith('isojax.models') for t in ts)
+  assert not any(t.startswith('isojax.models') for m, ts in graph.items() if m.startswith('isojax.data') for t in ts)
+
+
+def test_weights_only_read_files_and_dispatch_to_the_families_readers():
+  """A family's converters live in its file; weights/ never spells a family's parameter scopes."""
+  scopes = ('token_mixing', 'channel_mixing', 'Dense_0', 'patch_embed', 'encoderblock', 'MixerBlock')
+  for module, path in modules().items():
+    if module.startswith('isojax.weights'):
+      strings = {n.value for n in ast.walk(ast.parse(open(path).read())) if isinstance(n, ast.Constant)
+                 and isinstance(n.value, str)}
+      assert not [s for s in strings if any(scope in s for scope in scopes)], module
+
+
+def test_the_train_step_reads_no_data_files_or_configs():
+  step = import_graph()['isojax.training.train_step']
+  assert step <= {'isojax.core.devices', 'isojax.core.losses'}, step
 
 
 def test_no_two_modules_in_one_folder_differ_by_a_letter():
@@ -97,9 +183,23 @@ def test_no_two_modules_in_one_folder_differ_by_a_letter():
 
 
 def test_the_workdir_file_names_are_spelled_in_one_module():
-  spelled = {}
-  for module, path in _modules('').items():
+  spelled: dict[str, set] = {}
+  for module, path in modules().items():
     for node in ast.walk(ast.parse(open(path).read())):
       if isinstance(node, ast.Constant) and node.value in ('config.json', 'metrics.jsonl', 'dataset.json'):
         spelled.setdefault(node.value, set()).add(module)
-  assert spelled and all(where == {'isojax.training.workdir'} for where in spelled.values()), spelled
+  assert spelled and all(where == {'isojax.core.workdir'} for where in spelled.values()), spelled
+
+
+def test_no_function_is_longer_than_sixty_lines():
+  long = []
+  for folder in ('isojax', 'benchmarks', 'experiments'):
+    for directory, _, files in os.walk(os.path.join(ROOT, folder)):
+      for name in files:
+        if name.endswith('.py'):
+          path = os.path.join(directory, name)
+          for node in ast.walk(ast.parse(open(path).read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+              long.append(f'{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} '
+                          f'({node.end_lineno - node.lineno + 1} lines)')
+  assert long == []

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from isojax.training import config_base, loop, workdir as workdir_lib
+from isojax.core import loading
+from isojax.core import workdir as workdir_lib
+from isojax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, 'configs', 'default.py')
@@ -86,8 +88,9 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, tfds_dir
 # one process) stays at float rounding; Adam would amplify it in near-zero gradients.
 WORKER = '''
 import sys, numpy as np, jax
-from isojax.training import config_base, loop
-config = config_base.load(sys.argv[1], {{'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1,
+from isojax.training import loop
+from isojax.core import loading
+config = loading.load(sys.argv[1], {{'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1,
     'batch_size': 32, 'eval_batch_size': 360, 'model.name': 'ConvMixer-32/2',
     'optimizer.name': 'sgd', 'optimizer.lr': 0.05{extra}}})
 result = loop.train_and_evaluate(config, sys.argv[2])
@@ -147,7 +150,7 @@ def test_bad_command_line_overrides_fail_at_once_naming_the_field(tmp_path, tfds
 def quick_config(tfds_dir, **overrides):
   base = {'num_steps': 4, 'eval_every': 2, 'checkpoint.every': 2, 'log_every': 1, 'batch_size': 16,
           'eval_batch_size': 368, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tfds_dir)}
-  return config_base.load(DEFAULT, {**base, **overrides})
+  return loading.load(DEFAULT, {**base, **overrides})
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -168,7 +171,7 @@ def test_a_diverging_run_stops_at_the_nan_step_without_writing_nan_checkpoints(t
                                      'num_steps': 8, 'checkpoint.every': 1})
   with pytest.raises(FloatingPointError, match=r'Loss became (nan|inf) at step \d+; stopping'):
     loop.train_and_evaluate(config, str(tmp_path))
-  from isojax.training import checkpoint
+  from isojax.core import checkpoint
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(str(tmp_path)), read_only=True)
   for step in ckpt.all_steps():
     _, state = ckpt.restore_raw(step)
@@ -176,7 +179,7 @@ def test_a_diverging_run_stops_at_the_nan_step_without_writing_nan_checkpoints(t
 
 
 def test_cifar10_convmixer_config_runs_the_whole_pipeline_on_mock_data(tmp_path):
-  config = config_base.load(os.path.join(ROOT, 'configs', 'cifar10_convmixer.py'), {
+  config = loading.load(os.path.join(ROOT, 'configs', 'cifar10_convmixer.py'), {
       'num_steps': 2, 'batch_size': 16, 'eval_batch_size': 16, 'eval_every': 2, 'checkpoint.every': 2,
       'log_every': 1, 'model.name': 'ConvMixer-16/1', 'optimizer.warmup_fraction': 0.1,
       'data.data_dir': str(tmp_path / 'tfds')})

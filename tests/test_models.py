@@ -316,53 +316,6 @@ def test_sincos_posemb_is_fixed_and_distinct_per_position():
   assert pe.shape == (16, 32) and len({tuple(np.round(r, 5)) for r in pe}) == 16
 
 
-@pytest.mark.parametrize('kernel_size,batch', [(3, 2), (4, 3), (5, 6)])
-def test_depthwise_conv_formulations_compute_the_same_numbers(kernel_size, batch):
-  from isojax.models.layers import DepthwiseConv
-  x = jax.random.normal(jax.random.PRNGKey(0), (batch, 6, 6, 8))
-  shift, conv = DepthwiseConv(kernel_size, 'shift'), DepthwiseConv(kernel_size, 'conv')
-  variables = shift.init(jax.random.PRNGKey(1), x)
-  variables = jax.tree_util.tree_map(lambda p: p + 0.1, variables)   # a non-zero bias too
-  np.testing.assert_allclose(shift.apply(variables, x), conv.apply(variables, x), rtol=1e-5, atol=1e-5)
-  # Gradients for the parameters and the input (the shifted form has its own backward pass).
-  grads = [jax.grad(lambda v, x, m=m: (m.apply(v, x) ** 2).sum(), argnums=(0, 1))(variables, x)
-           for m in (shift, conv)]
-  for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-
-
-def test_depthwise_kernel_gradient_is_the_same_whatever_the_batch_chunking():
-  from isojax.models.layers import _depthwise_kernel_gradient
-  x, dy = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 5, 5, 8))
-  conv = lambda k: jax.lax.conv_general_dilated(x, k, (1, 1), 'SAME', feature_group_count=8,
-                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  expected = jax.vjp(conv, jnp.zeros((3, 3, 1, 8)))[1](dy)[0]
-  image_bytes = 5 * 5 * 8 * 4
-  for chunk_bytes in (1, 2 * image_bytes, 4 * image_bytes, 1 << 20):   # chunks of 1, 2, 3 (6 % 4) and 6 images
-    np.testing.assert_allclose(_depthwise_kernel_gradient(x, dy, 3, chunk_bytes), expected, rtol=1e-5, atol=1e-5)
-
-
-def test_flattening_dense_has_nn_dense_parameters_and_numbers():
-  from isojax.models.layers import Dense
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 4))
-  variables = nn.Dense(6).init(jax.random.PRNGKey(1), x)
-  assert jax.tree_util.tree_map(jnp.shape, Dense(6).init(jax.random.PRNGKey(1), x)) == \
-      jax.tree_util.tree_map(jnp.shape, variables)
-  np.testing.assert_allclose(Dense(6).apply(variables, x), nn.Dense(6).apply(variables, x), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
-def test_folded_attention_equals_jax_dot_product_attention(dtype):
-  from isojax.models.layers import multihead_attention
-  batch, tokens, heads, head_dim = 2, 7, 3, 4
-  qkv = jax.random.normal(jax.random.PRNGKey(0), (batch, tokens, 3 * heads * head_dim)).astype(dtype)
-  q, k, v = jnp.split(qkv.reshape(batch, tokens, 3, heads, head_dim), 3, axis=2)
-  expected = jax.nn.dot_product_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0]).reshape(batch, tokens, -1)
-  tol = 1e-5 if dtype == jnp.float32 else 3e-2
-  np.testing.assert_allclose(multihead_attention(qkv, heads).astype(jnp.float32), expected.astype(jnp.float32),
-                             rtol=tol, atol=tol)
-
-
 # --- the open skeleton -------------------------------------------------------------------------------
 
 class ShiftBlock(nn.Module):

@@ -5,8 +5,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from isojax.training import config_base, loop
-from isojax.training.config_base import model_config
+from isojax.training import loop
+from isojax.models import model_config
+from isojax.core import loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, 'experiments', 'notebooks', 'explore_run.ipynb')
@@ -19,7 +20,7 @@ SMALL = {   # one run (suite time): the figure functions of every family are tes
 @pytest.mark.slow
 @pytest.mark.parametrize('family', sorted(SMALL))
 def test_notebook_runs_on_a_finished_run_and_draws_its_figures(family, tmp_path, monkeypatch):
-  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
+  config = loading.load(os.path.join(ROOT, 'configs', 'default.py'), {
       'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 1, 'batch_size': 16,
       'eval_batch_size': 368, 'data.data_dir': str(tmp_path / 'tfds')})
   config.model = SMALL[family]

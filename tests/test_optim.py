@@ -7,7 +7,7 @@ import pytest
 
 from isojax import models
 from isojax.training import optim
-from isojax.training.config_base import base
+from isojax.core.config import base
 
 
 @pytest.fixture(scope='module')

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 
 import isojax
-from isojax.training import config_base, loop
+from isojax.training import loop
 from isojax import models
 from isojax.weights import pretrained
+from isojax.core import loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def short_default_run(workdir, tfds_dir, **overrides):
-  config = config_base.load(os.path.join(ROOT, 'configs', 'default.py'), {
+  config = loading.load(os.path.join(ROOT, 'configs', 'default.py'), {
       'num_steps': 4, 'eval_every': 4, 'checkpoint.every': 2, 'log_every': 2, 'batch_size': 16,
       'eval_batch_size': 368, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tfds_dir),
       **overrides})

@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from isojax import explain, models, sweeps
-from isojax.models import registry
+from isojax import models, sweeps
+from isojax.evaluation import explain
 from isojax.sweeps import results
-from isojax.training import config_base
+from isojax.core import loading
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = os.path.join(ROOT, 'experiments', 'isotropic_vs_pyramid.py')
@@ -31,16 +32,16 @@ def test_the_study_trains_one_model_of_every_registered_family_with_one_recipe()
   assert {t.config for t in trials} == {'configs/digits32.py:' + name for name in study_models().values()}
   assert all(set(t.overrides) == set() for t in trials)   # the recipe is the config's, the same for all
   families = {models.lookup(name).family for name in study_models().values()}
-  assert families == {module.__name__.rsplit('.', 1)[-1] for module, _ in registry.FAMILIES}
+  assert families == set(models.family_names())
   assert {family for family, name in study_models().items() if models.lookup(name).family != family} == set()
 
 
 @pytest.mark.parametrize('family', sorted(study_models()))
 def test_every_study_model_fits_the_parameter_budget_and_has_the_expected_shape(family):
   name = study_models()[family]
-  config = config_base.load(os.path.join(ROOT, 'configs', f'digits32.py:{name}'))
+  config = loading.load(os.path.join(ROOT, 'configs', f'digits32.py:{name}'))
   assert config.data.image_size == 32 and config.data.name == 'isojax_digits'
-  model = config_base.create_model(config, num_classes=10)
+  model = models.from_config(config, num_classes=10)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)), train=False))
   count = sum(x.size for x in jax.tree_util.tree_leaves(variables['params']))
   assert BUDGET[0] <= count <= BUDGET[1], f'{name}: {count:,} parameters'

@@ -6,7 +6,7 @@ import pytest
 
 from isojax import sweep as sweep_command, sweeps
 from isojax.sweeps import launcher, results
-from isojax.training import workdir as workdir_lib
+from isojax.core import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,7 +11,7 @@ import pytest
 
 from isojax import models
 from isojax.training import optim, train_step
-from isojax.training.config_base import base
+from isojax.core.config import base
 
 
 def tiny(name, **kw):

@@ -30,9 +30,9 @@ from typing import Iterator, Optional
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from isojax import host_memory
+from isojax.core import host_memory
 from isojax.data import digits  # noqa: F401  (registers the offline 'isojax_digits' builder)
-from isojax.data import preprocess
+from isojax.data import image_folder, preprocess
 
 LOCAL_BUILDERS = ('isojax_digits',)   # prepared on this machine, never downloaded
 IMAGE_FOLDER = 'image_folder'         # the user's own split/class_name/*.jpg|png folder
@@ -55,7 +55,6 @@ def get_builder(name: str, data_dir: Optional[str] = None, download: bool = True
     if not data_dir or not os.path.isdir(data_dir):
       raise ValueError(f"data.name='image_folder' needs data.data_dir to be a folder of "
                        f"split/class_name/image files; got {data_dir!r}.")
-    from isojax.data import image_folder
     return image_folder.open_folder(data_dir, skip_bad_files)
   try:
     builder = tfds.builder(name, data_dir=data_dir)

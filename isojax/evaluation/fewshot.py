@@ -10,9 +10,15 @@ smaller of x^T x and x x^T; accuracy of the argmax on the test split.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from isojax.core.devices import AXIS
+from isojax.evaluation.base import Evaluator
+from isojax.models import features as model_features
 
 BIAS_CONSTANT = 100.0
 SHOTS = (1, 5, 10, 25)
@@ -59,3 +65,59 @@ def fewshot_metrics(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
     out[f'{k}shot'] = float(np.mean(per_seed))
     out[f'{k}shot_seeds'] = per_seed
   return out
+
+
+def _gather(x: jax.Array) -> np.ndarray:
+  """pmap output [devices, batch, ...] -> every process's rows on every process, [rows, ...]."""
+  local = np.concatenate([np.asarray(s.data) for s in x.addressable_shards], axis=0)
+  if jax.process_count() > 1:
+    local = np.asarray(multihost_utils.process_allgather(local, tiled=True))
+  return local.reshape(-1, *local.shape[2:])
+
+
+class FewshotEvaluator(Evaluator):
+  """The probe on the model's `feature` (default the pre-logits) of `train_split` and `test_split`."""
+  kind = 'fewshot'
+
+  @staticmethod
+  def higher_is_better(spec: dict) -> list[str]:
+    return [f'{k}shot' for k in spec['shots']]
+
+  def __init__(self, name, spec, model, num_classes):
+    super().__init__(name, spec, model, num_classes)
+    feature = spec['feature']
+
+    def represent(variables, batch):
+      _, found = model_features(model, variables, batch['image'])
+      return found[feature].reshape(batch['image'].shape[0], -1), batch['label'], batch['mask']
+    self.fn = jax.pmap(represent, axis_name=AXIS)
+
+  def validate(self) -> None:
+    super().validate()
+    for split in (self.spec['train_split'], self.spec['test_split']):
+      self._check_split(split)
+    channels = self.builder().info.features['image'].shape[-1]
+    images = jax.ShapeDtypeStruct((1, self.spec['image_size'], self.spec['image_size'], channels), np.float32)
+    # The feature must exist: trace the model once (no compute) and list what it offers.
+    variables = jax.eval_shape(lambda x: self.model.init(jax.random.PRNGKey(0), x, train=False), images)
+    _, found = jax.eval_shape(lambda v, x: model_features(self.model, v, x), variables, images)
+    if self.spec['feature'] not in found:
+      raise ValueError(f'Evaluator {self.name!r}: the model has no feature {self.spec["feature"]!r}; '
+                       f'features: {sorted(found)}.')
+
+  def _represent(self, variables: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    feats, labels, masks = [], [], []
+    for batch in self.batches(split):
+      f, y, m = self.fn(variables, batch)
+      feats.append(_gather(f))
+      labels.append(_gather(y))
+      masks.append(_gather(m))
+    keep = np.concatenate(masks) > 0
+    return np.concatenate(feats)[keep], np.concatenate(labels)[keep]
+
+  def run(self, variables):
+    train_x, train_y = self._represent(variables, self.spec['train_split'])
+    test_x, test_y = self._represent(variables, self.spec['test_split'])
+    num_classes = self.builder().info.features['label'].num_classes
+    return fewshot_metrics(train_x, train_y, test_x, test_y, num_classes, shots=self.spec['shots'],
+                           seeds=self.spec['seeds'], l2_reg=self.spec['l2_reg'])

@@ -18,53 +18,37 @@ Follows timm/models/cait.py at aa4b585 (the port of facebookresearch/deit cait_m
 - stochastic depth is the same in every self-attention block (`dpr = [drop_path_rate] * depth`, l.289).
 
 Names: `CaiT-XXS24`, `CaiT-S24` or `CaiT-{width}x{depth}/{patch}` with `-h{heads}` (width/48 otherwise).
+
+Weight files: timm `cait_*` state dicts (`patch_embed.proj`, `pos_embed`, `cls_token`, `blocks.i` and
+`blocks_token_only.i` with `norm1`, `attn.*`, `gamma_1`, `norm2`, `mlp`, `gamma_2`; `norm`, `head`). The talking
+heads (`proj_l`, `[heads, heads]`) show the head count.
 """
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isojax.kernels import REFERENCE
+from isojax.models import convert
+from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, MixingBlock
 from isojax.models.layers import TIMM_TRUNC_NORMAL_02 as NORMAL_02
 from isojax.models.layers import (PRE_LOGITS, ZEROS, Dense, LayerScale, MlpBlock, PatchEmbed, keep_feature,
                                   torch_default_init)
+from isojax.models.naming import PATCH_PARAMETRIC, SizedNames, Suffix
 
-_SIZES = {'XXS24': (192, 24, 4), 'S24': (384, 24, 8)}   # width, depth, heads: cait.py l.566-606
 _PATCH = 16
-VARIANTS = {f'CaiT-{size}': dict(hidden_size=w, depth=d, num_heads=h, patch_size=_PATCH, layer_scale_init=1e-5)
-            for size, (w, d, h) in _SIZES.items()}
-IMAGE_SIZE = 224
+SIZES = {'XXS24': dict(hidden_size=192, depth=24, num_heads=4, patch_size=_PATCH),   # cait.py l.566-606
+         'S24': dict(hidden_size=384, depth=24, num_heads=8, patch_size=_PATCH)}
+NAMES = SizedNames('CaiT', SIZES, (Suffix('h', 'num_heads', lambda f: max(f['hidden_size'] // 48, 1)),),
+                   patch=PATCH_PARAMETRIC)
+VARIANTS = {f'CaiT-{size}': dict(SIZES[size], layer_scale_init=1e-5) for size in SIZES}
 SOURCE = 'timm/models/cait.py Cait, LayerScaleBlock, TalkingHeadAttn, LayerScaleBlockClassAttn, ClassAttn'
-_NAME = re.compile(r'^cait[-_]?(?:(?P<size>xxs24|s24)|(?P<width>\d+)x(?P<depth>\d+)[/_-]?(?P<patch>\d+)'
-                   r'(?:-h(?P<heads>\d+))?)$', re.IGNORECASE)
-
-
-def parse_name(name: str) -> Optional[dict]:
-  """The architecture a CaiT name fixes, or None when `name` is not a CaiT name."""
-  match = _NAME.match(name.strip())
-  if not match:
-    return None
-  if match['size']:
-    width, depth, heads = _SIZES[match['size'].upper()]
-    patch = _PATCH
-  else:
-    width, depth, patch = int(match['width']), int(match['depth']), int(match['patch'])
-    heads = int(match['heads'] or max(width // 48, 1))
-  return dict(hidden_size=width, depth=depth, num_heads=heads, patch_size=patch)
-
-
-def format_name(arch: dict) -> str:
-  """The canonical name of a CaiT architecture (inverse of `parse_name`)."""
-  for size, sized in _SIZES.items():
-    if sized == (arch['hidden_size'], arch['depth'], arch['num_heads']) and arch['patch_size'] == _PATCH:
-      return f'CaiT-{size}'
-  heads = '' if arch['num_heads'] == max(arch['hidden_size'] // 48, 1) else f'-h{arch["num_heads"]}'
-  return f'CaiT-{arch["hidden_size"]}x{arch["depth"]}/{arch["patch_size"]}{heads}'
 
 
 def _split_heads(x: jax.Array, heads: int) -> jax.Array:
@@ -72,8 +56,8 @@ def _split_heads(x: jax.Array, heads: int) -> jax.Array:
   return x.reshape(batch, tokens, heads, width // heads).transpose(0, 2, 1, 3)   # [B, H, N, d]
 
 
-def _dense(features: int, dtype: Any, name: str) -> Dense:
-  return Dense(features, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=dtype, name=name)
+def _dense(features: int, dtype: Any, kernels: str, name: str) -> Dense:
+  return Dense(features, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=dtype, kernels=kernels, name=name)
 
 
 class CaiTStem(nn.Module):
@@ -99,19 +83,20 @@ class TalkingHeadAttention(nn.Module):
   attention_dropout_rate: float = 0.0
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     batch, tokens, width = x.shape
-    qkv = _dense(3 * width, self.dtype, 'qkv')(x).reshape(batch, tokens, 3, width)
+    qkv = _dense(3 * width, self.dtype, self.kernels, 'qkv')(x).reshape(batch, tokens, 3, width)
     q, k, v = (_split_heads(qkv[:, :, i], self.num_heads) for i in range(3))
     logits = jnp.einsum('bhqd,bhkd->bqkh', q * (width // self.num_heads) ** -0.5, k)
-    logits = _dense(self.num_heads, self.dtype, 'proj_l')(logits)
+    logits = _dense(self.num_heads, self.dtype, self.kernels, 'proj_l')(logits)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=2).astype(v.dtype)
-    weights = _dense(self.num_heads, self.dtype, 'proj_w')(weights)
+    weights = _dense(self.num_heads, self.dtype, self.kernels, 'proj_w')(weights)
     weights = nn.Dropout(self.attention_dropout_rate)(weights, deterministic=not train)
     y = jnp.einsum('bqkh,bhkd->bqhd', weights, v).reshape(batch, tokens, width)
-    y = _dense(width, self.dtype, 'proj')(y)
+    y = _dense(width, self.dtype, self.kernels, 'proj')(y)
     return nn.Dropout(self.dropout_rate)(y, deterministic=not train)
 
 
@@ -119,17 +104,18 @@ class ClassAttention(nn.Module):
   """The class token (position 0 of x) attends to every token: [B, N, C] -> [B, 1, C]."""
   num_heads: int
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    q = _split_heads(_dense(width, self.dtype, 'q')(x[:, :1]), self.num_heads)
-    k = _split_heads(_dense(width, self.dtype, 'k')(x), self.num_heads)
-    v = _split_heads(_dense(width, self.dtype, 'v')(x), self.num_heads)
+    q = _split_heads(_dense(width, self.dtype, self.kernels, 'q')(x[:, :1]), self.num_heads)
+    k = _split_heads(_dense(width, self.dtype, self.kernels, 'k')(x), self.num_heads)
+    v = _split_heads(_dense(width, self.dtype, self.kernels, 'v')(x), self.num_heads)
     logits = jnp.einsum('bhqd,bhkd->bhqk', q * (width // self.num_heads) ** -0.5, k)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     y = jnp.einsum('bhqk,bhkd->bqhd', weights, v).reshape(x.shape[0], 1, width)
-    return _dense(width, self.dtype, 'proj')(y)
+    return _dense(width, self.dtype, self.kernels, 'proj')(y)
 
 
 class ClassAttentionBlock(nn.Module):
@@ -138,14 +124,16 @@ class ClassAttentionBlock(nn.Module):
   mlp_dim: int
   layer_scale_init: float
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, cls: jax.Array, train: bool = False) -> jax.Array:
     norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)
-    y = ClassAttention(self.num_heads, self.dtype, name='attention')(norm('norm1')(jnp.concatenate([cls, x], 1)))
+    y = ClassAttention(self.num_heads, self.dtype, self.kernels, name='attention')(
+        norm('norm1')(jnp.concatenate([cls, x], 1)))
     cls = cls + LayerScale(self.layer_scale_init, name='ls1')(y)
     y = MlpBlock(self.mlp_dim, approximate_gelu=False, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=self.dtype,
-                 name='mlp')(norm('norm2')(cls), train=train)
+                 kernels=self.kernels, name='mlp')(norm('norm2')(cls), train=train)
     return cls + LayerScale(self.layer_scale_init, name='ls2')(y)
 
 
@@ -157,23 +145,25 @@ class ClassAttentionHead(nn.Module):
   layer_scale_init: float
   class_depth: int = 2
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     cls = jnp.tile(self.param('cls', NORMAL_02, (1, 1, x.shape[-1])).astype(x.dtype), (x.shape[0], 1, 1))
     for i in range(self.class_depth):
-      cls = ClassAttentionBlock(self.num_heads, self.mlp_dim, self.layer_scale_init, self.dtype,
+      cls = ClassAttentionBlock(self.num_heads, self.mlp_dim, self.layer_scale_init, self.dtype, self.kernels,
                                 name=f'class_block_{i}')(x, cls, train)
     # timm norms [cls, x] and takes token 0; LayerNorm is per token, so norming cls alone is the same.
     pooled = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='final_norm')(cls)[:, 0]
     keep_feature(self, PRE_LOGITS + '_out', pooled)
-    return Dense(self.num_classes, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=self.dtype, name='head')(pooled)
+    return Dense(self.num_classes, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=self.dtype, kernels=self.kernels,
+                 name='head')(pooled)
 
 
 def cait(num_classes: int, *, hidden_size: int, depth: int, num_heads: int, patch_size: int, mlp_ratio: int = 4,
          layer_scale_init: Optional[float] = None, class_depth: int = 2, drop_path_rate: float = 0.0,
          dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0, remat: bool = False,
-         dtype: Any = jnp.float32) -> Isotropic:
+         dtype: Any = jnp.float32, kernels: str = REFERENCE) -> Isotropic:
   """A CaiT; `layer_scale_init=None` (an unpublished shape) takes 1e-5 up to 24 blocks, else 1e-6 (timm's
   cait_*36 and deeper)."""
   if layer_scale_init is None:
@@ -181,10 +171,60 @@ def cait(num_classes: int, *, hidden_size: int, depth: int, num_heads: int, patc
   norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=dtype)
   block = functools.partial(
       MixingBlock, norm=norm, layer_scale_init=layer_scale_init,
-      token_mixer=functools.partial(TalkingHeadAttention, num_heads, attention_dropout_rate, dropout_rate, dtype),
+      token_mixer=functools.partial(TalkingHeadAttention, num_heads, attention_dropout_rate, dropout_rate, dtype,
+                                    kernels),
       channel_mixer=functools.partial(MlpBlock, mlp_ratio * hidden_size, dropout_rate=dropout_rate,
-                                      approximate_gelu=False, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=dtype))
+                                      approximate_gelu=False, kernel_init=NORMAL_02, bias_init=ZEROS, dtype=dtype,
+                                      kernels=kernels))
   head = ClassAttentionHead(num_classes, num_heads, mlp_ratio * hidden_size, layer_scale_init, class_depth,
-                            dtype=dtype)
+                            dtype=dtype, kernels=kernels)
   return Isotropic(CaiTStem(hidden_size, patch_size, dropout_rate, dtype=dtype), block, head, depth,
                    drop_path_rate=drop_path_rate, drop_path_schedule='constant', remat=remat, dtype=dtype)
+
+
+# --- weight files ----------------------------------------------------------------------------------------------
+
+def _timm_block(state: Tensors, b: str, attention: str, attention_layers: tuple, mlp: str) -> dict:
+  """A CaiT block (blocks.i or blocks_token_only.i): norm1, attn, gamma_1, norm2, mlp, gamma_2."""
+  return {'norm1': convert.norm(state, f'{b}.norm1'), 'norm2': convert.norm(state, f'{b}.norm2'),
+          attention: {name: convert.linear(state, f'{b}.attn.{name}') for name in attention_layers},
+          mlp: {'Dense_0': convert.linear(state, f'{b}.mlp.fc1'), 'Dense_1': convert.linear(state, f'{b}.mlp.fc2')},
+          'ls1': {'scale': state[f'{b}.gamma_1']}, 'ls2': {'scale': state[f'{b}.gamma_2']}}
+
+
+def timm_params(state: Tensors) -> dict:
+  """A timm Cait's state dict -> isojax's parameters."""
+  params: dict[str, Any] = {'stem': {'patch_embed': convert.patch_embedding(state, 'patch_embed.proj'),
+                                     'pos_embedding': state['pos_embed']},
+                            'cls': state['cls_token']}
+  for i in range(convert.block_count(state, r'blocks\.(\d+)\.')):
+    params[f'block_{i}'] = _timm_block(state, f'blocks.{i}', 'token_mixing', ('qkv', 'proj_l', 'proj_w', 'proj'),
+                                       'channel_mixing')
+  for i in range(convert.block_count(state, r'blocks_token_only\.(\d+)\.')):
+    params[f'class_block_{i}'] = _timm_block(state, f'blocks_token_only.{i}', 'attention', ('q', 'k', 'v', 'proj'),
+                                             'mlp')
+  return convert.timm_head(state, params)
+
+
+def from_timm(state: Tensors) -> Weights:
+  """A timm `cait_*` state dict -> `Weights`."""
+  tracked = KeyTracker(state)
+  variables = {'params': timm_params(tracked)}
+  convert.refuse_unread(tracked, 'tensor(s) of this timm cait file', 'It is a timm variant isojax does not implement.')
+  embed = state['patch_embed.proj.weight']
+  width, patch = int(embed.shape[0]), convert.square_patch(*embed.shape[2:])
+  fields = dict(hidden_size=width, depth=convert.block_count(state, r'blocks\.(\d+)\.'),
+                num_heads=int(state['blocks.0.attn.proj_l.weight'].shape[0]),   # talking heads show the heads
+                patch_size=patch, mlp_ratio=int(state['blocks.0.mlp.fc1.weight'].shape[0]) // width,
+                class_depth=convert.block_count(state, r'blocks_token_only\.(\d+)\.'),
+                layer_scale_init=1e-5)   # the loaded gammas replace it
+  image_size = patch * convert.grid_side(int(state['pos_embed'].shape[1]), 'The position embedding')
+  return Weights(variables, 'cait', fields, convert.classes(state), image_size, {}, int(embed.shape[1]))
+
+
+def _is_timm_cait(state: Tensors) -> bool:
+  return convert.has_key(state, 'blocks_token_only.')
+
+
+FAMILY = Family(name='cait', factory=cait, parse_name=NAMES.parse, format_name=NAMES.format, variants=VARIANTS,
+                source=SOURCE, readers={TIMM: Reader(_is_timm_cait, from_timm)})

@@ -13,52 +13,37 @@ Sizes: `convnext_isotropic_{small,base,large}` (l.66-91): 18 x 384, 18 x 768, 36
 
 Names: `ConvNeXt-iso-S`, `-B`, `-L` or `ConvNeXt-iso-{width}x{depth}` with `-p{patch}` (16) and
 `-k{kernel}` (7) when they differ.
+
+Weight files: facebookresearch/ConvNeXt's `ConvNeXtIsotropic` state dicts (torch layout: `stem`,
+`blocks.i.{dwconv, norm, pwconv1, pwconv2[, gamma]}`, `norm`, `head`; timm has no isotropic ConvNeXt).
 """
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isojax.kernels import REFERENCE
+from isojax.models import convert
+from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, PoolingHead
 from isojax.models.layers import TIMM_TRUNC_NORMAL_02 as TRUNC_NORMAL_02
 from isojax.models.layers import ZEROS, Dense, DepthwiseConv, DropPath, LayerScale, PatchEmbed, gelu
+from isojax.models.naming import PATCH_NEVER, SizedNames, Suffix
 
-_SIZES = {'S': (384, 18), 'B': (768, 18), 'L': (1024, 36)}
 _PATCH, _KERNEL = 16, 7
-VARIANTS = {f'ConvNeXt-iso-{size}': dict(hidden_size=w, depth=d, patch_size=_PATCH, kernel_size=_KERNEL)
-            for size, (w, d) in _SIZES.items()}
-IMAGE_SIZE = 224
+SIZES = {'S': dict(hidden_size=384, depth=18), 'B': dict(hidden_size=768, depth=18),
+         'L': dict(hidden_size=1024, depth=36)}
+NAMES = SizedNames('ConvNeXt-iso', SIZES, (Suffix('p', 'patch_size', lambda f: _PATCH),
+                                           Suffix('k', 'kernel_size', lambda f: _KERNEL)),
+                   patch=PATCH_NEVER, sizes_fix_suffixes=False, prefix_pattern=r'convnext[-_]?iso(?:tropic)?',
+                   size_aliases={'small': 'S', 'base': 'B', 'large': 'L'})
+VARIANTS = {f'ConvNeXt-iso-{size}': dict(SIZES[size], patch_size=_PATCH, kernel_size=_KERNEL) for size in SIZES}
 SOURCE = 'facebookresearch/ConvNeXt models/convnext_isotropic.py, models/convnext.py Block and LayerNorm'
-_NAME = re.compile(r'^convnext[-_]?iso(?:tropic)?[-_]?(?:(?P<size>s|b|l|small|base|large)|(?P<width>\d+)x(?P<depth>\d+))'
-                   r'(?:-p(?P<patch>\d+))?(?:-k(?P<kernel>\d+))?$', re.IGNORECASE)
-
-
-def parse_name(name: str) -> Optional[dict]:
-  """The architecture an isotropic ConvNeXt name fixes, or None when `name` is not one."""
-  match = _NAME.match(name.strip())
-  if not match:
-    return None
-  if match['size']:
-    width, depth = _SIZES[match['size'][0].upper()]
-  else:
-    width, depth = int(match['width']), int(match['depth'])
-  return dict(hidden_size=width, depth=depth, patch_size=int(match['patch'] or _PATCH),
-              kernel_size=int(match['kernel'] or _KERNEL))
-
-
-def format_name(arch: dict) -> str:
-  """The canonical name of an isotropic ConvNeXt (inverse of `parse_name`)."""
-  extra = ('' if arch['patch_size'] == _PATCH else f'-p{arch["patch_size"]}') + (
-      '' if arch['kernel_size'] == _KERNEL else f'-k{arch["kernel_size"]}')
-  for size, sized in _SIZES.items():
-    if sized == (arch['hidden_size'], arch['depth']) and not extra:
-      return f'ConvNeXt-iso-{size}'
-  return f'ConvNeXt-iso-{arch["hidden_size"]}x{arch["depth"]}{extra}'
 
 
 class ConvNeXtStem(nn.Module):
@@ -78,18 +63,21 @@ class ConvNeXtBlock(nn.Module):
   kernel_size: int = _KERNEL
   layer_scale_init: Optional[float] = None
   drop_path_rate: float = 0.0
-  depthwise_impl: str = 'auto'
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     width = x.shape[-1]
-    y = DepthwiseConv(self.kernel_size, self.depthwise_impl, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS,
-                      dtype=self.dtype, name='dwconv')(x)
+
+    def dense(features, name):
+      return Dense(features, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=self.dtype, kernels=self.kernels,
+                   name=name)
+
+    y = DepthwiseConv(self.kernel_size, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=self.dtype,
+                      kernels=self.kernels, name='dwconv')(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(y)
-    y = Dense(4 * width, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=self.dtype, name='pwconv1')(y)
-    y = Dense(width, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=self.dtype,
-              name='pwconv2')(gelu(approximate=False)(y))
+    y = dense(width, 'pwconv2')(gelu(approximate=False)(dense(4 * width, 'pwconv1')(y)))
     if self.layer_scale_init is not None:
       y = LayerScale(self.layer_scale_init, name='ls')(y)
     return x + DropPath(self.drop_path_rate)(y, train=train)
@@ -97,10 +85,47 @@ class ConvNeXtBlock(nn.Module):
 
 def convnext_iso(num_classes: int, *, hidden_size: int, depth: int, patch_size: int = _PATCH,
                  kernel_size: int = _KERNEL, layer_scale_init: Optional[float] = None, drop_path_rate: float = 0.0,
-                 depthwise_impl: str = 'auto', remat: bool = False, dtype: Any = jnp.float32) -> Isotropic:
+                 remat: bool = False, dtype: Any = jnp.float32, kernels: str = REFERENCE) -> Isotropic:
   """An isotropic ConvNeXt; `layer_scale_init` adds ConvNeXt's gamma (the isotropic models have none)."""
-  block = functools.partial(ConvNeXtBlock, kernel_size, layer_scale_init, depthwise_impl=depthwise_impl, dtype=dtype)
+  block = functools.partial(ConvNeXtBlock, kernel_size, layer_scale_init, dtype=dtype, kernels=kernels)
   head = PoolingHead(num_classes, norm=functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=dtype),
-                     norm_after_pool=True, pool='gap', kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=dtype)
+                     norm_after_pool=True, pool='gap', kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=dtype,
+                     kernels=kernels)
   return Isotropic(ConvNeXtStem(hidden_size, patch_size, dtype=dtype), block, head, depth,
                    drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)
+
+
+# --- weight files ----------------------------------------------------------------------------------------------
+
+def facebook_params(state: Tensors) -> dict:
+  """facebookresearch/ConvNeXt's ConvNeXtIsotropic state dict -> isojax's parameters."""
+  params: dict[str, Any] = {'stem': {'patch_embed': convert.patch_embedding(state, 'stem')}}
+  for i in range(convert.block_count(state, r'blocks\.(\d+)\.')):
+    b = f'blocks.{i}'
+    params[f'block_{i}'] = {'dwconv': convert.conv(state, f'{b}.dwconv'), 'norm': convert.norm(state, f'{b}.norm'),
+                            'pwconv1': convert.linear(state, f'{b}.pwconv1'),
+                            'pwconv2': convert.linear(state, f'{b}.pwconv2')}
+    if f'{b}.gamma' in state:
+      params[f'block_{i}']['ls'] = {'scale': state[f'{b}.gamma']}
+  return convert.timm_head(state, params)
+
+
+def from_facebook(state: Tensors) -> Weights:
+  """A ConvNeXtIsotropic state dict -> `Weights`."""
+  tracked = KeyTracker(state)
+  variables = {'params': facebook_params(tracked)}
+  convert.refuse_unread(tracked, 'tensor(s) of this ConvNeXt-iso file', 'It is a variant isojax does not implement.')
+  stem = state['stem.weight']
+  fields = dict(hidden_size=int(stem.shape[0]), depth=convert.block_count(state, r'blocks\.(\d+)\.'),
+                patch_size=convert.square_patch(*stem.shape[2:]),
+                kernel_size=int(state['blocks.0.dwconv.weight'].shape[-1]),
+                layer_scale_init=1e-6 if 'blocks.0.gamma' in state else None)   # the loaded gammas replace 1e-6
+  return Weights(variables, 'convnext_iso', fields, convert.classes(state), None, {}, int(stem.shape[1]))
+
+
+def _is_convnext_iso(state: Tensors) -> bool:
+  return 'stem.weight' in state and any(k.endswith('.dwconv.weight') for k in state)
+
+
+FAMILY = Family(name='convnext_iso', factory=convnext_iso, parse_name=NAMES.parse, format_name=NAMES.format,
+                variants=VARIANTS, source=SOURCE, readers={TIMM: Reader(_is_convnext_iso, from_facebook)})

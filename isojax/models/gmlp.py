@@ -15,64 +15,47 @@ blocks of width 128, 256, 512.
 
 Names: `gMLP-Ti/16`, `gMLP-S/16`, `gMLP-B/16` or `gMLP-{width}x{depth}/{patch}` (`-r{ratio}`
 when the MLP is not 6x).
+
+Weight files: timm `gmlp_*` state dicts (`stem.proj`, `blocks.i.{norm, mlp_channels.{fc1, gate.{norm, proj},
+fc2}}`, `norm`, `head`).
 """
 from __future__ import annotations
 
 import functools
-import re
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isojax.kernels import REFERENCE
+from isojax.models import convert
+from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, PoolingHead
 from isojax.models.layers import MLP_BIAS, XAVIER, Dense, DropPath, gelu
-from isojax.models.mixer import MixerStem
+from isojax.models.mixer import MixerStem, timm_block_variant
+from isojax.models.naming import SizedNames, Suffix
 
-_SIZES = {'Ti': 128, 'S': 256, 'B': 512}   # width; depth 30, patch 16, 6x MLP: timm gmlp_*16_224
-_DEPTH, _PATCH, _RATIO = 30, 16, 6
-VARIANTS = {f'gMLP-{size}/{_PATCH}': dict(hidden_size=w, depth=_DEPTH, patch_size=_PATCH, mlp_ratio=_RATIO)
-            for size, w in _SIZES.items()}
-IMAGE_SIZE = 224
+_DEPTH, _PATCH, _RATIO = 30, 16, 6   # timm gmlp_*16_224: 30 blocks, patch 16, 6x MLP
+SIZES = {'Ti': dict(hidden_size=128, depth=_DEPTH), 'S': dict(hidden_size=256, depth=_DEPTH),
+         'B': dict(hidden_size=512, depth=_DEPTH)}
+NAMES = SizedNames('gMLP', SIZES, (Suffix('r', 'mlp_ratio', lambda f: _RATIO),))
+VARIANTS = {f'gMLP-{size}/{_PATCH}': dict(SIZES[size], patch_size=_PATCH, mlp_ratio=_RATIO) for size in SIZES}
 SOURCE = 'timm/models/mlp_mixer.py SpatialGatingUnit, SpatialGatingBlock, gmlp_*16_224; timm/layers/mlp.py GatedMlp'
-_NAME = re.compile(r'^gmlp[-_]?(?:(?P<size>ti|s|b)|(?P<width>\d+)x(?P<depth>\d+))[/_-]?(?P<patch>\d+)'
-                   r'(?:-r(?P<ratio>\d+))?$', re.IGNORECASE)
-
-
-def parse_name(name: str) -> Optional[dict]:
-  """The architecture a gMLP name fixes, or None when `name` is not a gMLP name."""
-  match = _NAME.match(name.strip())
-  if not match:
-    return None
-  if match['size']:
-    if match['ratio']:
-      return None
-    width, depth = next(w for k, w in _SIZES.items() if k.lower() == match['size'].lower()), _DEPTH
-  else:
-    width, depth = int(match['width']), int(match['depth'])
-  return dict(hidden_size=width, depth=depth, patch_size=int(match['patch']), mlp_ratio=int(match['ratio'] or _RATIO))
-
-
-def format_name(arch: dict) -> str:
-  """The canonical name of a gMLP architecture (inverse of `parse_name`)."""
-  width, depth, patch, ratio = arch['hidden_size'], arch['depth'], arch['patch_size'], arch['mlp_ratio']
-  for size, sized in _SIZES.items():
-    if (sized, depth, ratio) == (width, _DEPTH, _RATIO):
-      return f'gMLP-{size}/{patch}'
-  return f'gMLP-{width}x{depth}/{patch}' + ('' if ratio == _RATIO else f'-r{ratio}')
 
 
 class SpatialGatingUnit(nn.Module):
   """u * proj(norm(v)) over tokens, for the two halves (u, v) of the hidden channels."""
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     u, v = jnp.split(x, 2, axis=-1)
     v = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm')(v)
     v = Dense(x.shape[1], kernel_init=nn.initializers.normal(stddev=1e-6), bias_init=nn.initializers.ones,
-              dtype=self.dtype, name='proj')(jnp.swapaxes(v, 1, 2))
+              dtype=self.dtype, kernels=self.kernels, name='proj')(jnp.swapaxes(v, 1, 2))
     return u * jnp.swapaxes(v, 1, 2)
 
 
@@ -83,16 +66,20 @@ class SpatialGatingBlock(nn.Module):
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.mlp_dim % 2:
       raise ValueError(f'The spatial gating unit halves the MLP width; {self.mlp_dim} is odd.')
-    dense = lambda n, name: Dense(n, kernel_init=XAVIER, bias_init=MLP_BIAS, dtype=self.dtype, name=name)
+
+    def dense(features, name):
+      return Dense(features, kernel_init=XAVIER, bias_init=MLP_BIAS, dtype=self.dtype, kernels=self.kernels, name=name)
+
     y = self.norm(name='norm')(x)
     y = gelu(approximate=False)(dense(self.mlp_dim, 'fc1')(y))
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-    y = SpatialGatingUnit(dtype=self.dtype, name='gate')(y)
+    y = SpatialGatingUnit(dtype=self.dtype, kernels=self.kernels, name='gate')(y)
     y = dense(x.shape[-1], 'fc2')(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
     return x + DropPath(self.drop_path_rate)(y, train=train)
@@ -100,11 +87,42 @@ class SpatialGatingBlock(nn.Module):
 
 def gmlp(num_classes: int, *, hidden_size: int, depth: int, patch_size: int, mlp_ratio: int = _RATIO,
          drop_path_rate: float = 0.0, dropout_rate: float = 0.0, remat: bool = False,
-         head_bias_init: float = 0.0, dtype: Any = jnp.float32) -> Isotropic:
+         head_bias_init: float = 0.0, dtype: Any = jnp.float32, kernels: str = REFERENCE) -> Isotropic:
   """A gMLP with global average pooling."""
   norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=dtype)
-  block = functools.partial(SpatialGatingBlock, mlp_ratio * hidden_size, norm, dropout_rate=dropout_rate, dtype=dtype)
+  block = functools.partial(SpatialGatingBlock, mlp_ratio * hidden_size, norm, dropout_rate=dropout_rate, dtype=dtype,
+                            kernels=kernels)
   head = PoolingHead(num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init),
-                     dtype=dtype)
+                     dtype=dtype, kernels=kernels)
   return Isotropic(MixerStem(hidden_size, patch_size, dtype=dtype), block, head, depth,
                    drop_path_rate=drop_path_rate, drop_path_schedule='constant', remat=remat, dtype=dtype)
+
+
+# --- weight files ----------------------------------------------------------------------------------------------
+
+def timm_params(state: Tensors) -> dict:
+  """A timm gMLP's state dict -> isojax's parameters."""
+  params: dict[str, Any] = {'stem': {'patch_embed': convert.patch_embedding(state, 'stem.proj')}}
+  for i in range(convert.block_count(state, r'blocks\.(\d+)\.')):
+    b = f'blocks.{i}.mlp_channels'
+    params[f'block_{i}'] = {
+        'norm': convert.norm(state, f'blocks.{i}.norm'), 'fc1': convert.linear(state, f'{b}.fc1'),
+        'fc2': convert.linear(state, f'{b}.fc2'),
+        'gate': {'norm': convert.norm(state, f'{b}.gate.norm'), 'proj': convert.linear(state, f'{b}.gate.proj')}}
+  return convert.timm_head(state, params)
+
+
+def from_timm(state: Tensors) -> Weights:
+  """A timm `gmlp_*` state dict -> `Weights`."""
+  tracked = KeyTracker(state)
+  variables = {'params': timm_params(tracked)}
+  convert.refuse_unread(tracked, 'tensor(s) of this timm gmlp file', 'It is a timm variant isojax does not implement.')
+  return timm_block_variant(state, variables, 'gmlp', 'mlp_channels.gate.proj', 'The spatial gating unit')
+
+
+def _is_timm_gmlp(state: Tensors) -> bool:
+  return convert.has_key(state, '.mlp_channels.gate.proj.weight')
+
+
+FAMILY = Family(name='gmlp', factory=gmlp, parse_name=NAMES.parse, format_name=NAMES.format, variants=VARIANTS,
+                source=SOURCE, readers={TIMM: Reader(_is_timm_gmlp, from_timm)})

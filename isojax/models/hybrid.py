@@ -15,7 +15,10 @@ Follows google-research/vision_transformer at c6de1e5:
   patch is the effective one: 4 x 2^(stages - 1) x the embedding's patch.
 
 In isojax's layout the ResNet is `stem/backbone/...`; the official `.npz` files (R50+ViT-B_16.npz) load
-by `isojax.weights.pretrained.create` with the source's logits (tests/test_official_weights.py).
+by `isojax.weights.pretrained.create` with the source's logits (tests/test_official_weights.py): the ViT's
+arrays as vit.py reads them, the ResNet's (`conv_root`, `gn_root`, `block{s}/unit{u}/{conv,gn}{1,2,3,_proj}`)
+moved under `stem/backbone`; its stages are counted from the units, its width from `conv_root`, and the image
+size is the position embedding's grid times the ResNet's stride (4 x 2^(stages - 1)) times the patch.
 
 Names: `R50+ViT-B/16`, `R26+ViT-S/32`, `R26+ViT-B/32`, `R50+ViT-L/32`; others `Rs{stages}-w{root width}+ViT-...`.
 """
@@ -27,8 +30,13 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
+from isojax.kernels import REFERENCE
+from isojax.models import convert
 from isojax.models import vit as _vit
+from isojax.models.convert import NPZ, KeyTracker, Reader, Tensors, Weights
+from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic
 from isojax.models.layers import LECUN, keep_feature
 
@@ -37,20 +45,19 @@ RESNET_STAGES = {(50, 16): (3, 4, 9), (26, 32): (2, 2, 2, 2), (50, 32): (3, 4, 6
 
 
 def _fields(depth: int, size: str, patch: int) -> dict:
-  width, vit_depth, heads, mlp = _vit._SIZES[size]
-  return dict(resnet_stages=RESNET_STAGES[(depth, patch)], width_factor=1, hidden_size=width, depth=vit_depth,
-              num_heads=heads, mlp_dim=mlp, patch_size=1)
+  return dict(resnet_stages=RESNET_STAGES[(depth, patch)], width_factor=1, **_vit.SIZES[size], patch_size=1)
 
 
 def _published(name: str, dropout_rate: float) -> dict:
-  depth, size, patch = re.match(r'R(\d+)\+ViT-(\w+)/(\d+)', name).groups()
+  match = re.match(r'R(\d+)\+ViT-(\w+)/(\d+)', name)
+  assert match is not None, name
+  depth, size, patch = match.groups()
   return dict(_fields(int(depth), size, int(patch)), dropout_rate=dropout_rate)
 
 
 # dropout: configs/models.py l.273 (R50+ViT-B/16); l.142 (ViT-L/16's, which R50+ViT-L/32 inherits)
 VARIANTS = {name: _published(name, dropout) for name, dropout in
             (('R50+ViT-B/16', 0.1), ('R26+ViT-S/32', 0.0), ('R26+ViT-B/32', 0.0), ('R50+ViT-L/32', 0.1))}
-IMAGE_SIZE = 224
 SOURCE = ('google-research/vision_transformer vit_jax/models_vit.py l.230-260 (hybrid root and stages), '
           'models_resnet.py (StdConv, ResidualUnit), configs/models.py get_r50_b16_config')
 _PUBLISHED_NAME = re.compile(r'^r(?P<depth>\d+)\+vit[-_]?(?P<size>ti|s|m|b|l|h)[/_-]?(?P<patch>\d+)$', re.IGNORECASE)
@@ -68,24 +75,24 @@ def parse_name(name: str) -> Optional[dict]:
   if match:
     if (int(match['depth']), int(match['patch'])) not in RESNET_STAGES:
       return None
-    size = next(k for k in _vit._SIZES if k.lower() == match['size'].lower())
+    size = next(k for k in _vit.SIZES if k.lower() == match['size'].lower())
     return _fields(int(match['depth']), size, int(match['patch']))
   match = _NAME.match(name)
-  body = match and _vit.parse_name(match['vit'])
-  if not body:
+  body = match and _vit.NAMES.parse(match['vit'])
+  if not match or not body:
     return None
   stages = tuple(int(u) for u in match['stages'].split('.')) if match['stages'] else ()
   return dict(resnet_stages=stages, width_factor=int(match['width']) / 64, **body)
 
 
-def format_name(arch: dict) -> str:
+def format_name(arch) -> str:
   stages, root = tuple(arch['resnet_stages']), round(64 * arch.get('width_factor', 1))
   published = [key for key, value in RESNET_STAGES.items() if value == stages]
   if published and root == 64 and arch['patch_size'] == 1:
-    name = f'R{published[0][0]}+' + _vit.format_name(dict(arch, patch_size=published[0][1]))
+    name = f'R{published[0][0]}+' + _vit.NAMES.format(dict(arch, patch_size=published[0][1]))
     if parse_name(name) is not None:   # a lettered ViT size
       return name
-  return f'Rs{".".join(map(str, stages))}-w{root}+' + _vit.format_name(arch)
+  return f'Rs{".".join(map(str, stages))}-w{root}+' + _vit.NAMES.format(arch)
 
 
 def weight_standardize(kernel: jax.Array, eps: float = 1e-5) -> jax.Array:
@@ -162,7 +169,8 @@ class ResNetBackbone(nn.Module):
 def hybrid(num_classes: int, *, resnet_stages: Sequence[int], width_factor: float = 1, hidden_size: int, depth: int,
            num_heads: int, mlp_dim: int, patch_size: int = 1, classifier: str = 'token',
            representation_size: Optional[int] = None, dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
-           drop_path_rate: float = 0.0, remat: bool = False, dtype: Any = jnp.float32) -> Isotropic:
+           drop_path_rate: float = 0.0, remat: bool = False, dtype: Any = jnp.float32,
+           kernels: str = REFERENCE) -> Isotropic:
   """A ResNet backbone under the ViT of `vit.vit` (same blocks, head and names; the stem gains `backbone`)."""
   if int(64 * width_factor) % 32:
     raise ValueError(f'The hybrid ResNet root is {int(64 * width_factor)} channels wide (width_factor={width_factor}); '
@@ -171,6 +179,44 @@ def hybrid(num_classes: int, *, resnet_stages: Sequence[int], width_factor: floa
   body = _vit.vit(num_classes, hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                   patch_size=patch_size, classifier=classifier, representation_size=representation_size,
                   dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
-                  drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)
+                  drop_path_rate=drop_path_rate, remat=remat, dtype=dtype, kernels=kernels)
   backbone = ResNetBackbone(tuple(resnet_stages), width_factor, dtype=dtype)
   return body.clone(stem=body.stem.clone(backbone=backbone))
+
+
+# --- weight files ----------------------------------------------------------------------------------------------
+
+_BACKBONE = re.compile(r'(conv_root|gn_root|block\d+)/')   # the ResNet's arrays (models_vit.py l.230-260)
+
+
+def _stages(params: dict) -> tuple[int, ...]:
+  """A hybrid's units per stage (`stem/backbone/block{s}/unit{u}`, 1-based)."""
+  last = lambda pattern: max((int(m[1]) for k in params if (m := re.match(pattern, k))), default=0)
+  return tuple(last(rf'stem/backbone/block{s}/unit(\d+)/') for s in range(1, last(r'stem/backbone/block(\d+)/') + 1))
+
+
+def from_npz(flat: Tensors) -> Weights:
+  """The hybrid a vision_transformer `.npz` holds (`R50+ViT-B_16.npz`), and its variables."""
+  arrays = KeyTracker(_vit.npz_arrays(flat))
+  params = _vit.npz_params(arrays)
+  params.update({'stem/backbone/' + key: arrays[key] for key in list(arrays) if _BACKBONE.match(key)})
+  convert.refuse_unread(arrays, 'array(s) of this ViT checkpoint', _vit.NPZ_HINT)
+  fields, image_size = _vit.npz_fields(arrays, params)
+  stages = _stages(params)
+  # The position embedding counts tokens of the backbone's grid, 4 x 2^(n - 1) finer than the image.
+  image_size = image_size and image_size * (4 * 2 ** (len(stages) - 1) if stages else 4)
+  fields = {k: v for k, v in fields.items() if k not in ('posemb', 'posemb_class_token', 'approximate_gelu',
+                                                         'layernorm_epsilon')}
+  root = params['stem/backbone/conv_root/kernel']
+  fields.update(resnet_stages=stages, width_factor=root.shape[-1] / 64)
+  classes = int(params['head/kernel'].shape[-1]) if 'head/kernel' in params else None
+  return Weights({'params': traverse_util.unflatten_dict(params, sep='/')}, 'hybrid', fields, classes, image_size, {},
+                 int(root.shape[2]))
+
+
+def _is_npz_hybrid(flat: Tensors) -> bool:
+  return convert.has_key(convert.without_big_vision_prefix(flat), 'conv_root/')
+
+
+FAMILY = Family(name='hybrid', factory=hybrid, parse_name=parse_name, format_name=format_name, variants=VARIANTS,
+                source=SOURCE, readers={NPZ: Reader(_is_npz_hybrid, from_npz)})

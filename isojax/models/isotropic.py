@@ -8,7 +8,7 @@ A family supplies the stem, the block and the head (MetaFormer-style). Most bloc
 Mixer, ResMLP, ConvMixer), so a family there is just its two mixers; a family whose block
 is shaped otherwise (gMLP's spatial gating unit, ConvNeXt's single residual) supplies
 its own block module. Most heads are a `PoolingHead`. A new family is one file plus one
-line in registry.py.
+line in registry.py (models/family.py says what the file declares).
 
 Features on request: `features(model, variables, images)` returns the logits and every
 block's output (`block00`, `block01`, ...) plus the vector the head sees (`pre_logits`), for probes and
@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isojax.kernels import REFERENCE
 from isojax.models.layers import FEATURES, PRE_LOGITS, ZEROS, Dense, DropPath, Initializer, LayerScale, MAPHead
 from isojax.models.layers import keep_feature as _keep
 
@@ -91,6 +92,7 @@ class PoolingHead(nn.Module):
   kernel_init: Initializer = ZEROS
   bias_init: Initializer = ZEROS
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -102,16 +104,16 @@ class PoolingHead(nn.Module):
       x = x[:, 0]
     elif self.pool == 'map':
       x = MAPHead(num_heads=self.map_heads, mlp_dim=self.map_mlp_dim, approximate_gelu=self.approximate_gelu,
-                  dtype=self.dtype, name='map_head')(x.reshape(x.shape[0], -1, x.shape[-1]))
+                  dtype=self.dtype, kernels=self.kernels, name='map_head')(x.reshape(x.shape[0], -1, x.shape[-1]))
     else:
       x = x.mean(axis=tuple(range(1, x.ndim - 1)))
     if self.norm is not None and self.norm_after_pool:
       x = self.norm(name='final_norm')(x)
     if self.representation_size is not None:
-      x = jnp.tanh(Dense(self.representation_size, dtype=self.dtype, name='pre_logits')(x))
+      x = jnp.tanh(Dense(self.representation_size, dtype=self.dtype, kernels=self.kernels, name='pre_logits')(x))
     _keep(self, PRE_LOGITS + '_out', x)   # '_out': 'pre_logits' is the Dense layer's scope
     return Dense(self.num_classes, dtype=self.dtype, name='head', kernel_init=self.kernel_init,
-                 bias_init=self.bias_init)(x)
+                 bias_init=self.bias_init, kernels=self.kernels)(x)
 
 
 def _rematerialised(block: ModuleDef) -> ModuleDef:

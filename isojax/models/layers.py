@@ -1,6 +1,8 @@
 """Building blocks shared by every isotropic family.
 
-Every block takes its initialisers as fields: each family passes those of the codebase
+Each block computes the model's meaning with the plain (reference) ops; a block whose op has a CPU fast path
+(Dense, attention, the depthwise convolution) takes it when its `kernels` field says 'cpu' (isojax/kernels,
+resolved once when the model is built). Every block takes its initialisers as fields: each family passes those of the codebase
 whose weights its names refer to (vit.py: google-research/vision_transformer; mixer.py:
 its models_mixer.py, i.e. flax defaults; convmixer.py: PyTorch's defaults, as
 locuslab/convmixer and timm leave them). The defaults here are vision_transformer's.
@@ -13,6 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from isojax.kernels import CPU, REFERENCE
+from isojax.kernels import attention as attention_kernels
+from isojax.kernels import check as check_kernels
+from isojax.kernels import depthwise as depthwise_kernels
+from isojax.kernels import dense as dense_kernels
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -127,17 +135,18 @@ def posemb_sincos_2d(height: int, width: int, features: int,
 
 
 class Dense(nn.Dense):
-  """nn.Dense (same parameters, same numbers) computed as one 2-D matrix product.
+  """nn.Dense (same parameters, same numbers) with the kernels option of its model.
 
-  Folding the leading axes into one before the product lets XLA's CPU backend run the
-  weight gradient as a plain [K, M] x [M, N] product; with the leading axes kept, it
-  transposes an activation and falls back to a slow dot (ViT-S/16's backward pass ran
-  at half the speed).
+  `kernels='cpu'` folds the leading axes into one before the product (isojax/kernels/dense.py), which XLA's
+  CPU backend runs as plain 2-D products in the backward pass too; `'reference'` is nn.Dense itself.
   """
+  kernels: str = REFERENCE
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    y = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
-    return y.reshape(*inputs.shape[:-1], y.shape[-1])
+    check_kernels(self.kernels)
+    if self.kernels == CPU:
+      return dense_kernels.folded(super().__call__, inputs)
+    return super().__call__(inputs)
 
 
 class MlpBlock(nn.Module):
@@ -149,12 +158,16 @@ class MlpBlock(nn.Module):
   kernel_init: Initializer = XAVIER
   bias_init: Initializer = MLP_BIAS
   dtype: Dtype = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     out_dim = self.out_dim or x.shape[-1]
-    dense = lambda n, name: Dense(n, dtype=self.dtype, name=name, kernel_init=self.kernel_init,
-                                  bias_init=self.bias_init)
+
+    def dense(n, name):
+      return Dense(n, dtype=self.dtype, name=name, kernel_init=self.kernel_init, bias_init=self.bias_init,
+                   kernels=self.kernels)
+
     x = dense(self.mlp_dim, 'Dense_0')(x)
     x = gelu(self.approximate_gelu)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -164,25 +177,21 @@ class MlpBlock(nn.Module):
 
 def multihead_attention(qkv: jax.Array, num_heads: int,
                         dropout: Optional[Callable[[jax.Array], jax.Array]] = None) -> jax.Array:
-  """softmax(q k^T / sqrt(d)) v for a fused [batch, tokens, 3 * width] projection.
+  """softmax(q k^T / sqrt(d)) v for a fused [batch, tokens, 3 * width] projection, heads as a middle axis.
 
-  Batch and heads are folded into one leading batch axis, so both products are plain
-  batched matrix products that XLA fuses with the softmax; this ran the ViT-S/16
-  attention forward twice as fast on CPU as `jax.nn.dot_product_attention` with heads
-  as a middle axis. The softmax is computed in float32 whatever the compute dtype.
+  The reference: what `jax.nn.dot_product_attention` computes (tested); `kernels='cpu'` folds batch and
+  heads into one axis instead (isojax/kernels/attention.py). The softmax is computed in float32 whatever
+  the compute dtype.
   """
   batch, tokens, width3 = qkv.shape
   width = width3 // 3
   head_dim = width // num_heads
-  qkv = qkv.reshape(batch, tokens, 3, num_heads, head_dim).transpose(2, 0, 3, 1, 4)
-  q, k, v = (t.reshape(batch * num_heads, tokens, head_dim) for t in qkv)
-  q = q * jnp.asarray(head_dim ** -0.5, q.dtype)
-  logits = jax.lax.dot_general(q, k, (((2,), (2,)), ((0,), (0,))))
+  q, k, v = (t[:, :, 0] for t in jnp.split(qkv.reshape(batch, tokens, 3, num_heads, head_dim), 3, axis=2))
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(head_dim**-0.5, q.dtype), k)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
   if dropout is not None:
     weights = dropout(weights)
-  out = jax.lax.dot_general(weights, v, (((2,), (1,)), ((0,), (0,))))
-  return out.reshape(batch, num_heads, tokens, head_dim).transpose(0, 2, 1, 3).reshape(batch, tokens, width)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, tokens, width)
 
 
 class SelfAttention(nn.Module):
@@ -191,18 +200,22 @@ class SelfAttention(nn.Module):
   dropout_rate: float = 0.0        # on the attention weights
   qkv_bias: bool = True            # timm's qkv_bias=False models have none
   dtype: Dtype = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     *batch, tokens, width = x.shape
     if width % self.num_heads:
       raise ValueError(f'Width {width} is not divisible by num_heads={self.num_heads}.')
-    qkv = Dense(3 * width, dtype=self.dtype, name='qkv', kernel_init=fused_init(XAVIER, 3), use_bias=self.qkv_bias)(x)
+    qkv = Dense(3 * width, dtype=self.dtype, name='qkv', kernel_init=fused_init(XAVIER, 3), use_bias=self.qkv_bias,
+                kernels=self.kernels)(x)
     dropout = None
     if train and self.dropout_rate > 0:
       dropout = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)
-    out = multihead_attention(qkv.reshape(-1, tokens, 3 * width), self.num_heads, dropout)
-    return Dense(width, dtype=self.dtype, name='out', kernel_init=XAVIER)(out.reshape(*batch, tokens, width))
+    attend = attention_kernels.folded if self.kernels == CPU else multihead_attention
+    out = attend(qkv.reshape(-1, tokens, 3 * width), self.num_heads, dropout)
+    return Dense(width, dtype=self.dtype, name='out', kernel_init=XAVIER, kernels=self.kernels)(
+        out.reshape(*batch, tokens, width))
 
 
 class DropPath(nn.Module):
@@ -235,6 +248,7 @@ class MAPHead(nn.Module):
   mlp_dim: Optional[int] = None
   approximate_gelu: bool = True
   dtype: Dtype = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -245,94 +259,34 @@ class MAPHead(nn.Module):
         num_heads=self.num_heads, dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform())(probe, x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
-    x = x + MlpBlock(self.mlp_dim or 4 * width, approximate_gelu=self.approximate_gelu,
-                     dtype=self.dtype)(y)
+    x = x + MlpBlock(self.mlp_dim or 4 * width, approximate_gelu=self.approximate_gelu, dtype=self.dtype,
+                     kernels=self.kernels)(y)
     return x[:, 0]
-
-
-def _shifted_sum(x: jax.Array, kernel: jax.Array, lo: int, hi: int) -> jax.Array:
-  """sum_ij x[h + i - lo, w + j - lo] * kernel[i, j]: one loop fusion XLA runs near memory speed."""
-  k, (h, w) = kernel.shape[0], x.shape[1:3]
-  padded = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-  return sum(padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
-
-
-def _depthwise_kernel_gradient(x: jax.Array, dy: jax.Array, k: int, chunk_bytes: int = 1 << 20) -> jax.Array:
-  """d(loss)/d(kernel)[i, j, c] = sum over b, h, w of x[b, h + i - lo, w + j - lo, c] * dy[b, h, w, c].
-
-  The k*k reductions run over about a megabyte of images at a time (a scan over the
-  batch), so each tap's product is read from cache rather than from memory: 2-3x faster
-  than reducing each tap over the whole batch.
-  """
-  lo, hi = (k - 1) // 2, k // 2
-  batch, h, w, width = x.shape
-  image_bytes = h * w * width * x.dtype.itemsize
-  chunk = max(1, min(batch, chunk_bytes // image_bytes))
-  while batch % chunk:
-    chunk -= 1
-  padded = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-  padded = padded.reshape(batch // chunk, chunk, *padded.shape[1:])
-  dy = dy.reshape(batch // chunk, chunk, *dy.shape[1:])
-
-  def add_chunk(total, chunk_arrays):
-    xc, dc = chunk_arrays
-    taps = [jnp.sum(xc[:, i:i + h, j:j + w, :] * dc, axis=(0, 1, 2), dtype=jnp.float32)
-            for i in range(k) for j in range(k)]
-    return total + jnp.stack(taps), None
-
-  total, _ = jax.lax.scan(add_chunk, jnp.zeros((k * k, width), jnp.float32), (padded, dy))
-  return total.reshape(k, k, 1, width)
-
-
-@jax.custom_vjp
-def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """Depthwise 'SAME' convolution (kernel [k, k, 1, C]) as k*k shifted multiply-adds."""
-  k = kernel.shape[0]
-  return _shifted_sum(x, kernel, (k - 1) // 2, k // 2)
-
-
-def _depthwise_shifted_fwd(x, kernel):
-  return depthwise_conv_shifted(x, kernel), (x, kernel)
-
-
-def _depthwise_shifted_bwd(residuals, dy):
-  # Written out because autodiff of the shifted sum pads and slices dy once per tap and
-  # reduces each tap over the whole batch: 2x (ConvMixer-256/8) to 3x slower.
-  x, kernel = residuals
-  k = kernel.shape[0]
-  dx = _shifted_sum(dy, kernel[::-1, ::-1], k // 2, (k - 1) // 2)   # correlation with the flipped kernel
-  return dx, _depthwise_kernel_gradient(x, dy, k).astype(kernel.dtype)
-
-
-depthwise_conv_shifted.defvjp(_depthwise_shifted_fwd, _depthwise_shifted_bwd)
 
 
 class DepthwiseConv(nn.Module):
   """Depthwise k x k 'SAME' convolution; parameters laid out as nn.Conv's ([k, k, 1, C], [C]).
 
-  On CPU, XLA's grouped convolution (and above all its gradient) is an order of magnitude
-  slower than the same sum written as k*k shifted multiply-adds, which XLA fuses; the two
-  compute identical numbers. `impl='auto'` takes the shifts on CPU and the convolution
-  (cuDNN / TPU kernels) elsewhere.
+  The reference is XLA's grouped convolution (cuDNN and TPU kernels); `kernels='cpu'` computes the same
+  numbers as k*k shifted multiply-adds with a hand-written backward pass (isojax/kernels/depthwise.py),
+  an order of magnitude faster on XLA's CPU backend.
   """
   kernel_size: int
-  impl: str = 'auto'           # 'auto', 'shift', 'conv'
   kernel_init: Initializer = LECUN
   bias_init: Initializer = ZEROS
   dtype: Dtype = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    check_kernels(self.kernels)
     k, width = self.kernel_size, x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (k, k, 1, width))
     bias = self.param('bias', self.bias_init, (width,))
     x, kernel, bias = x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype)
-    impl = self.impl if self.impl != 'auto' else ('shift' if jax.default_backend() == 'cpu' else 'conv')
-    if impl == 'conv':
+    if self.kernels == CPU:
+      y = depthwise_kernels.shifted(x, kernel)
+    else:
       y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', feature_group_count=width,
                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    elif impl == 'shift':   # 'SAME' padding as XLA places it, for even k too
-      y = depthwise_conv_shifted(x, kernel)
-    else:
-      raise ValueError(f"Unknown depthwise impl {self.impl!r}; expected 'auto', 'shift' or 'conv'.")
     return y + bias

@@ -1,56 +1,98 @@
-"""Name -> model. Adding a family: import its module and add it to FAMILIES.
+"""Name -> model. Adding a family: a file in isojax/models/ ending with its `FAMILY = Family(...)`, and one
+line in `FAMILIES` below (models/family.py says what a family declares).
 
-A family module exposes `parse_name(name) -> fixed fields | None` and `format_name(fields)`
-(the name is the architecture: parametric, e.g. `ViT-S/16`, `ViT-384x6/4`, `Mixer-B/16`,
-`ConvMixer-128/6-k3-p2`), a factory `fn(num_classes, **fields) -> nn.Module`, VARIANTS
-(the published models: {name: fields}, for tables and defaults), SOURCE, IMAGE_SIZE and
-optionally IMAGE_SIZES and `published_name(fields)` (the published model whose defaults a
-name inherits, when that is not simply `format_name`).
+The name is the architecture (`ViT-S/16`, `ViT-384x6/4`, `ConvMixer-128/6-k3-p2`): width, depth, heads,
+patch... come from it, so changing the name changes all of them and nothing can disagree with it. The other
+fields (pooling, dropout, a ConvMixer's kernel where the name leaves it open) are a config's to set.
 """
+
 from __future__ import annotations
 
 import difflib
-import inspect
 import re
-from typing import Any, Callable, NamedTuple, Optional
+import typing
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+from ml_collections import config_dict
 
+from isojax import kernels as kernel_choices
 from isojax.models import cait, convmixer, convnext_iso, deit3, gmlp, hybrid, mixer, resmlp, resnet, resnetv2, vit
+from isojax.models.convert import FORMATS, Reader, Tensors
+from isojax.models.family import Family
 
-# One line per family: (module, factory).
-FAMILIES = (
-    (vit, vit.vit),
-    (deit3, deit3.deit3),
-    (hybrid, hybrid.hybrid),        # a ResNet stem under a ViT
-    (cait, cait.cait),
-    (mixer, mixer.mixer),
-    (resmlp, resmlp.resmlp),
-    (gmlp, gmlp.gmlp),
-    (convnext_iso, convnext_iso.convnext_iso),
-    (convmixer, convmixer.convmixer),
-    (resnet, resnet.resnet),        # the pyramid baselines (not an Isotropic)
-    (resnetv2, resnetv2.resnetv2),
-)
+# One line per family, in the order names are tried and listed.
+FAMILIES: list[Family] = [
+    vit.FAMILY,
+    deit3.FAMILY,
+    hybrid.FAMILY,        # a ResNet stem under a ViT
+    cait.FAMILY,
+    mixer.FAMILY,
+    resmlp.FAMILY,
+    gmlp.FAMILY,
+    convnext_iso.FAMILY,
+    convmixer.FAMILY,
+    resnet.FAMILY,        # the pyramid baselines (not an Isotropic)
+    resnetv2.FAMILY,
+]
+
+# Set by the run, not by a config's model section: config.dtype, config.remat, config.kernels, and pmap's axis.
+RUN_LEVEL_OPTIONS = ('dtype', 'remat', 'kernels', 'axis_name')
+# Model fields of older runs that a field of the run replaced: dropped when such a run's config is read.
+RETIRED_FIELDS = {'depthwise_impl': 'config.kernels'}
+
+
+def register(family: Family) -> Family:
+  """Adds `family` to the registry (a family defined outside isojax, a test's toy family); its name must be new."""
+  if any(f.name == family.name for f in FAMILIES):
+    raise ValueError(f'A model family named {family.name!r} is registered already; registered: {family_names()}.')
+  unknown = sorted(set(family.readers) - set(FORMATS))
+  if unknown:
+    raise ValueError(f'Family {family.name!r} has readers for unknown weight formats {unknown}; formats: {FORMATS}.')
+  FAMILIES.append(family)
+  return family
+
+
+def unregister(name: str) -> None:
+  """Removes the family `name` (what `register` added)."""
+  FAMILIES[:] = [f for f in FAMILIES if f.name != name]
+
+
+def family_names() -> list[str]:
+  return [f.name for f in FAMILIES]
+
+
+def family(name: str) -> Family:
+  """The registered family called `name` ('vit', 'mixer', ...)."""
+  for registered in FAMILIES:
+    if registered.name == name:
+      return registered
+  raise ValueError(f'Unknown model family {name!r}; registered: {family_names()}.')
 
 
 class Entry(NamedTuple):
   name: str                        # canonical
-  factory: Callable[..., nn.Module]
+  definition: Family               # what the family declared
   architecture: dict               # the fields the name fixes
   defaults: dict                   # other fields' defaults for this name (a published model's)
   image_size: int
-  module: Any
 
   @property
   def family(self) -> str:
-    """The family module's name: 'vit', 'mixer', 'convmixer', ..."""
-    return self.module.__name__.rsplit('.', 1)[-1]
+    """The family's name: 'vit', 'mixer', 'convmixer', ..."""
+    return self.definition.name
+
+  @property
+  def factory(self) -> Callable[..., nn.Module]:
+    return self.definition.factory
 
   def options(self) -> list[str]:
     """Every keyword argument of the factory (the fixed ones accept only their fixed value)."""
-    return [p for p in inspect.signature(self.factory).parameters if p != 'num_classes']
+    return self.definition.options()
 
   def free_options(self) -> list[str]:
     """The options the name leaves open (what a config's model section may set)."""
@@ -62,55 +104,49 @@ def _key(name: str) -> str:
   return re.sub(r'[^a-z0-9]', '', name.lower())
 
 
-def _published() -> dict[str, tuple[Any, Callable, str]]:
-  table = {}
-  for module, factory in FAMILIES:
-    for name in module.VARIANTS:
-      table[_key(name)] = (module, factory, name)
-  return table
-
-
-_PUBLISHED = _published()
+def _published() -> dict[str, tuple[Family, str]]:
+  """{loose key: (family, published name)}; a name spelled exactly as published wins over a loose match."""
+  return {key: (f, name) for f in FAMILIES for name in f.variants for key in (name, _key(name))}
 
 
 def names() -> list[str]:
   """The published models, in registration order (any parametric name works too)."""
-  return [name for _, _, name in _PUBLISHED.values()]
+  return [name for f in FAMILIES for name in f.variants]
 
 
-def _entry(module, factory, name: str) -> Entry:
-  arch = module.parse_name(name)
-  canonical = module.format_name({**module.VARIANTS.get(name, {}), **arch})
-  base = getattr(module, 'published_name', module.format_name)(arch)   # whose defaults the name inherits
-  published = module.VARIANTS.get(base, {})
+def _entry(family_: Family, name: str) -> Entry:
+  arch = family_.parse_name(name)
+  if arch is None:
+    raise ValueError(f'{name!r} is not a name of family {family_.name!r} (its parse_name refuses it).')
+  canonical = family_.format_name({**family_.variants.get(name, {}), **arch})
+  base = family_.published_name(arch) or family_.format_name(arch)   # whose defaults the name inherits
+  published = family_.variants.get(base, {})
   defaults = {k: v for k, v in published.items() if k not in arch}
-  sizes = getattr(module, 'IMAGE_SIZES', {})
-  return Entry(canonical, factory, arch, defaults, sizes.get(base, module.IMAGE_SIZE), module)
+  return Entry(canonical, family_, arch, defaults, family_.image_sizes.get(base, family_.image_size))
 
 
 def lookup(name: str) -> Entry:
   """The entry for `name` (published or parametric), or a ValueError listing the closest names."""
   if not isinstance(name, str):
     raise ValueError(f'A model name is a string like "ViT-S/16", got {name!r}.')
-  if _key(name) in _PUBLISHED:
-    module, factory, published = _PUBLISHED[_key(name)]
-    return _entry(module, factory, published)
-  for module, factory in FAMILIES:
-    if module.parse_name(name) is not None:
-      return _entry(module, factory, name)
-  close = difflib.get_close_matches(_key(name), list(_PUBLISHED), n=5, cutoff=0.5)
-  hint = ', '.join(_PUBLISHED[k][2] for k in close) or 'none'
+  published = _published()
+  found = published.get(name.strip()) or published.get(_key(name))
+  if found:
+    return _entry(*found)
+  for registered in FAMILIES:
+    if registered.parse_name(name) is not None:
+      return _entry(registered, name)
+  keys = {_key(n): n for n in names()}
+  close = difflib.get_close_matches(_key(name), list(keys), n=5, cutoff=0.5)
+  hint = ', '.join(keys[k] for k in close) or 'none'
   raise ValueError(f'Unknown model {name!r}. Closest names: {hint}. Names are parametric: '
-                   f'ViT-S/16, ViT-384x6/4 (width x depth / patch), Mixer-B/16, ResMLP-S12, gMLP-S/16, ConvMixer-256/8[-k5-p2]; '
-                   f'isojax.models.names() lists the {len(_PUBLISHED)} published ones.')
+                   f'ViT-S/16, ViT-384x6/4 (width x depth / patch), Mixer-B/16, ResMLP-S12, gMLP-S/16, ConvMixer-256/8'
+                   f'[-k5-p2]; isojax.models.names() lists the {len(keys)} published ones.')
 
 
-def name_for(family: str, fields: dict) -> str:
-  """The canonical name of the `family` ('vit', 'mixer', ...) model with these factory fields."""
-  for module, _ in FAMILIES:
-    if module.__name__.rsplit('.', 1)[-1] == family:
-      return module.format_name(fields)
-  raise ValueError(f'Unknown model family {family!r}; registered: {[m.__name__.rsplit(".", 1)[-1] for m, _ in FAMILIES]}.')
+def name_for(family_name: str, fields: dict) -> str:
+  """The canonical name of the `family_name` ('vit', 'mixer', ...) model with these factory fields."""
+  return family(family_name).format_name(fields)
 
 
 def default_image_size(name: str) -> int:
@@ -128,7 +164,7 @@ def resolve(name: str, **overrides: Any) -> tuple[Entry, dict]:
   for field, fixed in entry.architecture.items():
     if field in overrides and overrides[field] != fixed:
       wanted = {**entry.architecture, **entry.defaults, **overrides}
-      suggestion = entry.module.format_name({k: wanted[k] for k in wanted if k in allowed})
+      suggestion = entry.definition.format_name({k: wanted[k] for k in wanted if k in allowed})
       raise ValueError(f'The model name {entry.name!r} fixes {field}={fixed!r}, but {field}={overrides[field]!r} '
                        f'was given; the name is the architecture: name the model {suggestion!r} instead.')
   return entry, {**entry.defaults, **overrides, **entry.architecture}
@@ -137,26 +173,106 @@ def resolve(name: str, **overrides: Any) -> tuple[Entry, dict]:
 def describe(name: str, **overrides: Any) -> str:
   """The canonical name of `name` with `overrides` (e.g. 'ConvMixer-128/6-k3-p2')."""
   entry, fields = resolve(name, **overrides)
-  return entry.module.format_name(fields)
+  return entry.definition.format_name(fields)
 
 
 def create(name: str, num_classes: int, **overrides: Any) -> nn.Module:
-  """Builds the named model; `overrides` set the fields the name leaves open."""
+  """Builds the named model; `overrides` set the fields the name leaves open.
+
+  `kernels` ('auto' by default, for the families that have CPU fast paths) is resolved here, once: the model
+  computes the same whatever backend it is later traced on.
+  """
   if not isinstance(num_classes, int) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive int, got {num_classes!r}.')
   entry, fields = resolve(name, **overrides)
+  if 'kernels' in entry.options():
+    fields['kernels'] = kernel_choices.resolve(fields.get('kernels', 'auto'))
   return entry.factory(num_classes, **fields)
 
 
 def build(name: str, num_classes: int, overrides: Optional[dict] = None, dtype: Optional[str] = None,
-          remat: bool = False, axis_name: Optional[str] = None) -> nn.Module:
-  """`create` with the run-level options: compute dtype, rematerialised blocks, and under pmap the axis over
-  which BatchNorm models average their statistics (models without batch statistics ignore it)."""
+          remat: bool = False, axis_name: Optional[str] = None, kernels: str = 'auto') -> nn.Module:
+  """`create` with the run-level options: compute dtype, rematerialised blocks, kernels, and under pmap the axis
+  over which BatchNorm models average their statistics (models without batch statistics ignore it)."""
   overrides = dict(overrides or {})
+  options = lookup(name).options()
   if dtype:
     overrides['dtype'] = jnp.dtype(dtype)
   if remat:
     overrides['remat'] = True
-  if 'axis_name' in lookup(name).options():
+  if 'axis_name' in options:
     overrides['axis_name'] = axis_name
+  if 'kernels' in options:
+    overrides['kernels'] = kernels
   return create(name, num_classes, **overrides)
+
+
+# --- a config's model section -----------------------------------------------------------------------------------
+
+def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+  """`config.model`: the model's name and every field the name leaves open, spelled out.
+
+  `--config.model.name=ViT-B/16` changes the whole architecture; the open fields (pooling, dropout, a
+  ConvMixer's kernel) can be overridden from the command line (`--config.model.classifier=gap`).
+  """
+  entry, _ = resolve(name, **overrides)
+  hints = typing.get_type_hints(entry.factory)
+  fields: dict[str, Any] = {'name': entry.name}
+  for option, default in _open_fields(entry):
+    value = overrides.get(option, entry.defaults.get(option, default))
+    if value is None:   # an optional field: typed, so the command line can still set it
+      value = config_dict.placeholder(next(t for t in typing.get_args(hints[option]) if t is not type(None)))
+    fields[option] = value
+  return ml_collections.ConfigDict(fields)
+
+
+def _open_fields(entry: Entry) -> Iterable[tuple[str, Any]]:
+  defaults = entry.definition.defaults()
+  for option in entry.options():
+    if option not in RUN_LEVEL_OPTIONS and option not in entry.architecture:
+      yield option, defaults.get(option)
+
+
+def config_fields(config: ml_collections.ConfigDict) -> dict:
+  """The model section's fields beside the name, less fields a run-level option has since replaced."""
+  return {k: v for k, v in config.model.to_dict().items() if k != 'name' and k not in RETIRED_FIELDS}
+
+
+def from_config(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
+  """The model a run config describes, with its dtype, remat and kernels options."""
+  return build(config.model.name, num_classes, config_fields(config), config.get('dtype'), config.get('remat', False),
+               axis_name, config.get('kernels', 'auto'))
+
+
+def config_name(config: ml_collections.ConfigDict) -> str:
+  """The canonical name of the model a config describes ('ConvMixer-128/6-k3-p2')."""
+  return describe(config.model.name, **config_fields(config))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The name and the model fields agree (an unknown name or a contradiction fails here, before compiling)."""
+  resolve(config.model.name, **config_fields(config))
+
+
+def input_channels(variables: dict) -> int:
+  """The image channels a model's variables take, from its first convolution's kernel [kh, kw, channels, width]:
+  every isojax model begins with `stem` (the isotropic families, BiT) or `conv1` (ResNet), the hybrid's stem
+  with its ResNet's `backbone/conv_root`."""
+  params = variables['params']
+  stem = params['stem'] if 'stem' in params else params['conv1']
+  stem = traverse_util.flatten_dict(stem['backbone']['conv_root'] if 'backbone' in stem else stem)
+  return int(next(np.shape(v)[2] for k, v in stem.items() if k[-1] == 'kernel' and np.ndim(v) == 4))
+
+
+# --- weight files ---------------------------------------------------------------------------------------------
+
+def reader_for(file_format: str, tensors: Tensors) -> Reader:
+  """The reader of the one family that claims these tensors of a `file_format` file."""
+  claiming = [(f.name, f.readers[file_format]) for f in FAMILIES
+              if file_format in f.readers and f.readers[file_format].claims(tensors)]
+  if len(claiming) != 1:
+    readers = [f.name for f in FAMILIES if file_format in f.readers]
+    found = 'no family' if not claiming else f'several families ({[n for n, _ in claiming]})'
+    raise ValueError(f'{found} of the registry reads this {file_format} file (families with {file_format} readers: '
+                     f'{readers}; first keys: {sorted(tensors)[:5]}).')
+  return claiming[0][1]

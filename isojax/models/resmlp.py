@@ -12,59 +12,41 @@ timm's `_init_weights` (l.519-556): xavier-uniform linears with zero biases exce
 block (timm l.331-341 and deit's `dpr = [drop_path_rate] * depth`), not the linear ramp of ViT.
 
 Names: `ResMLP-S12`, `-S24`, `-S36` (width 384, patch 16), `ResMLP-B24` (width 768, patch 8) or
-`ResMLP-{width}x{depth}/{patch}`.
+`ResMLP-{width}x{depth}/{patch}` (`-r{ratio}` when the MLP is not 4x).
+
+Weight files: timm `resmlp_*` state dicts (`stem.proj`, `blocks.i.{norm1, linear_tokens, norm2, mlp_channels,
+ls1, ls2}`, `norm`, `head`), and the authors' (facebookresearch/deit resmlp_models.py: `patch_embed.`, `attn.`,
+`mlp.`, `gamma_1`), renamed to timm's as timm's `checkpoint_filter_fn` does (mlp_mixer.py l.559-573).
 """
 from __future__ import annotations
 
 import functools
-import re
 from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isojax.kernels import REFERENCE
+from isojax.models import convert
+from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
 from isojax.models.layers import XAVIER, ZEROS, Dense, MlpBlock
-from isojax.models.mixer import MixerStem
+from isojax.models.mixer import MixerStem, timm_block_variant
+from isojax.models.naming import PATCH_PARAMETRIC, SizedNames, Suffix
 
-_SIZES = {  # width, depth, patch: timm resmlp_12/24/36/big_24_224, mlp_mixer.py l.786-830
-    'S12': (384, 12, 16),
-    'S24': (384, 24, 16),
-    'S36': (384, 36, 16),
-    'B24': (768, 24, 8),
+SIZES = {  # width, depth, patch: timm resmlp_12/24/36/big_24_224, mlp_mixer.py l.786-830
+    'S12': dict(hidden_size=384, depth=12, patch_size=16),
+    'S24': dict(hidden_size=384, depth=24, patch_size=16),
+    'S36': dict(hidden_size=384, depth=36, patch_size=16),
+    'B24': dict(hidden_size=768, depth=24, patch_size=8),
 }
-_LAYER_SCALE = {'S12': 1e-4, 'S24': 1e-5, 'S36': 1e-6, 'B24': 1e-6}   # ResBlock's default 1e-4 (l.135) or partial(init_values=)
-VARIANTS = {f'ResMLP-{size}': dict(hidden_size=w, depth=d, patch_size=p, mlp_ratio=4, layer_scale_init=_LAYER_SCALE[size])
-            for size, (w, d, p) in _SIZES.items()}
-IMAGE_SIZE = 224
+# ResBlock's default 1e-4 (l.135) or the model's partial(init_values=)
+_LAYER_SCALE = {'S12': 1e-4, 'S24': 1e-5, 'S36': 1e-6, 'B24': 1e-6}
+NAMES = SizedNames('ResMLP', SIZES, (Suffix('r', 'mlp_ratio', lambda f: 4),), patch=PATCH_PARAMETRIC)
+VARIANTS = {f'ResMLP-{size}': dict(SIZES[size], mlp_ratio=4, layer_scale_init=_LAYER_SCALE[size]) for size in SIZES}
 SOURCE = 'timm/models/mlp_mixer.py Affine, ResBlock, resmlp_*_224 (port of facebookresearch/deit resmlp_models.py)'
-_NAME = re.compile(r'^resmlp[-_]?(?:(?P<size>s12|s24|s36|b24)|(?P<width>\d+)x(?P<depth>\d+)[/_-]?(?P<patch>\d+))'
-                   r'(?:-r(?P<ratio>\d+))?$', re.IGNORECASE)
-
-
-def parse_name(name: str) -> Optional[dict]:
-  """The architecture a ResMLP name fixes, or None when `name` is not a ResMLP name."""
-  match = _NAME.match(name.strip())
-  if not match:
-    return None
-  if match['size']:
-    if match['ratio']:
-      return None
-    width, depth, patch = _SIZES[match['size'].upper()]
-  else:
-    width, depth, patch = int(match['width']), int(match['depth']), int(match['patch'])
-  return dict(hidden_size=width, depth=depth, patch_size=patch, mlp_ratio=int(match['ratio'] or 4))
-
-
-def format_name(arch: dict) -> str:
-  """The canonical name of a ResMLP architecture (inverse of `parse_name`)."""
-  shape = (arch['hidden_size'], arch['depth'], arch['patch_size'])
-  ratio = '' if arch['mlp_ratio'] == 4 else f'-r{arch["mlp_ratio"]}'
-  for size, sized in _SIZES.items():
-    if sized == shape and not ratio:
-      return f'ResMLP-{size}'
-  return f'ResMLP-{arch["hidden_size"]}x{arch["depth"]}/{arch["patch_size"]}{ratio}'
 
 
 def layer_scale_for_depth(depth: int) -> float:
@@ -87,26 +69,85 @@ class Affine(nn.Module):
 class LinearTokenMixer(nn.Module):
   """Token mixer: one linear layer [tokens -> tokens] applied to every channel."""
   dtype: Any = jnp.float32
+  kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = Dense(x.shape[1], kernel_init=XAVIER, bias_init=ZEROS, dtype=self.dtype,
+    y = Dense(x.shape[1], kernel_init=XAVIER, bias_init=ZEROS, dtype=self.dtype, kernels=self.kernels,
               name='linear_tokens')(jnp.swapaxes(x, 1, 2))
     return jnp.swapaxes(y, 1, 2)
 
 
 def resmlp(num_classes: int, *, hidden_size: int, depth: int, patch_size: int, mlp_ratio: int = 4,
            layer_scale_init: Optional[float] = None, drop_path_rate: float = 0.0, dropout_rate: float = 0.0,
-           remat: bool = False, head_bias_init: float = 0.0, dtype: Any = jnp.float32) -> Isotropic:
+           remat: bool = False, head_bias_init: float = 0.0, dtype: Any = jnp.float32,
+           kernels: str = REFERENCE) -> Isotropic:
   """A ResMLP; `layer_scale_init=None` (an unpublished shape) takes 1e-4 / 1e-5 / 1e-6 by depth."""
   norm = functools.partial(Affine, dtype=dtype)
   block = functools.partial(
       MixingBlock, norm=norm,
       layer_scale_init=layer_scale_for_depth(depth) if layer_scale_init is None else layer_scale_init,
-      token_mixer=functools.partial(LinearTokenMixer, dtype=dtype),
+      token_mixer=functools.partial(LinearTokenMixer, dtype=dtype, kernels=kernels),
       channel_mixer=functools.partial(MlpBlock, mlp_ratio * hidden_size, dropout_rate=dropout_rate,
-                                      approximate_gelu=False, dtype=dtype))
+                                      approximate_gelu=False, dtype=dtype, kernels=kernels))
   head = PoolingHead(num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init),
-                     dtype=dtype)
+                     dtype=dtype, kernels=kernels)
   return Isotropic(MixerStem(hidden_size, patch_size, dtype=dtype), block, head, depth,
                    drop_path_rate=drop_path_rate, drop_path_schedule='constant', remat=remat, dtype=dtype)
+
+
+# --- weight files ----------------------------------------------------------------------------------------------
+
+def _is_facebook(state: Tensors) -> bool:
+  """facebookresearch/deit's names: its token mixer is one Linear called `attn`, its LayerScale `gamma_1`."""
+  return 'blocks.0.attn.weight' in state and 'blocks.0.gamma_1' in state
+
+
+def timm_names(state: Tensors) -> dict:
+  """facebookresearch/deit's ResMLP names -> timm's, as timm's mlp_mixer.py checkpoint_filter_fn (l.559-573)."""
+  if not _is_facebook(state):
+    return dict(state)
+  renamed = {}
+  for key, value in state.items():
+    for old, new in (('patch_embed.', 'stem.'), ('attn.', 'linear_tokens.'), ('mlp.', 'mlp_channels.'),
+                     ('gamma_', 'ls')):
+      key = key.replace(old, new)
+    renamed[key] = value
+  return renamed
+
+
+def _affine(state: Tensors, name: str) -> dict:
+  return {'alpha': state[f'{name}.alpha'].reshape(-1), 'beta': state[f'{name}.beta'].reshape(-1)}   # [1, 1, C]
+
+
+def timm_params(state: Tensors) -> dict:
+  """A timm ResMLP's state dict (timm's names) -> isojax's parameters."""
+  params: dict[str, Any] = {'stem': {'patch_embed': convert.patch_embedding(state, 'stem.proj')}}
+  for i in range(convert.block_count(state, r'blocks\.(\d+)\.')):
+    b = f'blocks.{i}'
+    params[f'block_{i}'] = {
+        'norm1': _affine(state, f'{b}.norm1'), 'norm2': _affine(state, f'{b}.norm2'),
+        'token_mixing': {'linear_tokens': convert.linear(state, f'{b}.linear_tokens')},
+        'channel_mixing': {'Dense_0': convert.linear(state, f'{b}.mlp_channels.fc1'),
+                           'Dense_1': convert.linear(state, f'{b}.mlp_channels.fc2')},
+        'ls1': {'scale': state[f'{b}.ls1']}, 'ls2': {'scale': state[f'{b}.ls2']}}
+  params['final_norm'] = _affine(state, 'norm')
+  if 'head.weight' in state:
+    params['head'] = convert.linear(state, 'head')
+  return params
+
+
+def from_timm(state: Tensors) -> Weights:
+  """A timm (or facebookresearch/deit) ResMLP state dict -> `Weights`."""
+  tracked = KeyTracker(timm_names(state))
+  variables = {'params': timm_params(tracked)}
+  convert.refuse_unread(tracked, 'tensor(s) of this timm resmlp file', 'It is a timm variant isojax does not implement.')
+  return timm_block_variant(tracked, variables, 'resmlp', 'linear_tokens', 'The token-mixing layer')
+
+
+def _is_timm_resmlp(state: Tensors) -> bool:
+  return convert.has_key(state, '.linear_tokens.weight') or _is_facebook(state)
+
+
+FAMILY = Family(name='resmlp', factory=resmlp, parse_name=NAMES.parse, format_name=NAMES.format, variants=VARIANTS,
+                source=SOURCE, readers={TIMM: Reader(_is_timm_resmlp, from_timm)})

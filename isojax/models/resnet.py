@@ -12,6 +12,9 @@ gain), BatchNorm scale 1 / bias 0 except the last BatchNorm of each residual bra
 0.1, eps 1e-5), its statistics averaged over `axis_name` under pmap (synced BatchNorm).
 
 Names: `ResNet-{18,34,50,101,152}`; `ResNet-18-w16` for a narrower one (stem and first stage 16 wide, not 64).
+
+Weight files: torchvision-layout state dicts (timm `resnet18` ... `resnet152`): `conv1`/`bn1`,
+`layer{s}.{b}.{conv,bn}{1,2,3}`, `downsample.{0,1}`, `fc`; BatchNorm running statistics become `batch_stats`.
 """
 from __future__ import annotations
 
@@ -22,12 +25,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.models.layers import Dense, keep_feature, torch_default_init
+from isojax.models import convert
+from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.family import Family
+from isojax.models.layers import keep_feature, torch_default_init
 
 STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3)),
-           101: ('bottleneck', (3, 4, 23, 3)), 152: ('bottleneck', (3, 8, 36, 3))}
+          101: ('bottleneck', (3, 4, 23, 3)), 152: ('bottleneck', (3, 8, 36, 3))}
 VARIANTS = {f'ResNet-{depth}': dict(depth=depth) for depth in STAGES}
-IMAGE_SIZE = 224
 SOURCE = 'torchvision models/resnet.py as timm/models/resnet.py loads it (resnet18 ... resnet152)'
 _NAME = re.compile(r'^resnet[-_]?(?P<depth>\d+)(?:-w(?P<width>\d+))?$', re.IGNORECASE)
 # kaiming_normal_(mode='fan_out', nonlinearity='relu'): N(0, 2 / fan_out), not truncated.
@@ -42,7 +47,7 @@ def parse_name(name: str) -> Optional[dict]:
   return dict(depth=int(match['depth']), width=int(match['width'] or 64))
 
 
-def format_name(arch: dict) -> str:
+def format_name(arch) -> str:
   width = arch.get('width', 64)
   return f'ResNet-{arch["depth"]}' + (f'-w{width}' if width != 64 else '')
 
@@ -107,7 +112,7 @@ class ResNet(nn.Module):
     x = x.mean(axis=(1, 2))
     keep_feature(self, 'pre_logits', x)
     kernel_init, bias_init = torch_default_init(x.shape[-1])
-    logits = Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype, name='head')(x)
+    logits = nn.Dense(self.num_classes, kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype, name='head')(x)
     return logits.astype(jnp.float32)
 
 
@@ -118,3 +123,59 @@ def resnet(num_classes: int, *, depth: int, width: int = 64, axis_name: Optional
   if depth not in STAGES:
     raise ValueError(f'ResNet depth {depth} is not one of {sorted(STAGES)}.')
   return ResNet(num_classes, depth, width, axis_name=axis_name, zero_init_last=zero_init_last, dtype=dtype)
+
+
+# --- weight files ----------------------------------------------------------------------------------------------
+
+def stage_blocks(state: Tensors, stage: str, first: int) -> list[int]:
+  """Blocks in each of a ResNet's 4 stages, whose keys start `stage.format(s)`.<block>. for s = first..first+3."""
+  return [1 + max((int(m.group(1)) for k in state if (m := re.match(re.escape(stage.format(s)) + r'\.(\d+)\.', k))),
+                  default=-1) for s in range(first, first + 4)]
+
+
+def timm_variables(state: Tensors) -> dict:
+  """torchvision-layout ResNet (timm `resnet18` ... `resnet152`): conv{k}/bn{k}, downsample.{0,1}, fc."""
+  params: dict[str, Any] = {}
+  stats: dict[str, Any] = {}
+
+  def conv_bn_of(prefix, conv, bn, target, suffix):
+    target_params = params if target is None else params.setdefault(target, {})
+    target_stats = stats if target is None else stats.setdefault(target, {})
+    target_params[f'conv{suffix}'] = {'kernel': convert.conv_kernel(state[f'{prefix}{conv}.weight'])}
+    target_params[f'bn{suffix}'], target_stats[f'bn{suffix}'] = convert.batchnorm(state, f'{prefix}{bn}')
+
+  conv_bn_of('', 'conv1', 'bn1', None, '1')
+  for stage, count in enumerate(stage_blocks(state, 'layer{}', 1), start=1):
+    for i in range(count):
+      prefix, name = f'layer{stage}.{i}.', f'layer{stage}_{i}'
+      for k in (1, 2, 3):
+        if f'{prefix}conv{k}.weight' in state:
+          conv_bn_of(prefix, f'conv{k}', f'bn{k}', name, str(k))
+      if f'{prefix}downsample.0.weight' in state:
+        conv_bn_of(prefix, 'downsample.0', 'downsample.1', name, '_downsample')
+  if 'fc.weight' in state:
+    params['head'] = convert.linear(state, 'fc')
+  return {'params': params, 'batch_stats': stats}
+
+
+def from_timm(state: Tensors) -> Weights:
+  """A torchvision/timm ResNet state dict -> `Weights`."""
+  tracked = KeyTracker(state)
+  variables = timm_variables(tracked)
+  convert.refuse_unread(tracked, 'tensor(s) of this timm resnet file', 'It is a timm variant isojax does not '
+                        'implement.', ignore=lambda k: k.endswith('num_batches_tracked'))   # BatchNorm's step counter
+  blocks = tuple(stage_blocks(state, 'layer{}', 1))
+  kind = 'bottleneck' if 'layer1.0.conv3.weight' in state else 'basic'
+  depth = next((d for d, shape in STAGES.items() if shape == (kind, blocks)), None)
+  if depth is None:
+    raise ValueError(f'A timm ResNet with {kind} blocks {blocks} is none of ResNet-{sorted(STAGES)}.')
+  return Weights(variables, 'resnet', dict(depth=depth), convert.classes(state, 'fc.weight'), None, {},
+                 int(state['conv1.weight'].shape[1]))
+
+
+def _is_timm_resnet(state: Tensors) -> bool:
+  return 'conv1.weight' in state and 'layer1.0.conv1.weight' in state
+
+
+FAMILY = Family(name='resnet', factory=resnet, parse_name=parse_name, format_name=format_name, variants=VARIANTS,
+                source=SOURCE, readers={TIMM: Reader(_is_timm_resnet, from_timm)})

@@ -19,6 +19,9 @@ at aa4b585 as `resnetv2_50x1_bit` builds it (l.876-895, 1009-1013; `_create_resn
 
 Names: `BiT-R50x1` (also `ResNetV2-50x1`, timm's `resnetv2_50x1_bit`), `BiT-R{50,101,152}x{1,2,3,4}`; narrower
 than BiT publishes, `BiT-R50-w16-g8` (stem width 16, 8 groups per GroupNorm).
+
+Weight files: timm `resnetv2_*_bit` state dicts (`stem.conv`, `stages.S.blocks.B.{norm1-3, conv1-3,
+downsample.conv}`, `norm`, `head.fc` as a 1x1 convolution on the pooled map: a dense layer here).
 """
 from __future__ import annotations
 
@@ -29,12 +32,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isojax.models import convert
+from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.family import Family
 from isojax.models.layers import keep_feature
-from isojax.models.resnet import KAIMING_FAN_OUT
+from isojax.models.resnet import KAIMING_FAN_OUT, stage_blocks
 
 STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 VARIANTS = {'BiT-R50x1': dict(depth=50, width_factor=1)}
-IMAGE_SIZE = 224
 SOURCE = 'timm/models/resnetv2.py resnetv2_50x1_bit (ResNetV2, PreActBottleneck, StdConv2d eps 1e-8, fixed stem)'
 _NAME = re.compile(r'^(?:bit[-_]?r|resnetv2[-_]?)(?P<depth>\d+)(?:x(?P<width>\d+)|-w(?P<root>\d+))(?:-g(?P<groups>\d+))?'
                    r'(?:[-_]bit)?$', re.IGNORECASE)
@@ -49,7 +54,7 @@ def parse_name(name: str) -> Optional[dict]:
   return dict(depth=int(match['depth']), width_factor=width_factor, norm_groups=int(match['groups'] or 32))
 
 
-def format_name(arch: dict) -> str:
+def format_name(arch) -> str:
   groups, factor = arch.get('norm_groups', 32), arch['width_factor']
   width = f'x{int(factor)}' if factor == int(factor) else f'-w{round(64 * factor)}'
   return f'BiT-R{arch["depth"]}{width}' + (f'-g{groups}' if groups != 32 else '')
@@ -140,3 +145,45 @@ def resnetv2(num_classes: int, *, depth: int, width_factor: float = 1, norm_grou
                      f'first bottleneck are {narrowest} wide; choose norm_groups dividing {narrowest} '
                      f'(name the model BiT-R{depth}-w{narrowest}-g<groups>).')
   return ResNetV2(num_classes, depth, width_factor, norm_groups, dtype=dtype)
+
+
+# --- weight files ----------------------------------------------------------------------------------------------
+
+def timm_params(state: Tensors) -> dict:
+  """timm `resnetv2_*_bit`: stem.conv, stages.S.blocks.B.{norm1-3, conv1-3, downsample.conv}, norm, head.fc."""
+  params: dict[str, Any] = {'stem': {'kernel': convert.conv_kernel(state['stem.conv.weight'])}}
+  for stage, count in enumerate(stage_blocks(state, 'stages.{}.blocks', 0)):
+    for i in range(count):
+      p = f'stages.{stage}.blocks.{i}'
+      block = {f'norm{k}': convert.norm(state, f'{p}.norm{k}') for k in (1, 2, 3)}
+      block.update({f'conv{k}': {'kernel': convert.conv_kernel(state[f'{p}.conv{k}.weight'])} for k in (1, 2, 3)})
+      if f'{p}.downsample.conv.weight' in state:
+        block['downsample'] = {'kernel': convert.conv_kernel(state[f'{p}.downsample.conv.weight'])}
+      params[f'stage{stage + 1}_{i}'] = block
+  params['final_norm'] = convert.norm(state, 'norm')
+  if 'head.fc.weight' in state:   # a 1x1 convolution on the pooled map: a dense layer
+    params['head'] = {'kernel': state['head.fc.weight'][:, :, 0, 0].T, 'bias': state['head.fc.bias']}
+  return params
+
+
+def from_timm(state: Tensors) -> Weights:
+  """A timm `resnetv2_*_bit` state dict -> `Weights`."""
+  tracked = KeyTracker(state)
+  variables = {'params': timm_params(tracked)}
+  convert.refuse_unread(tracked, 'tensor(s) of this timm resnetv2 file', 'It is a timm variant isojax does not '
+                        'implement.')
+  blocks = tuple(stage_blocks(state, 'stages.{}.blocks', 0))
+  depth = next((d for d, shape in STAGES.items() if shape == blocks), None)
+  if depth is None:
+    raise ValueError(f'A timm ResNet-V2 with blocks {blocks} is none of BiT-R{sorted(STAGES)}.')
+  stem = state['stem.conv.weight']
+  fields = dict(depth=depth, width_factor=int(stem.shape[0]) // 64)
+  return Weights(variables, 'resnetv2', fields, convert.classes(state, 'head.fc.weight'), None, {}, int(stem.shape[1]))
+
+
+def _is_timm_resnetv2(state: Tensors) -> bool:
+  return 'stem.conv.weight' in state and 'stages.0.blocks.0.conv1.weight' in state
+
+
+FAMILY = Family(name='resnetv2', factory=resnetv2, parse_name=parse_name, format_name=format_name, variants=VARIANTS,
+                source=SOURCE, readers={TIMM: Reader(_is_timm_resnetv2, from_timm)})

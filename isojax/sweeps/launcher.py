@@ -13,7 +13,7 @@ import time
 from typing import Optional
 
 from isojax.sweeps import results, spec
-from isojax.training import workdir as workdir_lib
+from isojax.core import workdir as workdir_lib
 
 
 def _flag_value(value) -> str:

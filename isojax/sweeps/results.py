@@ -15,7 +15,12 @@ import re
 import statistics
 from typing import Any, Optional
 
-from isojax.training import workdir as workdir_lib
+import matplotlib
+
+from isojax import models
+from isojax.core import workdir as workdir_lib
+from isojax.evaluation import explain
+from isojax.training import plan
 
 COLUMNS = ('model', 'shape', 'best_accuracy', 'final_accuracy', 'final_loss', 'parameters', 'gflops_per_image',
            'train_images_per_sec', 'eval_images_per_sec', 'steps', 'wall_time_sec')
@@ -56,19 +61,17 @@ def _primary_evaluator(trial_dir: str) -> str:
 def model_profile(trial_dir: str) -> dict[str, Any]:
   """{'model', 'parameters', 'gflops_per_image', 'shape', 'profile'} of a trial's model, from its config and
   dataset record alone (abstract evaluation: nothing is initialised); {} before the trial has written them, or when the model cannot be built."""
-  from isojax import explain
-  from isojax.training import config_base, plan
   try:
     config, info = workdir_lib.read_config(trial_dir), workdir_lib.read_dataset_info(trial_dir)
   except FileNotFoundError:
     return {}
   try:
-    model = config_base.create_model(config, info['num_classes'])
+    model = models.from_config(config, info['num_classes'])
     parameters, gflops = plan.model_cost(model, config.data.image_size, info['channels'])
     profile = explain.shape_profile(model, config.data.image_size, info['channels'])
   except ValueError:   # a model that cannot be built (the trial failed for it: its error says why)
     return {}
-  return {'model': config_base.model_name(config), 'parameters': parameters, 'gflops_per_image': gflops,
+  return {'model': models.config_name(config), 'parameters': parameters, 'gflops_per_image': gflops,
           'shape': shape_kind(profile), 'profile': profile}
 
 
@@ -150,9 +153,8 @@ def write(sweep_dir: str) -> list[dict[str, Any]]:
 
 
 def _pyplot():
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
+  matplotlib.use('Agg')   # before pyplot is imported: files only, no display
+  import matplotlib.pyplot as plt   # lazily: matplotlib picks its backend on this import
   return plt
 
 

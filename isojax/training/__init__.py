@@ -1,2 +1,3 @@
-"""Training: the config and its resolved plan, the optimizer, the pure train step, the loop that runs it
-across devices and hosts, checkpoints, metrics, preemption, and the workdir format every run writes."""
+"""Training: the optimizer (`optim`), the pure train step (`train_step`), the loop that runs it across devices
+and hosts (`loop`), a config resolved before it trains (`plan`), metrics for files and people (`metrics`),
+stopping on a signal (`preemption`), and the step's speed and memory (`benchmark`)."""

@@ -1,43 +1,51 @@
 """The training loop: config + workdir in, checkpoints + metrics out.
 
-Read top to bottom: validate -> data -> model -> optimizer -> state (fresh or resumed)
--> pmap steps with periodic eval/checkpoint -> final eval, checkpoint and summary.
+Read top to bottom: `train_and_evaluate` validates, holds the workdir and calls `_train`, which builds the run
+(`_set_up`: data, model, optimizer, evaluators), restores or initialises its state (`_initial_state`),
+compiles, then steps; after each step the periodic actions run in order (log, evaluate, checkpoint, stop on a
+signal), and the last step ends with the final evaluations and the summary (`_summary`). Metrics still on the
+devices wait in a `MetricsBuffer` until the next action reads them back.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import itertools
+import logging
 import os
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import optax
 
-from isojax import data, evaluation
-from isojax.training import checkpoint as checkpoint_lib
-from isojax.training import config_base, optim, parallel, plan, preemption, train_step
-from isojax.training import workdir as workdir_lib
+from isojax import data, evaluation, models
+from isojax.core import checkpoint as checkpoint_lib
+from isojax.core import devices, validation
+from isojax.core import workdir as workdir_lib
+from isojax.training import optim, plan, preemption, train_step
 from isojax.training.metrics import MetricWriter, Progress, summary_line
 from isojax.weights import pretrained  # init_from: published weights or a finished run
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Errors a user can act on, raised before anything is compiled."""
-  config_base.validate(config)   # values that cannot be right, by field name
-  devices = jax.device_count()
-  if config.batch_size % devices:
-    raise ValueError(f'batch_size={config.batch_size} is not divisible by the {devices} devices; '
-                     f'use a multiple of {devices} (e.g. {devices * max(1, config.batch_size // devices)}).')
-  per_device = config.batch_size // devices
+  validation.validate(config)   # values that cannot be right, by field name
+  count = jax.device_count()
+  if config.batch_size % count:
+    raise ValueError(f'batch_size={config.batch_size} is not divisible by the {count} devices; '
+                     f'use a multiple of {count} (e.g. {count * max(1, config.batch_size // count)}).')
+  per_device = config.batch_size // count
   if per_device % config.grad_accum_steps:
     raise ValueError(f'The per-device batch {per_device} is not divisible by grad_accum_steps='
                      f'{config.grad_accum_steps}.')
-  if config.eval_batch_size % devices:
-    raise ValueError(f'eval_batch_size={config.eval_batch_size} is not divisible by the {devices} devices.')
-  plan.validate_model(config)  # unknown names, and fields that contradict the name, fail here
+  if config.eval_batch_size % count:
+    raise ValueError(f'eval_batch_size={config.eval_batch_size} is not divisible by the {count} devices.')
+  models.check_config(config)  # unknown names, and fields that contradict the name, fail here
 
 
 class TrainResult(NamedTuple):
@@ -49,19 +57,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """Trains `config` in `workdir`, resuming from its latest checkpoint."""
   start_time = time.time()
   if config.distributed.enabled:
-    parallel.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
-                                    config.distributed.process_id, config.distributed.cpu_collectives)
+    devices.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
+                                   config.distributed.process_id, config.distributed.cpu_collectives)
   is_writer = jax.process_index() == 0
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.exclusive(workdir, enabled=is_writer):   # one run per workdir
-    return _train_and_evaluate(config, workdir, start_time, is_writer)
+    return _train(config, workdir, start_time, is_writer)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_time: float,
-                        is_writer: bool) -> TrainResult:
+@dataclasses.dataclass
+class Run:
+  """What a run is made of once it is set up; training changes none of it."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  is_writer: bool
+  builder: Any
+  info: data.DatasetInfo
+  steps: int
+  steps_per_epoch: float
+  model: nn.Module
+  tx: optax.GradientTransformation
+  learning_rate: Callable[[Any], Any]
+  checkpointer: checkpoint_lib.Checkpointer
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.config.data.image_size, self.config.data.image_size, self.info.channels)
+
+  @property
+  def use_ema(self) -> bool:
+    return self.config.ema_decay > 0 and self.config.eval_with_ema
+
+
+def _set_up(config: ml_collections.ConfigDict, workdir: str, is_writer: bool) -> Run:
+  """The workdir recorded, the dataset opened, the model, optimizer and checkpointer built."""
   workdir_lib.prepare(workdir, config, write=is_writer)
-
   # Processes sharing a disk take turns preparing the data (a file lock in get_builder).
   builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download,
                              config.data.get('skip_bad_files', False))
@@ -69,148 +100,120 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, start_t
   if is_writer:
     workdir_lib.write_dataset_info(workdir, dataclasses.asdict(info))
   durations = plan.durations(config, info.num_train)
-  steps = durations.total_steps
-  image_shape = (config.data.image_size, config.data.image_size, info.channels)
-
-  model = config_base.create_model(config, info.num_classes, axis_name=train_step.AXIS)
-  tx, learning_rate = optim.create(config.optimizer, steps, durations.steps_per_epoch)
-  init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape,
-                           ema=config.ema_decay > 0)
-  rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
-  jax.eval_shape(init, rng_init)  # shape errors (e.g. patch size) surface here, before compiling
-
+  model = models.from_config(config, info.num_classes, axis_name=devices.AXIS)
+  tx, learning_rate = optim.create(config.optimizer, durations.total_steps, durations.steps_per_epoch)
   checkpointer = checkpoint_lib.Checkpointer(
       workdir_lib.checkpoint_dir(workdir), keep=config.checkpoint.keep,
       keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
+  return Run(config, workdir, is_writer, builder, info, durations.total_steps, durations.steps_per_epoch, model, tx,
+             learning_rate, checkpointer)
+
+
+def _initial_state(run: Run, rng_init: jax.Array) -> train_step.TrainState:
+  """The newest readable checkpoint's state, else a fresh one (from `init_from` weights if given), on the host."""
+  init = functools.partial(train_step.init_state, run.model, run.tx, image_shape=run.image_shape,
+                           ema=run.config.ema_decay > 0)
+  jax.eval_shape(init, rng_init)  # shape errors (e.g. patch size) surface here, before compiling
   with jax.default_device(jax.local_devices(backend='cpu')[0]):   # fresh state on the host, not the accelerator
     state = jax.jit(init)(rng_init)
-  if checkpointer.latest_step() is not None:
-    _, state = checkpointer.restore(state)   # the newest readable checkpoint; a corrupt one is skipped, warned
-  elif config.init_from:
-    variables = pretrained.load(config.init_from, model, config.data.image_size, info.channels)
-    ema = state.ema_params is not None
-    state = state.replace(params=variables['params'], batch_stats=variables.get('batch_stats', {}),
-                          opt_state=tx.init(variables['params']),
-                          ema_params=variables['params'] if ema else None,
-                          ema_batch_stats=variables.get('batch_stats', {}) if ema else None)
-  state = jax.device_get(state)
-  start_step = int(state.step)
-  if is_writer:   # metrics past the restored checkpoint (or of deleted checkpoints) are not this run's
-    workdir_lib.discard_metrics_after(workdir, start_step)
-  parallel.wait_for_all_processes('metrics_trimmed')
+  if run.checkpointer.latest_step() is not None:
+    _, state = run.checkpointer.restore(state)   # the newest readable checkpoint; a corrupt one is skipped, warned
+  elif run.config.init_from:
+    variables = pretrained.load(run.config.init_from, run.model, run.config.data.image_size, run.info.channels)
+    params, batch_stats, ema = variables['params'], variables.get('batch_stats', {}), state.ema_params is not None
+    state = state.replace(params=params, batch_stats=batch_stats, opt_state=run.tx.init(params),
+                          ema_params=params if ema else None, ema_batch_stats=batch_stats if ema else None)
+  return jax.device_get(state)
 
-  writer = MetricWriter(workdir, enabled=is_writer)
-  progress = Progress(steps, start_step, enabled=is_writer)
-  progress.message(f'{config_base.model_name(config)} on {config.data.name}: {info.num_train} train / {info.num_eval} eval '
-                   f'examples, {info.num_classes} classes; {steps} steps of {config.batch_size} on '
-                   f'{jax.device_count()} device(s)' + (f'; resuming at step {start_step}' if start_step else ''))
 
-  step_fn = train_step.pmapped_train_step(
-      model=model, tx=tx, learning_rate=learning_rate, num_classes=info.num_classes,
+def _step_function(run: Run) -> Callable:
+  config = run.config
+  normalization = data.device_normalization(config.data.train_pp) if config.data.uint8_batches else None
+  return train_step.pmapped_train_step(
+      model=run.model, tx=run.tx, learning_rate=run.learning_rate, num_classes=run.info.num_classes,
       label_smoothing=config.label_smoothing, mixup_alpha=config.mixup.mixup_alpha,
       cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
-      loss=config.get('loss', 'softmax_xent'),
-      image_normalization=data.device_normalization(config.data.train_pp) if config.data.uint8_batches else None)
-  # Bad datasets, splits and features fail here; evaluators on the training data share its builder.
-  evaluators = evaluation.create(config, model, info.num_classes, train_builder=builder)
-  primary, best_metric = evaluation.best_metric(config)
-  use_ema = config.ema_decay > 0 and config.eval_with_ema
-  batches = parallel.prefetch(data.train_batches(
-      builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
-      per_device_batch=config.batch_size // jax.device_count(), **parallel.data_host(), seed=config.seed,
+      loss=config.get('loss', 'softmax_xent'), image_normalization=normalization)
+
+
+def _train_batches(run: Run, start_step: int) -> Iterator[Any]:
+  config = run.config
+  return devices.prefetch(data.train_batches(
+      run.builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
+      per_device_batch=config.batch_size // jax.device_count(), **devices.data_host(), seed=config.seed,
       start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache,
       uint8_batches=config.data.uint8_batches))
 
-  # Compile ahead of time, then start together: the first collective of a multi-process run must
-  # not wait on another process's compilation.
-  compile_start = time.time()
-  replicated = parallel.replicate(state)
-  del state
-  first_batch = next(batches)
-  step_fn.lower(replicated, first_batch, rng_train).compile()   # fills the call's cache
-  for evaluator in evaluators.values():
-    evaluator.compile(replicated.variables(use_ema))
-  progress.message(f'compiled the train step and {len(evaluators)} evaluator(s) in {time.time() - compile_start:.1f}s')
-  parallel.wait_for_all_processes('compiled')
-  batches = itertools.chain([first_batch], batches)
 
-  best = _best_so_far(workdir, primary, best_metric)
-  results: dict[str, dict] = {}               # each evaluator's latest metrics
-  pending: list[tuple[int, Any]] = []        # (step, device metrics) not yet read back
-  log_time, log_step, paused = time.time(), start_step, 0.0
+class MetricsBuffer:
+  """Step metrics still on the devices, read back (and checked for NaN) when an action needs them."""
 
-  def flush_train_metrics(step):
-    """Reads back the pending step metrics: NaN check, averages, log line."""
-    nonlocal log_time, log_step, pending, paused
-    if not pending:
+  def __init__(self, run: Run, writer: MetricWriter, progress: Progress, start_step: int):
+    self.run, self.writer, self.progress = run, writer, progress
+    self.pending: list[tuple[int, Any]] = []
+    self.log_time, self.log_step, self.paused = time.time(), start_step, 0.0
+
+  def add(self, step: int, metrics: Any) -> None:
+    self.pending.append((step, devices.first_local(metrics)))
+
+  def pause(self, seconds: float) -> None:
+    """Time spent outside training (evaluation) that is not training throughput."""
+    self.paused += seconds
+
+  def flush(self, step: int) -> None:
+    """Reads back the pending step metrics: NaN check, averages, one log line."""
+    if not self.pending:
       return
-    host = jax.device_get([m for _, m in pending])
-    for (s, _), m in zip(pending, host):
+    host = jax.device_get([m for _, m in self.pending])
+    for (s, _), m in zip(self.pending, host):
       if not np.isfinite(m['loss']):
         raise FloatingPointError(f'Loss became {m["loss"]} at step {s}; stopping. The last checkpoint '
-                                 f'(step {checkpointer.latest_step()}) has finite parameters.')
+                                 f'(step {self.run.checkpointer.latest_step()}) has finite parameters.')
     mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-    elapsed = time.time() - log_time - paused   # evaluation time is not training throughput
-    mean['images_per_sec'] = (step - log_step) * config.batch_size / max(elapsed, 1e-9)
-    mean['steps_per_sec'] = (step - log_step) / max(elapsed, 1e-9)
-    writer.write(step, 'train', mean)
-    progress.update(step, mean['loss'], mean['lr'], mean['images_per_sec'])
-    pending, log_time, log_step, paused = [], time.time(), step, 0.0
+    elapsed = max(time.time() - self.log_time - self.paused, 1e-9)
+    mean['images_per_sec'] = (step - self.log_step) * self.run.config.batch_size / elapsed
+    mean['steps_per_sec'] = (step - self.log_step) / elapsed
+    self.writer.write(step, 'train', mean)
+    self.progress.update(step, mean['loss'], mean['lr'], mean['images_per_sec'])
+    self.pending, self.log_time, self.log_step, self.paused = [], time.time(), step, 0.0
 
-  with preemption.StopSignals() as stop_signals:   # SIGTERM/SIGINT: finish the step, checkpoint, stop
-    for step in range(start_step + 1, steps + 1):
-      replicated, metrics = step_fn(replicated, next(batches), rng_train)   # batches arrive on device
-      checkpointer.check_for_errors()   # a failed background save (disk full) stops the run now
-      pending.append((step, parallel.first_local(metrics)))
-      last = step == steps
-      if step % config.log_every == 0 or last:
-        flush_train_metrics(step)
-      due = [e for e in evaluators.values() if e.due(step, last)]
-      if due:
-        flush_train_metrics(step)   # never evaluate past an unnoticed NaN
-        eval_start = time.time()
-        variables = replicated.variables(use_ema)
-        for evaluator in due:
-          results[evaluator.name] = evaluator.evaluate(variables, step)
-          writer.write(step, 'eval', results[evaluator.name], evaluator=evaluator.name)
-        progress.message(f'eval @ {step}: ' + evaluation.display({e.name: results[e.name] for e in due}, primary,
-                                                                 list(config.progress_metrics) or None))
-        if primary in (e.name for e in due) and (best is None or results[primary][best_metric] > best[0]):
-          best = (results[primary][best_metric], step)
-        paused += time.time() - eval_start
-      if step % config.checkpoint.every == 0 or last:
-        flush_train_metrics(step)   # never checkpoint past an unnoticed NaN
-        evaluated_now = evaluators[primary].due(step, last)
-        checkpointer.save(step, parallel.unreplicate(replicated),
-                          metrics={'accuracy': results[primary][best_metric]} if evaluated_now else None)
 
-      stop = stop_signals.requested(step)
-      if stop and not last:
-        flush_train_metrics(step)
-        if not step % config.checkpoint.every == 0:   # not saved above
-          checkpointer.save(step, parallel.unreplicate(replicated))
-        checkpointer.wait()
-        checkpointer.close()
-        writer.close()
-        raise preemption.Preempted(step, stop)
+@dataclasses.dataclass
+class Evaluations:
+  """The evaluators, each one's latest metrics, and the best value of the metric that picks checkpoints."""
+  evaluators: dict[str, evaluation.Evaluator]
+  primary: str
+  metric: str
+  best: Optional[tuple[float, int]]
+  results: dict[str, dict] = dataclasses.field(default_factory=dict)
 
-  checkpointer.wait()
-  checkpointer.close()
-  for evaluator in evaluators.values():   # resumed a finished run: report its last evaluation
-    if evaluator.name not in results:
-      results[evaluator.name] = evaluator.evaluate(replicated.variables(use_ema), steps)
-  final = results[primary]
-  wall = time.time() - start_time
-  summary = {'best_accuracy': best[0] if best else None, 'best_step': best[1] if best else None,
-             'best_metric': f'{primary}/{best_metric}',
-             'final_accuracy': final[best_metric], 'final_loss': final.get('loss'), 'final_top5': final.get('top5'),
-             'final': {f'{name}/{k}': v for name, r in results.items() for k, v in r.items() if not isinstance(v, list)},
-             'steps': steps, 'wall_time_sec': wall}
-  writer.write(steps, 'summary', summary)
-  writer.close()
-  progress.message(summary_line(summary['best_accuracy'], summary['best_step'],
-                                {'accuracy': final[best_metric], 'loss': final.get('loss', float('nan'))}, wall))
-  return TrainResult(summary, parallel.unreplicate(replicated))
+  def run_due(self, step: int, last: bool, variables: Any, writer: MetricWriter, progress: Progress,
+              shown: Optional[list[str]]) -> bool:
+    """Runs the evaluators due at `step`; True if any ran."""
+    due = [e for e in self.evaluators.values() if e.due(step, last)]
+    for evaluator in due:
+      self.results[evaluator.name] = evaluator.evaluate(variables, step)
+      writer.write(step, 'eval', self.results[evaluator.name], evaluator=evaluator.name)
+    if due:
+      progress.message(f'eval @ {step}: ' + evaluation.display({e.name: self.results[e.name] for e in due},
+                                                               self.primary, shown))
+    if self.primary in (e.name for e in due) and (self.best is None or self.results[self.primary][self.metric] >
+                                                  self.best[0]):
+      self.best = (self.results[self.primary][self.metric], step)
+    return bool(due)
+
+  def checkpoint_metrics(self, step: int, last: bool) -> Optional[dict]:
+    """What makes this step's checkpoint a candidate for best: the primary metric, if it was evaluated now."""
+    if self.evaluators[self.primary].due(step, last):
+      return {checkpoint_lib.BEST_METRIC: self.results[self.primary][self.metric]}
+    return None
+
+
+def _evaluations(run: Run) -> Evaluations:
+  # Bad datasets, splits and features fail here; evaluators on the training data share its builder.
+  evaluators = evaluation.create(run.config, run.model, run.info.num_classes, train_builder=run.builder)
+  primary, metric = evaluation.best_metric(run.config)
+  return Evaluations(evaluators, primary, metric, _best_so_far(run.workdir, primary, metric))
 
 
 def _best_so_far(workdir: str, evaluator: str, metric: str) -> Optional[tuple[float, int]]:
@@ -220,3 +223,112 @@ def _best_so_far(workdir: str, evaluator: str, metric: str) -> Optional[tuple[fl
     return None
   top = max(evals, key=lambda m: m[metric])
   return top[metric], top['step']
+
+
+def _compiled(run: Run, step_fn: Callable, evals: Evaluations, replicated: Any, batches: Iterator[Any],
+              rng: jax.Array, progress: Progress) -> Iterator[Any]:
+  """Compiles the step and the evaluators ahead of time, then meets the other processes: the first collective
+  of a multi-process run must not wait on another process's compilation. Returns the batches, rewound."""
+  compile_start = time.time()
+  first_batch = next(batches)
+  step_fn.lower(replicated, first_batch, rng).compile()   # fills the call's cache
+  for evaluator in evals.evaluators.values():
+    evaluator.compile(replicated.variables(run.use_ema))
+  progress.message(f'compiled the train step and {len(evals.evaluators)} evaluator(s) in '
+                   f'{time.time() - compile_start:.1f}s')
+  devices.wait_for_all_processes('compiled')
+  return itertools.chain([first_batch], batches)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float, is_writer: bool) -> TrainResult:
+  run = _set_up(config, workdir, is_writer)
+  rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = _initial_state(run, rng_init)
+  start_step = int(state.step)
+  if is_writer:   # metrics past the restored checkpoint (or of deleted checkpoints) are not this run's
+    workdir_lib.discard_metrics_after(workdir, start_step)
+  devices.wait_for_all_processes('metrics_trimmed')
+  writer = MetricWriter(workdir, enabled=is_writer)
+  progress = Progress(run.steps, start_step, enabled=is_writer)
+  progress.message(f'{models.config_name(config)} on {config.data.name}: {run.info.num_train} train / '
+                   f'{run.info.num_eval} eval examples, {run.info.num_classes} classes; {run.steps} steps of '
+                   f'{config.batch_size} on {jax.device_count()} device(s)'
+                   + (f'; resuming at step {start_step}' if start_step else ''))
+  step_fn, evals = _step_function(run), _evaluations(run)
+  batches = _train_batches(run, start_step)
+  replicated = devices.replicate(state)
+  del state
+  batches = _compiled(run, step_fn, evals, replicated, batches, rng_train, progress)
+  buffer = MetricsBuffer(run, writer, progress, start_step)
+  finished = False
+  try:
+    replicated = _steps(run, step_fn, evals, replicated, batches, rng_train, buffer, start_step)
+    run.checkpointer.wait()
+    result = _summary(run, evals, replicated, writer, progress, start_time)
+    finished = True
+    return result
+  finally:   # the one shutdown path: normal end, preemption (Preempted) or a failure
+    _shut_down(run, writer, failing=not finished)
+
+
+def _shut_down(run: Run, writer: MetricWriter, failing: bool) -> None:
+  """Waits for the last background save and closes the checkpointer and the writer. While another error is
+  propagating, an error here is logged instead of replacing it."""
+  try:
+    run.checkpointer.wait()
+    run.checkpointer.close()
+  except Exception as e:
+    if not failing:
+      raise
+    logging.warning('While stopping on an error, closing the checkpoints failed too: %s: %s', type(e).__name__, e)
+  finally:
+    writer.close()
+
+
+def _steps(run: Run, step_fn: Callable, evals: Evaluations, replicated: Any, batches: Iterator[Any], rng: jax.Array,
+           buffer: MetricsBuffer, start_step: int) -> Any:
+  """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final replicated state."""
+  config = run.config
+  shown = list(config.progress_metrics) or None
+  with preemption.StopSignals() as stop_signals:   # SIGTERM/SIGINT: finish the step, checkpoint, stop
+    for step in range(start_step + 1, run.steps + 1):
+      replicated, metrics = step_fn(replicated, next(batches), rng)   # batches arrive on device
+      run.checkpointer.check_for_errors()   # a failed background save (disk full) stops the run now
+      buffer.add(step, metrics)
+      last = step == run.steps
+      if step % config.log_every == 0 or last or any(e.due(step, last) for e in evals.evaluators.values()):
+        buffer.flush(step)   # log, and never evaluate past an unnoticed NaN
+      eval_start = time.time()
+      if evals.run_due(step, last, replicated.variables(run.use_ema), buffer.writer, buffer.progress, shown):
+        buffer.pause(time.time() - eval_start)
+      saved = step % config.checkpoint.every == 0 or last
+      if saved:
+        buffer.flush(step)   # never checkpoint past an unnoticed NaN
+        run.checkpointer.save(step, devices.unreplicate(replicated), metrics=evals.checkpoint_metrics(step, last))
+      stop = stop_signals.requested(step)
+      if stop and not last:
+        buffer.flush(step)
+        if not saved:
+          run.checkpointer.save(step, devices.unreplicate(replicated))
+        run.checkpointer.wait()   # a failed save raises here: "checkpoint saved" must be true
+        raise preemption.Preempted(step, stop)
+  return replicated
+
+
+def _summary(run: Run, evals: Evaluations, replicated: Any, writer: MetricWriter, progress: Progress,
+             start_time: float) -> TrainResult:
+  """The final evaluation of every evaluator (rerun if this invocation had none), the summary line and record."""
+  for evaluator in evals.evaluators.values():   # resumed a finished run: report its last evaluation
+    if evaluator.name not in evals.results:
+      evals.results[evaluator.name] = evaluator.evaluate(replicated.variables(run.use_ema), run.steps)
+  final, best, wall = evals.results[evals.primary], evals.best, time.time() - start_time
+  summary = {'best_accuracy': best[0] if best else None, 'best_step': best[1] if best else None,
+             'best_metric': f'{evals.primary}/{evals.metric}',
+             'final_accuracy': final[evals.metric], 'final_loss': final.get('loss'), 'final_top5': final.get('top5'),
+             'final': {f'{name}/{k}': v for name, r in evals.results.items() for k, v in r.items()
+                       if not isinstance(v, list)},
+             'steps': run.steps, 'wall_time_sec': wall}
+  writer.write(run.steps, 'summary', summary)
+  progress.message(summary_line(summary['best_accuracy'], summary['best_step'],
+                                {'accuracy': final[evals.metric], 'loss': final.get('loss', float('nan'))}, wall))
+  return TrainResult(summary, devices.unreplicate(replicated))

@@ -7,8 +7,9 @@ import time
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
-from isojax.training import workdir as workdir_lib
+from isojax.core import workdir as workdir_lib
 
 
 def _json_value(value):
@@ -26,7 +27,6 @@ class MetricWriter:
     self._path = workdir_lib.metrics_path(workdir)
     self._tb = None
     if enabled:
-      import tensorflow as tf  # only the writing process needs it
       self._tb = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(workdir))
 
   def write(self, step: int, split: str, values: dict, evaluator: Optional[str] = None) -> None:
@@ -37,7 +37,6 @@ class MetricWriter:
               **{k: _json_value(v) for k, v in values.items()}}
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    import tensorflow as tf
     with self._tb.as_default(step=int(step)):
       prefix = f'{split}/{evaluator}' if evaluator else split
       for k, v in record.items():

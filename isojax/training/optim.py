@@ -27,11 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from isojax.training import config_base
-
-DEFAULT_DECAY_PARAMS = r'(^|/)kernel$'
-WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')
-SCHEDULES = config_base.SCHEDULES
+from isojax.core.config import DEFAULT_DECAY_PARAMS, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
 # locuslab/convmixer-cifar10 train.py l.99-100 (and its timm copy's scheduler/onecycle_lr.py):
 # np.interp(t, [0, E*2//5, E*4//5, E], [0, lr_max, lr_max/20, 0]), t in epochs.
 ONECYCLE_KNOTS = (0.0, 0.4, 0.8, 1.0)
@@ -141,7 +137,7 @@ def create(config: ml_collections.ConfigDict, total_steps: int,
         parts.append(optax.scale_by_trust_ratio())
       tx = optax.chain(*parts, optax.scale_by_schedule(multiplier), optax.scale(-1.0))
   else:
-    raise ValueError(f"Unknown optimizer.name {name!r}; expected 'adamw', 'sgd' or 'lamb'.")
+    raise ValueError(f'Unknown optimizer.name {name!r}; expected one of {OPTIMIZERS}.')
   if config.get('clip_norm'):
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   if config.get('freeze'):

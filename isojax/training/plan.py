@@ -17,7 +17,7 @@ import ml_collections
 
 from isojax import models
 from isojax.data import input_pipeline, preprocess, published
-from isojax.training import config_base, optim
+from isojax.training import optim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +86,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   """Everything a run would do, resolved, with nothing trained: the `--dry_run` record."""
   info, note = dataset_info(config)
   steps = durations(config, info.num_train)
-  params, gflops = model_cost(config_base.create_model(config, info.num_classes), config.data.image_size,
-                              info.channels)
+  params, gflops = model_cost(models.from_config(config, info.num_classes), config.data.image_size, info.channels)
   train_ops = [f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
                for name, kwargs in preprocess.parse(config.data.train_pp)]
   if config.data.uint8_batches and preprocess.device_normalization(config.data.train_pp):
@@ -98,7 +97,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   if config.label_smoothing:
     train_ops.append(f'label_smoothing({config.label_smoothing})')
   return {
-      'model': config_base.model_name(config),
+      'model': models.config_name(config),
       'parameters': params,
       'gflops_per_image': gflops,
       'dataset': config.data.name,
@@ -139,7 +138,3 @@ def format_dry_run(record: dict) -> str:
   ]
   return '\n'.join(lines + [json.dumps(record)])
 
-
-def validate_model(config: ml_collections.ConfigDict) -> None:
-  """The name and the model fields agree (an unknown name or a contradiction fails here)."""
-  models.resolve(config.model.name, **{k: v for k, v in config.model.to_dict().items() if k != 'name'})

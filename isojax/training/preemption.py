@@ -17,6 +17,7 @@ import threading
 from typing import Optional
 
 import jax
+from jax.experimental import multihost_utils
 
 EXIT_CODE = 75   # EX_TEMPFAIL: "try again later" — resubmit the same command to resume
 
@@ -54,7 +55,6 @@ class StopSignals:
   def requested(self, step: int) -> Optional[str]:
     """The signal to stop for at this step, or None; with several processes, True on all at the same step."""
     if self._multi:
-      from jax.experimental import multihost_utils
       if multihost_utils.reached_preemption_sync_point(step):
         return self._received or 'SIGTERM'
       return None

@@ -14,9 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isojax.training import parallel
-
-AXIS = parallel.AXIS
+from isojax.core import losses
+from isojax.core.devices import AXIS
 
 
 @flax.struct.dataclass
@@ -77,18 +76,6 @@ def mix(images: jax.Array, targets: jax.Array, rng: jax.Array, mixup_alpha: floa
   return images, lam * targets + (1.0 - lam) * flipped_targets
 
 
-LOSSES = ('softmax_xent', 'sigmoid_xent')
-
-
-def loss_per_example(logits: jax.Array, targets: jax.Array, loss: str = 'softmax_xent') -> jax.Array:
-  """big_vision's losses (big_vision/utils.py softmax_xent, sigmoid_xent): per example, summed over classes."""
-  if loss == 'softmax_xent':
-    return optax.softmax_cross_entropy(logits, targets)
-  if loss == 'sigmoid_xent':
-    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
-  raise ValueError(f'Unknown loss {loss!r}; expected one of {LOSSES}.')
-
-
 def normalize_on_device(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 pixels -> float32 (images - mean) / std; refuses float batches, which were normalised already."""
   if images.dtype != jnp.uint8:
@@ -97,8 +84,46 @@ def normalize_on_device(images: jax.Array, mean: Sequence[float], std: Sequence[
   return (images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
-  return optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+def _gradients(model: nn.Module, loss: str, state: TrainState, images: jax.Array, targets: jax.Array,
+               labels: jax.Array, rng: jax.Array, accum_steps: int) -> tuple[Any, Any, jax.Array, jax.Array]:
+  """(gradients, new batch statistics, loss, accuracy) of this device's batch, over `accum_steps` micro-batches."""
+
+  def loss_fn(params, batch_stats, images, targets, labels, rng):
+    variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
+    out = model.apply(variables, images, train=True, rngs={'dropout': rng},
+                      mutable=['batch_stats'] if batch_stats else False)
+    logits, updates = out if batch_stats else (out, {})
+    value = losses.per_example(logits, targets, loss).mean()
+    accuracy = (logits.argmax(-1) == labels).mean()
+    return value, (updates.get('batch_stats', batch_stats), accuracy)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:   # straight-line code: XLA optimises across a loop body far less
+    (value, (batch_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, images, targets, labels,
+                                                      jax.random.fold_in(rng, 0))
+    return grads, batch_stats, value, accuracy
+
+  def accumulate(carry, xs):
+    grads, batch_stats, total, correct, index = carry
+    (l, (batch_stats, a)), g = grad_fn(state.params, batch_stats, *xs, jax.random.fold_in(rng, index))
+    return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats, total + l, correct + a, index + 1), None
+
+  split = lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+  (grads, batch_stats, value, accuracy, _), _ = jax.lax.scan(
+      accumulate, (zeros, state.batch_stats, 0.0, 0.0, 0), (split(images), split(targets), split(labels)))
+  grads, value, accuracy = jax.tree_util.tree_map(lambda x: x / accum_steps, (grads, value, accuracy))
+  return grads, batch_stats, value, accuracy
+
+
+def _with_ema(state: TrainState, params: Any, batch_stats: Any, ema_decay: float) -> tuple[Any, Any]:
+  """The EMA of the parameters and of the BatchNorm statistics after this step: decay * ema + (1 - decay) * new."""
+  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
+  if ema_params is not None:
+    ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
+    if ema_batch_stats is not None:
+      ema_batch_stats = optax.incremental_update(batch_stats, ema_batch_stats, 1.0 - ema_decay)
+  return ema_params, ema_batch_stats
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
@@ -122,49 +147,18 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
   images = batch['image']
   if image_normalization is not None:
     images = normalize_on_device(images, *image_normalization)
-  targets = soft_targets(batch['label'], num_classes, label_smoothing)
+  targets = losses.targets(batch['label'], num_classes, label_smoothing)
   images, targets = mix(images, targets, rng_mix, mixup_alpha, cutmix_alpha)
-
-  def loss_fn(params, batch_stats, images, targets, labels, rng):
-    variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-    out = model.apply(variables, images, train=True, rngs={'dropout': rng},
-                      mutable=['batch_stats'] if batch_stats else False)
-    logits, updates = out if batch_stats else (out, {})
-    value = loss_per_example(logits, targets, loss).mean()
-    accuracy = (logits.argmax(-1) == labels).mean()
-    return value, (updates.get('batch_stats', batch_stats), accuracy)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  split = lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
-  micro = (split(images), split(targets), split(batch['label']))
-
-  def accumulate(carry, xs):
-    grads, batch_stats, loss, accuracy, index = carry
-    (l, (batch_stats, a)), g = grad_fn(state.params, batch_stats, *xs, jax.random.fold_in(rng_model, index))
-    grads = jax.tree_util.tree_map(jnp.add, grads, g)
-    return (grads, batch_stats, loss + l, accuracy + a, index + 1), None
-
-  if accum_steps == 1:   # straight-line code: XLA optimises across a loop body far less
-    (loss, (batch_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, images, targets,
-                                                     batch['label'], jax.random.fold_in(rng_model, 0))
-  else:
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-    (grads, batch_stats, loss, accuracy, _), _ = jax.lax.scan(
-        accumulate, (zeros, state.batch_stats, 0.0, 0.0, 0), micro)
-    grads, loss, accuracy = jax.tree_util.tree_map(lambda x: x / accum_steps, (grads, loss, accuracy))
+  grads, batch_stats, value, accuracy = _gradients(model, loss, state, images, targets, batch['label'], rng_model,
+                                                   accum_steps)
   if axis_name is not None:
-    grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
-
+    grads, value, accuracy = jax.lax.pmean((grads, value, accuracy), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
-  if ema_params is not None:   # ema = decay * ema + (1 - decay) * new, for parameters and statistics
-    ema_params = optax.incremental_update(params, ema_params, 1.0 - ema_decay)
-    if ema_batch_stats is not None:
-      ema_batch_stats = optax.incremental_update(batch_stats, ema_batch_stats, 1.0 - ema_decay)
+  ema_params, ema_batch_stats = _with_ema(state, params, batch_stats, ema_decay)
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema_params, ema_batch_stats=ema_batch_stats)
-  metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
+  metrics = {'loss': value, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
              'param_norm': optax.global_norm(params), 'lr': learning_rate(state.step)}
   return new_state, metrics
 

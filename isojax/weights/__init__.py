@@ -1,3 +1,3 @@
-"""Weights from outside a training run: published files (`formats/`: vision_transformer and big_vision
-`.npz`, timm, torch files read without torch) turned into isojax models (`pretrained`), and finished
-isojax runs opened by name or path (`runs`, `isojax.load`)."""
+"""Weights from outside a training run: weight files read into tensors (`files`, `torchfile`; what the tensors
+mean is each family's reader, in its own file), models built and filled from them (`pretrained`), and finished
+isojax runs opened by path (`runs`, `isojax.load`)."""

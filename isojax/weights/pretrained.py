@@ -10,15 +10,14 @@ position embeddings are resized bilinearly over their 2D grid, keeping the class
 Any other mismatch is an error naming the first parameter that does not fit.
 
 Sources: the workdir of an isojax run (its latest checkpoint); the `.npz` files published by
-google-research/vision_transformer and big_vision for ViT and MLP-Mixer (formats/official.py);
-timm state dicts for vit_*, mixer_* and convmixer_* in `.pth`, `.bin` or `.safetensors`
-(formats/timm.py; read without torch).
+google-research/vision_transformer and big_vision; timm (and facebookresearch) state dicts in `.pth`, `.bin`
+or `.safetensors`, read without torch (files.py). Each family's reader, in the family's file, turns the
+tensors into its parameters; the registry finds the one family that claims a file.
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 import warnings
 from typing import Any, Callable, Optional
 
@@ -28,8 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isojax.training import workdir as workdir_lib
-from isojax.weights.formats import Weights
+from isojax import models
+from isojax.core import workdir as workdir_lib
+from isojax.models.convert import Weights
+from isojax.weights import files, runs
 
 # Parameters that are replaced, not loaded, when their shape differs from the target's.
 REINIT_ON_MISMATCH = ('head/', 'pre_logits/')
@@ -110,35 +111,16 @@ def adapt(source: dict, target: dict, strict: bool = True,
 def describe(path: str) -> Weights:
   """What the weight file at `path` holds: variables in isojax's layout plus the architecture
   (family, factory fields, classes, image size) its tensors show, and what had to be assumed."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'No pretrained weights at {path!r}.')
-  if path.endswith('.npz'):
-    from isojax.weights.formats import official
-    try:
-      with np.load(path, allow_pickle=False) as archive:
-        flat = {k: archive[k] for k in archive.files}
-    except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError: a broken file
-      raise ValueError(f'Cannot read {path!r} as a .npz archive ({type(e).__name__}: {e}); '
-                       f'is the file complete?') from None
-    try:
-      return official.describe(flat)
-    except ValueError as e:
-      raise ValueError(f'{path!r}: {e}') from None
-  if path.endswith(('.pth', '.bin', '.pt', '.safetensors')):
-    from isojax.weights.formats import timm, torchfile
-    state = torchfile.read_safetensors(path) if path.endswith('.safetensors') else torchfile.read_torch(path)
-    try:
-      return timm.describe(state)
-    except ValueError as e:
-      raise ValueError(f'{path!r}: {e}') from None
-  raise ValueError(f'Cannot read pretrained weights from {path!r}: expected the workdir of an isojax run, '
-                   f'an official .npz, or a timm .pth/.bin/.pt/.safetensors file.')
+  file_format, tensors = files.read(path)
+  try:
+    return models.reader_for(file_format, tensors).read(tensors)
+  except ValueError as e:
+    raise ValueError(f'{path!r}: {e}') from None
 
 
 def read(path: str) -> dict:
   """The variables stored at `path`, as nested dicts of host arrays, in isojax's layout."""
   if workdir_lib.is_run(path):
-    from isojax.weights import runs
     _, variables, _ = runs.load(path)
     return variables
   return describe(path).variables
@@ -153,15 +135,22 @@ def _fresh(model: nn.Module, image_size: int, channels: int) -> dict:
 def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True) -> dict:
   """Variables for `model` at `image_size`, initialised from the weights at `path` (see `adapt`)."""
   if workdir_lib.is_run(path):
-    return adapt(read(path), **_fresh(model, image_size, channels), strict=strict)
+    return _adapted(path, read(path), model, image_size, channels, strict)
   weights = describe(path)
   _check_heads(path, weights, model)
-  return adapt(weights.variables, **_fresh(model, image_size, channels), strict=strict)
+  return _adapted(path, weights.variables, model, image_size, channels, strict)
+
+
+def _adapted(path: str, variables: dict, model: nn.Module, image_size: int, channels: int, strict: bool) -> dict:
+  """`adapt`, with a mismatch between the weights and the model named after the file."""
+  try:
+    return adapt(variables, **_fresh(model, image_size, channels), strict=strict)
+  except ValueError as e:
+    raise ValueError(f'{path!r}: {e}') from None
 
 
 def _check_heads(path: str, weights: Weights, model: nn.Module) -> None:
   """Attention heads leave no trace in the fused qkv shape: compare them where the file shows them."""
-  from isojax import models
   heads = models.attention_heads(model)
   shown = weights.fields.get('num_heads')
   if heads is not None and shown is not None and 'num_heads' not in weights.assumed and heads != shown:
@@ -174,24 +163,14 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
            strict: bool = True, **overrides: Any) -> tuple[nn.Module, dict]:
   """(model, variables) for the weights at `path`, the model built from what the file shows.
 
-  Official vision_transformer / big_vision `.npz` files and timm `vit_*`, `deit3_*`, `mixer_*`,
-  `convmixer_*` state dicts carry their own architecture (`describe`); the workdir of an isojax
-  run carries its config. `num_classes` and `image_size` default to the file's: another class
-  count re-initialises the head, another image size resizes learned position embeddings
-  (fine-tuning semantics of `adapt`). `overrides` set what a file cannot show (timm's head count)
-  or run-time options (`dtype`, `drop_path_rate`, ...); one that contradicts the file is an error.
+  Official vision_transformer / big_vision `.npz` files and timm state dicts carry their own architecture
+  (`describe`); the workdir of an isojax run carries its config. `num_classes` and `image_size` default to the
+  file's: another class count re-initialises the head, another image size resizes learned position embeddings
+  (fine-tuning semantics of `adapt`). `overrides` set what a file cannot show (timm's head count) or run-time
+  options (`dtype`, `drop_path_rate`, `kernels`, ...); one that contradicts the file is an error.
   """
-  from isojax import models
   if workdir_lib.is_run(path):
-    from isojax.weights import runs
-    model, variables, config = runs.load(path)
-    if num_classes is None and image_size is None and not overrides:
-      return model, variables
-    size = image_size or config.data.image_size
-    classes = num_classes or int(variables['params']['head']['bias'].shape[0])
-    fields = {k: v for k, v in config.model.to_dict().items() if k != 'name'}
-    model = models.create(config.model.name, classes, **{**fields, **overrides})
-    return model, adapt(variables, **_fresh(model, size, _channels(variables)), strict=strict)
+    return _create_from_run(path, num_classes, image_size, strict, overrides)
   weights = describe(path)
   for field, value in overrides.items():
     if field in weights.fields and weights.fields[field] != value and field not in weights.assumed:
@@ -207,12 +186,16 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
     logging.info('pretrained.create(%r) assumed %s', path,
                  {k: v for k, v in weights.assumed.items() if k not in overrides})
   size = image_size or weights.image_size or models.default_image_size(name)
-  return model, adapt(weights.variables, **_fresh(model, size, _channels(weights.variables)), strict=strict)
+  return model, _adapted(path, weights.variables, model, size, weights.channels, strict)
 
 
-def _channels(variables: dict) -> int:
-  """Input channels, from the first convolution's kernel [kh, kw, channels, width] (patch embedding or stem)."""
-  params = variables['params']
-  stem = params['stem'] if 'stem' in params else params['conv1']
-  stem = flax.traverse_util.flatten_dict(stem['backbone']['conv_root'] if 'backbone' in stem else stem)   # hybrid
-  return int(next(np.shape(v)[2] for k, v in stem.items() if k[-1] == 'kernel' and np.ndim(v) == 4))
+def _create_from_run(path: str, num_classes: Optional[int], image_size: Optional[int], strict: bool,
+                     overrides: dict) -> tuple[nn.Module, dict]:
+  model, variables, config = runs.load(path)
+  if num_classes is None and image_size is None and not overrides:
+    return model, variables
+  size = image_size or config.data.image_size
+  classes = num_classes or int(variables['params']['head']['bias'].shape[0])
+  fields = models.config_fields(config)
+  model = models.create(config.model.name, classes, **{**fields, **overrides})
+  return model, _adapted(path, variables, model, size, models.input_channels(variables), strict)

@@ -10,9 +10,9 @@ from typing import Optional
 import flax.linen as nn
 import ml_collections
 
-from isojax.training import checkpoint as checkpoint_lib
-from isojax.training import config_base
-from isojax.training import workdir as workdir_lib
+from isojax import models
+from isojax.core import checkpoint as checkpoint_lib
+from isojax.core import workdir as workdir_lib
 
 
 STEP_NAMES = ('latest', 'best')
@@ -70,7 +70,7 @@ def load(workdir: str, step: Optional[int | str] = None,
   if use_ema and saved.get('ema_batch_stats') is not None:   # runs saved before the EMA covered them lack it
     batch_stats = saved['ema_batch_stats']
   num_classes = int(params['head']['bias'].shape[0])
-  model = config_base.create_model(config, num_classes)
+  model = models.from_config(config, num_classes)
   variables = {'params': params}
   if batch_stats:
     variables['batch_stats'] = batch_stats

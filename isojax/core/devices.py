@@ -1,4 +1,5 @@
-"""Placing data and state for pmap over this process's devices, and joining several hosts."""
+"""Placing data and state on devices for pmap (this process's devices, one global array per leaf), and joining
+several hosts (`jax.distributed`)."""
 from __future__ import annotations
 
 import collections
@@ -7,6 +8,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import jax
 import numpy as np
+from jax._src import distributed   # the coordination-service client JAX's own multi-process tests use for barriers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
@@ -74,7 +76,6 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax._src import distributed   # the client JAX's own multi-process tests use for barriers
   distributed.global_state.client.wait_at_barrier(f'isojax_{name}', timeout_s * 1000)
 
 

@@ -8,21 +8,22 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
+
+from isojax import models
+from isojax.data import preprocess as pp
 
 ImageLike = Union[str, np.ndarray]
 
 
 def read_image(path: str, channels: int) -> np.ndarray:
   """A JPEG/PNG/GIF/BMP file as uint8 [height, width, channels]."""
-  import tensorflow as tf
   return tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False).numpy()
 
 
 def preprocess(config: ml_collections.ConfigDict, images: Sequence[ImageLike], channels: int) -> np.ndarray:
   """uint8 images (any size) or file paths -> the float batch the run evaluated on."""
-  from isojax.data import preprocess as pp
   process = pp.build(config.data.eval_pp, config.data.image_size, channels)
-  import tensorflow as tf
   batch = []
   for image in images:
     image = read_image(image, channels) if isinstance(image, str) else np.asarray(image)
@@ -42,14 +43,10 @@ def _apply(model: nn.Module):
 def predict(model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
             images: Sequence[ImageLike] | np.ndarray, batch_size: int = 256) -> np.ndarray:
   """Class probabilities [N, num_classes] for uint8 images or image files."""
-  channels = _input_channels(variables)
+  channels = models.input_channels(variables)
   probabilities = []
   for start in range(0, len(images), batch_size):
     batch = preprocess(config, images[start:start + batch_size], channels)
     probabilities.append(np.asarray(_apply(model)(variables, batch)))
   return np.concatenate(probabilities)
 
-
-def _input_channels(variables: dict) -> int:
-  kernel = variables['params']['stem']['patch_embed']['embedding']['kernel']
-  return int(kernel.shape[2])

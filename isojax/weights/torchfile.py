@@ -13,6 +13,8 @@ from collections import OrderedDict
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
 _STORAGE_DTYPES = {
     'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
@@ -91,8 +93,6 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """A `.safetensors` file as {name: array}, read and validated by the safetensors library."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
   try:
     return load_file(path)
   except (SafetensorError, ValueError, OSError) as e:

@@ -1,0 +1,53 @@
+"""What every `python -m isojax.X` command shares: absl flags in the command's own `FlagValues` (so commands
+can be imported side by side and called in-process, `main(argv)`), `--help`, and one-line usage errors.
+
+    FLAGS = flags.FlagValues()
+    _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.', flag_values=FLAGS)
+
+    @command_line.command
+    def main(argv=None) -> int:
+      positional = command_line.parse(FLAGS, argv, __doc__)
+      ...
+
+    if __name__ == '__main__':
+      sys.exit(main())
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, Optional, Sequence
+
+from absl import flags
+
+
+class UsageError(Exception):
+  """A command line that cannot be right: its message says what is wrong and what would be (exit code 2)."""
+
+
+def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: Optional[str]) -> list[str]:
+  """The positional arguments of `argv` (sys.argv by default) after parsing its flags into `flag_values`."""
+  # A process's sys.argv starts with the program; an in-process call passes the arguments alone (as argparse).
+  argv = list(sys.argv) if argv is None else ['isojax', *argv]
+  if any(a in ('--help', '-h', '--helpfull') for a in argv[1:]):
+    print((doc or '').strip() + '\n\nflags:\n' + flag_values.get_help())
+    raise SystemExit(0)
+  try:
+    return flag_values(argv)[1:]
+  except flags.Error as e:
+    raise UsageError(str(e)) from None
+
+
+def command(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+  """`main(argv) -> exit code` whose `UsageError`s become one line on stderr and exit code 2 (as argparse's)."""
+
+  @functools.wraps(main)
+  def checked(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+      return main(argv)
+    except UsageError as e:
+      print(f'usage error: {e} (--help lists the flags)', file=sys.stderr)
+      raise SystemExit(2) from None
+
+  return checked
