@@ -26,6 +26,7 @@ the first batch, peak RSS (the process's VmHWM; for timm the peak over the proce
 workers, sampled every 0.5 s, of their summed PSS, which counts pages shared after fork once)
 and the baseline: RSS with the libraries loaded and JAX's devices up, before any pipeline.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+
 from isojax.core import loading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,6 +46,7 @@ BATCH = 128
 
 
 # --- the worker side: one loader in this process ------------------------------------------------------
+
 
 def _status_kib(field: str, pid: str = 'self') -> int:
   with open(f'/proc/{pid}/status') as f:
@@ -55,12 +58,22 @@ def _status_kib(field: str, pid: str = 'self') -> int:
 
 def _isojax_batches(folder: str, devices: int, shuffle_buffer: int, antialias: bool = False):
   from isojax import data
+
   config = loading.load(CONFIG)
   builder = data.get_builder('image_folder', folder)
   pp = config.data.train_pp.replace('antialias=False', 'antialias=True') if antialias else config.data.train_pp
-  return data.train_batches(builder, split='train', pp=pp, image_size=224,
-                            per_device_batch=BATCH // devices, local_devices=devices, seed=0,
-                            shuffle_buffer=shuffle_buffer, cache=False, uint8_batches=config.data.uint8_batches)
+  return data.train_batches(
+    builder,
+    split='train',
+    pp=pp,
+    image_size=224,
+    per_device_batch=BATCH // devices,
+    local_devices=devices,
+    seed=0,
+    shuffle_buffer=shuffle_buffer,
+    cache=False,
+    uint8_batches=config.data.uint8_batches,
+  )
 
 
 def plain_tfdata_batches(folder: str, devices: int, shuffle_buffer: int):
@@ -69,17 +82,22 @@ def plain_tfdata_batches(folder: str, devices: int, shuffle_buffer: int):
   import tensorflow_datasets as tfds
 
   from isojax.data import image_folder, preprocess
+
   config = loading.load(CONFIG)
   builder = image_folder.open_folder(folder)
   process = preprocess.build(config.data.train_pp, 224, 3)
   n = len(builder._split_examples['train'])
   per_device = []
   for device in range(devices):
-    ds = builder.as_dataset(split='train', shuffle_files=False).shard(devices, device)   # decodes every file
+    ds = builder.as_dataset(split='train', shuffle_files=False).shard(devices, device)  # decodes every file
     ds = ds.shuffle(min(n // devices, shuffle_buffer), seed=device).repeat().enumerate()
-    ds = ds.map(lambda i, ex, d=device: {'image': process(ex['image'], tf.stack([tf.constant(d, tf.int64), i])),
-                                         'label': tf.cast(ex['label'], tf.int32)},
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(
+      lambda i, ex, d=device: {
+        'image': process(ex['image'], tf.stack([tf.constant(d, tf.int64), i])),
+        'label': tf.cast(ex['label'], tf.int32),
+      },
+      num_parallel_calls=tf.data.AUTOTUNE,
+    )
     per_device.append(ds.batch(BATCH // devices, drop_remainder=True))
   stack = lambda *parts: {k: tf.stack([p[k] for p in parts]) for k in parts[0]}
   ds = tf.data.Dataset.zip(tuple(per_device)).map(stack).prefetch(2)
@@ -92,11 +110,20 @@ def _timm_batches(folder: str):
   import timm.data
   import torch
   import torchvision
-  transform = timm.data.create_transform(224, is_training=True, auto_augment='rand-m10-n2',
-                                         interpolation='bilinear', mean=(0.5,) * 3, std=(0.5,) * 3)
+
+  transform = timm.data.create_transform(
+    224, is_training=True, auto_augment='rand-m10-n2', interpolation='bilinear', mean=(0.5,) * 3, std=(0.5,) * 3
+  )
   dataset = torchvision.datasets.ImageFolder(os.path.join(folder, 'train'), transform=transform)
-  loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=2, drop_last=True,
-                                       persistent_workers=True, generator=torch.Generator().manual_seed(0))
+  loader = torch.utils.data.DataLoader(
+    dataset,
+    batch_size=BATCH,
+    shuffle=True,
+    num_workers=2,
+    drop_last=True,
+    persistent_workers=True,
+    generator=torch.Generator().manual_seed(0),
+  )
   while True:
     yield from loader
 
@@ -105,13 +132,16 @@ def worker(loader: str, folder: str, devices: int, batches: int, warmup: int, sh
   """Measures one loader in this process; returns the figures."""
   if loader == 'timm':
     import torch  # noqa: F401
+
     baseline = _status_kib('VmRSS')
     stream = _timm_batches(folder)
   else:
     from isojax.core import host_memory
-    host_memory.keep_freed_memory()   # as isojax.main does
+
+    host_memory.keep_freed_memory()  # as isojax.main does
     import jax
     import tensorflow  # noqa: F401
+
     assert jax.local_device_count() == devices, (jax.local_device_count(), devices)
     baseline = _status_kib('VmRSS')
     if loader == 'plain':
@@ -130,12 +160,17 @@ def worker(loader: str, folder: str, devices: int, batches: int, warmup: int, sh
   image = batch['image'] if isinstance(batch, dict) else batch[0]
   shape = tuple(image.shape)
   del first
-  return {'images_per_sec': batches * BATCH / seconds, 'first_batch_seconds': first_seconds,
-          'baseline_rss_bytes': baseline * 1024, 'peak_rss_bytes': _status_kib('VmHWM') * 1024,
-          'batch_shape': shape}
+  return {
+    'images_per_sec': batches * BATCH / seconds,
+    'first_batch_seconds': first_seconds,
+    'baseline_rss_bytes': baseline * 1024,
+    'peak_rss_bytes': _status_kib('VmHWM') * 1024,
+    'batch_shape': shape,
+  }
 
 
 # --- the parent side: every loader in its own process -------------------------------------------------
+
 
 def _tree_pss_bytes(pid: int) -> int:
   """Summed PSS of `pid` and its descendants (pages shared after fork counted once)."""
@@ -158,13 +193,27 @@ def run_worker(python: str, loader: str, folder: str, devices: int, args, env_ex
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3', 'CUDA_VISIBLE_DEVICES': '', **(env_extra or {})}
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   env['PYTHONPATH'] = os.pathsep.join([ROOT, env.get('PYTHONPATH', '')])
-  command = [python, os.path.abspath(__file__), '--worker', loader, '--folder', folder, '--devices', str(devices),
-             '--batches', str(args.batches), '--warmup', str(args.warmup), '--shuffle_buffer', str(args.shuffle_buffer)]
+  command = [
+    python,
+    os.path.abspath(__file__),
+    '--worker',
+    loader,
+    '--folder',
+    folder,
+    '--devices',
+    str(devices),
+    '--batches',
+    str(args.batches),
+    '--warmup',
+    str(args.warmup),
+    '--shuffle_buffer',
+    str(args.shuffle_buffer),
+  ]
   process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   peak = [0]
   done = threading.Event()
 
-  def sample():   # only the multi-process loader: reading smaps stalls the sampled process's allocations
+  def sample():  # only the multi-process loader: reading smaps stalls the sampled process's allocations
     while loader == 'timm' and not done.wait(0.5):
       peak[0] = max(peak[0], _tree_pss_bytes(process.pid))
 
@@ -180,28 +229,37 @@ def run_worker(python: str, loader: str, folder: str, devices: int, args, env_ex
   return result
 
 
-def table(rows: list[tuple[str, dict]], folder_bytes: int, reference: str = 'timm (torchvision + PIL), 2 workers') -> str:
+def table(
+  rows: list[tuple[str, dict]], folder_bytes: int, reference: str = 'timm (torchvision + PIL), 2 workers'
+) -> str:
   """A Markdown table; speed relative to `reference`, memory against the baseline + 2x folder target."""
   ref = dict(rows).get(reference, {}).get('images_per_sec')
-  lines = ['| loader | images/s | vs timm | first batch s | baseline RSS MiB | peak RSS MiB | peak - baseline MiB |',
-           '|---|---:|---:|---:|---:|---:|---:|']
+  lines = [
+    '| loader | images/s | vs timm | first batch s | baseline RSS MiB | peak RSS MiB | peak - baseline MiB |',
+    '|---|---:|---:|---:|---:|---:|---:|',
+  ]
   for name, r in rows:
     if 'error' in r:
       lines.append(f'| {name} | n/a | | | | | {r["error"]} |')
       continue
     peak = r['peak_tree_pss_bytes'] if name.startswith('timm') else r['peak_rss_bytes']
-    mib = lambda b: f'{b / 2 ** 20:,.0f}'
+    mib = lambda b: f'{b / 2**20:,.0f}'
     ratio = f'{r["images_per_sec"] / ref:.2f}x' if ref else 'n/a'
-    lines.append(f'| {name} | {r["images_per_sec"]:,.0f} | {ratio} | {r["first_batch_seconds"]:.1f} | '
-                 f'{mib(r["baseline_rss_bytes"])} | {mib(peak)} | {mib(peak - r["baseline_rss_bytes"])} |')
-  lines.append(f'\nFolder on disk: {folder_bytes / 2 ** 20:,.0f} MiB; memory target: peak below baseline + '
-               f'{2 * folder_bytes / 2 ** 20:,.0f} MiB (twice the folder).')
+    lines.append(
+      f'| {name} | {r["images_per_sec"]:,.0f} | {ratio} | {r["first_batch_seconds"]:.1f} | '
+      f'{mib(r["baseline_rss_bytes"])} | {mib(peak)} | {mib(peak - r["baseline_rss_bytes"])} |'
+    )
+  lines.append(
+    f'\nFolder on disk: {folder_bytes / 2**20:,.0f} MiB; memory target: peak below baseline + '
+    f'{2 * folder_bytes / 2**20:,.0f} MiB (twice the folder).'
+  )
   return '\n'.join(lines)
 
 
 def folder_bytes(folder: str) -> int:
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(os.path.join(folder, 'train'))
-             for f in files)
+  return sum(
+    os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(os.path.join(folder, 'train')) for f in files
+  )
 
 
 def main() -> None:
@@ -222,21 +280,26 @@ def main() -> None:
   if args.make and not os.path.isdir(os.path.join(args.folder, 'train')):
     sys.path.insert(0, HERE)
     import photo_folder
+
     photo_folder.make(args.folder)
-  plan = [('isojax, 1 device', sys.executable, 'isojax', 1, None),
-          ('isojax, 8 devices', sys.executable, 'isojax', 8, None),
-          ('isojax, 1 device, glibc malloc defaults', sys.executable, 'isojax', 1, {'ISOJAX_KEEP_HOST_MEMORY': '0'}),
-          ('isojax, 1 device, antialiased resize (as PIL)', sys.executable, 'isojax_antialias', 1, None),
-          ('plain tf.data (decoded buffers, float32 batches), 1 device', sys.executable, 'plain', 1, None),
-          ('plain tf.data (decoded buffers, float32 batches), 8 devices', sys.executable, 'plain', 8, None),
-          ('timm (torchvision + PIL), 2 workers', args.torch_python, 'timm', 1, None)]
+  plan = [
+    ('isojax, 1 device', sys.executable, 'isojax', 1, None),
+    ('isojax, 8 devices', sys.executable, 'isojax', 8, None),
+    ('isojax, 1 device, glibc malloc defaults', sys.executable, 'isojax', 1, {'ISOJAX_KEEP_HOST_MEMORY': '0'}),
+    ('isojax, 1 device, antialiased resize (as PIL)', sys.executable, 'isojax_antialias', 1, None),
+    ('plain tf.data (decoded buffers, float32 batches), 1 device', sys.executable, 'plain', 1, None),
+    ('plain tf.data (decoded buffers, float32 batches), 8 devices', sys.executable, 'plain', 8, None),
+    ('timm (torchvision + PIL), 2 workers', args.torch_python, 'timm', 1, None),
+  ]
   rows = []
   for name, python, loader, devices, env in plan:
     rows.append((name, run_worker(python, loader, args.folder, devices, args, env)))
     print(name, json.dumps(rows[-1][1]), file=sys.stderr, flush=True)
   size = folder_bytes(args.folder)
-  print(f'{os.cpu_count()} CPU cores, {args.batches} timed batches of {BATCH} after {args.warmup}, '
-        f'shuffle_buffer={args.shuffle_buffer}, {time.strftime("%Y-%m-%d")}')
+  print(
+    f'{os.cpu_count()} CPU cores, {args.batches} timed batches of {BATCH} after {args.warmup}, '
+    f'shuffle_buffer={args.shuffle_buffer}, {time.strftime("%Y-%m-%d")}'
+  )
   print(table(rows, size))
   if args.json:
     with open(args.json, 'w') as f:

@@ -11,30 +11,38 @@ learnable), saved as baseline JPEG, quality 90, 4:2:0 chroma subsampling (PIL's 
 most cameras). Layout: OUT/train/class_XX/*.jpg and OUT/validation/class_XX/*.jpg, the
 `image_folder` dataset of isojax and torchvision's ImageFolder alike. Deterministic in `seed`.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+  from PIL import Image
 
 
 def _sources() -> list[np.ndarray]:
   from sklearn.datasets import load_sample_images
+
   return [np.asarray(image) for image in load_sample_images().images]
 
 
-def photo(sources: list[np.ndarray], label: int, classes: int, rng: np.random.Generator) -> 'PIL.Image.Image':
+def photo(sources: list[np.ndarray], label: int, classes: int, rng: np.random.Generator) -> Image.Image:
   """One ImageNet-sized photograph of class `label`."""
   from PIL import Image
+
   width, height = (375, 500) if rng.random() < 1 / 3 else (500, 375)
   width, height = (int(round(v * rng.uniform(0.85, 1.15))) for v in (width, height))
   source = sources[rng.integers(len(sources))]
   # Large enough to cut width x height from: at least the crop, at most 1.6x the photograph.
   need = max(width / source.shape[1], height / source.shape[0])
   scale = max(need, rng.uniform(0.5, 1.6))
-  scaled = Image.fromarray(source).resize((int(np.ceil(source.shape[1] * scale)),
-                                           int(np.ceil(source.shape[0] * scale))), Image.BILINEAR)
+  scaled = Image.fromarray(source).resize(
+    (int(np.ceil(source.shape[1] * scale)), int(np.ceil(source.shape[0] * scale))), Image.BILINEAR
+  )
   left = rng.integers(scaled.width - width + 1)
   top = rng.integers(scaled.height - height + 1)
   image = scaled.crop((left, top, left + width, top + height))
@@ -46,8 +54,9 @@ def photo(sources: list[np.ndarray], label: int, classes: int, rng: np.random.Ge
   return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
-def make(out: str, per_class: int = 500, classes: int = 10, val_per_class: int = 50, seed: int = 0,
-         quality: int = 90) -> dict:
+def make(
+  out: str, per_class: int = 500, classes: int = 10, val_per_class: int = 50, seed: int = 0, quality: int = 90
+) -> dict:
   """Writes the folder (skipping files already there) and returns its counts and size on disk."""
   sources = _sources()
   total_bytes = 0
@@ -77,8 +86,10 @@ def main() -> None:
   parser.add_argument('--quality', type=int, default=90, help='JPEG quality')
   args = parser.parse_args()
   made = make(args.out, args.per_class, args.classes, args.val_per_class, args.seed, args.quality)
-  print(f"{made['train']} training and {made['validation']} validation images in {made['classes']} classes, "
-        f"{made['bytes'] / 2 ** 20:.0f} MiB on disk: {made['path']}")
+  print(
+    f'{made["train"]} training and {made["validation"]} validation images in {made["classes"]} classes, '
+    f'{made["bytes"] / 2**20:.0f} MiB on disk: {made["path"]}'
+  )
 
 
 if __name__ == '__main__':

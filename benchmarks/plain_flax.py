@@ -8,9 +8,11 @@ separate query/key/value, heads as a middle axis; dropout set to 0 as in isojax'
 column); ConvMixer uses nn.Conv for the patch,
 depthwise (feature_group_count) and pointwise convolutions. The step is the flax-examples
 one: `jax.jit` of value_and_grad + optax.adamw through flax's TrainState, with no buffer
-donation. Architecture sizes come from isojax's registry tables and the timing from isojax.training.benchmark; nothing else from isojax.
+donation. Architecture sizes come from isojax's registry tables and the timing from
+isojax.training.benchmark; nothing else from isojax.
 Prints one JSON line with the median seconds of a training step and of inference.
 """
+
 import argparse
 import functools
 import json
@@ -23,25 +25,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
-from isojax.training.benchmark import median_seconds  # noqa: E402  (the same timing as the isojax column)
 from isojax.models import convmixer, mixer, vit  # noqa: E402  (architecture sizes only)
+from isojax.training.benchmark import median_seconds  # noqa: E402  (the same timing as the isojax column)
 from tests.reference import sources  # noqa: E402
 
 
 class PlainConvMixer(nn.Module):
   """ConvMixer as most Flax code writes it: nn.Conv everywhere, GELU then BatchNorm."""
+
   num_classes: int
   hidden_size: int
   depth: int
   kernel_size: int
   patch_size: int
-  activation: str = 'gelu'    # ConvMixer-768/32 is ReLU
+  activation: str = 'gelu'  # ConvMixer-768/32 is ReLU
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -60,48 +63,68 @@ def build(name: str, num_classes: int) -> nn.Module:
   if name in vit.VARIANTS:
     v = vit.VARIANTS[name]
     return models_vit.VisionTransformer(
-        num_classes=num_classes, patches=ml_collections.ConfigDict({'size': (v['patch_size'],) * 2}),
-        hidden_size=v['hidden_size'], classifier='token',
-        transformer=dict(num_layers=v['depth'], mlp_dim=v['mlp_dim'], num_heads=v['num_heads'],
-                         dropout_rate=0.0, attention_dropout_rate=0.0))
+      num_classes=num_classes,
+      patches=ml_collections.ConfigDict({'size': (v['patch_size'],) * 2}),
+      hidden_size=v['hidden_size'],
+      classifier='token',
+      transformer=dict(
+        num_layers=v['depth'],
+        mlp_dim=v['mlp_dim'],
+        num_heads=v['num_heads'],
+        dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+      ),
+    )
   if name in mixer.VARIANTS:
     v = mixer.VARIANTS[name]
-    return models_mixer.MlpMixer(patches=ml_collections.ConfigDict({'size': (v['patch_size'],) * 2}),
-                                 num_classes=num_classes, num_blocks=v['depth'], hidden_dim=v['hidden_size'],
-                                 tokens_mlp_dim=v['tokens_mlp_dim'], channels_mlp_dim=v['channels_mlp_dim'])
+    return models_mixer.MlpMixer(
+      patches=ml_collections.ConfigDict({'size': (v['patch_size'],) * 2}),
+      num_classes=num_classes,
+      num_blocks=v['depth'],
+      hidden_dim=v['hidden_size'],
+      tokens_mlp_dim=v['tokens_mlp_dim'],
+      channels_mlp_dim=v['channels_mlp_dim'],
+    )
   if name in convmixer.VARIANTS:
     return PlainConvMixer(num_classes=num_classes, **convmixer.VARIANTS[name])
   raise SystemExit(f'No plain baseline for {name!r}; one of the ViT, Mixer or ConvMixer registry names.')
 
 
-def main():
+def _arguments() -> argparse.Namespace:
   parser = argparse.ArgumentParser()
   parser.add_argument('--model', required=True)
   parser.add_argument('--batch_size', type=int, required=True)
   parser.add_argument('--image_size', type=int, required=True)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--num_classes', type=int, default=1000)
-  args = parser.parse_args()
+  return parser.parse_args()
+
+
+def main():
+  args = _arguments()
   model = build(args.model, args.num_classes)
   batch_norm = isinstance(model, PlainConvMixer)
   rng = np.random.RandomState(0)
   images = jnp.asarray(rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype(np.float32))
   labels = jnp.asarray(rng.randint(0, args.num_classes, args.batch_size))
   variables = jax.jit(functools.partial(model.init, train=False))(jax.random.PRNGKey(0), images[:1])
-  state = train_state.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                        tx=optax.adamw(1e-3, weight_decay=0.05))
+  state = train_state.TrainState.create(
+    apply_fn=model.apply, params=variables['params'], tx=optax.adamw(1e-3, weight_decay=0.05)
+  )
   batch_stats = variables.get('batch_stats')
 
   @jax.jit
   def train_step(state, batch_stats, images, labels):
     def loss_fn(params):
       if batch_norm:
-        logits, updates = state.apply_fn({'params': params, 'batch_stats': batch_stats}, images, train=True,
-                                         mutable=['batch_stats'])
+        logits, updates = state.apply_fn(
+          {'params': params, 'batch_stats': batch_stats}, images, train=True, mutable=['batch_stats']
+        )
       else:
         logits, updates = state.apply_fn({'params': params}, images, train=True), {}
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, updates.get('batch_stats')
+
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads), batch_stats, loss
 
@@ -110,20 +133,27 @@ def main():
     extra = {'batch_stats': batch_stats} if batch_norm else {}
     return state.apply_fn({'params': params, **extra}, images, train=False)
 
-  result = {'framework': 'plain-flax', 'model': args.model, 'batch_size': args.batch_size,
-            'image_size': args.image_size, 'jax': jax.__version__}
+  result = {
+    'framework': 'plain-flax',
+    'model': args.model,
+    'batch_size': args.batch_size,
+    'image_size': args.image_size,
+    'jax': jax.__version__,
+  }
   holder = {'state': state, 'batch_stats': batch_stats}
 
   def one_step():
     holder['state'], holder['batch_stats'], loss = train_step(holder['state'], holder['batch_stats'], images, labels)
     return loss
+
   start = time.perf_counter()
   jax.block_until_ready(one_step())
-  result['train_first_call_seconds'] = time.perf_counter() - start   # compile + one step
+  result['train_first_call_seconds'] = time.perf_counter() - start  # compile + one step
   result['train_seconds'] = median_seconds(one_step, args.steps)
   jax.block_until_ready(infer(holder['state'].params, holder['batch_stats'], images))
   result['inference_seconds'] = median_seconds(
-      lambda: infer(holder['state'].params, holder['batch_stats'], images), args.steps)
+    lambda: infer(holder['state'].params, holder['batch_stats'], images), args.steps
+  )
   print(json.dumps(result))
 
 

@@ -11,6 +11,7 @@ every column sees the same idle machine:
 A case is NAME:BATCH:IMAGE_SIZE[:CLASSES]. Figures are images/s from the median step;
 ratios above 1 mean isojax is faster. Without --timm_python the timm columns are left out.
 """
+
 import argparse
 import datetime
 import json
@@ -30,8 +31,12 @@ def parse_case(text: str) -> dict:
   parts = text.split(':')
   if len(parts) not in (3, 4):
     raise SystemExit(f'Case {text!r} is not NAME:BATCH:IMAGE_SIZE[:CLASSES], e.g. ViT-S/16:16:224.')
-  return {'model': parts[0], 'batch_size': int(parts[1]), 'image_size': int(parts[2]),
-          'num_classes': int(parts[3]) if len(parts) == 4 else 1000}
+  return {
+    'model': parts[0],
+    'batch_size': int(parts[1]),
+    'image_size': int(parts[2]),
+    'num_classes': int(parts[3]) if len(parts) == 4 else 1000,
+  }
 
 
 def run_json(cmd: list, timeout: float) -> dict:
@@ -48,15 +53,32 @@ def run_json(cmd: list, timeout: float) -> dict:
 
 
 def measure(case: dict, steps: int, timm_python: str, timeout: float) -> dict:
-  common = ['--model', case['model'], '--batch_size', str(case['batch_size']),
-            '--image_size', str(case['image_size']), '--steps', str(steps),
-            '--num_classes', str(case['num_classes'])]
+  common = [
+    '--model',
+    case['model'],
+    '--batch_size',
+    str(case['batch_size']),
+    '--image_size',
+    str(case['image_size']),
+    '--steps',
+    str(steps),
+    '--num_classes',
+    str(case['num_classes']),
+  ]
   out = {}
   isojax = run_json([sys.executable, '-m', 'isojax.bench', *common], timeout)
-  out['isojax'] = isojax if 'error' in isojax else {
-      'train_seconds': isojax['train']['ms_per_step'] / 1000, 'inference_seconds': isojax['inference']['ms_per_step'] / 1000,
-      'train_mfu': isojax['train']['mfu'], 'inference_mfu': isojax['inference']['mfu'],
-      'device_kind': isojax['device_kind'], 'devices': isojax['devices']}
+  out['isojax'] = (
+    isojax
+    if 'error' in isojax
+    else {
+      'train_seconds': isojax['train']['ms_per_step'] / 1000,
+      'inference_seconds': isojax['inference']['ms_per_step'] / 1000,
+      'train_mfu': isojax['train']['mfu'],
+      'inference_mfu': isojax['inference']['mfu'],
+      'device_kind': isojax['device_kind'],
+      'devices': isojax['devices'],
+    }
+  )
   out['plain'] = run_json([sys.executable, os.path.join(HERE, 'plain_flax.py'), *common], timeout)
   if timm_python:
     out['timm'] = run_json([timm_python, os.path.join(HERE, 'timm_bench.py'), *common], timeout)
@@ -79,15 +101,22 @@ def table(cases: list, results: list, with_timm: bool) -> str:
     row = [case['model'], str(case['batch_size']), str(case['image_size'])]
     for kind in ('train', 'inference'):
       ours = images_per_sec(res['isojax'], case, kind)
-      row += [fmt(ours, ',.1f'), fmt(res['isojax'].get(f'{kind}_mfu') and 100 * res['isojax'][f'{kind}_mfu'], '.0f') + '%']
+      row += [
+        fmt(ours, ',.1f'),
+        fmt(res['isojax'].get(f'{kind}_mfu') and 100 * res['isojax'][f'{kind}_mfu'], '.0f') + '%',
+      ]
       others = [('plain', res['plain'])] + ([('timm', res['timm'])] if with_timm else [])
       for _, other in others:
         theirs = images_per_sec(other, case, kind)
         ratio = ours / theirs if ours and theirs else None
         row += [fmt(theirs, ',.1f'), f'**{ratio:.2f}x**' if ratio else 'n/a']
     lines.append('| ' + ' | '.join(row) + ' |')
-  errors = [f'- {case["model"]} {name}: {r["error"]}' for case, res in zip(cases, results)
-            for name, r in res.items() if 'error' in r]
+  errors = [
+    f'- {case["model"]} {name}: {r["error"]}'
+    for case, res in zip(cases, results)
+    for name, r in res.items()
+    if 'error' in r
+  ]
   return '\n'.join(lines + ([''] + errors if errors else []))
 
 
@@ -101,8 +130,10 @@ def machine(results: list) -> str:
   ours = next((r['isojax'] for r in results if 'error' not in r['isojax']), {})
   timm = next((r['timm'] for r in results if 'timm' in r and 'error' not in r['timm']), None)
   plain = next((r['plain'] for r in results if 'error' not in r['plain']), {})
-  text = (f'{datetime.date.today()}, {os.cpu_count()} x {cpu}; isojax on {ours.get("devices", "?")} x '
-          f'{ours.get("device_kind", "?")}, jax {plain.get("jax", "?")}')
+  text = (
+    f'{datetime.date.today()}, {os.cpu_count()} x {cpu}; isojax on {ours.get("devices", "?")} x '
+    f'{ours.get("device_kind", "?")}, jax {plain.get("jax", "?")}'
+  )
   if timm:
     text += f'; timm {timm["timm"]}, torch {timm["torch"]} ({timm["threads"]} threads)'
   return text
@@ -112,16 +143,20 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--cases', nargs='+', default=DEFAULT_CASES, help='NAME:BATCH:IMAGE_SIZE[:CLASSES] ...')
   parser.add_argument('--steps', type=int, default=5, help='timed steps per measurement (median)')
-  parser.add_argument('--timm_python', default=os.environ.get('TIMM_PYTHON'),
-                      help='python of a venv with torch and timm (or $TIMM_PYTHON)')
+  parser.add_argument(
+    '--timm_python',
+    default=os.environ.get('TIMM_PYTHON'),
+    help='python of a venv with torch and timm (or $TIMM_PYTHON)',
+  )
   parser.add_argument('--timeout', type=float, default=1800, help='seconds per measurement process')
   parser.add_argument('--out', help='also write the Markdown table (and the raw JSON next to it)')
   args = parser.parse_args(argv)
   cases = [parse_case(c) for c in args.cases]
   results = []
   for case in cases:
-    print(f"measuring {case['model']} batch {case['batch_size']} @ {case['image_size']}px ...", file=sys.stderr,
-          flush=True)
+    print(
+      f'measuring {case["model"]} batch {case["batch_size"]} @ {case["image_size"]}px ...', file=sys.stderr, flush=True
+    )
     results.append(measure(case, args.steps, args.timm_python, args.timeout))
   command = 'python benchmarks/side_by_side.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
   text = f'{table(cases, results, bool(args.timm_python))}\n\n{machine(results)}; `{command}`\n'

@@ -6,25 +6,26 @@ Times the same two things isojax.bench times, the way timm trains: a full traini
 (forward, cross-entropy, backward, AdamW update) in train mode, and inference under
 `torch.inference_mode()` in eval mode. Prints one JSON line.
 """
+
 import argparse
 import json
 import statistics
 import time
 
+import timm
 import torch
 import torch.nn.functional as F
-import timm
 from timm.models.convmixer import ConvMixer
 
 # isojax registry name -> timm constructor (same architecture, same parameter count).
 MODELS = {
-    'ViT-S/16': lambda n, s: timm.create_model('vit_small_patch16_224', num_classes=n, img_size=s),
-    'ViT-B/16': lambda n, s: timm.create_model('vit_base_patch16_224', num_classes=n, img_size=s),
-    'Mixer-S/16': lambda n, s: timm.create_model('mixer_s16_224', num_classes=n, img_size=s),
-    'Mixer-B/16': lambda n, s: timm.create_model('mixer_b16_224', num_classes=n, img_size=s),
-    'ConvMixer-768/32': lambda n, s: timm.create_model('convmixer_768_32', num_classes=n),
-    'ConvMixer-1536/20': lambda n, s: timm.create_model('convmixer_1536_20', num_classes=n),
-    'ConvMixer-256/8': lambda n, s: ConvMixer(dim=256, depth=8, kernel_size=5, patch_size=2, num_classes=n),
+  'ViT-S/16': lambda n, s: timm.create_model('vit_small_patch16_224', num_classes=n, img_size=s),
+  'ViT-B/16': lambda n, s: timm.create_model('vit_base_patch16_224', num_classes=n, img_size=s),
+  'Mixer-S/16': lambda n, s: timm.create_model('mixer_s16_224', num_classes=n, img_size=s),
+  'Mixer-B/16': lambda n, s: timm.create_model('mixer_b16_224', num_classes=n, img_size=s),
+  'ConvMixer-768/32': lambda n, s: timm.create_model('convmixer_768_32', num_classes=n),
+  'ConvMixer-1536/20': lambda n, s: timm.create_model('convmixer_1536_20', num_classes=n),
+  'ConvMixer-256/8': lambda n, s: ConvMixer(dim=256, depth=8, kernel_size=5, patch_size=2, num_classes=n),
 }
 
 
@@ -50,9 +51,15 @@ def main():
   model = MODELS[args.model](args.num_classes, args.image_size)
   images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
   labels = torch.randint(0, args.num_classes, (args.batch_size,))
-  result = {'framework': 'timm', 'model': args.model, 'batch_size': args.batch_size,
-            'image_size': args.image_size, 'torch': torch.__version__, 'timm': timm.__version__,
-            'threads': torch.get_num_threads()}
+  result = {
+    'framework': 'timm',
+    'model': args.model,
+    'batch_size': args.batch_size,
+    'image_size': args.image_size,
+    'torch': torch.__version__,
+    'timm': timm.__version__,
+    'threads': torch.get_num_threads(),
+  }
 
   if args.only != 'inference':
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
@@ -64,7 +71,8 @@ def main():
       loss.backward()
       optimizer.step()
       return loss.item()
-    train_step()   # warm-up: allocations, lazy optimizer state
+
+    train_step()  # warm-up: allocations, lazy optimizer state
     result['train_seconds'] = median_seconds(train_step, args.steps)
 
   if args.only != 'train':
@@ -73,6 +81,7 @@ def main():
     def infer():
       with torch.inference_mode():
         return model(images).sum().item()
+
     infer()
     result['inference_seconds'] = median_seconds(infer, args.steps)
   print(json.dumps(result))

@@ -5,6 +5,7 @@
 Same models and augmentation as the CIFAR-10 configs, 100 classes. Expected (200 epochs):
 ConvMixer-256/8 ~75%, the small ViT ~68%, the small Mixer ~62% test accuracy.
 """
+
 import importlib.util
 import os
 

@@ -14,6 +14,7 @@ Differences, and why:
 - The source's DataLoader keeps a last partial batch (98 steps per epoch); isojax runs
   ceil(100 * 50000 / 512) = 9,766 full batches, and the schedule spans exactly those steps.
 """
+
 from isojax.core.config import base
 from isojax.models import model_config
 
@@ -30,24 +31,26 @@ def get_config(arg=None):
   # whole 32x32 image (omitted); RandomHorizontalFlip; RandAugment(num_ops=2, magnitude=12) on
   # torchvision's 31 bins; ColorJitter(0.2, 0.2, 0.2); Normalize(cifar10 mean/std, l.66-67);
   # RandomErasing(p=0.2) with torchvision's value=0.
-  c.data.train_pp = ('flip|randaugment(num_ops=2, magnitude=12, flavour=torchvision)'
-                     '|color_jitter(brightness=0.2, contrast=0.2, saturation=0.2)'
-                     '|normalize(cifar)|random_erasing(0.2, area_min=0.02, area_max=0.33, fill=zero)')
-  c.data.eval_pp = 'normalize(cifar)'           # test_transform, l.79-82
+  c.data.train_pp = (
+    'flip|randaugment(num_ops=2, magnitude=12, flavour=torchvision)'
+    '|color_jitter(brightness=0.2, contrast=0.2, saturation=0.2)'
+    '|normalize(cifar)|random_erasing(0.2, area_min=0.02, area_max=0.33, fill=zero)'
+  )
+  c.data.eval_pp = 'normalize(cifar)'  # test_transform, l.79-82
   c.data.cache = True
-  c.batch_size = 512                            # --batch-size 512
+  c.batch_size = 512  # --batch-size 512
   c.eval_batch_size = 1000
-  c.num_epochs = 100                            # --epochs=100
-  c.label_smoothing = 0.0                       # nn.CrossEntropyLoss()
-  c.optimizer.name = 'adamw'                    # optim.AdamW (l.102): betas (0.9, 0.999), eps 1e-8
+  c.num_epochs = 100  # --epochs=100
+  c.label_smoothing = 0.0  # nn.CrossEntropyLoss()
+  c.optimizer.name = 'adamw'  # optim.AdamW (l.102): betas (0.9, 0.999), eps 1e-8
   c.optimizer.eps = 1e-8
-  c.optimizer.lr = 0.05                         # --lr-max=0.05
-  c.optimizer.weight_decay = 0.005              # --wd=0.005, multiplied by lr as in torch AdamW
+  c.optimizer.lr = 0.05  # --lr-max=0.05
+  c.optimizer.weight_decay = 0.005  # --wd=0.005, multiplied by lr as in torch AdamW
   c.optimizer.weight_decay_mode = 'lr_scaled'
-  c.optimizer.decay_params = '.*'               # torch AdamW decays every parameter (model.parameters())
-  c.optimizer.schedule = 'onecycle'             # lr_schedule, l.99-100, at epoch + (i + 1) / len
+  c.optimizer.decay_params = '.*'  # torch AdamW decays every parameter (model.parameters())
+  c.optimizer.schedule = 'onecycle'  # lr_schedule, l.99-100, at epoch + (i + 1) / len
   c.optimizer.warmup_steps = 0
-  c.optimizer.clip_norm = 0.0                   # --clip-norm not given: no clipping
+  c.optimizer.clip_norm = 0.0  # --clip-norm not given: no clipping
   c.eval_every = 1000
   c.checkpoint.every = 1000
   return c

@@ -12,10 +12,11 @@ source's crop 384 (4x cheaper; expect a few tenths lower), and momentum kept in 
 PATH is a published checkpoint of the same architecture (google-research/vision_transformer
 `ViT-B_16.npz` / `Mixer-B_16.npz`, a big_vision .npz) or the workdir of an isojax run. The head
 is re-initialised for 10 classes and learned position embeddings are resized to the new grid.
-For timm weights add `--config.model.approximate_gelu=False`. The ViT paper's fine-tuning recipe: SGD momentum 0.9, no weight decay, batch
-512, 10k steps with 500 warmup and cosine decay, grad clip 1.0, 224px. Expected, from
-ImageNet-21k weights: ~98.9% (ViT-B/16) / ~97.7% (Mixer-B/16) test accuracy.
+For timm weights add `--config.model.approximate_gelu=False`. The ViT paper's fine-tuning recipe:
+SGD momentum 0.9, no weight decay, batch 512, 10k steps with 500 warmup and cosine decay, grad clip 1.0,
+224px. Expected, from ImageNet-21k weights: ~98.9% (ViT-B/16) / ~97.7% (Mixer-B/16) test accuracy.
 """
+
 from isojax.core.config import base
 from isojax.models import model_config
 

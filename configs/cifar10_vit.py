@@ -9,18 +9,20 @@ augmentation (timm RandAugment, mixup/CutMix, random erasing, label smoothing) a
 epochs (ViTs need heavy augmentation on CIFAR).
 Use the CIFAR-100 variant with `--config=configs/cifar100.py:vit`.
 """
+
 from isojax.core.config import base
 from isojax.models import model_config
 
 
 def get_config(arg=None):
   c = base()
-  c.model = model_config('ViT-384x6/4', classifier='gap', posemb='sincos2d', dropout_rate=0.0,
-                         drop_path_rate=0.1)
+  c.model = model_config('ViT-384x6/4', classifier='gap', posemb='sincos2d', dropout_rate=0.0, drop_path_rate=0.1)
   c.data.name = 'cifar10'
   c.data.image_size = 32
-  c.data.train_pp = ('random_crop(size=32, padding=4)|flip|randaugment(num_ops=2, magnitude=9, flavour=timm)'
-                     '|normalize(cifar)|random_erasing(0.25)')
+  c.data.train_pp = (
+    'random_crop(size=32, padding=4)|flip|randaugment(num_ops=2, magnitude=9, flavour=timm)'
+    '|normalize(cifar)|random_erasing(0.25)'
+  )
   c.data.eval_pp = 'normalize(cifar)'
   c.data.cache = True
   c.batch_size = 512

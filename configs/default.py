@@ -2,16 +2,15 @@
 
     python -m isojax.main --config=configs/default.py --workdir=workdirs/default
 
-isojax's own recipe (no published source). Needs no internet: the digits ship with scikit-learn and are prepared as the TFDS
-dataset `isojax_digits` on first use, then read through the same pipeline as CIFAR-10.
+isojax's own recipe (no published source). Needs no internet: the digits ship with scikit-learn and are
+prepared as the TFDS dataset `isojax_digits` on first use, then read through the same pipeline as CIFAR-10.
 Expected: >= 97% test accuracy on the 360 held-out digits (99% typical) in under
 3 minutes on a 2-core CPU, compile included. Two evaluators: `val` (top-1/top-5/loss on the
 test split; picks the best checkpoint) and `fewshot` (big_vision's closed-form linear probe on
 the frozen pre-logits: 1, 5, 10, 25 training digits per class, 3 seeds, accuracy on the test split).
 """
-from isojax.core.config import base
-from isojax.core.config import classification_eval
-from isojax.core.config import fewshot_eval
+
+from isojax.core.config import base, classification_eval, fewshot_eval
 from isojax.models import model_config
 
 
@@ -32,9 +31,9 @@ def get_config(arg=None):
   c.checkpoint.every = 150
   c.optimizer.lr = 5e-3
   c.optimizer.weight_decay = 0.05
-  c.optimizer.warmup_fraction = 1 / 15   # 30 of the 450 steps
+  c.optimizer.warmup_fraction = 1 / 15  # 30 of the 450 steps
   c.label_smoothing = 0.1
-  c.evals.val = classification_eval()                       # config.data.eval_split with eval_pp
+  c.evals.val = classification_eval()  # config.data.eval_split with eval_pp
   c.evals.fewshot = fewshot_eval(train_split='train', test_split='test')
   c.best_metric = 'val/accuracy'
   return c

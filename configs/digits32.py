@@ -12,8 +12,8 @@ ResNet's last stages would pool a 1x1 map after its stem, while at 32x32 every s
 Expected (2026-11-30): 97.5-99.7% test accuracy on the 360 held-out digits for most families, CaiT 94% and
 ResMLP 89% under this one recipe (README, "Isotropic vs pyramid"); 1-5 minutes per model on 2 CPU cores.
 """
-from isojax.core.config import base
-from isojax.core.config import classification_eval
+
+from isojax.core.config import base, classification_eval
 from isojax.models import model_config
 
 
@@ -25,12 +25,12 @@ def get_config(arg=None):
   c.data.train_pp = 'resize(32)|random_crop(size=32, padding=4)|normalize(half)'
   c.data.eval_pp = 'resize(32)|normalize(half)'
   c.data.cache = True
-  c.data.uint8_batches = False           # as the study was measured: float pixels of the 8 -> 32 resize, unrounded
+  c.data.uint8_batches = False  # as the study was measured: float pixels of the 8 -> 32 resize, unrounded
   c.batch_size = 128
   c.eval_batch_size = 360
   c.num_epochs = 30
   c.log_every = 20
-  c.eval_every = 110                     # about 10 epochs (1,437 training digits, 11.2 steps per epoch)
+  c.eval_every = 110  # about 10 epochs (1,437 training digits, 11.2 steps per epoch)
   c.checkpoint.every = 110
   c.optimizer.name = 'adamw'
   c.optimizer.lr = 2e-3

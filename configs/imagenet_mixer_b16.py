@@ -8,7 +8,8 @@ Mixer-B/16 trained on ImageNet from scratch with this kind of regularisation); b
 file states no figure. Needs TFDS `imagenet2012`.
 
 Crops and resizes are big_vision's own defaults: `decode_jpeg_and_inception_crop` samples 5-100%
-of the area at aspect ratios 0.75-1.33, bilinear without antialiasing; `resize_small` is method 'area' without antialiasing
+of the area at aspect ratios 0.75-1.33, bilinear without antialiasing; `resize_small` is method 'area'
+without antialiasing
 (big_vision/pp/ops_image.py l.199-201, l.108). isojax keeps float pixels between ops where
 big_vision rounds to uint8 after each resize and RandAugment op (rounding, not another augmentation).
 
@@ -18,6 +19,7 @@ Differences, and why:
 - RandAugment magnitude 15 is past the 0..10 scale; big_vision's ops extrapolate linearly
   and so do isojax's big_vision-flavour ops.
 """
+
 from isojax.core.config import base
 from isojax.models import model_config
 
@@ -28,29 +30,31 @@ def get_config(arg=None):
   c.model = model_config('Mixer-B/16', drop_path_rate=0.1, head_bias_init=-6.9)
   c.data.name = 'imagenet2012'
   c.data.train_split = 'train[:99%]'
-  c.data.eval_split = 'train[99%:]'           # minival
+  c.data.eval_split = 'train[99%:]'  # minival
   c.data.image_size = 224
   # 'decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2,15)|value_range(-1, 1)'
-  c.data.train_pp = ('inception_crop(224, area_min=0.05, ratio_max=1.33, antialias=False)|flip'
-                     '|randaugment(num_ops=2, magnitude=15, flavour=big_vision)'
-                     '|normalize(half)')
+  c.data.train_pp = (
+    'inception_crop(224, area_min=0.05, ratio_max=1.33, antialias=False)|flip'
+    '|randaugment(num_ops=2, magnitude=15, flavour=big_vision)'
+    '|normalize(half)'
+  )
   c.data.eval_pp = 'resize_small(256, method=area, antialias=False)|central_crop(224)|normalize(half)'
-  c.data.shuffle_buffer = 250_000   # big_vision's is per host; isojax's is the run's (README, input pipeline)
+  c.data.shuffle_buffer = 250_000  # big_vision's is per host; isojax's is the run's (README, input pipeline)
   c.batch_size = 4096
   c.eval_batch_size = 1024
-  c.num_epochs = 300                          # total_epochs
-  c.loss = 'sigmoid_xent'                     # loss
-  c.mixup = dict(mixup_alpha=0.5, cutmix_alpha=0.0)   # mixup p=0.5
-  c.optimizer.name = 'adamw'                  # optax_name='scale_by_adam' + wd
+  c.num_epochs = 300  # total_epochs
+  c.loss = 'sigmoid_xent'  # loss
+  c.mixup = dict(mixup_alpha=0.5, cutmix_alpha=0.0)  # mixup p=0.5
+  c.optimizer.name = 'adamw'  # optax_name='scale_by_adam' + wd
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 1e-4
   c.optimizer.weight_decay_mode = 'lr_independent'
   c.optimizer.warmup_steps = 10_000
-  c.optimizer.schedule = 'linear'             # decay_type='linear', linear_end=1e-5 (a multiplier of lr)
+  c.optimizer.schedule = 'linear'  # decay_type='linear', linear_end=1e-5 (a multiplier of lr)
   c.optimizer.end_lr_factor = 1e-5
-  c.optimizer.clip_norm = 1.0                 # grad_clip_norm
+  c.optimizer.clip_norm = 1.0  # grad_clip_norm
   c.dtype = 'float32'
   c.log_every = 50
   c.eval_every = 2500
-  c.checkpoint.every = 1000                   # ckpt_steps
+  c.checkpoint.every = 1000  # ckpt_steps
   return c

@@ -5,11 +5,11 @@
 Base: configs/cifar10_vit.py shortened to 50 epochs. The random trials (seed 0, fixed) fill
 the space between the grid points.
 """
+
 from isojax.sweeps import Sweep, loguniform, product, sample
 
 
 def get_sweep():
   grid = product({'optimizer.lr': [3e-4, 1e-3, 3e-3], 'optimizer.weight_decay': [0.01, 0.05, 0.3]})
-  random = sample(8, {'optimizer.lr': loguniform(1e-4, 1e-2), 'optimizer.weight_decay': loguniform(1e-3, 1.0)},
-                  seed=0)
+  random = sample(8, {'optimizer.lr': loguniform(1e-4, 1e-2), 'optimizer.weight_decay': loguniform(1e-3, 1.0)}, seed=0)
   return Sweep('configs/cifar10_vit.py', grid + random, fixed={'num_epochs': 50.0})

@@ -23,5 +23,7 @@ def __getattr__(name: str) -> Any:
   if name in PUBLIC:
     module, attribute = PUBLIC[name]
     return getattr(importlib.import_module(module), attribute)
-  raise AttributeError(f'module isojax has no attribute {name!r}; the public names are {sorted(PUBLIC)} and the '
-                       f'subpackages (isojax.models, isojax.data, ...).')
+  raise AttributeError(
+    f'module isojax has no attribute {name!r}; the public names are {sorted(PUBLIC)} and the '
+    f'subpackages (isojax.models, isojax.data, ...).'
+  )

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from isojax.core import host_memory
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-host_memory.keep_freed_memory()   # as isojax.main: before JAX and TensorFlow start their threads
+host_memory.keep_freed_memory()  # as isojax.main: before JAX and TensorFlow start their threads
 
 from absl import flags  # noqa: E402
 
@@ -27,8 +28,9 @@ from isojax.core import command_line, loading  # noqa: E402
 from isojax.core.config import KERNELS  # noqa: E402
 from isojax.training import benchmark  # noqa: E402
 
-try:   # the input pipeline is TensorFlow's; an accelerator host without it still benchmarks models
+try:  # the input pipeline is TensorFlow's; an accelerator host without it still benchmarks models
   from isojax.data import benchmark as input_benchmark
+
   INPUT_UNAVAILABLE: Optional[str] = None
 except ImportError as e:
   input_benchmark = None  # type: ignore[assignment]
@@ -39,23 +41,31 @@ _MODEL = flags.DEFINE_string('model', None, 'A registered model name, e.g. ViT-S
 _BATCH = flags.DEFINE_integer('batch_size', 64, 'Global batch, split over the local devices.', flag_values=FLAGS)
 _IMAGE = flags.DEFINE_integer('image_size', 224, 'Image side in pixels.', flag_values=FLAGS)
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype.', flag_values=FLAGS)
-_KERNELS = flags.DEFINE_enum('kernels', 'auto', list(KERNELS), 'Reference ops, the CPU fast paths, or auto.',
-                             flag_values=FLAGS)
+_KERNELS = flags.DEFINE_enum(
+  'kernels', 'auto', list(KERNELS), 'Reference ops, the CPU fast paths, or auto.', flag_values=FLAGS
+)
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (the median is reported).', flag_values=FLAGS)
 _CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head.', flag_values=FLAGS)
 _REMAT = flags.DEFINE_bool('remat', False, 'Recompute block activations in the backward pass.', flag_values=FLAGS)
 _INPUT = flags.DEFINE_string('input', None, "Measure this config's input pipeline alone.", flag_values=FLAGS)
-_SET = flags.DEFINE_multi_string('set', [], 'With --input: a config override KEY=VALUE, e.g. '
-                                 '--set=data.name=image_folder --set=data.data_dir=/data/photos.', flag_values=FLAGS)
-_MAX_BATCH = flags.DEFINE_bool('max_batch', False, 'Find the largest training batch that fits the device memory '
-                               '(compiles only).', flag_values=FLAGS)
+_SET = flags.DEFINE_multi_string(
+  'set',
+  [],
+  'With --input: a config override KEY=VALUE, e.g. --set=data.name=image_folder --set=data.data_dir=/data/photos.',
+  flag_values=FLAGS,
+)
+_MAX_BATCH = flags.DEFINE_bool(
+  'max_batch', False, 'Find the largest training batch that fits the device memory (compiles only).', flag_values=FLAGS
+)
 
 
 def bench_input(config_path: str, steps: int = 50, overrides: Sequence[str] = ()) -> dict:
   """The input pipeline's images/s (isojax/data/benchmark.py), with KEY=VALUE overrides."""
   if input_benchmark is None:
-    raise command_line.UsageError(f'--input needs TensorFlow, the input pipeline ({INPUT_UNAVAILABLE}); install '
-                                  f"isojax's dependencies (pip install -e .)")
+    raise command_line.UsageError(
+      f'--input needs TensorFlow, the input pipeline ({INPUT_UNAVAILABLE}); install '
+      f"isojax's dependencies (pip install -e .)"
+    )
   try:
     parsed = loading.parse_overrides(list(overrides))
   except ValueError as e:
@@ -70,33 +80,42 @@ def _result() -> dict[str, Any]:
     raise command_line.UsageError('give --model=NAME or --input=CONFIG')
   if _MAX_BATCH.value:
     return benchmark.largest_batch(_MODEL.value, _IMAGE.value, _DTYPE.value, _REMAT.value, _CLASSES.value)
-  return benchmark.bench_model(_MODEL.value, _BATCH.value, _IMAGE.value, _DTYPE.value, _STEPS.value, _CLASSES.value,
-                               _REMAT.value, _KERNELS.value)
+  return benchmark.bench_model(
+    _MODEL.value, _BATCH.value, _IMAGE.value, _DTYPE.value, _STEPS.value, _CLASSES.value, _REMAT.value, _KERNELS.value
+  )
 
 
 def _table(result: dict) -> str:
   if 'max_batch_per_device' in result:
     at_max = result['step_bytes_at_max']
-    return (f"{result['model']} @ {result['image_size']}px {result['dtype']}{' remat' if result['remat'] else ''}: "
-            f"largest training batch {result['max_global_batch']} ({result['max_batch_per_device']} per device x "
-            f"{result['devices']} {result['device_kind']}); the step takes "
-            f"{at_max / 2 ** 30 if at_max else 0:.1f} of {result['limit_bytes'] / 2 ** 30:.1f} GiB "
-            f"({result['limit_source']})")
+    return (
+      f'{result["model"]} @ {result["image_size"]}px {result["dtype"]}{" remat" if result["remat"] else ""}: '
+      f'largest training batch {result["max_global_batch"]} ({result["max_batch_per_device"]} per device x '
+      f'{result["devices"]} {result["device_kind"]}); the step takes '
+      f'{at_max / 2**30 if at_max else 0:.1f} of {result["limit_bytes"] / 2**30:.1f} GiB '
+      f'({result["limit_source"]})'
+    )
   if 'input' in result:
-    return f"input pipeline of {result['input']} ({result['dataset']}): {result['images_per_sec']:,.0f} images/s"
-  head = (f"{result['model']} batch {result['batch_size']} @ {result['image_size']}px {result['dtype']}, "
-          f"{result.get('kernels', 'auto')} kernels, on "
-          f"{result['devices']} x {result['device_kind']} (peak {result['peak_flops_per_device'] / 1e12:.3g} "
-          f"TFLOP/s per device, {result['peak_source']})")
-  lines = [head, f"{'':10s} {'images/s':>10s} {'ms/step':>9s} {'compile s':>9s} {'GFLOP/img':>10s} "
-                 f"{'TFLOP/s':>8s} {'MFU':>6s}"]
+    return f'input pipeline of {result["input"]} ({result["dataset"]}): {result["images_per_sec"]:,.0f} images/s'
+  head = (
+    f'{result["model"]} batch {result["batch_size"]} @ {result["image_size"]}px {result["dtype"]}, '
+    f'{result.get("kernels", "auto")} kernels, on '
+    f'{result["devices"]} x {result["device_kind"]} (peak {result["peak_flops_per_device"] / 1e12:.3g} '
+    f'TFLOP/s per device, {result["peak_source"]})'
+  )
+  lines = [
+    head,
+    f'{"":10s} {"images/s":>10s} {"ms/step":>9s} {"compile s":>9s} {"GFLOP/img":>10s} {"TFLOP/s":>8s} {"MFU":>6s}',
+  ]
   for kind in ('train', 'inference'):
     r = result[kind]
     fmt = lambda v, spec: format(v, spec) if v is not None else 'n/a'
-    lines.append(f"{kind:10s} {r['images_per_sec']:>10,.1f} {r['ms_per_step']:>9.1f} {r['compile_sec']:>9.1f} "
-                 f"{fmt(r['gflops_per_image'], '>10.2f')} {fmt(r['achieved_tflops_per_device'], '>8.3f')} "
-                 f"{fmt(r['mfu'] and 100 * r['mfu'], '>5.1f')}%")
-  lines.append(f"peak memory {result['peak_memory_bytes'] / 2 ** 30:.2f} GiB ({result['memory_source']})")
+    lines.append(
+      f'{kind:10s} {r["images_per_sec"]:>10,.1f} {r["ms_per_step"]:>9.1f} {r["compile_sec"]:>9.1f} '
+      f'{fmt(r["gflops_per_image"], ">10.2f")} {fmt(r["achieved_tflops_per_device"], ">8.3f")} '
+      f'{fmt(r["mfu"] and 100 * r["mfu"], ">5.1f")}%'
+    )
+  lines.append(f'peak memory {result["peak_memory_bytes"] / 2**30:.2f} GiB ({result["memory_source"]})')
   return '\n'.join(lines)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 from isojax.core import host_memory
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-host_memory.keep_freed_memory()   # before JAX and TensorFlow start their threads (isojax/core/host_memory.py)
+host_memory.keep_freed_memory()  # before JAX and TensorFlow start their threads (isojax/core/host_memory.py)
 
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -28,14 +29,20 @@ from isojax.core import command_line, validation  # noqa: E402
 from isojax.training import loop, plan, preemption  # noqa: E402
 
 FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file, optionally with :ARG.',
-                                          lock_config=True, flag_values=FLAGS)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.',
-                               flag_values=FLAGS)
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Resolve the config and print what the run would do (model, '
-                             'parameters, GFLOPs, steps, learning rate over training, weight decay, '
-                             'augmentation) as text and one JSON line; train nothing, write nothing.',
-                             flag_values=FLAGS)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Path to a config file, optionally with :ARG.', lock_config=True, flag_values=FLAGS
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', None, 'Directory for config.json, metrics.jsonl and checkpoints.', flag_values=FLAGS
+)
+_DRY_RUN = flags.DEFINE_bool(
+  'dry_run',
+  False,
+  'Resolve the config and print what the run would do (model, '
+  'parameters, GFLOPs, steps, learning rate over training, weight decay, '
+  'augmentation) as text and one JSON line; train nothing, write nothing.',
+  flag_values=FLAGS,
+)
 flags.mark_flags_as_required(['config', 'workdir'], flag_values=FLAGS)
 
 
@@ -44,7 +51,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   positional = command_line.parse(FLAGS, argv, __doc__)
   if positional:
     raise command_line.UsageError(f'unexpected arguments {positional}; every setting is a flag')
-  logging.set_verbosity(logging.WARNING)   # Orbax and TFDS log every save and read at INFO
+  logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save and read at INFO
   tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators
   config = _CONFIG.value
   if _DRY_RUN.value:
@@ -53,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(plan.format_dry_run(plan.dry_run(config)), flush=True)
     return 0
   try:
-    loop.train_and_evaluate(config, _WORKDIR.value)
+    loop.train_and_evaluate(config, str(_WORKDIR.value))  # a required flag
   except preemption.Preempted as stopped:
     if jax.process_index() == 0:
       print(str(stopped), file=sys.stderr, flush=True)

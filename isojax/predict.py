@@ -1,13 +1,14 @@
 """Top-5 classes for image files with a trained run.
 
-    python -m isojax.predict --workdir=DIR [--step=best] IMAGE [IMAGE ...]
+python -m isojax.predict --workdir=DIR [--step=best] IMAGE [IMAGE ...]
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -31,13 +32,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if not images:
     raise command_line.UsageError('give one or more image files after the flags')
   logging.set_verbosity(logging.WARNING)
-  step = _STEP.value
-  step = int(step) if step and step.isdigit() else step
-  model, variables, config = runs.load(_WORKDIR.value, step=step)
-  names = workdir_lib.read_dataset_info(_WORKDIR.value)['class_names']
+  workdir = str(_WORKDIR.value)  # a required flag
+  model, variables, config = runs.load(workdir, step=command_line.checkpoint_step(_STEP.value))
+  names = workdir_lib.read_dataset_info(workdir)['class_names']
   probabilities = inference.predict(model, variables, config, images)
   for path, p in zip(images, probabilities):
-    top = p.argsort()[::-1][:_TOP.value]
+    top = p.argsort()[::-1][: _TOP.value]
     print(path + ': ' + ', '.join(f'{names[i]} {100 * p[i]:.1f}%' for i in top))
   return 0
 

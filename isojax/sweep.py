@@ -13,9 +13,10 @@ several GPUs, `--parallel=N` gives each running trial its own share of them.
 from __future__ import annotations
 
 import os
-import sys
 import shlex
-from typing import Optional, Sequence
+import sys
+from collections.abc import Sequence
+from typing import Optional
 
 from absl import flags
 
@@ -27,10 +28,15 @@ FLAGS = flags.FlagValues()
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory: one folder per trial.', flag_values=FLAGS)
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Trials at a time.', lower_bound=1, flag_values=FLAGS)
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the trials and stop.', flag_values=FLAGS)
-_PRINT_COMMANDS = flags.DEFINE_bool('print_commands', False, 'Print one isojax.main command per trial (for a '
-                                    'cluster scheduler) and stop.', flag_values=FLAGS)
-_SUMMARIZE = flags.DEFINE_string('summarize', None, 'Rebuild results.csv/.md/.png of this sweep directory and '
-                                 'print the table.', flag_values=FLAGS)
+_PRINT_COMMANDS = flags.DEFINE_bool(
+  'print_commands',
+  False,
+  'Print one isojax.main command per trial (for a cluster scheduler) and stop.',
+  flag_values=FLAGS,
+)
+_SUMMARIZE = flags.DEFINE_string(
+  'summarize', None, 'Rebuild results.csv/.md/.png of this sweep directory and print the table.', flag_values=FLAGS
+)
 
 
 def _checked_trials(sweep: sweeps.Sweep) -> list[sweeps.Trial]:

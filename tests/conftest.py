@@ -1,4 +1,5 @@
 """Test-wide setup: several CPU devices for pmap tests, quiet TensorFlow, no GPU grabbing by TF."""
+
 import os
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')

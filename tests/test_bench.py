@@ -1,6 +1,9 @@
 """The benchmark command measures the real train step, inference and the input pipeline."""
+
 import json
 import os
+
+import pytest
 
 from isojax import bench
 from isojax.training import benchmark
@@ -8,9 +11,11 @@ from isojax.training import benchmark
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_bench_command_prints_a_table_and_one_json_line_with_every_figure_the_issue_names(capsys):
-  assert bench.main(['--model=ConvMixer-256/8', '--batch_size=8', '--image_size=8', '--steps=2',
-                     '--num_classes=10']) == 0
+  assert (
+    bench.main(['--model=ConvMixer-256/8', '--batch_size=8', '--image_size=8', '--steps=2', '--num_classes=10']) == 0
+  )
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[1].split()[:3] == ['images/s', 'ms/step', 'compile'] and lines[2].startswith('train')
   result = json.loads(lines[-1])
@@ -30,11 +35,11 @@ def test_bench_input_measures_the_pipeline_alone(tmp_path, monkeypatch):
   assert result['images_per_sec'] > 0 and result['dataset'] == 'isojax_digits'
 
 
+@pytest.mark.slow
 def test_largest_batch_is_the_last_multiple_that_fits_the_memory_limit():
   bytes_at = lambda batch: benchmark.train_step_bytes('ConvMixer-32/2-k3-p2', batch, 8, num_classes=10)
   limit = bytes_at(16) + 1
   result = benchmark.largest_batch('ConvMixer-32/2-k3-p2', 8, num_classes=10, limit_bytes=limit)
   assert result['max_batch_per_device'] == 16 and result['step_bytes_at_max'] == limit - 1
-  assert result['probes']['24'] > limit   # the next multiple of 8 does not fit
+  assert result['probes']['24'] > limit  # the next multiple of 8 does not fit
   assert result['max_global_batch'] == 16 * result['devices']
-

@@ -1,4 +1,5 @@
 """Checkpoints keep the last K and the best, never hold NaNs; the workdir guards its run."""
+
 import json
 
 import numpy as np
@@ -43,10 +44,10 @@ def test_workdir_records_the_config_and_refuses_an_incompatible_run(tmp_path):
   config = base()
   workdir.prepare(str(tmp_path), config)
   assert json.load(open(tmp_path / 'config.json'))['model']['name'] == 'ViT-S/16'
-  config.num_epochs = 20   # training longer is compatible
+  config.num_epochs = 20  # training longer is compatible
   workdir.prepare(str(tmp_path), config)
   config.model.name = 'Mixer-S/16'
-  with pytest.raises(ValueError, match=r"holds a run with model=.*ViT-S/16.*Use a new --workdir"):
+  with pytest.raises(ValueError, match=r'holds a run with model=.*ViT-S/16.*Use a new --workdir'):
     workdir.prepare(str(tmp_path), config)
 
 
@@ -70,9 +71,9 @@ def test_the_best_checkpoint_survives_a_restart(tmp_path):
   first.save(20, state(20), metrics={'accuracy': 0.1})
   first.wait()
   first.close()
-  second = checkpoint.Checkpointer(directory, keep=1)   # as after a crash
+  second = checkpoint.Checkpointer(directory, keep=1)  # as after a crash
   second.save(30, state(30), metrics={'accuracy': 0.2})
-  second.save(40, state(40))                             # a save between evaluations
+  second.save(40, state(40))  # a save between evaluations
   second.wait()
   assert second.all_steps() == [10, 40] and second.best_step() == 10
   second.close()

@@ -1,4 +1,5 @@
 """Every shipped config loads, documents its run command, and describes a model and pipeline that build."""
+
 import glob
 import os
 
@@ -6,10 +7,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-
-from isojax.data import preprocess
-from isojax.core import loading
 from isojax import models
+from isojax.core import loading
+from isojax.data import preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py')))]
@@ -25,6 +25,7 @@ def test_config_builds_its_model_and_pipeline(spec):
   preprocess.parse(config.data.eval_pp)
   model = models.from_config(config, num_classes=10)
   size = config.data.image_size
-  logits = jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))),
-                                              jnp.zeros((2, size, size, 3))))
+  logits = jax.eval_shape(
+    lambda: model.apply(model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3))), jnp.zeros((2, size, size, 3)))
+  )
   assert logits.shape == (2, 10)

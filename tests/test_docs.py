@@ -1,5 +1,6 @@
 """The README and the manual (docs/) are tested like code: the site builds strictly, and every bash and Python
 block runs, page by page in order, unless its first line says what it needs (docs/development.md)."""
+
 import dataclasses
 import os
 import re
@@ -10,12 +11,14 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ['README.md'] + sorted(os.path.join('docs', p) for p in os.listdir(os.path.join(ROOT, 'docs')) if p.endswith('.md'))
+PAGES = ['README.md'] + sorted(
+  os.path.join('docs', p) for p in os.listdir(os.path.join(ROOT, 'docs')) if p.endswith('.md')
+)
 LANGUAGES = {'bash': 'bash', 'sh': 'bash', 'python': 'python'}
 NOT_RUN = ('needs: download', 'needs: accelerator', 'needs: time', 'needs: fresh machine', 'ci')
 SLOW = 'slow'
-FAST_TIER = 'python -m pytest -n 2 -m "not slow" tests'   # a subset of the suite CI runs
-SHARED = ('configs', 'experiments', 'benchmarks')          # what a page's commands see in their folder
+FAST_TIER = 'python -m pytest -n 2 -m "not slow" tests'  # a subset of the suite CI runs
+SHARED = ('configs', 'experiments', 'benchmarks', 'docs', 'mkdocs.yml', 'CHANGELOG.md')  # what commands see
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +45,7 @@ def blocks(page: str) -> list[Block]:
     if fence:
       end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith('```'))
       if fence.group(1) in LANGUAGES:
-        found.append(Block(page, i + 1, LANGUAGES[fence.group(1)], '\n'.join(lines[i + 1:end])))
+        found.append(Block(page, i + 1, LANGUAGES[fence.group(1)], '\n'.join(lines[i + 1 : end])))
       i = end
     i += 1
   return found
@@ -75,18 +78,28 @@ def test_the_readme_is_a_front_door():
 
 
 def _page_env(folder: str) -> dict:
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}   # one device, as a user's machine
-  return {**env, 'TFDS_DATA_DIR': os.path.join(folder, 'tfds'), 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1',
-          'TF_CPP_MIN_LOG_LEVEL': '3', 'MPLBACKEND': 'Agg',
-          'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))}
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # one device, as a user's machine
+  return {
+    **env,
+    'TFDS_DATA_DIR': os.path.join(folder, 'tfds'),
+    'JAX_PLATFORMS': 'cpu',
+    'PYTHONUNBUFFERED': '1',
+    'TF_CPP_MIN_LOG_LEVEL': '3',
+    'MPLBACKEND': 'Agg',
+    'NO_MKDOCS_2_WARNING': '1',
+    'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
+  }
 
 
 def _run(block: Block, folder: str) -> None:
-  command = ['bash', '-euo', 'pipefail', '-c', block.code] if block.language == 'bash' else [
-      sys.executable, '-c', block.code]
+  command = (
+    ['bash', '-euo', 'pipefail', '-c', block.code] if block.language == 'bash' else [sys.executable, '-c', block.code]
+  )
   out = subprocess.run(command, cwd=folder, env=_page_env(folder), capture_output=True, text=True, timeout=900)
-  assert out.returncode == 0, (f'{block.page}:{block.line} ({block.language}) failed:\n{block.code}\n'
-                               f'--- stdout\n{out.stdout[-2000:]}\n--- stderr\n{out.stderr[-4000:]}')
+  assert out.returncode == 0, (
+    f'{block.page}:{block.line} ({block.language}) failed:\n{block.code}\n'
+    f'--- stdout\n{out.stdout[-2000:]}\n--- stderr\n{out.stderr[-4000:]}'
+  )
 
 
 def _page_cases():
@@ -108,7 +121,13 @@ def test_the_pages_code_runs(page, tmp_path):
 
 def test_the_docs_build_strictly(tmp_path):
   mkdocs = shutil.which('mkdocs') or pytest.fail('mkdocs is not installed: pip install -e ".[test]"')
-  out = subprocess.run([mkdocs, 'build', '--strict', '--site-dir', str(tmp_path / 'site')], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [mkdocs, 'build', '--strict', '--site-dir', str(tmp_path / 'site')],
+    cwd=ROOT,
+    env={**os.environ, 'NO_MKDOCS_2_WARNING': '1'},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
   assert os.path.exists(tmp_path / 'site' / 'index.html')

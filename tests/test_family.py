@@ -1,6 +1,7 @@
 """A family is one file plus one registry line: a toy family defined entirely here (its block, its name grammar,
 its weight reader) is built by name, configured, and loaded from a weight file through `pretrained.create`,
 with nothing else in isojax changed."""
+
 import functools
 
 import flax.linen as nn
@@ -21,6 +22,7 @@ from isojax.weights import pretrained
 
 class ShiftBlock(nn.Module):
   """x + mix(x rolled by one token): the whole block contract is (x, train) -> x's shape."""
+
   drop_path_rate: float = 0.0
 
   @nn.compact
@@ -29,8 +31,13 @@ class ShiftBlock(nn.Module):
 
 
 def shift(num_classes, *, hidden_size, depth, patch_size, drop_path_rate=0.0):
-  return Isotropic(MixerStem(hidden_size, patch_size), functools.partial(ShiftBlock), PoolingHead(num_classes),
-                   depth, drop_path_rate=drop_path_rate)
+  return Isotropic(
+    MixerStem(hidden_size, patch_size),
+    functools.partial(ShiftBlock),
+    PoolingHead(num_classes),
+    depth,
+    drop_path_rate=drop_path_rate,
+  )
 
 
 NAMES = SizedNames('Shift', {'S': dict(hidden_size=32, depth=2)})
@@ -48,14 +55,20 @@ def from_timm(state):
   return Weights({'params': params}, 'shift', fields, convert.classes(state), None, {}, int(stem.shape[1]))
 
 
-FAMILY = models.Family(name='shift', factory=shift, parse_name=NAMES.parse, format_name=NAMES.format,
-                       variants={'Shift-S/4': dict(hidden_size=32, depth=2, patch_size=4)}, source='this test',
-                       readers={TIMM: Reader(lambda state: 'blocks.0.mix.weight' in state, from_timm)})
+FAMILY = models.Family(
+  name='shift',
+  factory=shift,
+  parse_name=NAMES.parse,
+  format_name=NAMES.format,
+  variants={'Shift-S/4': dict(hidden_size=32, depth=2, patch_size=4)},
+  source='this test',
+  readers={TIMM: Reader(lambda state: 'blocks.0.mix.weight' in state, from_timm)},
+)
 
 
 @pytest.fixture
 def registered():
-  models.register(FAMILY)   # the one registry line
+  models.register(FAMILY)  # the one registry line
   yield FAMILY
   models.unregister(FAMILY.name)
 
@@ -73,18 +86,31 @@ def test_a_family_defined_outside_isojax_is_built_by_name_and_configured(registe
 def test_its_weight_file_loads_through_pretrained_create_with_the_files_logits(registered, tmp_path):
   rng = np.random.default_rng(0)
   width, classes = 16, 3
-  state = {'stem.weight': rng.normal(size=(width, 3, 4, 4)), 'stem.bias': rng.normal(size=width),
-           'head.weight': rng.normal(size=(classes, width)), 'head.bias': rng.normal(size=classes),
-           **{f'blocks.{i}.mix.{k}': rng.normal(size=(width, width) if k == 'weight' else width)
-              for i in range(3) for k in ('weight', 'bias')}}
+  state = {
+    'stem.weight': rng.normal(size=(width, 3, 4, 4)),
+    'stem.bias': rng.normal(size=width),
+    'head.weight': rng.normal(size=(classes, width)),
+    'head.bias': rng.normal(size=classes),
+    **{
+      f'blocks.{i}.mix.{k}': rng.normal(size=(width, width) if k == 'weight' else width)
+      for i in range(3)
+      for k in ('weight', 'bias')
+    },
+  }
   state = {k: v.astype(np.float32) for k, v in state.items()}
   save_file(state, str(tmp_path / 'shift.safetensors'))
   model, variables = pretrained.create(str(tmp_path / 'shift.safetensors'), image_size=8)
   assert models.describe('Shift-16x3/4') == 'Shift-16x3/4' and model.depth == 3
   images = rng.normal(size=(2, 8, 8, 3)).astype(np.float32)
   # the same network written out from the file's tensors, in numpy
-  x = np.einsum('bhwc,oc->bhwo', images.reshape(2, 2, 4, 2, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 2, 2, 48),
-                state['stem.weight'].transpose(0, 2, 3, 1).reshape(width, 48)) + state['stem.bias']
+  x = (
+    np.einsum(
+      'bhwc,oc->bhwo',
+      images.reshape(2, 2, 4, 2, 4, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 2, 2, 48),
+      state['stem.weight'].transpose(0, 2, 3, 1).reshape(width, 48),
+    )
+    + state['stem.bias']
+  )
   x = x.reshape(2, 4, width)
   for i in range(3):
     x = x + np.roll(x, 1, axis=1) @ state[f'blocks.{i}.mix.weight'].T + state[f'blocks.{i}.mix.bias']

@@ -1,4 +1,5 @@
 """Faults a long run meets, and what isojax does about each (the README's fault table)."""
+
 import json
 import os
 import pickle
@@ -15,28 +16,31 @@ import numpy as np
 import pytest
 
 from isojax.core import checkpoint, loading, validation
-from isojax.training import preemption
-from isojax.weights import runs
 from isojax.core import workdir as workdir_lib
-from isojax.weights import torchfile
+from isojax.training import preemption
+from isojax.weights import runs, torchfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- config values --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize('field,value,message', [
-    ('optimizer.lr', -1e-3, r"optimizer.lr=-0.001 \(a finite learning rate > 0\)"),
-    ('label_smoothing', 2.0, r"label_smoothing=2.0 \(in \[0, 1\)\)"),
-    ('eval_every', 0, r"eval_every=0 \(an integer >= 1"),
-    ('checkpoint.every', 0, r"checkpoint.every=0 \(an integer >= 1"),
-    ('log_every', 0, r"log_every=0 \(an integer >= 1"),
-    ('batch_size', 0, r"batch_size=0 \(an integer >= 1\)"),
-    ('data.image_size', 0, r"data.image_size=0 \(an integer >= 1 \(pixels\)\)"),
+
+@pytest.mark.parametrize(
+  'field,value,message',
+  [
+    ('optimizer.lr', -1e-3, r'optimizer.lr=-0.001 \(a finite learning rate > 0\)'),
+    ('label_smoothing', 2.0, r'label_smoothing=2.0 \(in \[0, 1\)\)'),
+    ('eval_every', 0, r'eval_every=0 \(an integer >= 1'),
+    ('checkpoint.every', 0, r'checkpoint.every=0 \(an integer >= 1'),
+    ('log_every', 0, r'log_every=0 \(an integer >= 1'),
+    ('batch_size', 0, r'batch_size=0 \(an integer >= 1\)'),
+    ('data.image_size', 0, r'data.image_size=0 \(an integer >= 1 \(pixels\)\)'),
     ('dtype', 'float61', r"dtype='float61' \(one of \('float32', 'bfloat16', 'float16'\)\)"),
-    ('num_epochs', 0.0, r"num_epochs=0.0 \(> 0, or set num_steps >= 1\)"),
-    ('num_steps', -5, r"num_steps=-5 \(an integer >= 0"),
-])
+    ('num_epochs', 0.0, r'num_epochs=0.0 \(> 0, or set num_steps >= 1\)'),
+    ('num_steps', -5, r'num_steps=-5 \(an integer >= 0'),
+  ],
+)
 def test_values_that_cannot_be_right_are_refused_naming_the_field(field, value, message):
   config = loading.load(os.path.join(ROOT, 'configs', 'default.py'))
   loading.override(config, field, value)
@@ -57,8 +61,9 @@ def test_the_shipped_configs_are_valid():
 
 # --- checkpoints ----------------------------------------------------------------------------------
 
+
 def weights(step):
-  return np.random.RandomState(step).normal(size=(512, 512)).astype(np.float32)   # 1 MB that does not compress
+  return np.random.RandomState(step).normal(size=(512, 512)).astype(np.float32)  # 1 MB that does not compress
 
 
 def saved_checkpoints(directory):
@@ -70,17 +75,19 @@ def saved_checkpoints(directory):
 
 
 def _largest_data_file(step_dir):
-  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if os.sep + 'd' + os.sep in
-           os.path.join(d, f)]
+  files = [
+    os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if os.sep + 'd' + os.sep in os.path.join(d, f)
+  ]
   return max(files, key=os.path.getsize)
 
 
 CORRUPTIONS = {
-    'truncated data file': lambda step: (lambda f: open(f, 'r+b').truncate(os.path.getsize(f) // 2))(
-        _largest_data_file(step)),
-    'deleted data file': lambda step: os.remove(_largest_data_file(step)),
-    'empty step folder': lambda step: [__import__('shutil').rmtree(step), os.makedirs(step)],
-    'missing default/': lambda step: __import__('shutil').rmtree(os.path.join(step, 'default')),
+  'truncated data file': lambda step: (lambda f: open(f, 'r+b').truncate(os.path.getsize(f) // 2))(
+    _largest_data_file(step)
+  ),
+  'deleted data file': lambda step: os.remove(_largest_data_file(step)),
+  'empty step folder': lambda step: [__import__('shutil').rmtree(step), os.makedirs(step)],
+  'missing default/': lambda step: __import__('shutil').rmtree(os.path.join(step, 'default')),
 }
 
 
@@ -108,7 +115,7 @@ def test_when_no_checkpoint_is_readable_the_error_names_the_directory_and_each_s
       checkpoint.Checkpointer(str(tmp_path / 'ckpt'), read_only=True).restore_raw()
 
 
-_WRITE_LIMITED = '''
+_WRITE_LIMITED = """
 import resource, signal, sys, numpy as np
 from isojax.core import checkpoint
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)           # an over-size write fails with EFBIG, as on a full disk
@@ -125,26 +132,39 @@ for step in range(3, 200):
   except OSError as e:
     print('STOPPED AT', step, '|', e)
     break
-'''
+"""
 
 
 def test_a_failed_background_save_stops_the_run_at_the_next_check_naming_the_path(tmp_path):
-  out = subprocess.run([sys.executable, '-c', _WRITE_LIMITED, str(tmp_path / 'ckpt')], capture_output=True,
-                       text=True, cwd=ROOT, timeout=300, env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'})
+  out = subprocess.run(
+    [sys.executable, '-c', _WRITE_LIMITED, str(tmp_path / 'ckpt')],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+    env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '3'},
+  )
   line = next((l for l in out.stdout.splitlines() if l.startswith('STOPPED AT')), None)
   assert line is not None, out.stdout[-2000:] + out.stderr[-2000:]
   assert f'Saving the checkpoint of step 2 to {tmp_path / "ckpt"} failed' in line
   assert 'It needs about 4,000,000 bytes' in line and 'Earlier checkpoints are intact ([1])' in line
-  assert int(line.split()[2]) < 100   # seconds of steps, not the next save
-  assert sorted(os.listdir(tmp_path / 'ckpt')) == ['1']   # no orphaned temporary folder
+  assert int(line.split()[2]) < 100  # seconds of steps, not the next save
+  assert sorted(os.listdir(tmp_path / 'ckpt')) == ['1']  # no orphaned temporary folder
 
 
 # --- one writer per workdir -----------------------------------------------------------------------
 
+
+@pytest.mark.slow
 def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
-  with workdir_lib.exclusive(str(tmp_path)):     # this process plays the first run
-    out = subprocess.run([sys.executable, '-m', 'isojax.main', '--config=configs/default.py',
-                          f'--workdir={tmp_path}'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  with workdir_lib.exclusive(str(tmp_path)):  # this process plays the first run
+    out = subprocess.run(
+      [sys.executable, '-m', 'isojax.main', '--config=configs/default.py', f'--workdir={tmp_path}'],
+      capture_output=True,
+      text=True,
+      cwd=ROOT,
+      timeout=300,
+    )
   assert out.returncode != 0
   assert f'is in use by another run ({{"host": "{os.uname().nodename}", "pid": {os.getpid()}' in out.stderr
 
@@ -154,22 +174,27 @@ def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(tmp_path):
   with pytest.warns(UserWarning, match=r'Taking over the lock .* from a run that is gone \(.*"pid": 1234'):
     with workdir_lib.exclusive(str(tmp_path)):
       pass
-  assert (tmp_path / workdir_lib.LOCK).read_text() == ''   # a clean exit leaves no holder
+  assert (tmp_path / workdir_lib.LOCK).read_text() == ''  # a clean exit leaves no holder
 
 
 # --- results --------------------------------------------------------------------------------------
 
+
 def test_metrics_after_the_resumed_checkpoint_are_dropped(tmp_path):
-  lines = [{'step': 100, 'split': 'eval', 'accuracy': 0.5}, {'step': 200, 'split': 'eval', 'accuracy': 1.0},
-           {'step': 200, 'split': 'summary', 'best_accuracy': 1.0}]
+  lines = [
+    {'step': 100, 'split': 'eval', 'accuracy': 0.5},
+    {'step': 200, 'split': 'eval', 'accuracy': 1.0},
+    {'step': 200, 'split': 'summary', 'best_accuracy': 1.0},
+  ]
   (tmp_path / workdir_lib.METRICS).write_text(''.join(json.dumps(m) + '\n' for m in lines))
   assert workdir_lib.discard_metrics_after(str(tmp_path), 100) == 2
   assert workdir_lib.read_metrics(str(tmp_path)) == lines[:1]
-  assert workdir_lib.discard_metrics_after(str(tmp_path), 0) == 1   # checkpoints deleted: nothing is this run's
+  assert workdir_lib.discard_metrics_after(str(tmp_path), 0) == 1  # checkpoints deleted: nothing is this run's
 
 
 def test_a_summary_without_top5_is_written(tmp_path):
   from isojax.training.metrics import MetricWriter
+
   writer = MetricWriter(str(tmp_path))
   writer.write(3, 'summary', {'best_accuracy': 0.5, 'final_top5': None, 'best_metric': 'val/accuracy'})
   writer.close()
@@ -178,6 +203,7 @@ def test_a_summary_without_top5_is_written(tmp_path):
 
 # --- weight files and runs ------------------------------------------------------------------------
 
+
 def crafted_torch_file(path, numel_stored, size, offset=0):
   """A torch.save-format zip whose one tensor declares `size` at `offset` over a storage of `numel_stored`."""
   torch_utils = types.ModuleType('torch._utils')
@@ -185,11 +211,13 @@ def crafted_torch_file(path, numel_stored, size, offset=0):
 
   def _rebuild_tensor_v2(*args):
     raise AssertionError('never called when writing')
+
   _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = 'torch._utils', '_rebuild_tensor_v2'
   torch_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
 
   class FloatStorage:
     pass
+
   FloatStorage.__module__, FloatStorage.__qualname__ = 'torch', 'FloatStorage'
   torch_module.FloatStorage = FloatStorage
   saved = {k: sys.modules.get(k) for k in ('torch', 'torch._utils')}
@@ -204,10 +232,12 @@ def crafted_torch_file(path, numel_stored, size, offset=0):
 
   class Tensor:
     def __reduce__(self):
-      stride = tuple(int(np.prod(size[i + 1:])) for i in range(len(size)))
+      stride = tuple(int(np.prod(size[i + 1 :])) for i in range(len(size)))
       return _rebuild_tensor_v2, (Storage(), offset, tuple(size), stride, False, {})
+
   try:
     import io
+
     buffer = io.BytesIO()
     Pickler(buffer, protocol=2).dump({'w': Tensor()})
   finally:
@@ -221,19 +251,24 @@ def crafted_torch_file(path, numel_stored, size, offset=0):
     archive.writestr('archive/data/0', np.arange(numel_stored, dtype=np.float32).tobytes())
 
 
-@pytest.mark.parametrize('numel,size,offset,message', [
-    (16, (4, 4), 0, None),                                                # well formed
+@pytest.mark.parametrize(
+  'numel,size,offset,message',
+  [
+    (16, (4, 4), 0, None),  # well formed
     (16, (64, 64), 0, r'shape \(64, 64\) .* reaches element 4095, but its storage holds 16'),
     (16, (4, 4), 8, r'reaches element 23, but its storage holds 16'),
-])
-def test_a_torch_file_declaring_more_than_it_holds_is_refused_without_reading_past_it(tmp_path, numel, size,
-                                                                                      offset, message):
+  ],
+)
+def test_a_torch_file_declaring_more_than_it_holds_is_refused_without_reading_past_it(
+  tmp_path, numel, size, offset, message
+):
   crafted_torch_file(tmp_path / 'w.pth', numel, size, offset)
   if message is None:
-    np.testing.assert_array_equal(torchfile.read_torch(str(tmp_path / 'w.pth'))['w'],
-                                  np.arange(16, dtype=np.float32).reshape(4, 4))
+    np.testing.assert_array_equal(
+      torchfile.read_torch(str(tmp_path / 'w.pth'))['w'], np.arange(16, dtype=np.float32).reshape(4, 4)
+    )
     return
-  with pytest.raises(ValueError, match=r"Cannot read .*w.pth.* " + message):
+  with pytest.raises(ValueError, match=r'Cannot read .*w.pth.* ' + message):
     torchfile.read_torch(str(tmp_path / 'w.pth'))
 
 
@@ -247,8 +282,7 @@ def test_load_refuses_unknown_step_names_and_names_a_corrupt_config(tmp_path):
 
 # --- preemption -----------------------------------------------------------------------------------
 
-from tests.test_main import (QUICK, WORKER, distributed_overrides, env, free_port, main_command,  # noqa: E402
-                             records)
+from tests.test_main import QUICK, WORKER, distributed_overrides, env, free_port, main_command, records  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -259,8 +293,9 @@ def digits_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def unbroken_quick_run(tmp_path_factory, digits_dir):
   workdir = tmp_path_factory.mktemp('unbroken')
-  subprocess.run(main_command(workdir, *QUICK), env=env(1, digits_dir), cwd=ROOT, check=True,
-                 capture_output=True, timeout=600)
+  subprocess.run(
+    main_command(workdir, *QUICK), env=env(1, digits_dir), cwd=ROOT, check=True, capture_output=True, timeout=600
+  )
   return workdir
 
 
@@ -284,19 +319,34 @@ def test_sigterm_and_sigint_both_request_a_stop_named_after_them_and_handlers_ar
 @pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM])
 def test_a_signal_checkpoints_the_current_step_and_resuming_gives_the_unbroken_result(
-    tmp_path, digits_dir, unbroken_quick_run, signum):
-  proc = subprocess.Popen(main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  tmp_path, digits_dir, unbroken_quick_run, signum
+):
+  proc = subprocess.Popen(
+    main_command(tmp_path, *QUICK),
+    env=env(1, digits_dir),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   wait_for(tmp_path / 'checkpoints' / '40' / '_CHECKPOINT_METADATA', proc)
   proc.send_signal(signum)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == preemption.EXIT_CODE, err[-3000:]
-  stopped = int(re.search(rf'stopped at step (\d+) on {signum.name}; checkpoint saved; run the same command '
-                          rf'to resume', err).group(1))
-  assert 40 <= stopped < 120 and checkpoint.Checkpointer(str(tmp_path / 'checkpoints'),
-                                                         read_only=True).latest_step() == stopped
-  resumed = subprocess.run(main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+  stopped = int(
+    re.search(
+      rf'stopped at step (\d+) on {signum.name}; checkpoint saved; run the same command '
+      rf'to resume',
+      err,
+    ).group(1)
+  )
+  assert (
+    40 <= stopped < 120
+    and checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), read_only=True).latest_step() == stopped
+  )
+  resumed = subprocess.run(
+    main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   assert resumed.returncode == 0 and f'resuming at step {stopped}' in resumed.stderr, resumed.stderr[-3000:]
   (a,), (b,) = records(unbroken_quick_run, 'summary'), records(tmp_path, 'summary')
   assert b['final_accuracy'] == a['final_accuracy']
@@ -310,17 +360,34 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
   port = free_port()
   script = tmp_path / 'worker.py'
   distributed = distributed_overrides(port, ", 'num_steps': 400, 'checkpoint.every': 200, 'eval_every': 200")
-  script.write_text('import sys\nfrom isojax.training import preemption\ntry:\n' +
-                    ''.join('  ' + line + '\n' for line in WORKER.format(extra=distributed).strip().splitlines()) +
-                    'except preemption.Preempted as e:\n  print("STOPPED", e.step, flush=True)\n'
-                    '  sys.exit(preemption.EXIT_CODE)\n')
-  workers = [subprocess.Popen([sys.executable, str(script), os.path.join(ROOT, 'configs', 'default.py'),
-                               str(tmp_path / 'run'), str(tmp_path / f'p{i}.npz'), str(i)], env=env(2, digits_dir),
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  script.write_text(
+    'import sys\nfrom isojax.training import preemption\ntry:\n'
+    + ''.join('  ' + line + '\n' for line in WORKER.format(extra=distributed).strip().splitlines())
+    + 'except preemption.Preempted as e:\n  print("STOPPED", e.step, flush=True)\n'
+    '  sys.exit(preemption.EXIT_CODE)\n'
+  )
+  workers = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(script),
+        os.path.join(ROOT, 'configs', 'default.py'),
+        str(tmp_path / 'run'),
+        str(tmp_path / f'p{i}.npz'),
+        str(i),
+      ],
+      env=env(2, digits_dir),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   deadline = time.time() + 300
   while not [m for m in records(tmp_path / 'run', 'train') if m['step'] >= 5] and time.time() < deadline:
     time.sleep(0.05)
-  workers[1].send_signal(signal.SIGTERM)                 # only process 1 is told
+  workers[1].send_signal(signal.SIGTERM)  # only process 1 is told
   outputs = [w.communicate(timeout=300) for w in workers]
   assert [w.returncode for w in workers] == [preemption.EXIT_CODE] * 2, outputs[0][1][-2000:] + outputs[1][1][-2000:]
   steps = [int(re.search(r'STOPPED (\d+)', out).group(1)) for out, _ in outputs]
@@ -335,11 +402,15 @@ from tests.test_input_pipeline import batches, write_image_folder  # noqa: E402
 
 def test_an_unreadable_image_fails_naming_its_path_or_is_skipped_when_asked(tmp_path):
   from isojax import data
+
   write_image_folder(tmp_path)
   (tmp_path / 'train' / 'cat' / 'empty.png').write_bytes(b'')
   (tmp_path / 'train' / 'dog' / 'notes.jpg').write_text('not an image')
-  with pytest.raises(ValueError, match=r"2 unreadable image file\(s\) under .*: .*cat/empty.png \(an empty file\); "
-                                       r".*dog/notes.jpg \(UnidentifiedImageError.*set data.skip_bad_files=True"):
+  with pytest.raises(
+    ValueError,
+    match=r'2 unreadable image file\(s\) under .*: .*cat/empty.png \(an empty file\); '
+    r'.*dog/notes.jpg \(UnidentifiedImageError.*set data.skip_bad_files=True',
+  ):
     data.get_builder('image_folder', str(tmp_path))
   builder = data.get_builder('image_folder', str(tmp_path), skip_bad_files=True)
   (batch,) = batches(builder, 1, pp='resize(16)|normalize(imagenet)', image_size=16, per_device_batch=12)
@@ -349,6 +420,7 @@ def test_an_unreadable_image_fails_naming_its_path_or_is_skipped_when_asked(tmp_
 
 def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
   from isojax import data
+
   write_image_folder(tmp_path)
   os.makedirs(tmp_path / 'train' / 'bird')
   with pytest.raises(ValueError, match=r'Class folder .*train/bird has no images'):
@@ -357,19 +429,26 @@ def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
 
 def test_an_image_of_another_size_fails_naming_the_file(tmp_path):
   import tensorflow as tf
+
   from isojax import data
+
   write_image_folder(tmp_path, size=(16, 16))
   odd = np.zeros((20, 16, 3), np.uint8)
   tf.io.write_file(str(tmp_path / 'test' / 'cat' / 'odd.png'), tf.image.encode_png(odd))
   builder = data.get_builder('image_folder', str(tmp_path))
   with pytest.raises(Exception, match=r'not 16x16 after preprocessing .*odd.png'):
-    list(data.eval_batches(builder, split='test', pp='normalize(imagenet)', image_size=16, per_device_batch=13,
-                           cache=False))
+    list(
+      data.eval_batches(
+        builder, split='test', pp='normalize(imagenet)', image_size=16, per_device_batch=13, cache=False
+      )
+    )
 
 
 def test_grayscale_rgb_and_rgba_files_mix_in_one_folder(tmp_path):
   import tensorflow as tf
+
   from isojax import data
+
   write_image_folder(tmp_path)
   tf.io.write_file(str(tmp_path / 'train' / 'cat' / 'gray.png'), tf.image.encode_png(np.zeros((9, 9, 1), np.uint8)))
   tf.io.write_file(str(tmp_path / 'train' / 'dog' / 'rgba.png'), tf.image.encode_png(np.zeros((9, 9, 4), np.uint8)))
@@ -380,31 +459,43 @@ def test_grayscale_rgb_and_rgba_files_mix_in_one_folder(tmp_path):
 
 # --- weight files that do not fit -----------------------------------------------------------------
 
+
 def official_vit_file(tmp_path, depth=2, heads=4):
   import flax
   import jax
   import jax.numpy as jnp
   import ml_collections
+
   from tests.reference import sources
+
   models_vit, _ = sources.vision_transformer()
   reference = models_vit.VisionTransformer(
-      num_classes=10, patches=ml_collections.ConfigDict({'size': (4, 4)}), hidden_size=32, classifier='token',
-      transformer=dict(num_layers=depth, mlp_dim=64, num_heads=heads, dropout_rate=0.0, attention_dropout_rate=0.0))
+    num_classes=10,
+    patches=ml_collections.ConfigDict({'size': (4, 4)}),
+    hidden_size=32,
+    classifier='token',
+    transformer=dict(num_layers=depth, mlp_dim=64, num_heads=heads, dropout_rate=0.0, attention_dropout_rate=0.0),
+  )
   params = reference.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)), train=False)['params']
   path = str(tmp_path / 'vit.npz')
   np.savez(path, **{'/'.join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()})
   return path
 
 
-@pytest.mark.parametrize('name,message', [
+@pytest.mark.parametrize(
+  'name,message',
+  [
     ('ViT-32x1/4-h4-m64', r"2 tensor\(s\)|tensor\(s\) in the weights are not used by the model: \['params/block_1/"),
-    ('ViT-32x2/4-h2-m64', r"has 4 attention heads .* but the model has num_heads=2; build it with num_heads=4"),
-    ('ViT-32x2/4-h8-m64', r"has 4 attention heads .* but the model has num_heads=8"),
+    ('ViT-32x2/4-h2-m64', r'has 4 attention heads .* but the model has num_heads=2; build it with num_heads=4'),
+    ('ViT-32x2/4-h8-m64', r'has 4 attention heads .* but the model has num_heads=8'),
     ('ViT-48x2/4-h4-m64', r"Pretrained 'params/[\w/]+' has shape \([\d, ]*32[\d, ]*\), but the model expects"),
-])
+  ],
+)
+@pytest.mark.slow
 def test_a_weight_file_that_does_not_fit_the_model_names_what_differs(tmp_path, name, message):
   from isojax import models
   from isojax.weights import pretrained
+
   path = official_vit_file(tmp_path)
   with pytest.raises(ValueError, match=message):
     pretrained.load(path, models.create(name, 10), 16)
@@ -412,30 +503,45 @@ def test_a_weight_file_that_does_not_fit_the_model_names_what_differs(tmp_path, 
 
 def test_a_sweep_with_an_impossible_value_fails_before_any_trial_starts(tmp_path, capsys):
   from isojax import sweep
+
   sweep_file = tmp_path / 'bad_sweep.py'
   sweep_file.write_text(
-      'from isojax.sweeps import Sweep, product\n'
-      f'def get_sweep():\n  return Sweep({os.path.join(ROOT, "configs", "default.py")!r}, '
-      "product({'optimizer.lr': [1e-3, -1e-3]}))\n")
+    'from isojax.sweeps import Sweep, product\n'
+    f'def get_sweep():\n  return Sweep({os.path.join(ROOT, "configs", "default.py")!r}, '
+    "product({'optimizer.lr': [1e-3, -1e-3]}))\n"
+  )
   with pytest.raises(SystemExit):
     sweep.main([str(sweep_file), f'--workdir={tmp_path / "sweep"}'])
   assert 'trial lr=-0.001: Invalid config value(s): optimizer.lr=-0.001' in capsys.readouterr().err
   assert not os.path.exists(tmp_path / 'sweep')
 
 
+@pytest.mark.slow
 def test_best_and_final_come_from_this_runs_checkpoints_not_stale_metrics(tmp_path):
   import shutil
+
   from isojax.training import loop
-  config = loading.load(os.path.join(ROOT, 'configs', 'default.py'), {
-      'num_steps': 6, 'eval_every': 3, 'checkpoint.every': 3, 'log_every': 3, 'batch_size': 16,
-      'eval_batch_size': 360, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tmp_path / 'tfds')})
+
+  config = loading.load(
+    os.path.join(ROOT, 'configs', 'default.py'),
+    {
+      'num_steps': 6,
+      'eval_every': 3,
+      'checkpoint.every': 3,
+      'log_every': 3,
+      'batch_size': 16,
+      'eval_batch_size': 360,
+      'model.name': 'ConvMixer-16/1',
+      'data.data_dir': str(tmp_path / 'tfds'),
+    },
+  )
   with config.unlocked():
     config.evals.fewshot.shots = (1,)
   loop.train_and_evaluate(config, str(tmp_path / 'run'))
   shutil.rmtree(tmp_path / 'run' / 'checkpoints')
-  config.optimizer.lr = 1e-7                       # another run in the same workdir
+  config.optimizer.lr = 1e-7  # another run in the same workdir
   second = loop.train_and_evaluate(config, str(tmp_path / 'run'))
   evals = workdir_lib.eval_records(workdir_lib.read_metrics(str(tmp_path / 'run')), 'val')
-  assert [m['step'] for m in evals] == [3, 6]      # only this run's evaluations (the first run's are gone)
+  assert [m['step'] for m in evals] == [3, 6]  # only this run's evaluations (the first run's are gone)
   assert second.summary['best_accuracy'] == max(m['accuracy'] for m in evals)
   assert len([m for m in workdir_lib.read_metrics(str(tmp_path / 'run')) if m['split'] == 'summary']) == 1

@@ -2,6 +2,7 @@
 
 Sources are cited next to each test (repository, file, line); see also the README's tables.
 """
+
 import json
 import os
 import subprocess
@@ -12,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isojax.training import optim, plan, train_step
 from isojax import models
-from isojax.data import randaugment
 from isojax.core import config as config_schema
 from isojax.core import loading
+from isojax.data import randaugment
+from isojax.training import optim, plan, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
@@ -25,7 +26,9 @@ CONFIGS = os.path.join(ROOT, 'configs')
 def init_params(name, image_size, num_classes=1000, **kw):
   model = models.create(name, num_classes, **kw)
   images = jnp.zeros((1, image_size, image_size, 3))
-  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), images, train=False))()   # compiled: seconds, not minutes
+  variables = jax.jit(
+    lambda: model.init(jax.random.PRNGKey(0), images, train=False)
+  )()  # compiled: seconds, not minutes
   return jax.tree_util.tree_map(np.asarray, variables['params'])
 
 
@@ -44,6 +47,8 @@ def assert_uniform(x, bound):
 
 # --- models: initialisers of the codebase each name refers to ----------------------------------
 
+
+@pytest.mark.slow
 def test_vit_s16_starts_like_vision_transformer():
   # vit_jax/models_vit.py: q/k/v/out xavier_uniform on [C, C] each (l.139-146), MLP xavier + N(0, 1e-6)
   # biases (l.74-77), posemb N(0, 0.02) (l.192), zero cls (l.281), zero head (l.303-307),
@@ -52,7 +57,7 @@ def test_vit_s16_starts_like_vision_transformer():
   width, mlp = 384, 1536
   block = params['block_0']
   qkv = block['token_mixing']['attention']['qkv']['kernel']
-  for part in np.split(qkv, 3, axis=1):   # each as its own [C, C] Dense, not xavier over [C, 3C]
+  for part in np.split(qkv, 3, axis=1):  # each as its own [C, C] Dense, not xavier over [C, 3C]
     assert_uniform(part, xavier_bound(width, width))
   assert np.abs(qkv).max() > xavier_bound(width, 3 * width) * 1.3
   assert_uniform(block['token_mixing']['attention']['out']['kernel'], xavier_bound(width, width))
@@ -63,10 +68,11 @@ def test_vit_s16_starts_like_vision_transformer():
   np.testing.assert_allclose(params['stem']['pos_embedding'].std(), 0.02, rtol=0.02)
   assert not params['stem']['cls'].any() and not params['head']['kernel'].any()
   patch = params['stem']['patch_embed']['embedding']['kernel']
-  np.testing.assert_allclose(patch.std(), np.sqrt(1.0 / (16 * 16 * 3)), rtol=0.02)   # lecun_normal
+  np.testing.assert_allclose(patch.std(), np.sqrt(1.0 / (16 * 16 * 3)), rtol=0.02)  # lecun_normal
   assert (block['norm1']['scale'] == 1).all() and not block['norm1']['bias'].any()
 
 
+@pytest.mark.slow
 def test_mixer_starts_like_vision_transformer_models_mixer():
   # vit_jax/models_mixer.py l.27-29: nn.Dense defaults (lecun_normal kernel, zero bias); zero head l.69.
   params = init_params('Mixer-S/16', 224)
@@ -83,22 +89,25 @@ def torch_default_bound(fan_in):
   """torch nn.Linear / nn.Conv2d reset_parameters: kaiming_uniform_(a=sqrt(5)) -> gain sqrt(2 / (1 + a^2)),
   bound = gain * sqrt(3 / fan_in); the bias is U(+-1/sqrt(fan_in))."""
   a = np.sqrt(5.0)
-  return np.sqrt(2.0 / (1 + a ** 2)) * np.sqrt(3.0 / fan_in), 1.0 / np.sqrt(fan_in)
+  return np.sqrt(2.0 / (1 + a**2)) * np.sqrt(3.0 / fan_in), 1.0 / np.sqrt(fan_in)
 
 
 def test_convmixer_starts_like_pytorch_as_locuslab_and_timm_leave_it():
   params = init_params('ConvMixer-256/8', 32, num_classes=10)
   block = params['block_0']
-  for tensor, fan_in in ((params['stem']['patch_embed']['embedding'], 2 * 2 * 3),
-                         (block['token_mixing']['depthwise'], 5 * 5),      # groups=dim: in/groups = 1
-                         (block['channel_mixing']['pointwise'], 256),
-                         (params['head'], 256)):                           # nn.Linear, not zero
+  for tensor, fan_in in (
+    (params['stem']['patch_embed']['embedding'], 2 * 2 * 3),
+    (block['token_mixing']['depthwise'], 5 * 5),  # groups=dim: in/groups = 1
+    (block['channel_mixing']['pointwise'], 256),
+    (params['head'], 256),
+  ):  # nn.Linear, not zero
     weight_bound, bias_bound = torch_default_bound(fan_in)
     assert_uniform(tensor['kernel'], weight_bound)
     assert np.abs(tensor['bias']).max() <= bias_bound and tensor['bias'].std() > bias_bound / 3
   assert (block['token_mixing']['norm']['scale'] == 1).all()
 
 
+@pytest.mark.slow
 def test_convmixer_768_32_uses_relu_like_its_published_weights():
   # locuslab/convmixer README.md l.32-35; timm convmixer.py l.143: act_layer=nn.ReLU.
   entry, fields = models.resolve('ConvMixer-768/32')
@@ -116,6 +125,7 @@ def test_convmixer_768_32_uses_relu_like_its_published_weights():
 def timm_registered_models(source: str, prefix: str) -> dict:
   """{timm name: its `model_args` dict(...) keywords} for `@register_model def {prefix}*` in `source`."""
   import ast
+
   found = {}
   for node in ast.parse(source).body:
     if isinstance(node, ast.FunctionDef) and node.name.startswith(prefix):
@@ -128,25 +138,40 @@ def test_resmlp_and_gmlp_variants_are_timms_registered_models():
   # timm mlp_mixer.py (vendored verbatim, parsed: it needs torch): resmlp_*_224 and gmlp_*16_224's
   # model_args, and ResBlock's default init_values where a model passes none.
   import ast
+
   from tests.reference import sources
+
   source = sources.text('timm_mlp_mixer.py')
   resblock = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef) and n.name == 'ResBlock')
   init = next(n for n in resblock.body if isinstance(n, ast.FunctionDef) and n.name == '__init__')
-  defaults = dict(zip([a.arg for a in init.args.args][-len(init.args.defaults):], init.args.defaults))
-  ours = {'resmlp_12_224': 'ResMLP-S12', 'resmlp_24_224': 'ResMLP-S24', 'resmlp_36_224': 'ResMLP-S36',
-          'resmlp_big_24_224': 'ResMLP-B24', 'gmlp_ti16_224': 'gMLP-Ti/16', 'gmlp_s16_224': 'gMLP-S/16',
-          'gmlp_b16_224': 'gMLP-B/16'}
+  defaults = dict(zip([a.arg for a in init.args.args][-len(init.args.defaults) :], init.args.defaults))
+  ours = {
+    'resmlp_12_224': 'ResMLP-S12',
+    'resmlp_24_224': 'ResMLP-S24',
+    'resmlp_36_224': 'ResMLP-S36',
+    'resmlp_big_24_224': 'ResMLP-B24',
+    'gmlp_ti16_224': 'gMLP-Ti/16',
+    'gmlp_s16_224': 'gMLP-S/16',
+    'gmlp_b16_224': 'gMLP-B/16',
+  }
   registered = {**timm_registered_models(source, 'resmlp_'), **timm_registered_models(source, 'gmlp_')}
   assert sorted(registered) == sorted(ours)
   for timm_name, args in registered.items():
     _, fields = models.resolve(ours[timm_name])
-    value = lambda key: ast.literal_eval(args[key])
+    value = lambda key, args=args: ast.literal_eval(args[key])
     assert (fields['hidden_size'], fields['depth'], fields['patch_size'], fields['mlp_ratio']) == (
-        value('embed_dim'), value('num_blocks'), value('patch_size'), value('mlp_ratio')), timm_name
+      value('embed_dim'),
+      value('num_blocks'),
+      value('patch_size'),
+      value('mlp_ratio'),
+    ), timm_name
     block = args['block_layer']
     if timm_name.startswith('resmlp'):
-      scale = (ast.literal_eval(defaults['init_values']) if isinstance(block, ast.Name) else
-               ast.literal_eval(next(k.value for k in block.keywords if k.arg == 'init_values')))
+      scale = (
+        ast.literal_eval(defaults['init_values'])
+        if isinstance(block, ast.Name)
+        else ast.literal_eval(next(k.value for k in block.keywords if k.arg == 'init_values'))
+      )
       assert fields['layer_scale_init'] == scale, timm_name
       assert ast.unparse(args['norm_layer']) == 'Affine'
     else:
@@ -156,14 +181,14 @@ def test_resmlp_and_gmlp_variants_are_timms_registered_models():
 def test_resmlp_and_gmlp_start_like_timms_init_weights():
   # timm mlp_mixer.py _init_weights (l.519-556): xavier-uniform Linear, bias N(0, 1e-6) when 'mlp' is in
   # the module's name else 0; lecun-normal conv; zero head. gMLP's gate: N(0, 1e-6) weights, bias 1 (l.198-202).
-  resmlp, gmlp = init_params('ResMLP-384x2/16', 224), init_params('gMLP-128x2/16', 224)   # S12's, Ti's widths
+  resmlp, gmlp = init_params('ResMLP-384x2/16', 224), init_params('gMLP-128x2/16', 224)  # S12's, Ti's widths
   tokens = 196
   block = resmlp['block_0']
   assert_uniform(block['token_mixing']['linear_tokens']['kernel'], xavier_bound(tokens, tokens))
-  assert np.all(block['token_mixing']['linear_tokens']['bias'] == 0)                  # 'blocks.0.linear_tokens'
+  assert np.all(block['token_mixing']['linear_tokens']['bias'] == 0)  # 'blocks.0.linear_tokens'
   assert_uniform(block['channel_mixing']['Dense_0']['kernel'], xavier_bound(384, 1536))
-  np.testing.assert_allclose(block['channel_mixing']['Dense_0']['bias'].std(), 1e-6, rtol=0.2)   # 'mlp_channels'
-  np.testing.assert_allclose(block['ls1']['scale'], 1e-4)   # 2 blocks: as 12
+  np.testing.assert_allclose(block['channel_mixing']['Dense_0']['bias'].std(), 1e-6, rtol=0.2)  # 'mlp_channels'
+  np.testing.assert_allclose(block['ls1']['scale'], 1e-4)  # 2 blocks: as 12
   assert np.all(block['norm1']['alpha'] == 1) and np.all(block['norm1']['beta'] == 0)
   assert np.all(resmlp['head']['kernel'] == 0)
   g = gmlp['block_0']
@@ -172,26 +197,37 @@ def test_resmlp_and_gmlp_start_like_timms_init_weights():
   np.testing.assert_allclose(g['gate']['proj']['kernel'].std(), 1e-6, rtol=0.05)
   assert np.all(g['gate']['proj']['bias'] == 1)
   stem = np.asarray(gmlp['stem']['patch_embed']['embedding']['kernel'])
-  np.testing.assert_allclose(stem.std(), np.sqrt(1 / (16 * 16 * 3)), rtol=0.05)   # lecun-normal (truncated)
+  np.testing.assert_allclose(stem.std(), np.sqrt(1 / (16 * 16 * 3)), rtol=0.05)  # lecun-normal (truncated)
 
 
 def test_cait_variants_are_timms_registered_models_and_start_like_its_init():
   # timm cait.py (vendored verbatim, parsed): cait_{xxs24,s24}_224's model_args; init l.329-340.
   import ast
+
   from tests.reference import sources
+
   registered = timm_registered_models(sources.text('timm_cait.py'), 'cait_')
   for timm_name, ours in {'cait_xxs24_224': 'CaiT-XXS24', 'cait_s24_224': 'CaiT-S24'}.items():
     args = {k: ast.literal_eval(v) for k, v in registered[timm_name].items()}
     _, fields = models.resolve(ours)
-    assert (fields['hidden_size'], fields['depth'], fields['num_heads'], fields['patch_size'],
-            fields['layer_scale_init']) == (args['embed_dim'], args['depth'], args['num_heads'], args['patch_size'],
-                                            args['init_values']), timm_name
-  params = init_params('CaiT-192x2/16-h4', 224)   # CaiT-XXS24's width and heads, 2 blocks
-  for kernel in (params['block_0']['token_mixing']['qkv']['kernel'], params['block_0']['token_mixing']['proj_l']['kernel'],
-                 params['class_block_0']['attention']['q']['kernel'], params['head']['kernel'],
-                 params['stem']['pos_embedding'], params['cls']):
-    np.testing.assert_allclose(np.asarray(kernel).std(), 0.02, rtol=0.25)   # trunc_normal_(std=.02)
-  assert_uniform(params['stem']['patch_embed']['embedding']['kernel'], 1 / np.sqrt(16 * 16 * 3))   # Conv2d default
+    assert (
+      fields['hidden_size'],
+      fields['depth'],
+      fields['num_heads'],
+      fields['patch_size'],
+      fields['layer_scale_init'],
+    ) == (args['embed_dim'], args['depth'], args['num_heads'], args['patch_size'], args['init_values']), timm_name
+  params = init_params('CaiT-192x2/16-h4', 224)  # CaiT-XXS24's width and heads, 2 blocks
+  for kernel in (
+    params['block_0']['token_mixing']['qkv']['kernel'],
+    params['block_0']['token_mixing']['proj_l']['kernel'],
+    params['class_block_0']['attention']['q']['kernel'],
+    params['head']['kernel'],
+    params['stem']['pos_embedding'],
+    params['cls'],
+  ):
+    np.testing.assert_allclose(np.asarray(kernel).std(), 0.02, rtol=0.25)  # trunc_normal_(std=.02)
+  assert_uniform(params['stem']['patch_embed']['embedding']['kernel'], 1 / np.sqrt(16 * 16 * 3))  # Conv2d default
   np.testing.assert_allclose(params['class_block_1']['ls2']['scale'], 1e-5)
 
 
@@ -200,68 +236,90 @@ def test_convnext_iso_variants_are_facebookresearch_convnexts_registered_models(
   # ConvNeXtIsotropic(depth=, dim=), whose layer_scale_init_value defaults to 0 (no gamma) and whose
   # Block uses a 7x7 depthwise convolution (models/convnext.py l.28).
   import ast
+
   from tests.reference import sources
+
   tree = ast.parse(sources.text('convnext_models_convnext_isotropic.py'))
   built = {}
   for node in tree.body:
     if isinstance(node, ast.FunctionDef) and node.name.startswith('convnext_isotropic_'):
       call = next(n.value for n in node.body if isinstance(n, ast.Assign) and n.targets[0].id == 'model')
       built[node.name] = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg}
-  ours = {'convnext_isotropic_small': 'ConvNeXt-iso-S', 'convnext_isotropic_base': 'ConvNeXt-iso-B',
-          'convnext_isotropic_large': 'ConvNeXt-iso-L'}
+  ours = {
+    'convnext_isotropic_small': 'ConvNeXt-iso-S',
+    'convnext_isotropic_base': 'ConvNeXt-iso-B',
+    'convnext_isotropic_large': 'ConvNeXt-iso-L',
+  }
   assert sorted(built) == sorted(ours)
   for name, args in built.items():
     _, fields = models.resolve(ours[name])
     assert (fields['hidden_size'], fields['depth']) == (args['dim'], args['depth']) and fields['patch_size'] == 16
     assert fields.get('layer_scale_init') is None and fields['kernel_size'] == 7
   init = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == '__init__')
-  defaults = dict(zip([a.arg for a in init.args.args][-len(init.args.defaults):], init.args.defaults))
+  defaults = dict(zip([a.arg for a in init.args.args][-len(init.args.defaults) :], init.args.defaults))
   assert ast.literal_eval(defaults['layer_scale_init_value']) == 0
   assert 'kernel_size=7, padding=3, groups=dim' in sources.text('convnext_models_convnext.py')
 
 
 def test_convnext_iso_starts_like_its_trunc_normal_init():
   # convnext_isotropic.py l.51-54: trunc_normal_(std=.02) (bounds +-2: effectively N(0, 0.02)), zero biases.
-  params = init_params('ConvNeXt-iso-384x2', 224)   # ConvNeXt-iso-S's width, 2 blocks
+  params = init_params('ConvNeXt-iso-384x2', 224)  # ConvNeXt-iso-S's width, 2 blocks
   block = params['block_0']
-  for kernel in (block['dwconv']['kernel'], block['pwconv1']['kernel'], block['pwconv2']['kernel'],
-                 params['stem']['patch_embed']['embedding']['kernel'], params['head']['kernel']):
+  for kernel in (
+    block['dwconv']['kernel'],
+    block['pwconv1']['kernel'],
+    block['pwconv2']['kernel'],
+    params['stem']['patch_embed']['embedding']['kernel'],
+    params['head']['kernel'],
+  ):
     np.testing.assert_allclose(np.asarray(kernel).std(), 0.02, rtol=0.1)
   assert all(np.all(block[k]['bias'] == 0) for k in ('dwconv', 'pwconv1', 'pwconv2'))
   assert 'ls' not in block and np.all(params['head']['bias'] == 0)
 
 
+@pytest.mark.slow
 def test_bit_resnetv2_standardises_its_filters_and_starts_like_timms_init_weights():
   # timm resnetv2.py _init_weights (l.797-817): kaiming-normal fan_out convolutions, head N(0, 0.01), zero bias;
   # std_conv.py StdConv2d: each filter standardised over (in, kh, kw), biased variance, eps 1e-8 (BiT).
   from isojax.models import resnetv2
-  params = init_params('BiT-R50-w32', 64)   # half BiT-R50x1's width (suite time): the same initialisers
+
+  params = init_params('BiT-R50-w32', 64)  # half BiT-R50x1's width (suite time): the same initialisers
   stem = np.asarray(params['stem']['kernel'])
   np.testing.assert_allclose(stem.std(), np.sqrt(2 / (32 * 7 * 7)), rtol=0.05)
   np.testing.assert_allclose(np.asarray(params['head']['kernel']).std(), 0.01, rtol=0.05)
-  assert np.all(params['head']['bias'] == 0) and 'downsample' in params['stage2_0'] and 'downsample' not in params['stage2_1']
+  assert (
+    np.all(params['head']['bias'] == 0)
+    and 'downsample' in params['stage2_0']
+    and 'downsample' not in params['stage2_1']
+  )
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 9, 9, 5))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 4)) * 3 + 1
   out = resnetv2.StdConv(4, 3).apply({'params': {'kernel': kernel}}, x)
   flat = np.asarray(kernel).reshape(-1, 4)
   standard = ((flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-8)).reshape(kernel.shape)
-  expected = jax.lax.conv_general_dilated(x, standard, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  expected = jax.lax.conv_general_dilated(
+    x, standard, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 # --- the name is the architecture -----------------------------------------------------------------
 
-@pytest.mark.parametrize('name,fields', [
+
+@pytest.mark.parametrize(
+  'name,fields',
+  [
     ('ViT-384x6/4', dict(hidden_size=384, depth=6, num_heads=6, mlp_dim=1536, patch_size=4)),
     ('ViT-32x2/4-h4-m64', dict(hidden_size=32, depth=2, num_heads=4, mlp_dim=64, patch_size=4)),
     ('Mixer-B/16', dict(hidden_size=768, depth=12, tokens_mlp_dim=384, channels_mlp_dim=3072, patch_size=16)),
     ('ConvMixer-128/6-k3-p2', dict(hidden_size=128, depth=6, kernel_size=3, patch_size=2)),
     ('convmixer_1024_20_ks9_p14', dict(hidden_size=1024, depth=20, kernel_size=9, patch_size=14)),
-])
+  ],
+)
 def test_parametric_names_fix_the_architecture(name, fields):
   entry, resolved = models.resolve(name)
   assert {k: resolved[k] for k in fields} == fields
-  canonical = models.resolve(entry.name)[1]   # the canonical name builds the same model
+  canonical = models.resolve(entry.name)[1]  # the canonical name builds the same model
   assert {k: canonical[k] for k in fields} == fields
 
 
@@ -272,8 +330,7 @@ def test_an_override_that_contradicts_the_name_is_an_error_naming_both():
 
 def test_changing_the_name_alone_changes_the_whole_architecture():
   config = loading.load(os.path.join(CONFIGS, 'imagenet_vit_s16.py'), {'model.name': 'ViT-B/16'})
-  model = models.create(config.model.name, 1000, **{k: v for k, v in config.model.to_dict().items()
-                                                     if k != 'name'})
+  model = models.create(config.model.name, 1000, **{k: v for k, v in config.model.to_dict().items() if k != 'name'})
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
   assert shapes['params']['block_11']['channel_mixing']['Dense_0']['kernel'].shape == (768, 3072)
 
@@ -284,6 +341,7 @@ def test_default_config_is_named_for_what_it_builds():
 
 
 # --- recipes: the update each source's formula gives ----------------------------------------------
+
 
 def tiny_params():
   return init_params('ViT-16x1/4-h2-m32', 8, num_classes=3)
@@ -301,6 +359,7 @@ def load_config(name, **overrides):
   return loading.load(os.path.join(CONFIGS, name), overrides)
 
 
+@pytest.mark.slow
 def test_imagenet_vit_s16_decays_every_kernel_by_big_visions_wd_at_peak_and_leaves_biases():
   # big_vision/optax.py make(): chain(clip, scale_by_adam, scale(lr), add_decayed_weights(wd, kernels),
   # scale_by_schedule(sched), scale(-1)) with sched = 1 at the end of warmup: p <- p - 1 * (lr * 0 + wd * p).
@@ -317,7 +376,7 @@ def test_imagenet_vit_s16_decays_every_kernel_by_big_visions_wd_at_peak_and_leav
 
 
 def test_imagenet_vit_s16_keeps_adams_first_moment_in_bfloat16():
-  config = load_config('imagenet_vit_s16.py')   # optax=dict(mu_dtype='bfloat16'), vit_s16_i1k.py l.76
+  config = load_config('imagenet_vit_s16.py')  # optax=dict(mu_dtype='bfloat16'), vit_s16_i1k.py l.76
   tx, _ = optim.create(config.optimizer, 100_000, 1000.0)
   state = tx.init(tiny_params())
   mus = [s.mu for s in jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, 'mu')) if hasattr(s, 'mu')]
@@ -325,7 +384,7 @@ def test_imagenet_vit_s16_keeps_adams_first_moment_in_bfloat16():
 
 
 def test_imagenet_vit_s16_has_big_visions_pre_logits():
-  config = load_config('imagenet_vit_s16.py')   # rep_size=True: Dense(width) + tanh (vit.py l.259-265)
+  config = load_config('imagenet_vit_s16.py')  # rep_size=True: Dense(width) + tanh (vit.py l.259-265)
   assert config.model.representation_size == 384 and config.model.classifier == 'gap'
 
 
@@ -333,13 +392,20 @@ def test_imagenet_convmixer_decays_like_torch_adamw():
   # torch.optim.AdamW: p <- p * (1 - lr * weight_decay); lr at the onecycle peak (40% of training) is 0.01.
   config = load_config('imagenet_convmixer_1536_20.py')
   total = plan.durations(config, 1_281_167).total_steps
-  peak = round(0.4 * total) - 1   # the source evaluates the schedule at the end of the step
+  peak = round(0.4 * total) - 1  # the source evaluates the schedule at the end of the step
   before, after = zero_gradient_step_at(config, peak, total, 1_281_167 / 640)
-  np.testing.assert_allclose(after['head']['kernel'] if before['head']['kernel'].any() else
-                             after['block_0']['channel_mixing']['Dense_0']['kernel'],
-                             (before['head']['kernel'] if before['head']['kernel'].any() else
-                              before['block_0']['channel_mixing']['Dense_0']['kernel']) * (1 - 0.01 * 2e-5),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    after['head']['kernel']
+    if before['head']['kernel'].any()
+    else after['block_0']['channel_mixing']['Dense_0']['kernel'],
+    (
+      before['head']['kernel']
+      if before['head']['kernel'].any()
+      else before['block_0']['channel_mixing']['Dense_0']['kernel']
+    )
+    * (1 - 0.01 * 2e-5),
+    rtol=1e-6,
+  )
 
 
 def test_cifar10_convmixer_learning_rate_is_locuslabs_interp_at_every_tenth():
@@ -377,7 +443,7 @@ def test_cifar10_convmixer_augments_with_torchvisions_randaugment_and_colour_jit
 
 
 def test_imagenet_mixer_follows_big_vision_sigmoid_loss_and_linear_end():
-  config = load_config('imagenet_mixer_b16.py')   # big_vision/configs/mlp_mixer_i1k.py
+  config = load_config('imagenet_mixer_b16.py')  # big_vision/configs/mlp_mixer_i1k.py
   assert config.loss == 'sigmoid_xent' and config.model.head_bias_init == -6.9
   total = plan.durations(config, 1_268_355).total_steps
   lr = optim.schedule(config.optimizer, total, 1_268_355 / 4096)
@@ -389,6 +455,7 @@ def test_imagenet_mixer_follows_big_vision_sigmoid_loss_and_linear_end():
 
 
 # --- durations resolve at run time ------------------------------------------------------------
+
 
 def opt_config(**fields):
   config = config_schema.base().optimizer
@@ -408,16 +475,29 @@ def test_a_warmup_longer_than_training_is_an_error_naming_both_numbers():
     optim.schedule(opt_config(warmup_steps=10_000), 980, 98.0)
 
 
-@pytest.mark.parametrize('config_name', ['default.py', 'cifar10_convmixer.py', 'cifar10_vit.py', 'cifar10_mixer.py',
-                                         'imagenet_vit_s16.py', 'imagenet_mixer_b16.py',
-                                         'imagenet_convmixer_1536_20.py', 'cifar10_finetune.py'])
+@pytest.mark.parametrize(
+  'config_name',
+  [
+    'default.py',
+    'cifar10_convmixer.py',
+    'cifar10_vit.py',
+    'cifar10_mixer.py',
+    'imagenet_vit_s16.py',
+    'imagenet_mixer_b16.py',
+    'imagenet_convmixer_1536_20.py',
+    'cifar10_finetune.py',
+  ],
+)
 @pytest.mark.parametrize('epochs', [3, 25, 300])
 def test_every_config_reaches_its_final_learning_rate_at_its_last_step(config_name, epochs):
-  sizes = {'isojax_digits': 1437, 'cifar10': 49_000 if 'finetune' in config_name else 50_000,
-           'imagenet2012': 1_268_355}
+  sizes = {'isojax_digits': 1437, 'cifar10': 49_000 if 'finetune' in config_name else 50_000, 'imagenet2012': 1_268_355}
   config = load_config(config_name, num_epochs=float(epochs), num_steps=0)
-  steps = plan.durations(config, sizes[config.data.name] if config.data.name != 'imagenet2012' else
-                         (1_281_167 if config.data.train_split == 'train' else 1_268_355))
+  steps = plan.durations(
+    config,
+    sizes[config.data.name]
+    if config.data.name != 'imagenet2012'
+    else (1_281_167 if config.data.train_split == 'train' else 1_268_355),
+  )
   opt = config.optimizer
   if opt.warmup_steps and opt.warmup_steps >= steps.total_steps:
     with pytest.raises(ValueError, match=f'{opt.warmup_steps} steps\\) does not fit in the {steps.total_steps}'):
@@ -429,27 +509,39 @@ def test_every_config_reaches_its_final_learning_rate_at_its_last_step(config_na
   np.testing.assert_allclose(float(lr(last)), final, atol=1e-12)
   values = np.asarray(jax.vmap(lr)(np.arange(steps.total_steps + 1)))
   peak = int(values.argmax())
-  assert (np.diff(values[peak:]) <= 1e-12).all()   # never rises again after the peak
+  assert (np.diff(values[peak:]) <= 1e-12).all()  # never rises again after the peak
 
 
 # --- EMA covers BatchNorm statistics (timm ModelEmaV2/V3 average the whole state_dict) -------
 
+
+@pytest.mark.slow
 def test_ema_averages_batchnorm_statistics_and_an_ema_evaluation_uses_them():
   model = models.create('ConvMixer-16/1', 3, kernel_size=3, patch_size=2)
   config = opt_config(lr=1e-2)
   tx, lr = optim.create(config, 10)
   state = train_step.init_state(model, tx, jax.random.PRNGKey(0), (8, 8, 3), ema=True)
-  batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3)) * 3 + 1,
-           'label': jnp.array([0, 1, 2, 0])}
+  batch = {'image': jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3)) * 3 + 1, 'label': jnp.array([0, 1, 2, 0])}
   decay = 0.9
-  new, _ = train_step.train_step(state, batch, jax.random.PRNGKey(2), model=model, tx=tx, learning_rate=lr,
-                                 num_classes=3, ema_decay=decay, axis_name=None)
-  expected = jax.tree_util.tree_map(lambda old, now: decay * old + (1 - decay) * now,
-                                    state.batch_stats, new.batch_stats)
+  new, _ = train_step.train_step(
+    state,
+    batch,
+    jax.random.PRNGKey(2),
+    model=model,
+    tx=tx,
+    learning_rate=lr,
+    num_classes=3,
+    ema_decay=decay,
+    axis_name=None,
+  )
+  expected = jax.tree_util.tree_map(
+    lambda old, now: decay * old + (1 - decay) * now, state.batch_stats, new.batch_stats
+  )
   for e, got in zip(jax.tree_util.tree_leaves(expected), jax.tree_util.tree_leaves(new.ema_batch_stats)):
     np.testing.assert_allclose(got, e, rtol=1e-6)
-  assert not np.allclose(jax.tree_util.tree_leaves(new.ema_batch_stats)[0],
-                         jax.tree_util.tree_leaves(new.batch_stats)[0])
+  assert not np.allclose(
+    jax.tree_util.tree_leaves(new.ema_batch_stats)[0], jax.tree_util.tree_leaves(new.batch_stats)[0]
+  )
   assert new.variables(use_ema=True)['batch_stats'] is new.ema_batch_stats
 
 
@@ -468,7 +560,9 @@ def test_torchvision_flavour_reads_magnitude_as_a_bin_of_31():
   bins = 31
   assert arg_of('torchvision', 'Rotate', 12) == pytest.approx(np.linspace(0.0, 30.0, bins)[12])
   assert arg_of('torchvision', 'ShearX', 12, -1) == pytest.approx(-np.linspace(0.0, 0.3, bins)[12])
-  assert arg_of('torchvision', 'TranslateX', 12) == pytest.approx(np.floor(np.linspace(0.0, 150.0 / 331.0 * 40, bins)[12]))
+  assert arg_of('torchvision', 'TranslateX', 12) == pytest.approx(
+    np.floor(np.linspace(0.0, 150.0 / 331.0 * 40, bins)[12])
+  )
   assert arg_of('torchvision', 'Brightness', 12) == pytest.approx(1 + np.linspace(0.0, 0.9, bins)[12])
   posterize_bits = 8 - np.round(np.arange(bins) / ((bins - 1) / 4)).astype(int)
   assert arg_of('torchvision', 'Posterize', 12) == posterize_bits[12]
@@ -520,6 +614,7 @@ def test_color_jitter_scales_brightness_within_its_range():
 
 # --- --dry_run ---------------------------------------------------------------------------------
 
+
 def test_dry_run_resolves_the_cifar_recipe_without_the_dataset():
   record = plan.dry_run(load_config('cifar10_convmixer.py'))
   assert record['model'] == 'ConvMixer-256/8' and record['parameters'] == 594_186
@@ -536,12 +631,31 @@ def test_dry_run_resolves_the_cifar_recipe_without_the_dataset():
 @pytest.mark.slow
 def test_dry_run_command_prints_the_plan_and_one_json_line_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
-  out = subprocess.run([sys.executable, '-m', 'isojax.main', f'--config={CONFIGS}/imagenet_vit_s16.py',
-                        f'--workdir={workdir}', '--dry_run'], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'isojax.main',
+      f'--config={CONFIGS}/imagenet_vit_s16.py',
+      f'--workdir={workdir}',
+      '--dry_run',
+    ],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   record = json.loads(out.stdout.strip().splitlines()[-1])
-  assert {'model', 'parameters', 'gflops_per_image', 'steps', 'epochs', 'lr_at',
-          'weight_decay_per_step_at_peak'} <= set(record)
+  assert {
+    'model',
+    'parameters',
+    'gflops_per_image',
+    'steps',
+    'epochs',
+    'lr_at',
+    'weight_decay_per_step_at_peak',
+  } <= set(record)
   assert record['model'] == 'ViT-S/16' and record['weight_decay_per_step_at_peak'] == pytest.approx(1e-4, rel=1e-5)
   assert 'learning rate at % of training' in out.stdout and not workdir.exists()
   assert "normalize(stats='half') on device (uint8 batches)" in record['augmentation']
@@ -553,8 +667,10 @@ def test_big_vision_imagenet_configs_crop_and_resize_as_big_vision_does(config_f
   the same crop distribution (area and aspect-ratio ranges), and for the same window the same
   pixels up to big_vision's rounding to uint8 after each resize."""
   import tensorflow as tf
+
   from isojax.data import preprocess
   from tests.reference import sources
+
   ops = sources.big_vision_ops_image()
   config = loading.load(config_file)
   rng = np.random.default_rng(0)
@@ -562,10 +678,11 @@ def test_big_vision_imagenet_configs_crop_and_resize_as_big_vision_does(config_f
   jpeg = tf.io.encode_jpeg(tf.cast(tf.clip_by_value(smooth + rng.normal(0, 8, (375, 500, 3)), 0, 255), tf.uint8))
   sampled = {}
 
-  def fixed_window(name):   # records the sampling ranges, returns one window for both
+  def fixed_window(name):  # records the sampling ranges, returns one window for both
     def sample(image_size, bounding_boxes, seed=None, area_range=None, aspect_ratio_range=None, **kwargs):
       sampled[name] = (tuple(np.round(area_range, 6)), tuple(np.round(aspect_ratio_range, 6)))
       return tf.constant([40, 60, 0]), tf.constant([250, 300, -1]), tf.zeros([1, 1, 4])
+
     return sample
 
   monkeypatch.setattr(tf.image, 'sample_distorted_bounding_box', fixed_window('big_vision'))
@@ -576,7 +693,7 @@ def test_big_vision_imagenet_configs_crop_and_resize_as_big_vision_does(config_f
   assert sampled['isojax'] == sampled['big_vision'] == ((0.05, 1.0), (0.75, 1.33))
   np.testing.assert_array_equal(tf.cast(tf.clip_by_value(ours, 0, 255), tf.uint8), theirs)
 
-  eval_resize = '|'.join(config.data.eval_pp.split('|')[:2])          # resize_small(256)|central_crop(224)
+  eval_resize = '|'.join(config.data.eval_pp.split('|')[:2])  # resize_small(256)|central_crop(224)
   decoded = ops.get_decode()({'image': jpeg})
   theirs = ops.get_central_crop(224)(ops.get_resize_small(256)(decoded))['image']
   ours = preprocess.build(eval_resize, 224, 3, encoded=True)(jpeg, tf.constant([0, 0], tf.int64))

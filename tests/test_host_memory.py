@@ -1,11 +1,12 @@
 """Entry points keep freed host memory, so a step's large buffers are not page-faulted in again."""
+
 import os
 import subprocess
 import sys
 
 import pytest
 
-PROGRAM = '''
+PROGRAM = """
 import resource, sys
 from isojax.core import host_memory
 applied = host_memory.keep_freed_memory()
@@ -27,7 +28,7 @@ for _ in range(4):   # the fewest: another process's load can evict pages now an
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 temp = step.lower(ws, x).compile().memory_analysis().temp_size_in_bytes
 print(applied, min(faults), temp)
-'''
+"""
 
 
 def run(keep: bool) -> tuple[str, int, int]:
@@ -38,20 +39,22 @@ def run(keep: bool) -> tuple[str, int, int]:
   return applied, int(faults), int(temp_bytes)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc tuning is Linux-only')
 def test_kept_host_memory_is_reused_instead_of_faulted_in_every_step():
   applied, faults, temp_bytes = run(keep=True)
   pages = temp_bytes // os.sysconf('SC_PAGE_SIZE')
   assert applied == 'True' and faults < pages // 10
-  applied, faults, _ = run(keep=False)   # glibc's default: the buffer is mapped afresh every step
+  applied, faults, _ = run(keep=False)  # glibc's default: the buffer is mapped afresh every step
   assert applied == 'False' and faults > pages // 2
 
 
 def test_freed_memory_is_kept_only_where_jax_computes_on_the_cpu(monkeypatch):
   from isojax.core import host_memory
+
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
   monkeypatch.delenv('ISOJAX_KEEP_HOST_MEMORY', raising=False)
-  assert not host_memory.jax_will_use_cpu() and not host_memory.keep_freed_memory()   # not measured there
+  assert not host_memory.jax_will_use_cpu() and not host_memory.keep_freed_memory()  # not measured there
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   assert host_memory.jax_will_use_cpu()
   monkeypatch.setenv('JAX_PLATFORMS', 'cuda')
@@ -61,5 +64,6 @@ def test_freed_memory_is_kept_only_where_jax_computes_on_the_cpu(monkeypatch):
 
 def test_available_host_memory_names_its_source():
   from isojax.core import host_memory
+
   available, source = host_memory.available()
-  assert 0 < available < 2 ** 50 and ('meminfo' in source or 'cgroup' in source or 'sysconf' in source)
+  assert 0 < available < 2**50 and ('meminfo' in source or 'cgroup' in source or 'sysconf' in source)

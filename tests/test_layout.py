@@ -15,6 +15,7 @@ it is optional at run time (LAZY_THIRD_PARTY). The package root resolves its two
 (PEP 562, its `PUBLIC` table), so that an entry point can tune host memory before JAX and TensorFlow load: the
 test reads that table as the root's imports.
 """
+
 import ast
 import os
 
@@ -23,22 +24,22 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, 'isojax')
 
-LAYERS = [   # bottom first: (layer, module prefixes)
-    ('core', ('isojax.core',)),
-    ('kernels', ('isojax.kernels',)),
-    ('models and data', ('isojax.models', 'isojax.data')),
-    ('evaluation and weights', ('isojax.evaluation', 'isojax.weights')),
-    ('training', ('isojax.training',)),
-    ('sweeps', ('isojax.sweeps',)),
-    ('commands', ('isojax.main', 'isojax.evaluate', 'isojax.predict', 'isojax.bench', 'isojax.sweep', 'isojax')),
+LAYERS = [  # bottom first: (layer, module prefixes)
+  ('core', ('isojax.core',)),
+  ('kernels', ('isojax.kernels',)),
+  ('models and data', ('isojax.models', 'isojax.data')),
+  ('evaluation and weights', ('isojax.evaluation', 'isojax.weights')),
+  ('training', ('isojax.training',)),
+  ('sweeps', ('isojax.sweeps',)),
+  ('commands', ('isojax.main', 'isojax.evaluate', 'isojax.predict', 'isojax.bench', 'isojax.sweep', 'isojax')),
 ]
 COMMANDS = {'main', 'evaluate', 'predict', 'bench', 'sweep'}
 # Imported inside a function because they are optional at run time, each for a reason.
 LAZY_THIRD_PARTY = {
-    'sklearn.datasets': 'only when the offline digits are prepared (the first run on a machine)',
-    'PIL': 'only when an image folder is checked; TFDS decodes the images',
-    'matplotlib.pyplot': 'after matplotlib.use("Agg"), which must come first',
-    'jax_plugins': 'probing for accelerator plugins without starting JAX',
+  'sklearn.datasets': 'only when the offline digits are prepared (the first run on a machine)',
+  'PIL': 'only when an image folder is checked; TFDS decodes the images',
+  'matplotlib.pyplot': 'after matplotlib.use("Agg"), which must come first',
+  'jax_plugins': 'probing for accelerator plugins without starting JAX',
 }
 
 
@@ -96,8 +97,15 @@ def import_graph() -> dict[str, set[str]]:
 
 def layer_of(module: str) -> tuple[int, str]:
   """(rank, folder) of a module: the longest matching prefix of LAYERS decides."""
-  best = max(((rank, prefix) for rank, (_, prefixes) in enumerate(LAYERS) for prefix in prefixes
-              if module == prefix or module.startswith(prefix + '.')), key=lambda found: len(found[1]))
+  best = max(
+    (
+      (rank, prefix)
+      for rank, (_, prefixes) in enumerate(LAYERS)
+      for prefix in prefixes
+      if module == prefix or module.startswith(prefix + '.')
+    ),
+    key=lambda found: len(found[1]),
+  )
   return best
 
 
@@ -127,7 +135,7 @@ def test_the_module_graph_has_no_cycle():
     state[node] = 'open'
     for target in sorted(edges.get(node, ())):
       if state.get(target) == 'open':
-        pytest.fail('import cycle: ' + ' -> '.join(path[path.index(target):] + [node, target]))
+        pytest.fail('import cycle: ' + ' -> '.join(path[path.index(target) :] + [node, target]))
       if target not in state:
         visit(target, path + [node])
     state[node] = 'done'
@@ -164,8 +172,11 @@ def test_weights_only_read_files_and_dispatch_to_the_families_readers():
   scopes = ('token_mixing', 'channel_mixing', 'Dense_0', 'patch_embed', 'encoderblock', 'MixerBlock')
   for module, path in modules().items():
     if module.startswith('isojax.weights'):
-      strings = {n.value for n in ast.walk(ast.parse(open(path).read())) if isinstance(n, ast.Constant)
-                 and isinstance(n.value, str)}
+      strings = {
+        n.value
+        for n in ast.walk(ast.parse(open(path).read()))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+      }
       assert not [s for s in strings if any(scope in s for scope in scopes)], module
 
 
@@ -200,6 +211,7 @@ def test_no_function_is_longer_than_sixty_lines():
           path = os.path.join(directory, name)
           for node in ast.walk(ast.parse(open(path).read())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
-              long.append(f'{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} '
-                          f'({node.end_lineno - node.lineno + 1} lines)')
+              long.append(
+                f'{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)'
+              )
   assert long == []

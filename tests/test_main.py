@@ -1,4 +1,5 @@
 """The main job end to end: real runs in subprocesses (marked slow) and errors raised before compiling."""
+
 import json
 import os
 import signal
@@ -19,14 +20,24 @@ from isojax.training import loop
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT = os.path.join(ROOT, 'configs', 'default.py')
 # A fast variant of the default run for behaviour tests: same pipeline, smaller model.
-QUICK = ['--config.model.name=ConvMixer-64/2', '--config.num_steps=120',
-         '--config.eval_every=40', '--config.checkpoint.every=40', '--config.log_every=20']
+QUICK = [
+  '--config.model.name=ConvMixer-64/2',
+  '--config.num_steps=120',
+  '--config.eval_every=40',
+  '--config.checkpoint.every=40',
+  '--config.log_every=20',
+]
 
 
 def env(devices, tfds_dir):
-  return {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
-          'TFDS_DATA_DIR': str(tfds_dir), 'PYTHONUNBUFFERED': '1', 'JAX_PLATFORMS': 'cpu',
-          'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))}
+  return {
+    **os.environ,
+    'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+    'TFDS_DATA_DIR': str(tfds_dir),
+    'PYTHONUNBUFFERED': '1',
+    'JAX_PLATFORMS': 'cpu',
+    'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
+  }
 
 
 def main_command(workdir, *flags, config=DEFAULT):
@@ -45,8 +56,9 @@ def tfds_dir(tmp_path_factory):
 @pytest.mark.slow
 def test_default_config_reaches_97_percent_on_held_out_digits_within_three_minutes(tmp_path, tfds_dir):
   start = time.time()
-  out = subprocess.run(main_command(tmp_path / 'run'), env=env(1, tfds_dir), cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run(
+    main_command(tmp_path / 'run'), env=env(1, tfds_dir), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   wall = time.time() - start
   assert out.returncode == 0, out.stderr[-3000:]
   (summary,) = records(tmp_path / 'run', 'summary')
@@ -61,12 +73,14 @@ def test_default_config_reaches_97_percent_on_held_out_digits_within_three_minut
 @pytest.mark.slow
 def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, tfds_dir):
   unbroken = tmp_path / 'unbroken'
-  subprocess.run(main_command(unbroken, *QUICK), env=env(1, tfds_dir), cwd=ROOT, check=True,
-                 capture_output=True, timeout=600)
+  subprocess.run(
+    main_command(unbroken, *QUICK), env=env(1, tfds_dir), cwd=ROOT, check=True, capture_output=True, timeout=600
+  )
 
   killed = tmp_path / 'killed'
-  proc = subprocess.Popen(main_command(killed, *QUICK), env=env(1, tfds_dir), cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    main_command(killed, *QUICK), env=env(1, tfds_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   first_checkpoint = killed / 'checkpoints' / '40' / '_CHECKPOINT_METADATA'
   deadline = time.time() + 300
   while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
@@ -74,8 +88,9 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, tfds_dir
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not records(killed, 'summary'), 'the run finished before it could be killed'
-  resumed = subprocess.run(main_command(killed, *QUICK), env=env(1, tfds_dir), cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+  resumed = subprocess.run(
+    main_command(killed, *QUICK), env=env(1, tfds_dir), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'resuming at step' in resumed.stderr
 
@@ -86,7 +101,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(tmp_path, tfds_dir
 
 # SGD: linear in the gradient, so a different all-reduce order (gloo across processes vs XLA in
 # one process) stays at float rounding; Adam would amplify it in near-zero gradients.
-WORKER = '''
+WORKER = """
 import sys, numpy as np, jax
 from isojax.training import loop
 from isojax.core import loading
@@ -96,14 +111,16 @@ config = loading.load(sys.argv[1], {{'num_steps': 6, 'eval_every': 3, 'checkpoin
 result = loop.train_and_evaluate(config, sys.argv[2])
 leaves = jax.tree_util.tree_leaves(result.state.params)
 np.savez(sys.argv[3], *leaves)
-'''
+"""
 
 
 def distributed_overrides(port, extra=''):
   """Config overrides (as WORKER's `extra`) joining process `sys.argv[4]` of 2 at localhost:`port` over gloo."""
-  return (", 'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:{port}', "
-          "'distributed.num_processes': 2, 'distributed.process_id': int(sys.argv[4]), "
-          "'distributed.cpu_collectives': 'gloo'").format(port=port) + extra
+  return (
+    f", 'distributed.enabled': True, 'distributed.coordinator_address': 'localhost:{port}', "
+    "'distributed.num_processes': 2, 'distributed.process_id': int(sys.argv[4]), "
+    "'distributed.cpu_collectives': 'gloo'"
+  ) + extra
 
 
 def free_port():
@@ -119,18 +136,32 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, tf
   script.write_text(WORKER.format(extra=distributed_overrides(port)))
   single = tmp_path / 'single.py'
   single.write_text(WORKER.format(extra=''))
-  workers = [subprocess.Popen([sys.executable, str(script), DEFAULT, str(tmp_path / 'multi'),
-                               str(tmp_path / f'params{i}.npz'), str(i)], env=env(2, tfds_dir), cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  workers = [
+    subprocess.Popen(
+      [sys.executable, str(script), DEFAULT, str(tmp_path / 'multi'), str(tmp_path / f'params{i}.npz'), str(i)],
+      env=env(2, tfds_dir),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outputs = [w.communicate(timeout=600) for w in workers]
   for w, (_, err) in zip(workers, outputs):
     assert w.returncode == 0, err[-3000:]
-  subprocess.run([sys.executable, str(single), DEFAULT, str(tmp_path / 'one'), str(tmp_path / 'one.npz')],
-                 env=env(4, tfds_dir), cwd=ROOT, check=True, capture_output=True, timeout=600)
+  subprocess.run(
+    [sys.executable, str(single), DEFAULT, str(tmp_path / 'one'), str(tmp_path / 'one.npz')],
+    env=env(4, tfds_dir),
+    cwd=ROOT,
+    check=True,
+    capture_output=True,
+    timeout=600,
+  )
 
   p0, p1, one = (np.load(tmp_path / f) for f in ('params0.npz', 'params1.npz', 'one.npz'))
   for key in p0.files:
-    np.testing.assert_array_equal(p0[key], p1[key])                    # the processes agree exactly
+    np.testing.assert_array_equal(p0[key], p1[key])  # the processes agree exactly
     np.testing.assert_allclose(p0[key], one[key], rtol=1e-5, atol=1e-6)  # and equal one 4-device process
   # Only process 0 writes: one record per logged step, and process 1 printed no progress.
   steps = [m['step'] for m in records(tmp_path / 'multi', 'train')]
@@ -141,49 +172,82 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, tf
 @pytest.mark.slow
 def test_bad_command_line_overrides_fail_at_once_naming_the_field(tmp_path, tfds_dir):
   for flag, field in [('--config.optimizer.lrr=0.1', 'lrr'), ('--config.batch_size=big', 'batch_size')]:
-    out = subprocess.run(main_command(tmp_path / 'run', flag), env=env(1, tfds_dir), cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+      main_command(tmp_path / 'run', flag), env=env(1, tfds_dir), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode != 0 and field in out.stderr
     assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
 def quick_config(tfds_dir, **overrides):
-  base = {'num_steps': 4, 'eval_every': 2, 'checkpoint.every': 2, 'log_every': 1, 'batch_size': 16,
-          'eval_batch_size': 368, 'model.name': 'ConvMixer-16/1', 'data.data_dir': str(tfds_dir)}
+  base = {
+    'num_steps': 4,
+    'eval_every': 2,
+    'checkpoint.every': 2,
+    'log_every': 1,
+    'batch_size': 16,
+    'eval_batch_size': 368,
+    'model.name': 'ConvMixer-16/1',
+    'data.data_dir': str(tfds_dir),
+  }
   return loading.load(DEFAULT, {**base, **overrides})
 
 
-@pytest.mark.parametrize('overrides,message', [
+@pytest.mark.parametrize(
+  'overrides,message',
+  [
     ({'batch_size': 12}, r'batch_size=12 is not divisible by the 8 devices'),
     ({'model.name': 'ConvMixr-256/8'}, r"Unknown model 'ConvMixr-256/8'.*ConvMixer-256/8"),
     ({'data.name': 'mnistt'}, r"Unknown dataset 'mnistt'"),
     ({'model.patch_size': 3}, r'Image size 8x8 is not divisible by patch_size=3'),
-])
+  ],
+)
 def test_bad_configs_fail_before_compiling_with_an_actionable_message(tmp_path, tfds_dir, overrides, message):
   with pytest.raises(ValueError, match=message):
     loop.train_and_evaluate(quick_config(tfds_dir, **overrides), str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_at_the_nan_step_without_writing_nan_checkpoints(tmp_path, tfds_dir):
-  config = quick_config(tfds_dir, **{'optimizer.lr': 1e12, 'optimizer.clip_norm': 0.0,
-                                     'optimizer.warmup_steps': 0, 'optimizer.schedule': 'constant',
-                                     'num_steps': 8, 'checkpoint.every': 1})
+  config = quick_config(
+    tfds_dir,
+    **{
+      'optimizer.lr': 1e12,
+      'optimizer.clip_norm': 0.0,
+      'optimizer.warmup_steps': 0,
+      'optimizer.schedule': 'constant',
+      'num_steps': 8,
+      'checkpoint.every': 1,
+    },
+  )
   with pytest.raises(FloatingPointError, match=r'Loss became (nan|inf) at step \d+; stopping'):
     loop.train_and_evaluate(config, str(tmp_path))
   from isojax.core import checkpoint
+
   ckpt = checkpoint.Checkpointer(workdir_lib.checkpoint_dir(str(tmp_path)), read_only=True)
   for step in ckpt.all_steps():
     _, state = ckpt.restore_raw(step)
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(state) if np.asarray(x).dtype.kind == 'f')
 
 
+@pytest.mark.slow
 def test_cifar10_convmixer_config_runs_the_whole_pipeline_on_mock_data(tmp_path):
-  config = loading.load(os.path.join(ROOT, 'configs', 'cifar10_convmixer.py'), {
-      'num_steps': 2, 'batch_size': 16, 'eval_batch_size': 16, 'eval_every': 2, 'checkpoint.every': 2,
-      'log_every': 1, 'model.name': 'ConvMixer-16/1', 'optimizer.warmup_fraction': 0.1,
-      'data.data_dir': str(tmp_path / 'tfds')})
-  config.mixup.cutmix_alpha = 1.0   # and the batch-level augmentations too
+  config = loading.load(
+    os.path.join(ROOT, 'configs', 'cifar10_convmixer.py'),
+    {
+      'num_steps': 2,
+      'batch_size': 16,
+      'eval_batch_size': 16,
+      'eval_every': 2,
+      'checkpoint.every': 2,
+      'log_every': 1,
+      'model.name': 'ConvMixer-16/1',
+      'optimizer.warmup_fraction': 0.1,
+      'data.data_dir': str(tmp_path / 'tfds'),
+    },
+  )
+  config.mixup.cutmix_alpha = 1.0  # and the batch-level augmentations too
   config.mixup.mixup_alpha = 0.8
   with tfds.testing.mock_data(num_examples=16):
     result = loop.train_and_evaluate(config, str(tmp_path / 'run'))

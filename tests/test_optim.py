@@ -1,4 +1,5 @@
 """Optimizer construction: decay and freezing by regex over parameter paths, schedules."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,24 +7,25 @@ import optax
 import pytest
 
 from isojax import models
-from isojax.training import optim
 from isojax.core.config import base
+from isojax.training import optim
+
+pytestmark = pytest.mark.xdist_group('vit_params')  # one worker initialises the module's models once
 
 
 @pytest.fixture(scope='module')
 def vit_params():
-  model = models.create('ViT-32x1/4-h2-m64', 5,
-                        classifier='map', representation_size=16)
+  model = models.create('ViT-32x1/4-h2-m64', 5, classifier='map', representation_size=16)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']
   cls_model = models.create('ViT-32x1/4-h2-m64', 5)
   return {'map': params, 'token': cls_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))['params']}
 
 
 def flat(tree):
-  return {path: value for path, value in zip(jax.tree_util.tree_leaves(optim.param_paths(tree)),
-                                              jax.tree_util.tree_leaves(tree))}
+  return dict(zip(jax.tree_util.tree_leaves(optim.param_paths(tree)), jax.tree_util.tree_leaves(tree)))
 
 
+@pytest.mark.slow
 def test_weight_decay_applies_to_kernels_only(vit_params):
   for params in vit_params.values():
     decayed = flat(optim.regex_mask(optim.DEFAULT_DECAY_PARAMS)(params))

@@ -1,6 +1,7 @@
 """The isotropic-vs-pyramid study (experiments/isotropic_vs_pyramid.py): every family, one parameter budget,
 one recipe, and shape profiles that tell an isotropic model from a pyramid. The study's training itself is
 the sweep machinery's (tests/test_sweeps.py runs it end to end); here, what makes it a fair comparison."""
+
 import importlib.util
 import os
 
@@ -9,14 +10,13 @@ import jax.numpy as jnp
 import pytest
 
 from isojax import models, sweeps
+from isojax.core import loading
 from isojax.evaluation import explain
 from isojax.sweeps import results
-from isojax.core import loading
-
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY = os.path.join(ROOT, 'experiments', 'isotropic_vs_pyramid.py')
-BUDGET = (0.69e6, 0.85e6)   # parameters, for 10 classes on 32x32 single-channel digits
+BUDGET = (0.69e6, 0.85e6)  # parameters, for 10 classes on 32x32 single-channel digits
 PYRAMIDS = {'resnet', 'resnetv2'}
 
 
@@ -30,7 +30,7 @@ def study_models() -> dict[str, str]:
 def test_the_study_trains_one_model_of_every_registered_family_with_one_recipe():
   trials = sweeps.load(STUDY).trials()
   assert {t.config for t in trials} == {'configs/digits32.py:' + name for name in study_models().values()}
-  assert all(set(t.overrides) == set() for t in trials)   # the recipe is the config's, the same for all
+  assert all(set(t.overrides) == set() for t in trials)  # the recipe is the config's, the same for all
   families = {models.lookup(name).family for name in study_models().values()}
   assert families == set(models.family_names())
   assert {family for family, name in study_models().items() if models.lookup(name).family != family} == set()
@@ -48,7 +48,7 @@ def test_every_study_model_fits_the_parameter_budget_and_has_the_expected_shape(
   profile = explain.shape_profile(model, 32, 1)
   kind = results.shape_kind(profile)
   assert kind == ('pyramid' if family in PYRAMIDS else 'hybrid' if family == 'hybrid' else 'isotropic')
-  if kind == 'pyramid':   # the grid shrinks 4-fold per stage, 32x32 -> 8x8 after the stem -> 1x1
+  if kind == 'pyramid':  # the grid shrinks 4-fold per stage, 32x32 -> 8x8 after the stem -> 1x1
     assert [tokens for _, tokens, _ in profile] == [64, 16, 4, 1]
   else:
     assert len({tokens for n, tokens, _ in profile if n.startswith('block')}) == 1

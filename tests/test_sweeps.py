@@ -1,12 +1,14 @@
 """Sweeps: deterministic expansion, and a launcher that resumes, skips failures and summarises."""
+
 import csv
 import os
 
 import pytest
 
-from isojax import sweep as sweep_command, sweeps
-from isojax.sweeps import launcher, results
+from isojax import sweep as sweep_command
+from isojax import sweeps
 from isojax.core import workdir as workdir_lib
+from isojax.sweeps import launcher, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,16 +26,24 @@ def test_zip_takes_values_together_and_rejects_unequal_lengths():
 
 
 def test_random_samples_are_deterministic_given_the_seed_and_inside_their_ranges():
-  spec = {'optimizer.lr': sweeps.loguniform(1e-4, 1e-2), 'model.depth': sweeps.choice([4, 8]),
-          'mixup.mixup_alpha': sweeps.uniform(0.0, 1.0)}
-  first, again, other = sweeps.sample(20, spec, seed=3), sweeps.sample(20, spec, seed=3), sweeps.sample(20, spec, seed=4)
+  spec = {
+    'optimizer.lr': sweeps.loguniform(1e-4, 1e-2),
+    'model.depth': sweeps.choice([4, 8]),
+    'mixup.mixup_alpha': sweeps.uniform(0.0, 1.0),
+  }
+  first, again, other = (
+    sweeps.sample(20, spec, seed=3),
+    sweeps.sample(20, spec, seed=3),
+    sweeps.sample(20, spec, seed=4),
+  )
   assert first == again and first != other
   assert all(1e-4 <= t['optimizer.lr'] <= 1e-2 and t['model.depth'] in (4, 8) for t in first)
 
 
 def test_trials_name_their_swept_values_and_can_sweep_the_config_argument():
-  sweep_ = sweeps.Sweep('configs/cifar100.py', sweeps.product({'arg': ['vit', 'mixer'], 'optimizer.lr': [0.001]}),
-                        fixed={'num_epochs': 1.0})
+  sweep_ = sweeps.Sweep(
+    'configs/cifar100.py', sweeps.product({'arg': ['vit', 'mixer'], 'optimizer.lr': [0.001]}), fixed={'num_epochs': 1.0}
+  )
   trials = sweep_.trials()
   assert [t.name for t in trials] == ['arg=vit,lr=0.001', 'arg=mixer,lr=0.001']
   assert trials[0].config == 'configs/cifar100.py:vit'
@@ -49,8 +59,7 @@ def test_every_shipped_sweep_file_expands():
       assert trials and all(os.path.exists(os.path.join(ROOT, t.config.split(':')[0])) for t in trials)
 
 
-TINY = {'num_steps': 8, 'eval_every': 4, 'checkpoint.every': 4, 'log_every': 4,
-        'model.name': 'ConvMixer-16/1'}
+TINY = {'num_steps': 8, 'eval_every': 4, 'checkpoint.every': 4, 'log_every': 4, 'model.name': 'ConvMixer-16/1'}
 
 
 @pytest.mark.slow
@@ -61,13 +70,13 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
   monkeypatch.chdir(ROOT)
   # patch_size=3 does not divide the 8x8 digits: that trial fails, the others must not care.
   trials = sweeps.product({'model.patch_size': [2], 'optimizer.lr': [2e-3, 5e-3]}) + [
-      {'model.patch_size': 3, 'optimizer.lr': 2e-3}]
+    {'model.patch_size': 3, 'optimizer.lr': 2e-3}
+  ]
   spec = sweeps.Sweep('configs/default.py', trials, fixed=TINY)
   directory = str(tmp_path / 'sweep')
   table = launcher.run(spec, directory, parallel=2)
   status = {r['trial']: r['status'] for r in table}
-  assert status == {'patch_size=2,lr=0.002': 'done', 'patch_size=2,lr=0.005': 'done',
-                    'patch_size=3,lr=0.002': 'failed'}
+  assert status == {'patch_size=2,lr=0.002': 'done', 'patch_size=2,lr=0.005': 'done', 'patch_size=3,lr=0.002': 'failed'}
   failed = next(r for r in table if r['status'] == 'failed')
   assert 'not divisible by patch_size=3' in failed['error']
   done = [r for r in table if r['status'] == 'done']
@@ -96,13 +105,15 @@ def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_
     rows = list(csv.DictReader(f))
   assert [r['status'] for r in rows] == ['done', 'done', 'failed']
   assert rows[0]['parameters'] == str(done[0]['parameters']) and float(rows[0]['gflops_per_image']) > 0
-  for plot in ('results.png', 'results_cost.png', 'results_shapes.png'):   # by swept axis; by cost; shapes
+  for plot in ('results.png', 'results_cost.png', 'results_shapes.png'):  # by swept axis; by cost; shapes
     assert os.path.getsize(os.path.join(directory, plot)) > 1000
 
 
 def test_a_failed_trial_is_reported_by_its_exception_line_not_trailing_notes():
-  log = ('Traceback (most recent call last):\n  File "x.py", line 1\n'
-         "ValueError: Image size 8x8 is not divisible by patch_size=3; use ...\n"
-         '--------------------\nFor simplicity, JAX has removed its internal frames from the traceback.\n')
+  log = (
+    'Traceback (most recent call last):\n  File "x.py", line 1\n'
+    'ValueError: Image size 8x8 is not divisible by patch_size=3; use ...\n'
+    '--------------------\nFor simplicity, JAX has removed its internal frames from the traceback.\n'
+  )
   assert results.error_line(log).startswith('ValueError: Image size 8x8')
   assert results.error_line('killed\n') == 'killed'

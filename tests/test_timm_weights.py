@@ -3,6 +3,7 @@
 The fixtures in tests/data/timm were written by tests/reference/make_timm_fixtures.py with
 timm 1.0.31 / torch 2.14.1: random weights, fixed inputs, and timm's eval-mode logits.
 """
+
 import json
 import os
 
@@ -17,16 +18,12 @@ from tests.reference.seeded import seeded_state, write_safetensors
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 'timm')
 EXACT_GELU = dict(approximate_gelu=False)
 CASES = {
-    'vit_token.safetensors': lambda: models.create(
-        'ViT-32x2/4-h4-m64', 10, **EXACT_GELU),
-    'vit_gap_layerscale.pth': lambda: models.create(
-        'ViT-32x2/4-h4-m64', 10, classifier='gap',
-        layer_scale_init=0.1, norm_after_pool=True, **EXACT_GELU),
-    'mixer.bin': lambda: models.create(
-        'Mixer-32x2/4-t16-c64', 10,
-        **EXACT_GELU),
-    'convmixer.pth': lambda: models.create(
-        'ConvMixer-32/2', 10, kernel_size=3, patch_size=4),
+  'vit_token.safetensors': lambda: models.create('ViT-32x2/4-h4-m64', 10, **EXACT_GELU),
+  'vit_gap_layerscale.pth': lambda: models.create(
+    'ViT-32x2/4-h4-m64', 10, classifier='gap', layer_scale_init=0.1, norm_after_pool=True, **EXACT_GELU
+  ),
+  'mixer.bin': lambda: models.create('Mixer-32x2/4-t16-c64', 10, **EXACT_GELU),
+  'convmixer.pth': lambda: models.create('ConvMixer-32/2', 10, kernel_size=3, patch_size=4),
 }
 
 
@@ -80,6 +77,7 @@ def relative_difference(logits, expected):
 TOLERANCE = {'resnetv2_50x1_bit': 5e-5}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(SEEDED['models']))
 def test_timm_models_rebuild_from_their_file_alone_with_timms_logits(tmp_path, name):
   expected = np.load(os.path.join(DATA, 'seeded_logits.npz'))
@@ -95,17 +93,20 @@ def test_convmixer_768_32_is_read_as_relu_and_gelu_would_be_wrong(tmp_path):
   path = timm_file(tmp_path, 'convmixer_768_32')
   described = pretrained.describe(path)
   assert described.fields['activation'] == 'relu' and 'convmixer_768_32' in described.assumed['activation']
-  model, variables = pretrained.create(path, activation='gelu')   # what isojax did before it read the shape
+  model, variables = pretrained.create(path, activation='gelu')  # what isojax did before it read the shape
   images = jnp.asarray(expected['convmixer_768_32/images'])
   assert relative_difference(model.apply(variables, images, train=False), expected['convmixer_768_32']) > 0.05
 
 
-@pytest.mark.parametrize('filename,overrides', [
-    ('vit_token.safetensors', dict(num_heads=4)),           # 32 wide with 4 heads: not timm's width/64
+@pytest.mark.parametrize(
+  'filename,overrides',
+  [
+    ('vit_token.safetensors', dict(num_heads=4)),  # 32 wide with 4 heads: not timm's width/64
     ('vit_gap_layerscale.pth', dict(num_heads=4)),
     ('mixer.bin', {}),
     ('convmixer.pth', {}),
-])
+  ],
+)
 def test_every_file_format_rebuilds_with_timms_logits(filename, overrides):
   expected = np.load(os.path.join(DATA, 'expected_logits.npz'))
   model, variables = pretrained.create(os.path.join(DATA, filename), **overrides)
@@ -121,7 +122,7 @@ def test_the_head_count_a_timm_file_cannot_show_is_reported_as_assumed():
 def test_a_timm_tensor_isojax_has_no_place_for_is_refused_by_name(tmp_path):
   spec = SEEDED['models']['vit_small_patch16_224']
   state = seeded_state(spec['shapes'], spec['seed'])
-  state['reg_token'] = np.zeros((1, 4, 384), np.float32)    # a register-token ViT
+  state['reg_token'] = np.zeros((1, 4, 384), np.float32)  # a register-token ViT
   write_safetensors(str(tmp_path / 'reg.safetensors'), state)
   with pytest.raises(ValueError, match=r"1 tensor\(s\) of this timm vit file have no place in isojax: \['reg_token'\]"):
     pretrained.create(str(tmp_path / 'reg.safetensors'))
@@ -144,8 +145,13 @@ def test_a_resmlp_file_in_the_authors_names_loads_with_timms_logits(tmp_path):
   state = seeded_state(spec['shapes'], spec['seed'])
   authors = {}
   for key, value in state.items():
-    for timm_name, deit_name in (('stem.', 'patch_embed.'), ('linear_tokens.', 'attn.'),
-                                 ('mlp_channels.', 'mlp.'), ('.ls1', '.gamma_1'), ('.ls2', '.gamma_2')):
+    for timm_name, deit_name in (
+      ('stem.', 'patch_embed.'),
+      ('linear_tokens.', 'attn.'),
+      ('mlp_channels.', 'mlp.'),
+      ('.ls1', '.gamma_1'),
+      ('.ls2', '.gamma_2'),
+    ):
       key = key.replace(timm_name, deit_name)
     authors[key] = value
   assert 'blocks.0.attn.weight' in authors and 'blocks.0.gamma_1' in authors

@@ -4,6 +4,7 @@ Saves are asynchronous and atomic (Orbax writes to a temporary directory and ren
 so a run killed mid-save restarts from the last finished checkpoint. Every process
 restores on its own from host memory (no training mesh needed); only process 0 writes.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,8 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -23,7 +25,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 BEST_METRIC = 'accuracy'
-ITEM = 'default'   # Orbax's name for a manager's single item: DIR/checkpoints/<step>/default/
+ITEM = 'default'  # Orbax's name for a manager's single item: DIR/checkpoints/<step>/default/
 
 
 class _quiet_orbax:
@@ -43,7 +45,7 @@ class _quiet_orbax:
     os.dup2(self._capture.fileno(), 2)
 
   def __exit__(self, exc_type, *exc):
-    time.sleep(0.2 if exc_type else 0)   # let TensorStore's callbacks of a failed read finish printing
+    time.sleep(0.2 if exc_type else 0)  # let TensorStore's callbacks of a failed read finish printing
     sys.stderr.flush()
     os.dup2(self._saved, 2)
     os.close(self._saved)
@@ -78,21 +80,28 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
 class Checkpointer:
   """Saves and restores TrainStates in `directory`."""
 
-  def __init__(self, directory: str, keep: int = 2, keep_best: bool = True, async_save: bool = True,
-               read_only: bool = False):
+  def __init__(
+    self, directory: str, keep: int = 2, keep_best: bool = True, async_save: bool = True, read_only: bool = False
+  ):
     process = jax.process_index()
     keepers = [policies.LatestN(n=keep)]
     if keep_best:
-      keepers.append(policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1,
-                                    keep_checkpoints_without_metrics=False))
+      keepers.append(
+        policies.BestN(
+          get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1, keep_checkpoints_without_metrics=False
+        )
+      )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policies.AnyPreservationPolicy(keepers),
-        # best_fn also makes Orbax persist each step's metrics, so a resumed run still knows its best.
-        best_fn=lambda m: m[BEST_METRIC], best_mode='max',
-        enable_async_checkpointing=async_save and not read_only, read_only=read_only, create=False,
-        # Every process reads for itself; only process 0 ever writes.
-        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=process,
-                                                                   active_processes={process}))
+      preservation_policy=policies.AnyPreservationPolicy(keepers),
+      # best_fn also makes Orbax persist each step's metrics, so a resumed run still knows its best.
+      best_fn=lambda m: m[BEST_METRIC],
+      best_mode='max',
+      enable_async_checkpointing=async_save and not read_only,
+      read_only=read_only,
+      create=False,
+      # Every process reads for itself; only process 0 ever writes.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process}),
+    )
     if not read_only:
       os.makedirs(directory, exist_ok=True)
     self.directory = directory
@@ -107,8 +116,9 @@ class Checkpointer:
 
   def best_step(self) -> Optional[int]:
     """The kept step with the highest eval accuracy, or None if none was saved with metrics."""
-    scored = [(m[BEST_METRIC], step) for step in self.all_steps()
-              if (m := self._manager.metrics(step)) and BEST_METRIC in m]
+    scored = [
+      (m[BEST_METRIC], step) for step in self.all_steps() if (m := self._manager.metrics(step)) and BEST_METRIC in m
+    ]
     return max(scored)[1] if scored else None
 
   def all_steps(self) -> list[int]:
@@ -118,15 +128,19 @@ class Checkpointer:
     """Saves host-side `state`; `metrics` (with 'accuracy') make it a candidate for best."""
     if not self.writer:
       return
-    bad = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(state)
-           if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()]
+    bad = [
+      jax.tree_util.keystr(p)
+      for p, x in jax.tree_util.tree_leaves_with_path(state)
+      if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()
+    ]
     if bad:
       raise FloatingPointError(f'Refusing to checkpoint step {step}: non-finite values in {bad[:3]}.')
     self._state_bytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
     self._saving = step
     with self._write_errors():
-      self._manager.save(step, args=ocp.args.StandardSave(state),
-                         metrics={k: float(v) for k, v in (metrics or {}).items()} or None)
+      self._manager.save(
+        step, args=ocp.args.StandardSave(state), metrics={k: float(v) for k, v in (metrics or {}).items()} or None
+      )
 
   def check_for_errors(self) -> None:
     """Raises now if a background save has failed (disk full, permissions), instead of at the next save."""
@@ -137,9 +151,9 @@ class Checkpointer:
       # Orbax keeps a failed background finalisation in its finalize thread until the next save or
       # wait; look at it directly (private, hence the guards) so the run stops at the next step.
       finalize = getattr(self._manager, '_finalize_thread', None)
-      thread = finalize.map(lambda t: t) if hasattr(finalize, 'map') else None
+      thread = finalize.map(lambda t: t) if finalize is not None and hasattr(finalize, 'map') else None
       if thread is not None and not thread.is_alive() and getattr(thread, 'exception', None) is not None:
-        self._manager.wait_until_finished()   # raises the background error
+        self._manager.wait_until_finished()  # raises the background error
 
   @contextlib.contextmanager
   def _write_errors(self):
@@ -155,10 +169,12 @@ class Checkpointer:
       needed = getattr(self, '_state_bytes', 0)
       reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       kept = [s for s in self._manager.all_steps() if s != step]
-      raise OSError(f'Saving the checkpoint of step {step} to {self.directory} failed ({type(e).__name__}: '
-                    f'{reason}). It needs about {needed:,} bytes; {free:,} are free there. Earlier checkpoints '
-                    f'are intact ({kept}); free some space (or set --workdir elsewhere) and run the same '
-                    f'command to resume.') from None
+      raise OSError(
+        f'Saving the checkpoint of step {step} to {self.directory} failed ({type(e).__name__}: '
+        f'{reason}). It needs about {needed:,} bytes; {free:,} are free there. Earlier checkpoints '
+        f'are intact ({kept}); free some space (or set --workdir elsewhere) and run the same '
+        f'command to resume.'
+      ) from None
 
   def _newest_readable(self, read: Callable[[int], Any], step: Optional[int]) -> tuple[int, Any]:
     """(step, read(step)) for `step`, or else the newest step that reads; bad ones are warned about once each."""
@@ -175,18 +191,24 @@ class Checkpointer:
       except Exception as e:  # Orbax/TensorStore raise many types for missing, empty or truncated files
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         failures.append(f'step {candidate}: {type(e).__name__}: {reason}')
-        warnings.warn(f'Checkpoint step {candidate} in {self.directory} is unreadable ({type(e).__name__}: '
-                      f'{reason}); falling back to an older one.')
+        warnings.warn(
+          f'Checkpoint step {candidate} in {self.directory} is unreadable ({type(e).__name__}: '
+          f'{reason}); falling back to an older one.',
+          stacklevel=2,
+        )
         continue
       return candidate, value
-    raise RuntimeError(f'No readable checkpoint in {self.directory}:\n  ' + '\n  '.join(failures) +
-                       '\nDelete the directory to start afresh, or restore it from a backup.')
+    raise RuntimeError(
+      f'No readable checkpoint in {self.directory}:\n  '
+      + '\n  '.join(failures)
+      + '\nDelete the directory to start afresh, or restore it from a backup.'
+    )
 
   def restore(self, target: Any, step: Optional[int] = None) -> tuple[int, Any]:
     """(step, state) at `step`, or by default the newest readable checkpoint, shaped like `target`."""
     abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype),
-        target)
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype), target
+    )
     return self._newest_readable(lambda s: self._read(s, ocp.args.StandardRestore(abstract)), step)
 
   def restore_raw(self, step: Optional[int] = None) -> tuple[int, Any]:

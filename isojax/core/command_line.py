@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 from absl import flags
 
@@ -39,7 +40,12 @@ def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: Opt
     raise UsageError(str(e)) from None
 
 
-def command(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[[Optional[Sequence[str]]], int]:
+def checkpoint_step(text: Optional[str]) -> Optional[int | str]:
+  """A `--step` flag: a step number, a name ('best', 'latest'), or None (empty: the latest)."""
+  return int(text) if text and text.isdigit() else text or None
+
+
+def command(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[..., int]:
   """`main(argv) -> exit code` whose `UsageError`s become one line on stderr and exit code 2 (as argparse's)."""
 
   @functools.wraps(main)

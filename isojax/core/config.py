@@ -22,17 +22,34 @@ WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')
 # 'auto': the CPU fast paths (isojax/kernels) when JAX computes on the CPU, else the reference ops;
 # resolved once, when the model is built, never inside a layer.
 KERNELS = ('auto', 'reference', 'cpu')
-DEFAULT_DECAY_PARAMS = r'(^|/)kernel$'   # every kernel: not biases, norms, position embeddings, tokens, probes
+DEFAULT_DECAY_PARAMS = r'(^|/)kernel$'  # every kernel: not biases, norms, position embeddings, tokens, probes
 
-__all__ = ['DEFAULT_DECAY_PARAMS', 'DTYPES', 'KERNELS', 'LOSSES', 'OPTIMIZERS', 'SCHEDULES', 'WEIGHT_DECAY_MODES', 'base',
-           'classification_eval', 'fewshot_eval']
+__all__ = [
+  'DEFAULT_DECAY_PARAMS',
+  'DTYPES',
+  'KERNELS',
+  'LOSSES',
+  'OPTIMIZERS',
+  'SCHEDULES',
+  'WEIGHT_DECAY_MODES',
+  'base',
+  'classification_eval',
+  'fewshot_eval',
+]
 
 
 def _evaluator(kind: str, **fields) -> ml_collections.ConfigDict:
   """Every field an evaluator has: unset ones (None) inherit the training config's (isojax.evaluation)."""
   spec = ml_collections.ConfigDict({'kind': kind})
-  typed = {'dataset': str, 'data_dir': str, 'pp': str, 'image_size': int, 'batch_size': int, 'every': int,
-           'cache': bool}
+  typed = {
+    'dataset': str,
+    'data_dir': str,
+    'pp': str,
+    'image_size': int,
+    'batch_size': int,
+    'every': int,
+    'cache': bool,
+  }
   for field, kind_of in typed.items():
     value = fields.pop(field, None)
     spec[field] = value if value is not None else config_dict.placeholder(kind_of)
@@ -45,18 +62,32 @@ def classification_eval(split: str | None = None, **fields) -> ml_collections.Co
   return _evaluator('classification', split=split if split is not None else config_dict.placeholder(str), **fields)
 
 
-def fewshot_eval(train_split: str = 'train', test_split: str = 'test', shots: tuple = (1, 5, 10, 25),
-                 seeds: int = 3, l2_reg: float = 2.0**10, feature: str = 'pre_logits',
-                 **fields) -> ml_collections.ConfigDict:
+def fewshot_eval(
+  train_split: str = 'train',
+  test_split: str = 'test',
+  shots: tuple = (1, 5, 10, 25),
+  seeds: int = 3,
+  l2_reg: float = 2.0**10,
+  feature: str = 'pre_logits',
+  **fields,
+) -> ml_collections.ConfigDict:
   """big_vision's few-shot linear probe (evaluators/fewshot_lsr.py, configs/common_fewshot.py defaults)."""
-  return _evaluator('fewshot', train_split=train_split, test_split=test_split, shots=tuple(shots), seeds=seeds,
-                    l2_reg=float(l2_reg), feature=feature, **fields)
+  return _evaluator(
+    'fewshot',
+    train_split=train_split,
+    test_split=test_split,
+    shots=tuple(shots),
+    seeds=seeds,
+    l2_reg=float(l2_reg),
+    feature=feature,
+    **fields,
+  )
 
 
 def base() -> ml_collections.ConfigDict:
   """Every field of a training config, at its default."""
   c = _run()
-  c.model = ml_collections.ConfigDict({'name': 'ViT-S/16'})   # models.model_config(name) adds the open fields
+  c.model = ml_collections.ConfigDict({'name': 'ViT-S/16'})  # models.model_config(name) adds the open fields
   c.data = _data()
   c.mixup = ml_collections.ConfigDict({'mixup_alpha': 0.0, 'cutmix_alpha': 0.0})
   c.optimizer = _optimizer()
@@ -68,74 +99,74 @@ def base() -> ml_collections.ConfigDict:
 def _run() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.batch_size = 128                 # global, split over all devices of all hosts
+  c.batch_size = 128  # global, split over all devices of all hosts
   c.eval_batch_size = 256
   c.num_epochs = 10.0
-  c.num_steps = 0                    # > 0 overrides num_epochs
-  c.grad_accum_steps = 1             # micro-batches per optimizer step
+  c.num_steps = 0  # > 0 overrides num_epochs
+  c.grad_accum_steps = 1  # micro-batches per optimizer step
   c.log_every = 50
   c.eval_every = 500
   c.label_smoothing = 0.0
-  c.loss = 'softmax_xent'            # or 'sigmoid_xent' (big_vision's Mixer recipe); evaluators report it too
-  c.ema_decay = 0.0                  # > 0 keeps an EMA of the parameters
-  c.eval_with_ema = True             # evaluate the EMA parameters when kept
-  c.dtype = 'float32'                # 'bfloat16': matrix work in bf16, parameters stay float32
-  c.remat = False                    # recompute block activations in the backward pass
-  c.kernels = 'auto'                 # 'reference' (what export and accelerators use) or 'cpu' (isojax/kernels)
-  c.init_from = config_dict.placeholder(str)   # pretrained weights to start from
+  c.loss = 'softmax_xent'  # or 'sigmoid_xent' (big_vision's Mixer recipe); evaluators report it too
+  c.ema_decay = 0.0  # > 0 keeps an EMA of the parameters
+  c.eval_with_ema = True  # evaluate the EMA parameters when kept
+  c.dtype = 'float32'  # 'bfloat16': matrix work in bf16, parameters stay float32
+  c.remat = False  # recompute block activations in the backward pass
+  c.kernels = 'auto'  # 'reference' (what export and accelerators use) or 'cpu' (isojax/kernels)
+  c.init_from = config_dict.placeholder(str)  # pretrained weights to start from
   # Named evaluators (isojax/evaluation): their unset fields come from config.data and eval_*.
   c.evals = ml_collections.ConfigDict({'val': classification_eval()})
-  c.best_metric = ''                 # 'evaluator/metric' picking the best checkpoint; '' = first evaluator's accuracy
-  c.progress_metrics = ()            # extra 'evaluator/metric' on the eval line; () = each evaluator's headline
+  c.best_metric = ''  # 'evaluator/metric' picking the best checkpoint; '' = first evaluator's accuracy
+  c.progress_metrics = ()  # extra 'evaluator/metric' on the eval line; () = each evaluator's headline
   return c
 
 
 def _data() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
-  d.name = 'isojax_digits'           # any TFDS name, 'isojax_digits' (offline) or 'image_folder'
-  d.data_dir = config_dict.placeholder(str)   # TFDS data_dir, or the image_folder root
+  d.name = 'isojax_digits'  # any TFDS name, 'isojax_digits' (offline) or 'image_folder'
+  d.data_dir = config_dict.placeholder(str)  # TFDS data_dir, or the image_folder root
   d.download = True
   d.train_split = 'train'
   d.eval_split = 'test'
   d.image_size = 224
   d.train_pp = 'inception_crop(224)|flip|normalize(imagenet)'
   d.eval_pp = 'resize_small(256)|central_crop(224)|normalize(imagenet)'
-  d.shuffle_buffer = 50_000          # the run's whole buffer: each device's shard shuffles with 1/devices of it
+  d.shuffle_buffer = 50_000  # the run's whole buffer: each device's shard shuffles with 1/devices of it
   d.cache = False
-  d.uint8_batches = True             # a train_pp ending in normalize(...) ships uint8 images; the step normalises
-  d.skip_bad_files = False           # image_folder: skip (and count) unreadable files instead of failing
+  d.uint8_batches = True  # a train_pp ending in normalize(...) ships uint8 images; the step normalises
+  d.skip_bad_files = False  # image_folder: skip (and count) unreadable files instead of failing
   return d
 
 
 def _optimizer() -> ml_collections.ConfigDict:
   o = ml_collections.ConfigDict()
-  o.name = 'adamw'                   # one of OPTIMIZERS
+  o.name = 'adamw'  # one of OPTIMIZERS
   o.lr = 1e-3
   o.b1 = 0.9
   o.b2 = 0.999
   o.eps = 1e-8
-  o.momentum = 0.9                   # sgd
-  o.nesterov = False                 # sgd
+  o.momentum = 0.9  # sgd
+  o.nesterov = False  # sgd
   o.weight_decay = 1e-4
   o.weight_decay_mode = 'lr_scaled'  # one of WEIGHT_DECAY_MODES
-  o.mu_dtype = config_dict.placeholder(str)   # Adam's first moment dtype ('bfloat16': big_vision)
-  o.decay_params = DEFAULT_DECAY_PARAMS   # regex over parameter paths that get weight decay
-  o.freeze = ''                      # regex over parameter paths that do not train
-  o.clip_norm = 1.0                  # global-norm gradient clipping; 0 disables
+  o.mu_dtype = config_dict.placeholder(str)  # Adam's first moment dtype ('bfloat16': big_vision)
+  o.decay_params = DEFAULT_DECAY_PARAMS  # regex over parameter paths that get weight decay
+  o.freeze = ''  # regex over parameter paths that do not train
+  o.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
   # Warmup: exactly one of steps, epochs or a fraction of training (resolved at run time).
   o.warmup_steps = 0
   o.warmup_epochs = config_dict.placeholder(float)
   o.warmup_fraction = config_dict.placeholder(float)
-  o.schedule = 'cosine'              # one of SCHEDULES; 'onecycle' is locuslab's
+  o.schedule = 'cosine'  # one of SCHEDULES; 'onecycle' is locuslab's
   o.end_lr_factor = 0.0
   return o
 
 
 def _distributed() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
-  d.enabled = False                  # call jax.distributed.initialize (multi-host)
+  d.enabled = False  # call jax.distributed.initialize (multi-host)
   d.coordinator_address = config_dict.placeholder(str)
   d.num_processes = config_dict.placeholder(int)
   d.process_id = config_dict.placeholder(int)
-  d.cpu_collectives = config_dict.placeholder(str)   # 'gloo' for CPU processes
+  d.cpu_collectives = config_dict.placeholder(str)  # 'gloo' for CPU processes
   return d

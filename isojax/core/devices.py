@@ -1,35 +1,45 @@
 """Placing data and state on devices for pmap (this process's devices, one global array per leaf), and joining
 several hosts (`jax.distributed`)."""
+
 from __future__ import annotations
 
 import collections
 import itertools
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any, Optional
 
 import jax
 import numpy as np
-from jax._src import distributed   # the coordination-service client JAX's own multi-process tests use for barriers
+from jax._src import distributed  # the coordination-service client JAX's own multi-process tests use for barriers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, cpu_collectives: Optional[str] = None) -> None:
+def initialize_distributed(
+  coordinator_address: Optional[str] = None,
+  num_processes: Optional[int] = None,
+  process_id: Optional[int] = None,
+  cpu_collectives: Optional[str] = None,
+) -> None:
   """Joins a multi-host run (`jax.distributed.initialize`); arguments left None are auto-detected
   on TPU pods and SLURM. `cpu_collectives='gloo'` lets CPU processes (e.g. on one machine) talk."""
   if cpu_collectives:
     jax.config.update('jax_cpu_collectives_implementation', cpu_collectives)
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
 
 
 def data_host() -> dict[str, int]:
   """This process's place in the data: the input pipeline's `process_index`, `process_count` and
   `local_devices` keywords (one pipeline per process, each batch split among its devices)."""
-  return {'process_index': jax.process_index(), 'process_count': jax.process_count(),
-          'local_devices': jax.local_device_count()}
+  return {
+    'process_index': jax.process_index(),
+    'process_count': jax.process_count(),
+    'local_devices': jax.local_device_count(),
+  }
 
 
-AXIS = 'batch'   # the pmap axis name (train_step.AXIS)
+AXIS = 'batch'  # the pmap axis name (train_step.AXIS)
 
 
 def _sharding() -> NamedSharding:
@@ -44,7 +54,7 @@ def shard(tree: Any) -> Any:
 
   def place(x):
     x = np.asarray(x)
-    slices = [jax.device_put(x[i:i + 1], d) for i, d in enumerate(devices)]
+    slices = [jax.device_put(x[i : i + 1], d) for i, d in enumerate(devices)]
     return jax.make_array_from_single_device_arrays((jax.device_count(), *x.shape[1:]), sharding, slices)
 
   return jax.tree_util.tree_map(place, tree)
@@ -76,12 +86,18 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   """
   if jax.process_count() == 1:
     return
-  distributed.global_state.client.wait_at_barrier(f'isojax_{name}', timeout_s * 1000)
+  client = distributed.global_state.client
+  if client is None:
+    raise RuntimeError(
+      f'{jax.process_count()} processes but no jax.distributed client: call '
+      f'isojax.core.devices.initialize_distributed first.'
+    )
+  client.wait_at_barrier(f'isojax_{name}', timeout_s * 1000)
 
 
 def prefetch(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
   """Keeps `size` batches in flight to the devices while the current step runs."""
-  queue = collections.deque()
+  queue: collections.deque = collections.deque()
   batches = iter(batches)
   for batch in itertools.islice(batches, size):
     queue.append(shard(batch))

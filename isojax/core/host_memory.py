@@ -14,6 +14,7 @@ live on the device, and one malloc arena could serialise tf.data's many threads.
 Call `keep_freed_memory()` before JAX starts its threads (the entry points do it first);
 ISOJAX_KEEP_HOST_MEMORY=1 applies it anywhere, =0 nowhere (unset: on the CPU backend only).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,7 +27,7 @@ import sys
 
 # mallopt parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_INT_MAX = 2 ** 31 - 1
+_INT_MAX = 2**31 - 1
 
 
 def jax_will_use_cpu() -> bool:
@@ -36,10 +37,11 @@ def jax_will_use_cpu() -> bool:
     return platforms.split(',')[0].strip() == 'cpu'
   if importlib.util.find_spec('libtpu') is not None:
     return False
-  if list(importlib.metadata.entry_points(group='jax_plugins')):   # jax-cuda12-plugin, rocm, ...
+  if list(importlib.metadata.entry_points(group='jax_plugins')):  # jax-cuda12-plugin, rocm, ...
     return False
   try:
-    import jax_plugins   # namespace package of older plugins
+    import jax_plugins  # namespace package of older plugins
+
     return not any(True for _ in pkgutil.iter_modules(jax_plugins.__path__))
   except ImportError:
     return True
@@ -52,12 +54,15 @@ def keep_freed_memory() -> bool:
     return False
   try:
     libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
-    libc.gnu_get_libc_version    # absent from musl and other C libraries
-  except (OSError, AttributeError):
+  except OSError:
+    return False
+  if not hasattr(libc, 'gnu_get_libc_version'):  # absent from musl and other C libraries
     return False
   # One arena: other threads' arenas fall back to mmap for large blocks whatever M_MMAP_MAX says.
-  return all(libc.mallopt(param, value) == 1 for param, value in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+  return all(
+    libc.mallopt(param, value) == 1
+    for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX))
+  )
 
 
 def available() -> tuple[int, str]:
@@ -69,15 +74,16 @@ def available() -> tuple[int, str]:
     candidates.append((int(fields['MemAvailable'].split()[0]) * 1024, 'MemAvailable in /proc/meminfo'))
   except (OSError, KeyError, ValueError):
     pass
-  for limit_file, usage_file in (('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),
-                                 ('/sys/fs/cgroup/memory/memory.limit_in_bytes',
-                                  '/sys/fs/cgroup/memory/memory.usage_in_bytes')):
+  for limit_file, usage_file in (
+    ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory.current'),
+    ('/sys/fs/cgroup/memory/memory.limit_in_bytes', '/sys/fs/cgroup/memory/memory.usage_in_bytes'),
+  ):
     try:
       with open(limit_file) as f, open(usage_file) as g:
         limit, usage = f.read().strip(), int(g.read())
     except (OSError, ValueError):
       continue
-    if limit.isdigit() and int(limit) < 2 ** 60:   # 'max' or a huge number: no cgroup limit
+    if limit.isdigit() and int(limit) < 2**60:  # 'max' or a huge number: no cgroup limit
       candidates.append((int(limit) - usage, f'the cgroup limit in {limit_file}'))
   if not candidates:
     pages, page = os.sysconf('SC_PHYS_PAGES'), os.sysconf('SC_PAGE_SIZE')

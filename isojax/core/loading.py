@@ -38,14 +38,15 @@ def override(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None
   node = config
   for i, key in enumerate(parents):
     if key not in node:
-      raise ValueError(f"Config has no field {'.'.join(parents[:i + 1])!r} (in {dotted!r}); "
-                       f'fields there: {sorted(node.keys())}.')
+      raise ValueError(
+        f'Config has no field {".".join(parents[: i + 1])!r} (in {dotted!r}); fields there: {sorted(node.keys())}.'
+      )
     node = node[key]
   if leaf not in node:
     raise ValueError(f'Config has no field {dotted!r}; fields there: {sorted(node.keys())}.')
   try:
     node[leaf] = value
-  except (TypeError, KeyError) as e:   # ml_collections refuses a value of another type
+  except (TypeError, KeyError) as e:  # ml_collections refuses a value of another type
     raise ValueError(f'Config field {dotted!r} cannot be set to {value!r}: {e}') from None
 
 

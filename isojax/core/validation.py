@@ -8,13 +8,14 @@ model layer's to say (`isojax.models.resolve`), whether the evaluators' data exi
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 
 from isojax.core.config import DTYPES, KERNELS, LOSSES, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
 
-Rule = tuple[str, Callable[[Any], bool], str]   # (dotted field, test of its value, what is allowed)
+Rule = tuple[str, Callable[[Any], bool], str]  # (dotted field, test of its value, what is allowed)
 
 
 def _positive(v) -> bool:
@@ -38,43 +39,43 @@ def _one_of(choices: tuple) -> Callable[[Any], bool]:
 
 
 _COUNTS: list[Rule] = [
-    ('batch_size', _at_least_one, 'an integer >= 1'),
-    ('eval_batch_size', _at_least_one, 'an integer >= 1'),
-    ('grad_accum_steps', _at_least_one, 'an integer >= 1'),
-    ('num_steps', lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0; 0 means use num_epochs'),
-    ('log_every', _at_least_one, 'an integer >= 1 (steps between train log lines)'),
-    ('eval_every', _at_least_one, 'an integer >= 1 (steps between evaluations; the last step always evaluates)'),
-    ('checkpoint.every', _at_least_one, 'an integer >= 1 (steps between checkpoints)'),
-    ('checkpoint.keep', _at_least_one, 'an integer >= 1'),
-    ('data.image_size', _at_least_one, 'an integer >= 1 (pixels)'),
-    ('data.shuffle_buffer', _at_least_one, 'an integer >= 1'),
+  ('batch_size', _at_least_one, 'an integer >= 1'),
+  ('eval_batch_size', _at_least_one, 'an integer >= 1'),
+  ('grad_accum_steps', _at_least_one, 'an integer >= 1'),
+  ('num_steps', lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0; 0 means use num_epochs'),
+  ('log_every', _at_least_one, 'an integer >= 1 (steps between train log lines)'),
+  ('eval_every', _at_least_one, 'an integer >= 1 (steps between evaluations; the last step always evaluates)'),
+  ('checkpoint.every', _at_least_one, 'an integer >= 1 (steps between checkpoints)'),
+  ('checkpoint.keep', _at_least_one, 'an integer >= 1'),
+  ('data.image_size', _at_least_one, 'an integer >= 1 (pixels)'),
+  ('data.shuffle_buffer', _at_least_one, 'an integer >= 1'),
 ]
 _CHOICES: list[Rule] = [
-    ('model.name', lambda v: isinstance(v, str) and bool(v.strip()), "a model name such as 'ViT-S/16'"),
-    ('dtype', _one_of(DTYPES), f'one of {DTYPES}'),
-    ('loss', _one_of(LOSSES), f'one of {LOSSES}'),
-    ('kernels', _one_of(KERNELS), f'one of {KERNELS}'),
-    ('optimizer.name', _one_of(OPTIMIZERS), f'one of {OPTIMIZERS}'),
-    ('optimizer.weight_decay_mode', _one_of(WEIGHT_DECAY_MODES), f'one of {WEIGHT_DECAY_MODES}'),
-    ('optimizer.schedule', _one_of(SCHEDULES), f'one of {SCHEDULES}'),
-    ('optimizer.mu_dtype', lambda v: v is None or v in DTYPES, f'None or one of {DTYPES}'),
+  ('model.name', lambda v: isinstance(v, str) and bool(v.strip()), "a model name such as 'ViT-S/16'"),
+  ('dtype', _one_of(DTYPES), f'one of {DTYPES}'),
+  ('loss', _one_of(LOSSES), f'one of {LOSSES}'),
+  ('kernels', _one_of(KERNELS), f'one of {KERNELS}'),
+  ('optimizer.name', _one_of(OPTIMIZERS), f'one of {OPTIMIZERS}'),
+  ('optimizer.weight_decay_mode', _one_of(WEIGHT_DECAY_MODES), f'one of {WEIGHT_DECAY_MODES}'),
+  ('optimizer.schedule', _one_of(SCHEDULES), f'one of {SCHEDULES}'),
+  ('optimizer.mu_dtype', lambda v: v is None or v in DTYPES, f'None or one of {DTYPES}'),
 ]
 _AMOUNTS: list[Rule] = [
-    ('label_smoothing', _fraction, 'in [0, 1)'),
-    ('ema_decay', _fraction, 'in [0, 1); 0 disables the EMA'),
-    ('mixup.mixup_alpha', _non_negative, '>= 0; 0 disables mixup'),
-    ('mixup.cutmix_alpha', _non_negative, '>= 0; 0 disables cutmix'),
-    ('optimizer.lr', _positive, 'a finite learning rate > 0'),
-    ('optimizer.weight_decay', _non_negative, '>= 0'),
-    ('optimizer.clip_norm', _non_negative, '>= 0; 0 disables clipping'),
-    ('optimizer.b1', _fraction, 'in [0, 1)'),
-    ('optimizer.b2', _fraction, 'in [0, 1)'),
-    ('optimizer.eps', _non_negative, '>= 0'),
-    ('optimizer.momentum', _fraction, 'in [0, 1)'),
-    ('optimizer.warmup_steps', lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
-    ('optimizer.warmup_epochs', lambda v: v is None or v >= 0, '>= 0'),
-    ('optimizer.warmup_fraction', lambda v: v is None or 0 <= v < 1, 'in [0, 1)'),
-    ('optimizer.end_lr_factor', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+  ('label_smoothing', _fraction, 'in [0, 1)'),
+  ('ema_decay', _fraction, 'in [0, 1); 0 disables the EMA'),
+  ('mixup.mixup_alpha', _non_negative, '>= 0; 0 disables mixup'),
+  ('mixup.cutmix_alpha', _non_negative, '>= 0; 0 disables cutmix'),
+  ('optimizer.lr', _positive, 'a finite learning rate > 0'),
+  ('optimizer.weight_decay', _non_negative, '>= 0'),
+  ('optimizer.clip_norm', _non_negative, '>= 0; 0 disables clipping'),
+  ('optimizer.b1', _fraction, 'in [0, 1)'),
+  ('optimizer.b2', _fraction, 'in [0, 1)'),
+  ('optimizer.eps', _non_negative, '>= 0'),
+  ('optimizer.momentum', _fraction, 'in [0, 1)'),
+  ('optimizer.warmup_steps', lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
+  ('optimizer.warmup_epochs', lambda v: v is None or v >= 0, '>= 0'),
+  ('optimizer.warmup_fraction', lambda v: v is None or 0 <= v < 1, 'in [0, 1)'),
+  ('optimizer.end_lr_factor', lambda v: 0 <= v <= 1, 'in [0, 1]'),
 ]
 RULES: list[Rule] = _COUNTS + _CHOICES + _AMOUNTS
 
@@ -84,7 +85,7 @@ def _check(errors: list[str], config: ml_collections.ConfigDict, rule: Rule) -> 
   node: Any = config
   for key in field.split('.'):
     if node is None or key not in node:
-      return   # an older or trimmed config: nothing to check
+      return  # an older or trimmed config: nothing to check
     node = node[key]
   try:
     good = ok(node)

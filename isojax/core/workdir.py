@@ -16,6 +16,7 @@ A sweep's workdir holds one such run per trial, plus:
 
 Everything that reads or writes these paths goes through this module.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,8 @@ import socket
 import tempfile
 import time
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import ml_collections
 
@@ -37,17 +39,24 @@ CHECKPOINTS = 'checkpoints'
 SWEEP = 'sweep.json'
 LAUNCH = 'launch.json'
 LOG = 'log.txt'
-RESULTS = 'results'   # .csv, .md, .png
+RESULTS = 'results'  # .csv, .md, .png
 TENSORBOARD = 'tensorboard'
-LOCK = '.isojax.lock'   # held by the one run writing this workdir: {"host", "pid", "since"}
+LOCK = '.isojax.lock'  # held by the one run writing this workdir: {"host", "pid", "since"}
 
 # Fields that fix the shapes in a checkpoint or the meaning of its steps: a run cannot
 # resume from a workdir whose config differs in any of them.
-ARCHITECTURE_FIELDS = ('model', 'data.name', 'data.image_size', 'optimizer.name',
-                       'optimizer.freeze', 'ema_decay', 'seed')
+ARCHITECTURE_FIELDS = (
+  'model',
+  'data.name',
+  'data.image_size',
+  'optimizer.name',
+  'optimizer.freeze',
+  'ema_decay',
+  'seed',
+)
 
 
-DEFAULT_EVALUATOR = 'val'   # what eval lines written before named evaluators existed were
+DEFAULT_EVALUATOR = 'val'  # what eval lines written before named evaluators existed were
 
 
 def eval_records(records, evaluator: str) -> list[dict]:
@@ -135,22 +144,25 @@ def exclusive(workdir: str, enabled: bool = True):
     handle.seek(0)
     holder = handle.read().strip() or 'unknown'
     handle.close()
-    raise RuntimeError(f'Workdir {workdir!r} is in use by another run ({holder}); wait for it to finish, stop '
-                       f'it, or choose another --workdir.') from None
+    raise RuntimeError(
+      f'Workdir {workdir!r} is in use by another run ({holder}); wait for it to finish, stop '
+      f'it, or choose another --workdir.'
+    ) from None
   try:
     handle.seek(0)
     previous = handle.read().strip()
     if previous:
-      warnings.warn(f'Taking over the lock of workdir {workdir!r} from a run that is gone ({previous}).')
+      warnings.warn(f'Taking over the lock of workdir {workdir!r} from a run that is gone ({previous}).', stacklevel=2)
     handle.seek(0)
     handle.truncate()
-    handle.write(json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
-                             'since': time.strftime('%Y-%m-%d %H:%M:%S')}))
+    handle.write(
+      json.dumps({'host': socket.gethostname(), 'pid': os.getpid(), 'since': time.strftime('%Y-%m-%d %H:%M:%S')})
+    )
     handle.flush()
     yield
   finally:
     handle.seek(0)
-    handle.truncate()   # a clean exit leaves no holder behind
+    handle.truncate()  # a clean exit leaves no holder behind
     handle.flush()
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()
@@ -181,11 +193,12 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True)
   """Checks that `workdir` is writable and compatible with `config`, then records the config."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):   # unique per process
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test'):  # unique per process
       pass
   except OSError as e:
-    raise ValueError(f'Workdir {workdir!r} is not writable ({e.strerror}); '
-                     f'choose a --workdir you can write to.') from None
+    raise ValueError(
+      f'Workdir {workdir!r} is not writable ({e.strerror}); choose a --workdir you can write to.'
+    ) from None
   new = json.loads(config.to_json_best_effort())
   if os.path.exists(config_path(workdir)):
     with open(config_path(workdir)) as f:
@@ -193,8 +206,9 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True)
     for field in ARCHITECTURE_FIELDS:
       if _get(old, field) != _get(new, field):
         raise ValueError(
-            f'Workdir {workdir!r} holds a run with {field}={_get(old, field)!r}, but this config has '
-            f'{field}={_get(new, field)!r}; its checkpoints cannot be resumed. Use a new --workdir.')
+          f'Workdir {workdir!r} holds a run with {field}={_get(old, field)!r}, but this config has '
+          f'{field}={_get(new, field)!r}; its checkpoints cannot be resumed. Use a new --workdir.'
+        )
   if write:
     with open(config_path(workdir), 'w') as f:
       json.dump(new, f, indent=2, sort_keys=True)
@@ -210,7 +224,7 @@ def write_json(path: str, value: Any) -> None:
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(value, f, indent=2, default=str)
-  os.replace(tmp, path)   # readers never see half a file
+  os.replace(tmp, path)  # readers never see half a file
 
 
 def read_json(path: str) -> Any:

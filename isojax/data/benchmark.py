@@ -18,13 +18,26 @@ def bench_input(config_path: str, steps: int = 50, overrides: Optional[dict[str,
   host = devices.data_host()
   per_device = config.batch_size // (host['local_devices'] * host['process_count'])
   batches = input_pipeline.train_batches(
-      builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
-      per_device_batch=per_device, **host, seed=0, shuffle_buffer=config.data.shuffle_buffer,
-      cache=config.data.cache, uint8_batches=config.data.uint8_batches)
-  next(batches)   # start-up (file reads, caches) is not throughput
+    builder,
+    split=config.data.train_split,
+    pp=config.data.train_pp,
+    image_size=config.data.image_size,
+    per_device_batch=per_device,
+    **host,
+    seed=0,
+    shuffle_buffer=config.data.shuffle_buffer,
+    cache=config.data.cache,
+    uint8_batches=config.data.uint8_batches,
+  )
+  next(batches)  # start-up (file reads, caches) is not throughput
   start = time.perf_counter()
   for _ in range(steps):
     next(batches)
   seconds = time.perf_counter() - start
-  return {'input': config_path, 'dataset': config.data.name, 'train_pp': config.data.train_pp,
-          'images_per_sec': steps * per_device * host['local_devices'] / seconds, 'batches': steps}
+  return {
+    'input': config_path,
+    'dataset': config.data.name,
+    'train_pp': config.data.train_pp,
+    'images_per_sec': steps * per_device * host['local_devices'] / seconds,
+    'batches': steps,
+  }

@@ -3,6 +3,7 @@
 Prepared locally on first use (scikit-learn ships the data), so the default run goes
 through exactly the same TFDS code path as CIFAR-10 on a machine with no internet.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,24 +20,29 @@ class IsojaxDigits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(8, 8, 1)),
-            'label': tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset',
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(8, 8, 1)),
+          'label': tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+      ),
+      supervised_keys=('image', 'label'),
+      homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset',
     )
 
   def _split_generators(self, dl_manager):
     from sklearn.datasets import load_digits  # heavy import, only when preparing
+
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     labels = digits.target.astype(np.int64)
     # RandomState's permutation is frozen across numpy versions: the split never moves.
     order = np.random.RandomState(0).permutation(len(labels))
     test, train = order[:NUM_TEST], order[NUM_TEST:]
-    return {'train': self._generate_examples(images, labels, train),
-            'test': self._generate_examples(images, labels, test)}
+    return {
+      'train': self._generate_examples(images, labels, train),
+      'test': self._generate_examples(images, labels, test),
+    }
 
   def _generate_examples(self, images, labels, indices):
     for i in indices:

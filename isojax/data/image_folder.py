@@ -7,6 +7,7 @@ teach) is an error naming it. With `data.skip_bad_files=True` unreadable files a
 counted in the log instead. Grayscale, RGB and RGBA files mix freely (decoded to the folder's
 channels).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,6 +24,7 @@ def unreadable(path: str) -> Optional[str]:
   if os.path.getsize(path) == 0:
     return 'an empty file'
   from PIL import Image
+
   try:
     with Image.open(path) as image:
       image.verify()
@@ -44,8 +46,10 @@ def check(root: str) -> list[tuple[str, str]]:
         continue
       images = [f for f in sorted(os.listdir(class_dir)) if f.lower().endswith(EXTENSIONS)]
       if not images:
-        raise ValueError(f'Class folder {class_dir} has no images ({", ".join(EXTENSIONS)}); add some or remove '
-                         f'the folder (an empty folder would be a class no example can teach).')
+        raise ValueError(
+          f'Class folder {class_dir} has no images ({", ".join(EXTENSIONS)}); add some or remove '
+          f'the folder (an empty folder would be a class no example can teach).'
+        )
       for name in images:
         reason = unreadable(os.path.join(class_dir, name))
         if reason:
@@ -58,11 +62,17 @@ def open_folder(root: str, skip_bad_files: bool = False) -> tfds.ImageFolder:
   bad = check(root)
   if bad and not skip_bad_files:
     listed = '; '.join(f'{path} ({reason})' for path, reason in bad[:5])
-    raise ValueError(f'{len(bad)} unreadable image file(s) under {root}: {listed}{" ..." if len(bad) > 5 else ""}. '
-                     f'Fix or remove them, or set data.skip_bad_files=True to skip them.')
+    raise ValueError(
+      f'{len(bad)} unreadable image file(s) under {root}: {listed}{" ..." if len(bad) > 5 else ""}. '
+      f'Fix or remove them, or set data.skip_bad_files=True to skip them.'
+    )
   builder = tfds.ImageFolder(root)
-  builder.isojax_bad_files = tuple(path for path, _ in bad)   # the input pipeline leaves them out
+  builder.isojax_bad_files = tuple(path for path, _ in bad)  # the input pipeline leaves them out
   if bad:
-    logging.warning('Skipping %d unreadable image file(s) under %s (data.skip_bad_files=True): %s', len(bad), root,
-                    ', '.join(path for path, _ in bad[:10]))
+    logging.warning(
+      'Skipping %d unreadable image file(s) under %s (data.skip_bad_files=True): %s',
+      len(bad),
+      root,
+      ', '.join(path for path, _ in bad[:10]),
+    )
   return builder

@@ -18,6 +18,7 @@ augmentation is seeded by its shard and position in the shard's stream, so resta
 step s (epoch and offset by arithmetic) continues exactly where an unbroken run would be.
 This module knows TFDS and tf.data, nothing of models or JAX.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,22 +26,27 @@ import dataclasses
 import fcntl
 import math
 import os
-from typing import Iterator, Optional
+from collections.abc import Iterator
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from isojax.core import host_memory
-from isojax.data import digits  # noqa: F401  (registers the offline 'isojax_digits' builder)
-from isojax.data import image_folder, preprocess
+from isojax.data import (
+  digits,  # noqa: F401  (registers the offline 'isojax_digits' builder)
+  image_folder,
+  preprocess,
+)
 
-LOCAL_BUILDERS = ('isojax_digits',)   # prepared on this machine, never downloaded
-IMAGE_FOLDER = 'image_folder'         # the user's own split/class_name/*.jpg|png folder
+LOCAL_BUILDERS = ('isojax_digits',)  # prepared on this machine, never downloaded
+IMAGE_FOLDER = 'image_folder'  # the user's own split/class_name/*.jpg|png folder
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """What training needs to know about a dataset, without reading it."""
+
   num_classes: int
   channels: int
   class_names: tuple[str, ...]
@@ -48,23 +54,28 @@ class DatasetInfo:
   num_eval: int
 
 
-def get_builder(name: str, data_dir: Optional[str] = None, download: bool = True,
-                skip_bad_files: bool = False) -> tfds.core.DatasetBuilder:
+def get_builder(
+  name: str, data_dir: Optional[str] = None, download: bool = True, skip_bad_files: bool = False
+) -> tfds.core.DatasetBuilder:
   """A prepared TFDS builder: `image_folder` reads (and checks) `data_dir`; local builders prepare offline."""
   if name == IMAGE_FOLDER:
     if not data_dir or not os.path.isdir(data_dir):
-      raise ValueError(f"data.name='image_folder' needs data.data_dir to be a folder of "
-                       f"split/class_name/image files; got {data_dir!r}.")
+      raise ValueError(
+        f"data.name='image_folder' needs data.data_dir to be a folder of "
+        f'split/class_name/image files; got {data_dir!r}.'
+      )
     return image_folder.open_folder(data_dir, skip_bad_files)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'Unknown dataset {name!r}: {str(e).splitlines()[0]} '
-                     f"Use a TFDS name (e.g. 'cifar10'), 'isojax_digits' or 'image_folder'.") from None
+    raise ValueError(
+      f'Unknown dataset {name!r}: {str(e).splitlines()[0]} '
+      f"Use a TFDS name (e.g. 'cifar10'), 'isojax_digits' or 'image_folder'."
+    ) from None
   if name in LOCAL_BUILDERS or download:
     # Concurrent runs (a parallel sweep) must not prepare the same dataset at once.
     with _prepare_lock(os.path.dirname(builder.data_dir)):
-      builder = tfds.builder(name, data_dir=data_dir)   # sees what another process prepared meanwhile
+      builder = tfds.builder(name, data_dir=data_dir)  # sees what another process prepared meanwhile
       builder.download_and_prepare()
   return builder
 
@@ -82,7 +93,7 @@ def _prepare_lock(dataset_dir: str):
 
 def num_examples(builder, split: str) -> int:
   """Examples in `split` (any TFDS split string), from metadata or, lacking it, by counting."""
-  if isinstance(builder, tfds.ImageFolder):   # less the unreadable files data.skip_bad_files skips
+  if isinstance(builder, tfds.ImageFolder):  # less the unreadable files data.skip_bad_files skips
     return len(_folder_paths(builder, split))
   try:
     return builder.info.splits[split].num_examples
@@ -91,9 +102,9 @@ def num_examples(builder, split: str) -> int:
 
 
 def _folder_paths(builder: tfds.ImageFolder, split: str) -> list[str]:
-  examples = builder._split_examples.get(split)   # tfds.ImageFolder has no public list of its files
+  examples = builder._split_examples.get(split)  # tfds.ImageFolder has no public list of its files
   if examples is None:
-    builder.info.splits[split]   # raises tfds's error naming the splits there are
+    builder.info.splits[split]  # raises tfds's error naming the splits there are
   bad = set(getattr(builder, 'isojax_bad_files', ()))
   return [str(ex.image_path) for ex in examples if str(ex.image_path) not in bad]
 
@@ -102,13 +113,14 @@ def _folder_paths(builder: tfds.ImageFolder, split: str) -> list[str]:
 class _Part:
   """Part `index` of `count` of a split (a device's shard, a process's eval part): a TFDS sub-split,
   or every count-th image of a folder."""
+
   split: str
   index: int
   count: int
 
 
 def _part_size(builder, part: _Part) -> int:
-  if isinstance(builder, tfds.ImageFolder):   # no sub-split API: Dataset.shard semantics
+  if isinstance(builder, tfds.ImageFolder):  # no sub-split API: Dataset.shard semantics
     return len(range(part.index, num_examples(builder, part.split), part.count))
   return num_examples(builder, tfds.even_splits(part.split, n=part.count)[part.index])
 
@@ -116,9 +128,13 @@ def _part_size(builder, part: _Part) -> int:
 def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
   """Classes, channels and split sizes of a prepared builder."""
   label = builder.info.features['label']
-  return DatasetInfo(num_classes=label.num_classes, channels=builder.info.features['image'].shape[-1],
-                     class_names=tuple(label.names), num_train=num_examples(builder, train_split),
-                     num_eval=num_examples(builder, eval_split))
+  return DatasetInfo(
+    num_classes=label.num_classes,
+    channels=builder.info.features['image'].shape[-1],
+    class_names=tuple(label.names),
+    num_train=num_examples(builder, train_split),
+    num_eval=num_examples(builder, eval_split),
+  )
 
 
 def _encoded_examples(builder, part: _Part, cache: bool) -> tf.data.Dataset:
@@ -127,15 +143,17 @@ def _encoded_examples(builder, part: _Part, cache: bool) -> tf.data.Dataset:
   if isinstance(builder, tfds.ImageFolder):
     ds = builder.as_dataset(split=part.split, shuffle_files=False, decoders=skip_decoding)
     bad = tuple(getattr(builder, 'isojax_bad_files', ()))
-    if bad:   # the files image_folder.check found unreadable (and logged)
+    if bad:  # the files image_folder.check found unreadable (and logged)
       ds = ds.filter(lambda ex: tf.logical_not(tf.reduce_any(tf.equal(ex['image/filename'], bad))))
     ds = ds.shard(part.count, part.index)
   else:
-    ds = builder.as_dataset(split=tfds.even_splits(part.split, n=part.count)[part.index],
-                            shuffle_files=False, decoders=skip_decoding)
-  ds = ds.map(lambda ex: {'image': ex['image'], 'label': ex['label'],
-                          'filename': ex.get('image/filename', tf.constant(''))},
-              num_parallel_calls=tf.data.AUTOTUNE)
+    ds = builder.as_dataset(
+      split=tfds.even_splits(part.split, n=part.count)[part.index], shuffle_files=False, decoders=skip_decoding
+    )
+  ds = ds.map(
+    lambda ex: {'image': ex['image'], 'label': ex['label'], 'filename': ex.get('image/filename', tf.constant(''))},
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
   return ds.cache() if cache else ds
 
 
@@ -145,9 +163,9 @@ _EXAMPLE_OVERHEAD_BYTES = 1024
 
 def encoded_example_bytes(builder, split: str) -> float:
   """Mean bytes an encoded example of `split` holds in memory: file sizes, TFDS metadata, or a sample."""
-  if isinstance(builder, tfds.ImageFolder):   # the mean of at most 1,024 evenly spaced files' sizes
+  if isinstance(builder, tfds.ImageFolder):  # the mean of at most 1,024 evenly spaced files' sizes
     paths = _folder_paths(builder, split)
-    sample = paths[::max(1, len(paths) // 1024)]
+    sample = paths[:: max(1, len(paths) // 1024)]
     return sum(os.path.getsize(p) for p in sample) / max(len(sample), 1) + _EXAMPLE_OVERHEAD_BYTES
   base = split.split('[')[0].split('+')[0]
   try:
@@ -162,7 +180,7 @@ def encoded_example_bytes(builder, split: str) -> float:
 
 
 def _readable(size: float) -> str:
-  return f'{size / 2 ** 30:,.2f} GiB' if size >= 2 ** 30 else f'{size / 2 ** 20:,.1f} MiB'
+  return f'{size / 2**30:,.2f} GiB' if size >= 2**30 else f'{size / 2**20:,.1f} MiB'
 
 
 def check_fits_in_memory(needs: dict[str, tuple[int, float]], what: str) -> None:
@@ -171,19 +189,30 @@ def check_fits_in_memory(needs: dict[str, tuple[int, float]], what: str) -> None
   limit, source = host_memory.available()
   if total <= limit:
     return
-  parts = ', '.join(f'{setting}: {n:,} encoded examples x {each / 1024:,.0f} KiB = {_readable(n * each)}'
-                    for setting, (n, each) in needs.items())
-  raise ValueError(f'The {what} would hold about {_readable(total)} in host memory ({parts}), more than the '
-                   f'{_readable(limit)} available ({source}). Lower data.shuffle_buffer or set data.cache=False '
-                   f'(read from disk each epoch).')
+  parts = ', '.join(
+    f'{setting}: {n:,} encoded examples x {each / 1024:,.0f} KiB = {_readable(n * each)}'
+    for setting, (n, each) in needs.items()
+  )
+  raise ValueError(
+    f'The {what} would hold about {_readable(total)} in host memory ({parts}), more than the '
+    f'{_readable(limit)} available ({source}). Lower data.shuffle_buffer or set data.cache=False '
+    f'(read from disk each epoch).'
+  )
 
 
 def _sized(image: tf.Tensor, filename: tf.Tensor, image_size: int, pp: str) -> tf.Tensor:
   """`image` after preprocessing, checked to be image_size x image_size, else an error naming the file."""
   size = tf.shape(image)[:2]
-  check = tf.debugging.Assert(tf.reduce_all(tf.equal(size, [image_size, image_size])),
-                              [f'An image is not {image_size}x{image_size} after preprocessing {pp!r} (add a resize '
-                               f'or crop); file and height, width:', filename, size], summarize=8)
+  check = tf.debugging.Assert(
+    tf.reduce_all(tf.equal(size, [image_size, image_size])),
+    [
+      f'An image is not {image_size}x{image_size} after preprocessing {pp!r} (add a resize '
+      f'or crop); file and height, width:',
+      filename,
+      size,
+    ],
+    summarize=8,
+  )
   with tf.control_dependencies([check]):
     return tf.ensure_shape(tf.identity(image), (image_size, image_size, image.shape[-1]))
 
@@ -206,10 +235,56 @@ def _batched(ds: tf.data.Dataset, per_device_batch: int, local_devices: int):
   return tfds.as_numpy(ds.with_options(_options())).__iter__()
 
 
-def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_batch: int,
-                  local_devices: int = 1, process_index: int = 0, process_count: int = 1, seed: int,
-                  start_step: int = 0, shuffle_buffer: int = 50_000, cache: bool = True,
-                  uint8_batches: bool = False) -> Iterator[dict]:
+def _check_shards(
+  builder, shards: list[_Part], sizes: list[int], per_device_batch: int, buffer_share: int, cache: bool
+) -> None:
+  """Every device's shard fills a batch, and the shuffle buffers (and cache) fit in host memory."""
+  split, count = shards[0].split, shards[0].count
+  if min(sizes) < per_device_batch:
+    raise ValueError(
+      f'Shard {shards[sizes.index(min(sizes))].index} of {split!r} (one per device of '
+      f'{count}) has {min(sizes)} examples, fewer than the per-device batch '
+      f'{per_device_batch}; use a smaller batch or fewer devices.'
+    )
+  each = encoded_example_bytes(builder, split)
+  needs = {'data.shuffle_buffer': (sum(min(n, buffer_share) for n in sizes), each)}
+  if cache:
+    needs['data.cache'] = (sum(sizes), each)
+  check_fits_in_memory(needs, f'training pipeline of {split!r}')
+
+
+def _shard_stream(
+  builder, shard: _Part, n: int, cache: bool, buffer_share: int, seed: int, start: int
+) -> tf.data.Dataset:
+  """(augmentation seed, encoded example) of one device's shard of `n` examples, endless, from its `start`-th
+  example on: epoch e is a shuffle seeded by (seed, shard, e), each example's seed its position in the stream."""
+  examples = _encoded_examples(builder, shard, cache)
+  epoch, offset = divmod(start, n)
+  shard_seed = seed * 1_000_003 + shard.index * 7919
+
+  def one_epoch(e):
+    shuffled = examples.shuffle(min(n, buffer_share), seed=shard_seed + e * 104_729, reshuffle_each_iteration=False)
+    return shuffled.enumerate().map(lambda i, ex: (tf.stack([tf.constant(shard_seed, tf.int64), e * n + i]), ex))
+
+  return tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(offset)
+
+
+def train_batches(
+  builder,
+  *,
+  split: str,
+  pp: str,
+  image_size: int,
+  per_device_batch: int,
+  local_devices: int = 1,
+  process_index: int = 0,
+  process_count: int = 1,
+  seed: int,
+  start_step: int = 0,
+  shuffle_buffer: int = 50_000,
+  cache: bool = True,
+  uint8_batches: bool = False,
+) -> Iterator[dict]:
   """Endless training batches of this process's devices' shards of `split`, starting at step `start_step`.
 
   `shuffle_buffer` is the whole run's buffer: each of the `local_devices * process_count` shards
@@ -217,43 +292,33 @@ def train_batches(builder, *, split: str, pp: str, image_size: int, per_device_b
   yields uint8 images and leaves that normalisation (`device_normalization(pp)`) to the train step."""
   channels = builder.info.features['image'].shape[-1]
   uint8 = uint8_batches and preprocess.device_normalization(pp) is not None
-  process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True,   # _sized names the file
-                             uint8=uint8)
+  process = preprocess.build(
+    pp,
+    image_size,
+    channels,
+    fixed_shape=False,
+    encoded=True,  # _sized names the file
+    uint8=uint8,
+  )
   global_devices = local_devices * process_count
   shards = [_Part(split, process_index * local_devices + d, global_devices) for d in range(local_devices)]
   sizes = [_part_size(builder, shard) for shard in shards]
-  if min(sizes) < per_device_batch:
-    raise ValueError(f'Shard {shards[sizes.index(min(sizes))].index} of {split!r} (one per device of '
-                     f'{global_devices}) has {min(sizes)} examples, fewer than the per-device batch '
-                     f'{per_device_batch}; use a smaller batch or fewer devices.')
   buffer_share = max(1, shuffle_buffer // global_devices)
-  each = encoded_example_bytes(builder, split)
-  check_fits_in_memory({'data.shuffle_buffer': (sum(min(n, buffer_share) for n in sizes), each),
-                        **({'data.cache': (sum(sizes), each)} if cache else {})}, f'training pipeline of {split!r}')
-
-  def shard_stream(shard: _Part, n: int) -> tf.data.Dataset:
-    """(augmentation seed, encoded example) of one device's shard, endless, from `start_step` on."""
-    examples = _encoded_examples(builder, shard, cache)
-    epoch, offset = divmod(start_step * per_device_batch, n)
-    shard_seed = seed * 1_000_003 + shard.index * 7919
-
-    def one_epoch(e):
-      shuffled = examples.shuffle(min(n, buffer_share), seed=shard_seed + e * 104_729,
-                                  reshuffle_each_iteration=False)
-      return shuffled.enumerate().map(lambda i, ex: (tf.stack([tf.constant(shard_seed, tf.int64), e * n + i]), ex))
-
-    return tf.data.Dataset.range(epoch, 2 ** 62).flat_map(one_epoch).skip(offset)
+  _check_shards(builder, shards, sizes, per_device_batch, buffer_share, cache)
+  streams = [
+    _shard_stream(builder, shard, n, cache, buffer_share, seed, start_step * per_device_batch)
+    for shard, n in zip(shards, sizes)
+  ]
 
   def augment(rng, ex):
     image = process(ex['image'], rng)
     return {'image': _sized(image, ex['filename'], image_size, pp), 'label': tf.cast(ex['label'], tf.int32)}
 
   # A host batch: each device's next per_device_batch examples from its own shard, in device order.
-  streams = [shard_stream(shard, n) for shard, n in zip(shards, sizes)]
   if local_devices == 1:
     ds = streams[0]
   else:
-    device = tf.data.Dataset.range(2 ** 62).map(lambda i: i // per_device_batch % local_devices)
+    device = tf.data.Dataset.range(2**62).map(lambda i: i // per_device_batch % local_devices)
     ds = tf.data.Dataset.choose_from_datasets(streams, device)
   ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _batched(ds, per_device_batch, local_devices)
@@ -265,22 +330,40 @@ def eval_steps(builder, split: str, per_device_batch: int, local_devices: int = 
   return max(1, math.ceil(max(sizes) / (per_device_batch * local_devices)))
 
 
-def eval_batches(builder, *, split: str, pp: str, image_size: int, per_device_batch: int, local_devices: int = 1,
-                 process_index: int = 0, process_count: int = 1, cache: bool = True) -> Iterator[dict]:
+def eval_batches(
+  builder,
+  *,
+  split: str,
+  pp: str,
+  image_size: int,
+  per_device_batch: int,
+  local_devices: int = 1,
+  process_index: int = 0,
+  process_count: int = 1,
+  cache: bool = True,
+) -> Iterator[dict]:
   """Every example of this process's part of `split` exactly once, padded with mask=0 examples."""
   channels = builder.info.features['image'].shape[-1]
-  process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True)   # _sized names the file
+  process = preprocess.build(pp, image_size, channels, fixed_shape=False, encoded=True)  # _sized names the file
   part = _Part(split, process_index, process_count)
   if cache:
-    check_fits_in_memory({'data.cache': (_part_size(builder, part), encoded_example_bytes(builder, split))},
-                         f'evaluation pipeline of {split!r}')
+    check_fits_in_memory(
+      {'data.cache': (_part_size(builder, part), encoded_example_bytes(builder, split))},
+      f'evaluation pipeline of {split!r}',
+    )
   steps = eval_steps(builder, split, per_device_batch, local_devices, process_count)
-  padding = {'image': tf.zeros((image_size, image_size, channels)), 'label': tf.constant(0, tf.int32),
-             'mask': tf.constant(0.0)}
+  padding = {
+    'image': tf.zeros((image_size, image_size, channels)),
+    'label': tf.constant(0, tf.int32),
+    'mask': tf.constant(0.0),
+  }
   ds = _encoded_examples(builder, part, cache).map(
-      lambda ex: {'image': _sized(process(ex['image'], tf.constant([0, 0], tf.int64)), ex['filename'],
-                                  image_size, pp),
-                  'label': tf.cast(ex['label'], tf.int32), 'mask': tf.constant(1.0)},
-      num_parallel_calls=tf.data.AUTOTUNE)
+    lambda ex: {
+      'image': _sized(process(ex['image'], tf.constant([0, 0], tf.int64)), ex['filename'], image_size, pp),
+      'label': tf.cast(ex['label'], tf.int32),
+      'mask': tf.constant(1.0),
+    },
+    num_parallel_calls=tf.data.AUTOTUNE,
+  )
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat()).take(steps * per_device_batch * local_devices)
   return _batched(ds, per_device_batch, local_devices)

@@ -12,11 +12,13 @@ Randomness is stateless (`seed` is a [2] int tensor derived from the example's p
 the stream), so the data of a resumed run equals an unbroken one.
 Adding an augmentation: write the function and add it to OPS.
 """
+
 from __future__ import annotations
 
 import ast
 import re
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import tensorflow as tf
 
@@ -24,10 +26,10 @@ from isojax.data import randaugment
 
 # Per-channel statistics in 0..255 units.
 STATS = {
-    'imagenet': ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
-    # locuslab/convmixer-cifar10 train.py l.66-67
-    'cifar': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255), (0.2471 * 255, 0.2435 * 255, 0.2616 * 255)),
-    'half': ((127.5,), (127.5,)),   # to [-1, 1], any channel count (big_vision's value_range(-1, 1))
+  'imagenet': ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+  # locuslab/convmixer-cifar10 train.py l.66-67
+  'cifar': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255), (0.2471 * 255, 0.2435 * 255, 0.2616 * 255)),
+  'half': ((127.5,), (127.5,)),  # to [-1, 1], any channel count (big_vision's value_range(-1, 1))
 }
 
 
@@ -55,7 +57,7 @@ def central_crop(image, seed, size: int):
   """The central size x size crop."""
   h, w = tf.shape(image)[0], tf.shape(image)[1]
   top, left = (h - size) // 2, (w - size) // 2
-  return image[top:top + size, left:left + size]
+  return image[top : top + size, left : left + size]
 
 
 def random_crop(image, seed, size: int, padding: int = 0):
@@ -69,14 +71,28 @@ def random_crop(image, seed, size: int, padding: int = 0):
 def _inception_window(shape, seed, area_min: float, area_max: float, ratio_min: float, ratio_max: float):
   """(offset, size) of a random crop of an image of `shape` [h, w, c]: a random area and aspect ratio."""
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(area_min, area_max),
-      aspect_ratio_range=(ratio_min, ratio_max), min_object_covered=0, use_image_if_no_bounding_boxes=True)
+    shape,
+    tf.zeros([0, 0, 4], tf.float32),
+    seed=seed,
+    area_range=(area_min, area_max),
+    aspect_ratio_range=(ratio_min, ratio_max),
+    min_object_covered=0,
+    use_image_if_no_bounding_boxes=True,
+  )
   return begin, crop_size
 
 
-def inception_crop(image, seed, size: int, area_min: float = 0.08, area_max: float = 1.0,
-                   ratio_min: float = 3 / 4, ratio_max: float = 4 / 3, method: str = 'bilinear',
-                   antialias: bool = True):
+def inception_crop(
+  image,
+  seed,
+  size: int,
+  area_min: float = 0.08,
+  area_max: float = 1.0,
+  ratio_min: float = 3 / 4,
+  ratio_max: float = 4 / 3,
+  method: str = 'bilinear',
+  antialias: bool = True,
+):
   """Random-resized crop (Inception / ImageNet): a random area and aspect ratio, resized.
 
   The defaults are torchvision's RandomResizedCrop (scale=(0.08, 1), antialiased bilinear);
@@ -92,15 +108,25 @@ def decode(data, channels: int):
   return tf.io.decode_image(data, channels=channels, dtype=tf.uint8, expand_animations=False)
 
 
-def decode_and_inception_crop(data, seed, channels: int, size: int, area_min: float = 0.08,
-                              area_max: float = 1.0, ratio_min: float = 3 / 4, ratio_max: float = 4 / 3,
-                              method: str = 'bilinear', antialias: bool = True):
+def decode_and_inception_crop(
+  data,
+  seed,
+  channels: int,
+  size: int,
+  area_min: float = 0.08,
+  area_max: float = 1.0,
+  ratio_min: float = 3 / 4,
+  ratio_max: float = 4 / 3,
+  method: str = 'bilinear',
+  antialias: bool = True,
+):
   """`inception_crop` of the encoded image `data`; a JPEG is decoded only inside the crop window.
 
   The window is the one `inception_crop` draws for the decoded image (same seed, same shape), so
   the two agree exactly on PNGs and 4:4:4 JPEGs; on chroma-subsampled JPEGs libjpeg upsamples the
   window's border columns without their outside neighbours (a few levels on the edge pixels).
   """
+
   def jpeg():
     height_width = tf.image.extract_jpeg_shape(data)[:2]
     shape = tf.concat([height_width, [channels]], 0)
@@ -109,9 +135,18 @@ def decode_and_inception_crop(data, seed, channels: int, size: int, area_min: fl
     crop = tf.image.decode_and_crop_jpeg(data, window, channels=channels)
     return tf.image.resize(tf.cast(crop, tf.float32), (size, size), method=method, antialias=antialias)
 
-  def other():   # PNG, GIF, BMP: decode whole, then crop
-    return inception_crop(tf.cast(decode(data, channels), tf.float32), seed, size, area_min, area_max,
-                          ratio_min, ratio_max, method, antialias)
+  def other():  # PNG, GIF, BMP: decode whole, then crop
+    return inception_crop(
+      tf.cast(decode(data, channels), tf.float32),
+      seed,
+      size,
+      area_min,
+      area_max,
+      ratio_min,
+      ratio_max,
+      method,
+      antialias,
+    )
 
   return tf.cond(tf.io.is_jpeg(data), jpeg, other)
 
@@ -149,8 +184,9 @@ def to_uint8(image):
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def random_erasing(image, seed, prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3,
-                   fill: str = 'noise'):
+def random_erasing(
+  image, seed, prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3, fill: str = 'noise'
+):
   """Random erasing (Zhong et al.): with probability `prob`, one rectangle is erased.
 
   `fill='noise'`: N(0, 1) per pixel (timm's `--remode pixel`); `fill='zero'`: zeros
@@ -175,16 +211,16 @@ def random_erasing(image, seed, prob: float = 0.25, area_min: float = 0.02, area
 
 
 OPS: dict[str, Callable[..., tf.Tensor]] = {
-    'resize': resize,
-    'resize_small': resize_small,
-    'central_crop': central_crop,
-    'random_crop': random_crop,
-    'inception_crop': inception_crop,
-    'flip': flip,
-    'randaugment': randaugment.randaugment,
-    'color_jitter': randaugment.color_jitter,
-    'normalize': normalize,
-    'random_erasing': random_erasing,
+  'resize': resize,
+  'resize_small': resize_small,
+  'central_crop': central_crop,
+  'random_crop': random_crop,
+  'inception_crop': inception_crop,
+  'flip': flip,
+  'randaugment': randaugment.randaugment,
+  'color_jitter': randaugment.color_jitter,
+  'normalize': normalize,
+  'random_erasing': random_erasing,
 }
 
 _OP_RE = re.compile(r'^\s*(\w+)\s*(?:\((.*)\))?\s*$')
@@ -203,18 +239,20 @@ def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
     if not match or match.group(1) not in OPS:
       name = match.group(1) if match else part
       raise ValueError(f'Unknown preprocessing op {name!r} in {spec!r}; known ops: {sorted(OPS)}.')
-    name, args = match.group(1), match.group(2) or ''
+    name, args = str(match.group(1)), match.group(2) or ''
     call = ast.parse(f'f({args})', mode='eval').body
-    kwargs = {kw.arg: _literal(kw.value) for kw in call.keywords}
+    assert isinstance(call, ast.Call)
+    kwargs = {str(kw.arg): _literal(kw.value) for kw in call.keywords}
     if call.args:  # a single positional argument names the op's first parameter
-      first = list(OPS[name].__code__.co_varnames[2:OPS[name].__code__.co_argcount])
+      first = list(OPS[name].__code__.co_varnames[2 : OPS[name].__code__.co_argcount])
       kwargs.update({first[i]: _literal(a) for i, a in enumerate(call.args)})
     ops.append((name, kwargs))
   return ops
 
 
-def build(spec: str, image_size: int, channels: int, fixed_shape: bool = True,
-          encoded: bool = False, uint8: bool = False) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+def build(
+  spec: str, image_size: int, channels: int, fixed_shape: bool = True, encoded: bool = False, uint8: bool = False
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   """Compiles a spec into `fn(image, seed) -> float32 [image_size, image_size, channels]` (or uint8).
 
   `image` is uint8 pixels, or with `encoded=True` the encoded file's bytes (decoded here, fused
@@ -225,8 +263,9 @@ def build(spec: str, image_size: int, channels: int, fixed_shape: bool = True,
   """
   ops = parse(spec)
   if uint8 and device_normalization(spec) is None:
-    raise ValueError(f'uint8 output needs a spec that ends with normalize(...), which is left to the '
-                     f'device; got {spec!r}.')
+    raise ValueError(
+      f'uint8 output needs a spec that ends with normalize(...), which is left to the device; got {spec!r}.'
+    )
 
   def apply(image, seed):
     steps = list(zip(ops, _split_seed(seed, max(len(ops), 1))))
@@ -237,7 +276,7 @@ def build(spec: str, image_size: int, channels: int, fixed_shape: bool = True,
       image = decode(image, channels)
     image = tf.cast(image, tf.float32)
     if uint8:
-      steps.pop()   # the final normalize, done on the device
+      steps.pop()  # the final normalize, done on the device
     for (name, kwargs), op_seed in steps:
       image = OPS[name](image, op_seed, **kwargs)
     if uint8:

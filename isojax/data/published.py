@@ -3,6 +3,7 @@
 Lets `--dry_run` plan an ImageNet or CIFAR run on a machine that has not downloaded the data.
 A prepared dataset's own metadata always wins over this table.
 """
+
 from __future__ import annotations
 
 import types
@@ -12,13 +13,13 @@ import tensorflow_datasets as tfds
 
 # name: (num_classes, channels, {split: examples}) from the TFDS catalog pages.
 DATASETS = {
-    'imagenet2012': (1000, 3, {'train': 1_281_167, 'validation': 50_000}),
-    'imagenet2012_real': (1000, 3, {'validation': 50_000}),
-    'imagenet_v2': (1000, 3, {'test': 10_000}),
-    'cifar10': (10, 3, {'train': 50_000, 'test': 10_000}),
-    'cifar100': (100, 3, {'train': 50_000, 'test': 10_000}),
-    'oxford_iiit_pet': (37, 3, {'train': 3_680, 'test': 3_669}),
-    'oxford_flowers102': (102, 3, {'train': 1_020, 'validation': 1_020, 'test': 6_149}),
+  'imagenet2012': (1000, 3, {'train': 1_281_167, 'validation': 50_000}),
+  'imagenet2012_real': (1000, 3, {'validation': 50_000}),
+  'imagenet_v2': (1000, 3, {'test': 10_000}),
+  'cifar10': (10, 3, {'train': 50_000, 'test': 10_000}),
+  'cifar100': (100, 3, {'train': 50_000, 'test': 10_000}),
+  'oxford_iiit_pet': (37, 3, {'train': 3_680, 'test': 3_669}),
+  'oxford_flowers102': (102, 3, {'train': 1_020, 'validation': 1_020, 'test': 6_149}),
 }
 
 

@@ -18,9 +18,11 @@ probabilities apply (a config names the flavour of the source it reproduces):
                  chosen op applied (its per-op `prob` is drawn but unused), grey fill 128,
                  absolute translation 100 px, cutout 40 px, enhance factors 1.8 * m/10 + 0.1.
 """
+
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import tensorflow as tf
 
@@ -42,22 +44,30 @@ def _transform(image, matrix, fill=_FILL, interpolation='BILINEAR'):
   """Projective transform; `matrix` maps output pixel (x, y, 1) to input coordinates."""
   flat = tf.concat([tf.reshape(matrix, [-1])[:8]], axis=0)
   out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=image[None], transforms=flat[None], output_shape=tf.shape(image)[:2],
-      fill_value=fill, interpolation=interpolation, fill_mode='CONSTANT')
+    images=image[None],
+    transforms=flat[None],
+    output_shape=tf.shape(image)[:2],
+    fill_value=fill,
+    interpolation=interpolation,
+    fill_mode='CONSTANT',
+  )
   return out[0]
 
 
 def _around_centre(image, linear, fill=_FILL, interpolation='BILINEAR'):
   h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
   cx, cy = (w - 1) / 2, (h - 1) / 2
-  to_centre = tf.constant([[1., 0., 0.], [0., 1., 0.], [0., 0., 1.]]) + tf.stack(
-      [[0., 0., -cx], [0., 0., -cy], [0., 0., 0.]])
-  back = tf.constant([[1., 0., 0.], [0., 1., 0.], [0., 0., 1.]]) + tf.stack(
-      [[0., 0., cx], [0., 0., cy], [0., 0., 0.]])
+  to_centre = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) + tf.stack(
+    [[0.0, 0.0, -cx], [0.0, 0.0, -cy], [0.0, 0.0, 0.0]]
+  )
+  back = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) + tf.stack(
+    [[0.0, 0.0, cx], [0.0, 0.0, cy], [0.0, 0.0, 0.0]]
+  )
   return _transform(image, back @ linear @ to_centre, fill, interpolation)
 
 
 # The image ops, each `fn(image, arg) -> image`: the argument is already in the op's units.
+
 
 def identity(image, arg):
   return image
@@ -74,11 +84,12 @@ def equalize(image, arg):
   """PIL's ImageOps.equalize per channel; works for any (also statically unknown) channel count."""
   pixels = tf.cast(tf.clip_by_value(image, 0, 255), tf.int32)
   channels = tf.shape(pixels)[-1]
-  binned = pixels + tf.range(channels) * 256           # channel c's value v counts in bin 256 c + v
-  histo = tf.reshape(tf.math.bincount(tf.reshape(binned, [-1]), minlength=256 * channels,
-                                      maxlength=256 * channels), [channels, 256])
+  binned = pixels + tf.range(channels) * 256  # channel c's value v counts in bin 256 c + v
+  histo = tf.reshape(
+    tf.math.bincount(tf.reshape(binned, [-1]), minlength=256 * channels, maxlength=256 * channels), [channels, 256]
+  )
   last = 255 - tf.argmax(tf.cast(tf.reverse(histo, [1]) > 0, tf.int32), axis=1, output_type=tf.int32)
-  step = (tf.reduce_sum(histo, axis=1) - tf.gather(histo, last, batch_dims=1)) // 255      # [channels]
+  step = (tf.reduce_sum(histo, axis=1) - tf.gather(histo, last, batch_dims=1)) // 255  # [channels]
   lut = (tf.cumsum(histo, axis=1) + (step // 2)[:, None]) // tf.maximum(step, 1)[:, None]
   lut = tf.clip_by_value(tf.concat([tf.zeros([channels, 1], tf.int32), lut[:, :-1]], 1), 0, 255)
   equalized = tf.gather(tf.reshape(lut, [-1]), binned)
@@ -120,7 +131,7 @@ def brightness(image, factor):
 
 def sharpness(image, factor):
   """PIL's ImageEnhance.Sharpness: blend with a 3x3 smoothed image, borders untouched."""
-  kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
+  kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
   smooth = tf.nn.conv2d(tf.transpose(image, [2, 0, 1])[..., None], kernel[:, :, None, None], 1, 'VALID')
   smooth = tf.pad(tf.transpose(smooth[..., 0], [1, 2, 0]), [[1, 1], [1, 1], [0, 0]])
   h, w = tf.shape(image)[0], tf.shape(image)[1]
@@ -136,32 +147,32 @@ def _geometric(fn):
 def rotate(image, degrees, fill, interpolation):
   angle = degrees * math.pi / 180.0
   c, s = tf.cos(angle), tf.sin(angle)
-  return _around_centre(image, tf.stack([[c, s, 0.], [-s, c, 0.], [0., 0., 1.]]), fill, interpolation)
+  return _around_centre(image, tf.stack([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]]), fill, interpolation)
 
 
 def shear_x(image, k, fill, interpolation):
-  return _around_centre(image, tf.stack([[1., k, 0.], [0., 1., 0.], [0., 0., 1.]]), fill, interpolation)
+  return _around_centre(image, tf.stack([[1.0, k, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), fill, interpolation)
 
 
 def shear_y(image, k, fill, interpolation):
-  return _around_centre(image, tf.stack([[1., 0., 0.], [k, 1., 0.], [0., 0., 1.]]), fill, interpolation)
+  return _around_centre(image, tf.stack([[1.0, 0.0, 0.0], [k, 1.0, 0.0], [0.0, 0.0, 1.0]]), fill, interpolation)
 
 
 def shear_x_corner(image, k, fill, interpolation):
   """torchvision's ShearX: F.affine(shear=atan(k) degrees, center=[0, 0]): about the top-left corner."""
-  return _transform(image, tf.stack([[1., k, 0.], [0., 1., 0.], [0., 0., 1.]]), fill, interpolation)
+  return _transform(image, tf.stack([[1.0, k, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), fill, interpolation)
 
 
 def shear_y_corner(image, k, fill, interpolation):
-  return _transform(image, tf.stack([[1., 0., 0.], [k, 1., 0.], [0., 0., 1.]]), fill, interpolation)
+  return _transform(image, tf.stack([[1.0, 0.0, 0.0], [k, 1.0, 0.0], [0.0, 0.0, 1.0]]), fill, interpolation)
 
 
 def translate_x(image, pixels, fill, interpolation):
-  return _transform(image, tf.stack([[1., 0., pixels], [0., 1., 0.], [0., 0., 1.]]), fill, interpolation)
+  return _transform(image, tf.stack([[1.0, 0.0, pixels], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), fill, interpolation)
 
 
 def translate_y(image, pixels, fill, interpolation):
-  return _transform(image, tf.stack([[1., 0., 0.], [0., 1., pixels], [0., 0., 1.]]), fill, interpolation)
+  return _transform(image, tf.stack([[1.0, 0.0, 0.0], [0.0, 1.0, pixels], [0.0, 0.0, 1.0]]), fill, interpolation)
 
 
 def _width(image):
@@ -185,28 +196,59 @@ def _timm_ops(increasing: bool) -> dict:
   """timm auto_augment.py LEVEL_TO_ARG with hparams translate_pct=0.45, img_mean grey."""
   g = lambda fn: _geometric(fn)(_GREY, _BILINEAR)
   ops = {
-      'AutoContrast': (auto_contrast, _none), 'Equalize': (equalize, _none), 'Invert': (invert, _none),
-      'Rotate': (g(rotate), _signed(30.0)),
-      'SolarizeAdd': (solarize_add, lambda level, sign, image: tf.minimum(
-          128.0, tf.floor(level / _MAX_LEVEL * 110.0))),
-      'ShearX': (g(shear_x), _signed(0.3)), 'ShearY': (g(shear_y), _signed(0.3)),
-      'TranslateXRel': (g(translate_x), lambda level, sign, image: _signed(0.45)(level, sign, image) * _width(image)),
-      'TranslateYRel': (g(translate_y), lambda level, sign, image: _signed(0.45)(level, sign, image) * _height(image)),
+    'AutoContrast': (auto_contrast, _none),
+    'Equalize': (equalize, _none),
+    'Invert': (invert, _none),
+    'Rotate': (g(rotate), _signed(30.0)),
+    'SolarizeAdd': (solarize_add, lambda level, sign, image: tf.minimum(128.0, tf.floor(level / _MAX_LEVEL * 110.0))),
+    'ShearX': (g(shear_x), _signed(0.3)),
+    'ShearY': (g(shear_y), _signed(0.3)),
+    'TranslateXRel': (g(translate_x), lambda level, sign, image: _signed(0.45)(level, sign, image) * _width(image)),
+    'TranslateYRel': (g(translate_y), lambda level, sign, image: _signed(0.45)(level, sign, image) * _height(image)),
   }
   bits = lambda level: tf.floor(level / _MAX_LEVEL * 4.0)
   threshold = lambda level: tf.minimum(256.0, tf.floor(level / _MAX_LEVEL * 256.0))
-  if increasing:   # _posterize_increasing / _solarize_increasing / _enhance_increasing_level_to_arg
-    ops.update({'Posterize': (posterize, lambda level, sign, image: 4.0 - bits(level)),
-                'Solarize': (solarize, lambda level, sign, image: 256.0 - threshold(level))})
+  if increasing:  # _posterize_increasing / _solarize_increasing / _enhance_increasing_level_to_arg
+    ops.update(
+      {
+        'Posterize': (posterize, lambda level, sign, image: 4.0 - bits(level)),
+        'Solarize': (solarize, lambda level, sign, image: 256.0 - threshold(level)),
+      }
+    )
     enhance = _enhance_increasing
-  else:            # _posterize / _solarize / _enhance_level_to_arg
-    ops.update({'Posterize': (posterize, lambda level, sign, image: bits(level)),
-                'Solarize': (solarize, lambda level, sign, image: threshold(level))})
+  else:  # _posterize / _solarize / _enhance_level_to_arg
+    ops.update(
+      {
+        'Posterize': (posterize, lambda level, sign, image: bits(level)),
+        'Solarize': (solarize, lambda level, sign, image: threshold(level)),
+      }
+    )
     enhance = _enhance
-  ops.update({'Color': (color, enhance), 'Contrast': (contrast, enhance),
-              'Brightness': (brightness, enhance), 'Sharpness': (sharpness, enhance)})
-  order = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'SolarizeAdd', 'Color',
-           'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+  ops.update(
+    {
+      'Color': (color, enhance),
+      'Contrast': (contrast, enhance),
+      'Brightness': (brightness, enhance),
+      'Sharpness': (sharpness, enhance),
+    }
+  )
+  order = (
+    'AutoContrast',
+    'Equalize',
+    'Invert',
+    'Rotate',
+    'Posterize',
+    'Solarize',
+    'SolarizeAdd',
+    'Color',
+    'Contrast',
+    'Brightness',
+    'Sharpness',
+    'ShearX',
+    'ShearY',
+    'TranslateXRel',
+    'TranslateYRel',
+  )
   return {name: ops[name] for name in order}
 
 
@@ -218,17 +260,27 @@ def _torchvision_ops(num_bins: int = 31) -> dict:
   signed = lambda top: lambda level, sign, image: sign * fraction(level) * top
   enhance = lambda level, sign, image: 1.0 + sign * fraction(level) * 0.9
   return {
-      'Identity': (identity, _none),
-      'ShearX': (g(shear_x_corner), signed(0.3)), 'ShearY': (g(shear_y_corner), signed(0.3)),
-      'TranslateX': (g(translate_x), lambda level, sign, image: sign * tf.floor(fraction(level) * 150.0 / 331.0 * _width(image))),
-      'TranslateY': (g(translate_y), lambda level, sign, image: sign * tf.floor(fraction(level) * 150.0 / 331.0 * _height(image))),
-      'Rotate': (g(rotate), signed(30.0)),
-      'Brightness': (brightness, enhance), 'Color': (color, enhance), 'Contrast': (contrast, enhance),
-      'Sharpness': (sharpness, enhance),
-      # 8 - (arange(num_bins) / ((num_bins - 1) / 4)).round().int(); linspace(255.0, 0.0, num_bins)
-      'Posterize': (posterize, lambda level, sign, image: 8.0 - tf.round(level / ((num_bins - 1) / 4.0))),
-      'Solarize': (solarize, lambda level, sign, image: 255.0 - fraction(level) * 255.0),
-      'AutoContrast': (auto_contrast, _none), 'Equalize': (equalize, _none),
+    'Identity': (identity, _none),
+    'ShearX': (g(shear_x_corner), signed(0.3)),
+    'ShearY': (g(shear_y_corner), signed(0.3)),
+    'TranslateX': (
+      g(translate_x),
+      lambda level, sign, image: sign * tf.floor(fraction(level) * 150.0 / 331.0 * _width(image)),
+    ),
+    'TranslateY': (
+      g(translate_y),
+      lambda level, sign, image: sign * tf.floor(fraction(level) * 150.0 / 331.0 * _height(image)),
+    ),
+    'Rotate': (g(rotate), signed(30.0)),
+    'Brightness': (brightness, enhance),
+    'Color': (color, enhance),
+    'Contrast': (contrast, enhance),
+    'Sharpness': (sharpness, enhance),
+    # 8 - (arange(num_bins) / ((num_bins - 1) / 4)).round().int(); linspace(255.0, 0.0, num_bins)
+    'Posterize': (posterize, lambda level, sign, image: 8.0 - tf.round(level / ((num_bins - 1) / 4.0))),
+    'Solarize': (solarize, lambda level, sign, image: 255.0 - fraction(level) * 255.0),
+    'AutoContrast': (auto_contrast, _none),
+    'Equalize': (equalize, _none),
   }
 
 
@@ -247,16 +299,25 @@ def _big_vision_ops(seed) -> dict:
   """big_vision/pp/archive/autoaugment.py level_to_arg (l.506-530), translate_const=100, cutout_const=40."""
   g = lambda fn: _geometric(fn)(_GREY, _BILINEAR)
   return {
-      'AutoContrast': (auto_contrast, _none), 'Equalize': (equalize, _none), 'Invert': (invert, _none),
-      'Rotate': (g(rotate), _signed(30.0)),
-      'Posterize': (posterize, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 4.0)),
-      'Solarize': (solarize, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 256.0)),
-      'Color': (color, _enhance), 'Contrast': (contrast, _enhance),
-      'Brightness': (brightness, _enhance), 'Sharpness': (sharpness, _enhance),
-      'ShearX': (g(shear_x), _signed(0.3)), 'ShearY': (g(shear_y), _signed(0.3)),
-      'TranslateX': (g(translate_x), _signed(100.0)), 'TranslateY': (g(translate_y), _signed(100.0)),
-      'Cutout': (lambda image, half: cutout(image, half, seed), lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 40.0)),
-      'SolarizeAdd': (solarize_add, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 110.0)),
+    'AutoContrast': (auto_contrast, _none),
+    'Equalize': (equalize, _none),
+    'Invert': (invert, _none),
+    'Rotate': (g(rotate), _signed(30.0)),
+    'Posterize': (posterize, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 4.0)),
+    'Solarize': (solarize, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 256.0)),
+    'Color': (color, _enhance),
+    'Contrast': (contrast, _enhance),
+    'Brightness': (brightness, _enhance),
+    'Sharpness': (sharpness, _enhance),
+    'ShearX': (g(shear_x), _signed(0.3)),
+    'ShearY': (g(shear_y), _signed(0.3)),
+    'TranslateX': (g(translate_x), _signed(100.0)),
+    'TranslateY': (g(translate_y), _signed(100.0)),
+    'Cutout': (
+      lambda image, half: cutout(image, half, seed),
+      lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 40.0),
+    ),
+    'SolarizeAdd': (solarize_add, lambda level, sign, image: tf.floor(level / _MAX_LEVEL * 110.0)),
   }
 
 
@@ -274,8 +335,16 @@ def ops_of(flavour: str, increasing: bool = False, seed=None) -> dict:
   raise ValueError(f'Unknown randaugment flavour {flavour!r}; expected one of {FLAVOURS}.')
 
 
-def randaugment(image, seed, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.0,
-                flavour: str = 'timm', increasing: bool = False, prob: float = None):
+def randaugment(
+  image,
+  seed,
+  num_ops: int = 2,
+  magnitude: float = 9.0,
+  magnitude_std: float = 0.0,
+  flavour: str = 'timm',
+  increasing: bool = False,
+  prob: Optional[float] = None,
+):
   """Applies `num_ops` ops drawn uniformly from `flavour`'s table at `magnitude` on its scale.
 
   `prob` (default: the flavour's, 0.5 for timm, 1 otherwise) is the chance that a drawn op is
@@ -284,8 +353,10 @@ def randaugment(image, seed, num_ops: int = 2, magnitude: float = 9.0, magnitude
   if flavour != 'timm' and (magnitude_std or increasing):
     raise ValueError(f'magnitude_std and increasing are timm options; flavour={flavour!r} has neither.')
   if magnitude < 0 or (flavour == 'torchvision' and magnitude > 30):
-    raise ValueError(f'randaugment magnitude={magnitude} is outside flavour {flavour!r}\'s scale '
-                     f'({"0..30, a bin of 31" if flavour == "torchvision" else "0..10, larger extrapolates"}).')
+    raise ValueError(
+      f"randaugment magnitude={magnitude} is outside flavour {flavour!r}'s scale "
+      f'({"0..30, a bin of 31" if flavour == "torchvision" else "0..10, larger extrapolates"}).'
+    )
   prob = (0.5 if flavour == 'timm' else 1.0) if prob is None else prob
   for op_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_ops)):
     s_op, s_mag, s_sign, s_apply, s_cut = tf.unstack(tf.random.experimental.stateless_split(op_seed, 5))
@@ -295,12 +366,16 @@ def randaugment(image, seed, num_ops: int = 2, magnitude: float = 9.0, magnitude
     if magnitude_std:
       level = tf.clip_by_value(level + magnitude_std * tf.random.stateless_normal([], s_mag), 0.0, _MAX_LEVEL)
     sign = tf.where(tf.random.stateless_uniform([], s_sign) < 0.5, -1.0, 1.0)
-    branches = [lambda fn=fn, to_arg=to_arg: fn(image, to_arg(level, sign, image)) for fn, to_arg in table.values()]
-    if prob >= 1:   # big_vision, torchvision: every drawn op applies
+    branches = [
+      lambda fn=fn, to_arg=to_arg, x=image, level=level, sign=sign: fn(x, to_arg(level, sign, x))
+      for fn, to_arg in table.values()
+    ]
+    if prob >= 1:  # big_vision, torchvision: every drawn op applies
       image = tf.ensure_shape(tf.switch_case(index, branches), image.shape)
-    else:           # the skipped op is not computed at all
+    else:  # the skipped op is not computed at all
       apply = tf.random.stateless_uniform([], s_apply) < prob
-      image = tf.ensure_shape(tf.cond(apply, lambda: tf.switch_case(index, branches), lambda: image), image.shape)
+      chosen = lambda index=index, branches=branches: tf.switch_case(index, branches)
+      image = tf.ensure_shape(tf.cond(apply, chosen, lambda x=image: x), image.shape)
   return image
 
 
@@ -309,8 +384,11 @@ def color_jitter(image, seed, brightness: float = 0.0, contrast: float = 0.0, sa
   applied in a random order (torchvision/transforms/transforms.py ColorJitter.get_params/forward)."""
   s_order, s_b, s_c, s_s = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
   jitters = []
-  for amount, op, op_seed in ((brightness, globals()['brightness'], s_b), (contrast, globals()['contrast'], s_c),
-                              (saturation, color, s_s)):
+  for amount, op, op_seed in (
+    (brightness, globals()['brightness'], s_b),
+    (contrast, globals()['contrast'], s_c),
+    (saturation, color, s_s),
+  ):
     if amount:
       factor = tf.random.stateless_uniform([], op_seed, max(0.0, 1.0 - amount), 1.0 + amount)
       jitters.append(lambda im, op=op, factor=factor: op(im, factor))
@@ -318,5 +396,5 @@ def color_jitter(image, seed, brightness: float = 0.0, contrast: float = 0.0, sa
     return image
   order = tf.argsort(tf.random.stateless_uniform([len(jitters)], s_order))
   for position in range(len(jitters)):
-    image = tf.switch_case(order[position], [lambda j=j: j(image) for j in jitters])
+    image = tf.switch_case(order[position], [lambda j=j, x=image: j(x) for j in jitters])
   return image

@@ -4,6 +4,7 @@ preprocessing (`inference`, `isojax.predict`) and what a trained model learned (
 
 Metrics go to metrics.jsonl as `{"step", "split": "eval", "evaluator": name, ...}` and to TensorBoard as
 `eval/<name>/<metric>`."""
+
 from isojax.evaluation.base import Evaluator
 from isojax.evaluation.evaluators import KINDS, best_metric, create, evaluate, specs
 from isojax.evaluation.report import display, table

@@ -19,13 +19,14 @@ from isojax.data import preprocess
 
 class Evaluator:
   """One named evaluator: its data, its pmapped function (`self.fn`), its schedule."""
+
   kind = ''
 
   def __init__(self, name: str, spec: dict, model: nn.Module, num_classes: int):
     self.name, self.spec, self.model, self.train_classes = name, spec, model, num_classes
     self.every = int(spec['every'])
     self._builder: Optional[Any] = None
-    self.fn: Any = None   # the pmapped function (variables, batch) -> outputs that a kind sets
+    self.fn: Any = None  # the pmapped function (variables, batch) -> outputs that a kind sets
 
   @staticmethod
   def higher_is_better(spec: dict) -> list[str]:
@@ -36,8 +37,9 @@ class Evaluator:
 
   def builder(self):
     if self._builder is None:
-      self._builder = data.get_builder(self.spec['dataset'], self.spec['data_dir'], self.spec['download'],
-                                       self.spec['skip_bad_files'])
+      self._builder = data.get_builder(
+        self.spec['dataset'], self.spec['data_dir'], self.spec['download'], self.spec['skip_bad_files']
+      )
     return self._builder
 
   def share_builder(self, builder: Any) -> None:
@@ -48,8 +50,10 @@ class Evaluator:
     try:
       count = data.num_examples(self.builder(), split)
     except Exception as e:  # tfds raises several types for unknown or malformed splits
-      raise ValueError(f'Evaluator {self.name!r}: dataset {self.spec["dataset"]!r} has no split {split!r} '
-                       f'(splits: {sorted(self.builder().info.splits)}; {type(e).__name__}).') from None
+      raise ValueError(
+        f'Evaluator {self.name!r}: dataset {self.spec["dataset"]!r} has no split {split!r} '
+        f'(splits: {sorted(self.builder().info.splits)}; {type(e).__name__}).'
+      ) from None
     if count == 0:
       raise ValueError(f'Evaluator {self.name!r}: split {split!r} of {self.spec["dataset"]!r} is empty.')
 
@@ -64,22 +68,38 @@ class Evaluator:
     except ValueError as e:
       raise ValueError(f'Evaluator {self.name!r}: pp {self.spec["pp"]!r}: {e}') from None
     if self.spec['batch_size'] % jax.device_count():
-      raise ValueError(f'Evaluator {self.name!r}: batch_size={self.spec["batch_size"]} is not divisible by the '
-                       f'{jax.device_count()} devices.')
+      raise ValueError(
+        f'Evaluator {self.name!r}: batch_size={self.spec["batch_size"]} is not divisible by the '
+        f'{jax.device_count()} devices.'
+      )
 
   def batches(self, split: str):
-    return devices.prefetch(data.eval_batches(
-        self.builder(), split=split, pp=self.spec['pp'], image_size=self.spec['image_size'],
-        per_device_batch=self.spec['batch_size'] // jax.device_count(), **devices.data_host(),
-        cache=self.spec['cache']))
+    return devices.prefetch(
+      data.eval_batches(
+        self.builder(),
+        split=split,
+        pp=self.spec['pp'],
+        image_size=self.spec['image_size'],
+        per_device_batch=self.spec['batch_size'] // jax.device_count(),
+        **devices.data_host(),
+        cache=self.spec['cache'],
+      )
+    )
 
   def compile(self, variables: Any) -> None:
     """Compiles the pmapped function ahead of time (processes then start evaluating together)."""
     channels = self.builder().info.features['image'].shape[-1]
     size, shape = self.spec['image_size'], (jax.local_device_count(), self.spec['batch_size'] // jax.device_count())
-    self.fn.lower(variables, devices.shard({
-        'image': np.zeros((*shape, size, size, channels), np.float32), 'label': np.zeros(shape, np.int32),
-        'mask': np.zeros(shape, np.float32)})).compile()
+    self.fn.lower(
+      variables,
+      devices.shard(
+        {
+          'image': np.zeros((*shape, size, size, channels), np.float32),
+          'label': np.zeros(shape, np.int32),
+          'mask': np.zeros(shape, np.float32),
+        }
+      ),
+    ).compile()
 
   def run(self, variables: Any) -> dict:
     """Metrics for `variables` (replicated over the local devices, as pmap holds them)."""

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from isojax.core import devices, losses
-from isojax.core.devices import AXIS   # the pmap axis shared with the train step
+from isojax.core.devices import AXIS  # the pmap axis shared with the train step
 from isojax.evaluation.base import Evaluator
 
 
@@ -24,23 +24,37 @@ def batch_sums(logits: jax.Array, batch: dict, num_classes: int, loss: str = 'so
   mask, labels = batch['mask'], batch['label']
   per_example = losses.per_example(logits, losses.targets(labels, num_classes), loss)
   top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
-  return {'count': mask.sum(), 'loss': (per_example * mask).sum(),
-          'correct': ((logits.argmax(-1) == labels) * mask).sum(),
-          'correct_top5': ((top5 == labels[:, None]).any(-1) * mask).sum()}
+  return {
+    'count': mask.sum(),
+    'loss': (per_example * mask).sum(),
+    'correct': ((logits.argmax(-1) == labels) * mask).sum(),
+    'correct_top5': ((top5 == labels[:, None]).any(-1) * mask).sum(),
+  }
 
 
-def eval_sums(variables: dict, batch: dict, *, model: nn.Module, num_classes: int, loss: str = 'softmax_xent',
-              axis_name: Optional[str] = AXIS) -> dict:
+def eval_sums(
+  variables: dict,
+  batch: dict,
+  *,
+  model: nn.Module,
+  num_classes: int,
+  loss: str = 'softmax_xent',
+  axis_name: Optional[str] = AXIS,
+) -> dict:
   """`batch_sums` of the model's logits, summed over devices."""
-  sums = batch_sums(model.apply(variables, batch['image'], train=False), batch, num_classes, loss)
+  logits: Any = model.apply(variables, batch['image'], train=False)
+  sums = batch_sums(logits, batch, num_classes, loss)
   return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 
 
 def metrics_from_sums(totals: dict, num_classes: int) -> dict:
   count = max(float(totals['count']), 1.0)
-  metrics = {'accuracy': float(totals['correct']) / count, 'loss': float(totals['loss']) / count,
-             'num_examples': float(totals['count'])}
-  if num_classes > 5:   # with 5 classes or fewer, top-5 is always 100%
+  metrics = {
+    'accuracy': float(totals['correct']) / count,
+    'loss': float(totals['loss']) / count,
+    'num_examples': float(totals['count']),
+  }
+  if num_classes > 5:  # with 5 classes or fewer, top-5 is always 100%
     metrics['top5'] = float(totals['correct_top5']) / count
   return metrics
 
@@ -58,16 +72,19 @@ class ClassificationEvaluator(Evaluator):
 
   def __init__(self, name, spec, model, num_classes):
     super().__init__(name, spec, model, num_classes)
-    self.fn = jax.pmap(functools.partial(eval_sums, model=model, num_classes=num_classes, loss=spec['loss']),
-                       axis_name=AXIS)
+    self.fn = jax.pmap(
+      functools.partial(eval_sums, model=model, num_classes=num_classes, loss=spec['loss']), axis_name=AXIS
+    )
 
   def validate(self) -> None:
     super().validate()
     self._check_split(self.spec['split'])
     classes = self.builder().info.features['label'].num_classes
     if classes != self.train_classes:
-      raise ValueError(f'Evaluator {self.name!r}: {self.spec["dataset"]!r} has {classes} classes, the model '
-                       f'{self.train_classes}; classification needs the same label space (use kind="fewshot").')
+      raise ValueError(
+        f'Evaluator {self.name!r}: {self.spec["dataset"]!r} has {classes} classes, the model '
+        f'{self.train_classes}; classification needs the same label space (use kind="fewshot").'
+      )
 
   def run(self, variables):
     start, totals = time.perf_counter(), None

@@ -27,12 +27,19 @@ KINDS: dict[str, type[Evaluator]] = {'classification': ClassificationEvaluator, 
 
 def _inherit(config: ml_collections.ConfigDict, spec: ml_collections.ConfigDict) -> dict:
   """The evaluator's fields with the training config's values where it left them unset."""
-  inherited = {'dataset': config.data.name, 'data_dir': config.data.get('data_dir'), 'split': config.data.eval_split,
-               'pp': config.data.eval_pp, 'image_size': config.data.image_size,
-               'batch_size': config.eval_batch_size, 'every': config.eval_every, 'cache': config.data.cache,
-               'download': config.data.get('download', True),
-               'skip_bad_files': config.data.get('skip_bad_files', False),
-               'loss': config.get('loss', 'softmax_xent')}
+  inherited = {
+    'dataset': config.data.name,
+    'data_dir': config.data.get('data_dir'),
+    'split': config.data.eval_split,
+    'pp': config.data.eval_pp,
+    'image_size': config.data.image_size,
+    'batch_size': config.eval_batch_size,
+    'every': config.eval_every,
+    'cache': config.data.cache,
+    'download': config.data.get('download', True),
+    'skip_bad_files': config.data.get('skip_bad_files', False),
+    'loss': config.get('loss', 'softmax_xent'),
+  }
   fields = spec.to_dict()
   return {**inherited, **{k: v for k, v in fields.items() if v is not None}}
 
@@ -50,8 +57,9 @@ def specs(config: ml_collections.ConfigDict) -> dict[str, dict]:
       raise ValueError(f'config.evals.{name}.kind={kind!r}; expected one of {sorted(KINDS)}.')
     out[name] = _inherit(config, spec)
   if not out:
-    raise ValueError('config.evals is empty; a run needs at least one evaluator (isojax.core.config.'
-                     'classification_eval()).')
+    raise ValueError(
+      'config.evals is empty; a run needs at least one evaluator (isojax.core.config.classification_eval()).'
+    )
   return out
 
 
@@ -65,13 +73,20 @@ def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str]:
     raise ValueError(f'config.best_metric={value!r} names no evaluator; evaluators: {sorted(resolved)}.')
   allowed = KINDS[resolved[name]['kind']].higher_is_better(resolved[name])
   if metric not in allowed:
-    raise ValueError(f'config.best_metric={value!r}: {name!r} has no metric {metric!r} that improves upwards; '
-                     f'choose one of {[f"{name}/{m}" for m in allowed]}.')
+    raise ValueError(
+      f'config.best_metric={value!r}: {name!r} has no metric {metric!r} that improves upwards; '
+      f'choose one of {[f"{name}/{m}" for m in allowed]}.'
+    )
   return name, metric
 
 
-def create(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int, validate: bool = True,
-           train_builder: Optional[Any] = None) -> dict[str, Evaluator]:
+def create(
+  config: ml_collections.ConfigDict,
+  model: nn.Module,
+  num_classes: int,
+  validate: bool = True,
+  train_builder: Optional[Any] = None,
+) -> dict[str, Evaluator]:
   """The evaluators of `config` for `model`, validated (datasets, splits, pp, features) unless told not to.
 
   Evaluators on the training data reuse `train_builder` (the dataset is opened, and an image folder checked,
@@ -79,8 +94,10 @@ def create(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int
   evaluators = {name: KINDS[spec['kind']](name, spec, model, num_classes) for name, spec in specs(config).items()}
   training_data = (config.data.name, config.data.get('data_dir'), config.data.get('skip_bad_files', False))
   for evaluator in evaluators.values():
-    if train_builder is not None and (evaluator.spec['dataset'], evaluator.spec['data_dir'],
-                                      evaluator.spec['skip_bad_files']) == training_data:
+    if (
+      train_builder is not None
+      and (evaluator.spec['dataset'], evaluator.spec['data_dir'], evaluator.spec['skip_bad_files']) == training_data
+    ):
       evaluator.share_builder(train_builder)
   if validate:
     for evaluator in evaluators.values():
@@ -89,8 +106,7 @@ def create(config: ml_collections.ConfigDict, model: nn.Module, num_classes: int
   return evaluators
 
 
-def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dict,
-             num_classes: int) -> dict[str, dict]:
+def evaluate(config: ml_collections.ConfigDict, model: nn.Module, variables: dict, num_classes: int) -> dict[str, dict]:
   """Every evaluator of `config` on host `variables`, on all local devices: {name: metrics}."""
   evaluators = create(config, model, num_classes)
   replicated = devices.replicate(variables)

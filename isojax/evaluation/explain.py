@@ -6,6 +6,7 @@
 - Any model: its shape profile, tokens x width after each block or stage (flat for isotropic
   models, shrinking for pyramids), from `models.features` without computing anything.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -27,14 +28,19 @@ def attention_maps(model: nn.Module, variables: dict, images: np.ndarray) -> lis
   Recomputed from each block's attention input (captured with `capture_intermediates`), so the
   fused attention used in training is left as it is.
   """
-  _, state = model.apply(variables, images, train=False,
-                         capture_intermediates=lambda module, _: module.name == 'norm1', mutable=['intermediates'])
+  _, state = model.apply(
+    variables,
+    images,
+    train=False,
+    capture_intermediates=lambda module, _: module.name == 'norm1',
+    mutable=['intermediates'],
+  )
   maps = []
   for i, block in enumerate(_blocks(variables['params'])):
     y = state['intermediates'][f'block_{i}']['norm1']['__call__'][0]
     qkv = block['token_mixing']['attention']['qkv']
     heads = models.attention_heads(model)
-    x = y @ qkv['kernel'] + qkv.get('bias', 0.0)   # timm's qkv_bias=False models have none
+    x = y @ qkv['kernel'] + qkv.get('bias', 0.0)  # timm's qkv_bias=False models have none
     batch, tokens, three_width = x.shape
     x = x.reshape(batch, tokens, 3, heads, three_width // 3 // heads)
     q, k = x[:, :, 0], x[:, :, 1]
@@ -49,7 +55,7 @@ def attention_rollout(model: nn.Module, variables: dict, images: np.ndarray) -> 
   tokens = maps[0].shape[-1]
   rollout = np.tile(np.eye(tokens), (maps[0].shape[0], 1, 1))
   for attention in maps:
-    attention = 0.5 * attention + 0.5 * np.eye(tokens)   # the residual connection
+    attention = 0.5 * attention + 0.5 * np.eye(tokens)  # the residual connection
     attention /= attention.sum(-1, keepdims=True)
     rollout = attention @ rollout
   class_token = model.pooling_head.pool == 'token'
@@ -84,6 +90,9 @@ def shape_profile(model: nn.Module, image_size: int, channels: int = 3) -> list[
     return models.features(model, model.init(jax.random.PRNGKey(0), x, train=False), x)[1]
 
   found = jax.eval_shape(run, images)
-  in_order = sorted(found, key=lambda name: (not name.startswith('stem/'), name))   # a stem's stages come first
-  return [(name, int(np.prod(found[name].shape[1:-1])), int(found[name].shape[-1]))
-          for name in in_order if name != models.PRE_LOGITS]
+  in_order = sorted(found, key=lambda name: (not name.startswith('stem/'), name))  # a stem's stages come first
+  return [
+    (name, int(np.prod(found[name].shape[1:-1])), int(found[name].shape[-1]))
+    for name in in_order
+    if name != models.PRE_LOGITS
+  ]

@@ -1,8 +1,10 @@
 """Predictions with a run's own evaluation preprocessing: `isojax.predict(model, variables, config, images)`."""
+
 from __future__ import annotations
 
 import functools
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import flax.linen as nn
 import jax
@@ -21,7 +23,9 @@ def read_image(path: str, channels: int) -> np.ndarray:
   return tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False).numpy()
 
 
-def preprocess(config: ml_collections.ConfigDict, images: Sequence[ImageLike], channels: int) -> np.ndarray:
+def preprocess(
+  config: ml_collections.ConfigDict, images: Sequence[ImageLike] | np.ndarray, channels: int
+) -> np.ndarray:
   """uint8 images (any size) or file paths -> the float batch the run evaluated on."""
   process = pp.build(config.data.eval_pp, config.data.image_size, channels)
   batch = []
@@ -37,16 +41,24 @@ def preprocess(config: ml_collections.ConfigDict, images: Sequence[ImageLike], c
 
 @functools.lru_cache(maxsize=8)
 def _apply(model: nn.Module):
-  return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x, train=False)))
+  def probabilities(variables, x):
+    logits: Any = model.apply(variables, x, train=False)
+    return jax.nn.softmax(logits)
+
+  return jax.jit(probabilities)
 
 
-def predict(model: nn.Module, variables: dict, config: ml_collections.ConfigDict,
-            images: Sequence[ImageLike] | np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict(
+  model: nn.Module,
+  variables: dict,
+  config: ml_collections.ConfigDict,
+  images: Sequence[ImageLike] | np.ndarray,
+  batch_size: int = 256,
+) -> np.ndarray:
   """Class probabilities [N, num_classes] for uint8 images or image files."""
   channels = models.input_channels(variables)
   probabilities = []
   for start in range(0, len(images), batch_size):
-    batch = preprocess(config, images[start:start + batch_size], channels)
+    batch = preprocess(config, images[start : start + batch_size], channels)
     probabilities.append(np.asarray(_apply(model)(variables, batch)))
   return np.concatenate(probabilities)
-

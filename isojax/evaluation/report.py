@@ -12,8 +12,13 @@ def table(results: dict[str, dict]) -> str:
     for metric, value in metrics.items():
       if isinstance(value, list):
         continue
-      shown = (f'{value:.4f}' if metric == 'loss' else f'{value:.0f}' if metric in ('num_examples', 'images_per_sec')
-               else f'{100 * value:.2f}%')
+      shown = (
+        f'{value:.4f}'
+        if metric == 'loss'
+        else f'{value:.0f}'
+        if metric in ('num_examples', 'images_per_sec')
+        else f'{100 * value:.2f}%'
+      )
       lines.append(f'| {name} | {metric} | {shown} |')
   return '\n'.join(lines)
 
@@ -35,8 +40,11 @@ def display(results: dict[str, dict], primary: str, chosen: Optional[list[str]] 
   if primary in results:
     segments.append(' '.join(_value(m, results[primary][m]) for m in _headline(results[primary])))
   if chosen is None:
-    chosen = [f'{name}/{next((m for m in ("accuracy", "10shot", "5shot", "1shot") if m in r), "")}'
-              for name, r in results.items() if name != primary]
+    chosen = [
+      f'{name}/{next((m for m in ("accuracy", "10shot", "5shot", "1shot") if m in r), "")}'
+      for name, r in results.items()
+      if name != primary
+    ]
   for item in chosen:
     name, _, metric = item.partition('/')
     if metric in results.get(name, {}) and not (name == primary and metric in _headline(results[name])):

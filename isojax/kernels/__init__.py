@@ -19,8 +19,10 @@ CHOICES = ('auto', REFERENCE, CPU)
 def resolve(choice: str) -> str:
   """`'reference'` or `'cpu'` for a build option; `'auto'` takes the CPU fast paths when JAX computes on the CPU."""
   if choice not in CHOICES:
-    raise ValueError(f'kernels={choice!r}; expected one of {CHOICES} (reference: the plain ops, what export and '
-                     f'accelerators use; cpu: the fast paths of isojax/kernels; auto: cpu on a CPU backend).')
+    raise ValueError(
+      f'kernels={choice!r}; expected one of {CHOICES} (reference: the plain ops, what export and '
+      f'accelerators use; cpu: the fast paths of isojax/kernels; auto: cpu on a CPU backend).'
+    )
   if choice == 'auto':
     return CPU if jax.default_backend() == 'cpu' else REFERENCE
   return choice
@@ -29,5 +31,7 @@ def resolve(choice: str) -> str:
 def check(choice: str) -> None:
   """Refuses anything but a resolved choice inside a layer: 'auto' must be resolved when the model is built."""
   if choice not in (REFERENCE, CPU):
-    raise ValueError(f"A layer got kernels={choice!r}; layers take 'reference' or 'cpu'. Build the model through "
-                     f'isojax.models.create/build, which resolve {choice!r} once (isojax.kernels.resolve).')
+    raise ValueError(
+      f"A layer got kernels={choice!r}; layers take 'reference' or 'cpu'. Build the model through "
+      f'isojax.models.create/build, which resolve {choice!r} once (isojax.kernels.resolve).'
+    )

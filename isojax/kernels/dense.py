@@ -7,7 +7,7 @@ Same parameters, same numbers as `flax.linen.Dense`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 

@@ -8,6 +8,8 @@ feature_group_count=C)`, the reference in `isojax.models.layers.DepthwiseConv`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -16,7 +18,8 @@ def _shifted_sum(x: jax.Array, kernel: jax.Array, lo: int, hi: int) -> jax.Array
   """sum_ij x[h + i - lo, w + j - lo] * kernel[i, j]: one loop fusion XLA runs near memory speed."""
   k, (h, w) = kernel.shape[0], x.shape[1:3]
   padded = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
-  return sum(padded[:, i:i + h, j:j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k))
+  taps = [padded[:, i : i + h, j : j + w, :] * kernel[i, j, 0] for i in range(k) for j in range(k)]
+  return functools.reduce(jnp.add, taps)
 
 
 def kernel_gradient(x: jax.Array, dy: jax.Array, k: int, chunk_bytes: int = 1 << 20) -> jax.Array:
@@ -37,8 +40,11 @@ def kernel_gradient(x: jax.Array, dy: jax.Array, k: int, chunk_bytes: int = 1 <<
 
   def add_chunk(total, chunk_arrays):
     xc, dc = chunk_arrays
-    taps = [jnp.sum(xc[:, i:i + h, j:j + w, :] * dc, axis=(0, 1, 2), dtype=jnp.float32)
-            for i in range(k) for j in range(k)]
+    taps = [
+      jnp.sum(xc[:, i : i + h, j : j + w, :] * dc, axis=(0, 1, 2), dtype=jnp.float32)
+      for i in range(k)
+      for j in range(k)
+    ]
     return total + jnp.stack(taps), None
 
   total, _ = jax.lax.scan(add_chunk, jnp.zeros((k * k, width), jnp.float32), (padded, dy))
@@ -61,7 +67,7 @@ def _shifted_bwd(residuals, dy):
   # reduces each tap over the whole batch: 2x (ConvMixer-256/8) to 3x slower.
   x, kernel = residuals
   k = kernel.shape[0]
-  dx = _shifted_sum(dy, kernel[::-1, ::-1], k // 2, (k - 1) // 2)   # correlation with the flipped kernel
+  dx = _shifted_sum(dy, kernel[::-1, ::-1], k // 2, (k - 1) // 2)  # correlation with the flipped kernel
   return dx, kernel_gradient(x, dy, k).astype(kernel.dtype)
 
 

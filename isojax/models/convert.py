@@ -11,35 +11,38 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
-Tensors = Mapping[str, Any]   # a file's tensors by name: a state dict, or an .npz's flat arrays
+Tensors = Mapping[str, Any]  # a file's tensors by name: a state dict, or an .npz's flat arrays
 
 
 class Weights(NamedTuple):
   """What a weight file holds, in isojax's terms."""
-  variables: dict                 # {'params': ..., ['batch_stats': ...]} in isojax's layout
-  family: str                     # the registry family whose modules the variables fit ('vit', 'mixer', ...)
-  fields: dict                    # the family factory's keyword arguments the file determines
-  num_classes: Optional[int]      # None: the file has no head
-  image_size: Optional[int]       # None: the weights work at any size (sin-cos or no position embedding)
-  assumed: dict                   # fields the file cannot show, with why they were chosen
-  channels: int = 3               # input channels, from the first convolution
+
+  variables: dict  # {'params': ..., ['batch_stats': ...]} in isojax's layout
+  family: str  # the registry family whose modules the variables fit ('vit', 'mixer', ...)
+  fields: dict  # the family factory's keyword arguments the file determines
+  num_classes: Optional[int]  # None: the file has no head
+  image_size: Optional[int]  # None: the weights work at any size (sin-cos or no position embedding)
+  assumed: dict  # fields the file cannot show, with why they were chosen
+  channels: int = 3  # input channels, from the first convolution
 
 
 @dataclasses.dataclass(frozen=True)
 class Reader:
   """A family's reader of one weight-file format: `claims(tensors)` says whether a file is this family's (the
   readers of a format claim disjoint files), `read(tensors)` converts it."""
+
   claims: Callable[[Tensors], bool]
   read: Callable[[Tensors], Weights]
 
 
 # The formats readers are registered for: what `isojax.weights` makes of a file.
-TIMM = 'timm'   # a PyTorch state dict (.pth, .pt, .bin, .safetensors): timm's names, or a family's authors'
-NPZ = 'npz'     # flat arrays named by flax scope paths: google-research/vision_transformer and big_vision
+TIMM = 'timm'  # a PyTorch state dict (.pth, .pt, .bin, .safetensors): timm's names, or a family's authors'
+NPZ = 'npz'  # flat arrays named by flax scope paths: google-research/vision_transformer and big_vision
 FORMATS = (TIMM, NPZ)
 
 
@@ -62,8 +65,9 @@ def refuse_unread(tensors: KeyTracker, what: str, hint: str, ignore: Callable[[s
   """A converter is strict: a tensor it has no place for is an error naming it, never silently dropped."""
   unread = tensors.unread(ignore)
   if unread:
-    raise ValueError(f'{len(unread)} {what} have no place in isojax: {unread[:8]}{" ..." if len(unread) > 8 else ""}. '
-                     f'{hint}')
+    raise ValueError(
+      f'{len(unread)} {what} have no place in isojax: {unread[:8]}{" ..." if len(unread) > 8 else ""}. {hint}'
+    )
 
 
 def block_count(keys: Iterable[str], pattern: str) -> int:
@@ -92,6 +96,7 @@ def has_key(tensors: Tensors, fragment: str) -> bool:
 
 
 # --- PyTorch layouts ([out, in] linear weights, [out, in, kh, kw] convolutions) -> flax ------------------------
+
 
 def linear(state: Tensors, name: str) -> dict:
   """A torch nn.Linear `name` as a flax Dense ({'kernel': [in, out], 'bias'}); timm's bias-free ones have no bias."""
@@ -142,9 +147,9 @@ def classes(state: Tensors, key: str = 'head.weight', axis: int = 0) -> Optional
 
 # --- the .npz checkpoints of google-research/vision_transformer and big_vision -------------------------------
 
+
 def without_big_vision_prefix(flat: Tensors) -> dict:
   """big_vision saves `params/...` beside the optimizer state: its parameters with the prefix dropped."""
   if any(k.startswith('params/') for k in flat):
-    return {k[len('params/'):]: v for k, v in flat.items() if k.startswith('params/')}
+    return {k[len('params/') :]: v for k, v in flat.items() if k.startswith('params/')}
   return dict(flat)
-

@@ -18,6 +18,7 @@ Weight files: timm `convmixer_*` state dicts (`stem.{0,2}`, `blocks.i.{0.fn.0, 0
 running statistics become `batch_stats`). The activation is not stored: timm's default is exact GELU
 (`nn.GELU`) and its one published ReLU model, `convmixer_768_32`, is recognised by its shape.
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,15 +39,18 @@ from isojax.models.layers import Dense, DepthwiseConv, PatchEmbed, activation, t
 # Published models: kernel, patch (locuslab/convmixer README.md l.31-33; timm convmixer.py
 # l.136-150) and activation. 256/8 is the CIFAR-10 model of locuslab/convmixer-cifar10.
 VARIANTS = {
-    'ConvMixer-1536/20': dict(hidden_size=1536, depth=20, kernel_size=9, patch_size=7, activation='gelu'),
-    'ConvMixer-768/32': dict(hidden_size=768, depth=32, kernel_size=7, patch_size=7, activation='relu'),
-    'ConvMixer-1024/20': dict(hidden_size=1024, depth=20, kernel_size=9, patch_size=14, activation='gelu'),
-    'ConvMixer-256/8': dict(hidden_size=256, depth=8, kernel_size=5, patch_size=2, activation='gelu'),
+  'ConvMixer-1536/20': dict(hidden_size=1536, depth=20, kernel_size=9, patch_size=7, activation='gelu'),
+  'ConvMixer-768/32': dict(hidden_size=768, depth=32, kernel_size=7, patch_size=7, activation='relu'),
+  'ConvMixer-1024/20': dict(hidden_size=1024, depth=20, kernel_size=9, patch_size=14, activation='gelu'),
+  'ConvMixer-256/8': dict(hidden_size=256, depth=8, kernel_size=5, patch_size=2, activation='gelu'),
 }
-IMAGE_SIZES = {'ConvMixer-256/8': 32}   # the CIFAR model
+IMAGE_SIZES = {'ConvMixer-256/8': 32}  # the CIFAR model
 SOURCE = 'locuslab/convmixer convmixer.py, README.md; timm/models/convmixer.py'
-_NAME = re.compile(r'^convmixer[-_](?P<width>\d+)[/_-](?P<depth>\d+)'
-                   r'(?:[-_]ks?(?P<kernel>\d+))?(?:[-_]p(?P<patch>\d+))?(?:[-_](?P<act>relu|gelu))?$', re.IGNORECASE)
+_NAME = re.compile(
+  r'^convmixer[-_](?P<width>\d+)[/_-](?P<depth>\d+)'
+  r'(?:[-_]ks?(?P<kernel>\d+))?(?:[-_]p(?P<patch>\d+))?(?:[-_](?P<act>relu|gelu))?$',
+  re.IGNORECASE,
+)
 
 
 def parse_name(name: str) -> Optional[dict]:
@@ -75,19 +79,22 @@ def format_name(arch) -> str:
   published = VARIANTS.get(base, dict(kernel_size=9, patch_size=7, activation='gelu'))
   if all(arch.get(k, v) == v for k, v in published.items()):
     return base
-  return (f'{base}-k{arch.get("kernel_size", 9)}-p{arch.get("patch_size", 7)}'
-          + ('-relu' if arch.get('activation') == 'relu' else ''))
+  return f'{base}-k{arch.get("kernel_size", 9)}-p{arch.get("patch_size", 7)}' + (
+    '-relu' if arch.get('activation') == 'relu' else ''
+  )
 
 
 def _act_norm(x, train, axis_name, act, approximate_gelu, dtype, name):
   x = activation(act, approximate_gelu)(x)
   # PyTorch BatchNorm2d defaults: momentum 0.1 (flax 0.9), epsilon 1e-5.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name, dtype=dtype, name=name)(x)
+  return nn.BatchNorm(
+    use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=dtype, name=name
+  )(x)
 
 
 class ConvMixerStem(nn.Module):
   """Patch embedding -> GELU -> BatchNorm, kept as a [batch, h, w, width] grid."""
+
   hidden_size: int
   patch_size: int
   axis_name: Optional[str] = None
@@ -97,14 +104,21 @@ class ConvMixerStem(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    kernel_init, bias_init = torch_default_init(self.patch_size ** 2 * images.shape[-1])
-    x = PatchEmbed(self.hidden_size, self.patch_size, kernel_init=kernel_init, bias_init=bias_init,
-                   dtype=self.dtype, name='patch_embed')(images)
+    kernel_init, bias_init = torch_default_init(self.patch_size**2 * images.shape[-1])
+    x = PatchEmbed(
+      self.hidden_size,
+      self.patch_size,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      dtype=self.dtype,
+      name='patch_embed',
+    )(images)
     return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
 
 
 class DepthwiseConvMixer(nn.Module):
   """Token mixer: depthwise k x k convolution -> GELU -> BatchNorm."""
+
   kernel_size: int
   axis_name: Optional[str] = None
   activation: str = 'gelu'
@@ -114,14 +128,21 @@ class DepthwiseConvMixer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    kernel_init, bias_init = torch_default_init(self.kernel_size ** 2)   # groups=dim: fan_in = 1 * k * k
-    x = DepthwiseConv(self.kernel_size, kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype,
-                      kernels=self.kernels, name='depthwise')(x)
+    kernel_init, bias_init = torch_default_init(self.kernel_size**2)  # groups=dim: fan_in = 1 * k * k
+    x = DepthwiseConv(
+      self.kernel_size,
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      dtype=self.dtype,
+      kernels=self.kernels,
+      name='depthwise',
+    )(x)
     return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
 
 
 class PointwiseMixer(nn.Module):
   """Channel mixer: 1x1 convolution (a matrix product over channels) -> GELU -> BatchNorm."""
+
   axis_name: Optional[str] = None
   activation: str = 'gelu'
   approximate_gelu: bool = False
@@ -131,26 +152,53 @@ class PointwiseMixer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     kernel_init, bias_init = torch_default_init(x.shape[-1])
-    x = Dense(x.shape[-1], kernel_init=kernel_init, bias_init=bias_init, dtype=self.dtype, kernels=self.kernels,
-              name='pointwise')(x)
+    x = Dense(
+      x.shape[-1],
+      kernel_init=kernel_init,
+      bias_init=bias_init,
+      dtype=self.dtype,
+      kernels=self.kernels,
+      name='pointwise',
+    )(x)
     return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
 
 
-def convmixer(num_classes: int, *, hidden_size: int, depth: int, kernel_size: int = 9,
-              patch_size: int = 7, activation: str = 'gelu', axis_name: Optional[str] = None,
-              drop_path_rate: float = 0.0, approximate_gelu: bool = False, remat: bool = False,
-              dtype: Any = jnp.float32, kernels: str = REFERENCE) -> Isotropic:
+def convmixer(
+  num_classes: int,
+  *,
+  hidden_size: int,
+  depth: int,
+  kernel_size: int = 9,
+  patch_size: int = 7,
+  activation: str = 'gelu',
+  axis_name: Optional[str] = None,
+  drop_path_rate: float = 0.0,
+  approximate_gelu: bool = False,
+  remat: bool = False,
+  dtype: Any = jnp.float32,
+  kernels: str = REFERENCE,
+) -> Isotropic:
   """A ConvMixer-`hidden_size`/`depth` with global average pooling and a PyTorch-initialised head."""
   common = dict(axis_name=axis_name, activation=activation, approximate_gelu=approximate_gelu, dtype=dtype)
   head_kernel_init, head_bias_init = torch_default_init(hidden_size)
   block = functools.partial(
-      MixingBlock, channel_residual=False,
-      token_mixer=functools.partial(DepthwiseConvMixer, kernel_size, kernels=kernels, **common),
-      channel_mixer=functools.partial(PointwiseMixer, kernels=kernels, **common))
-  head = PoolingHead(num_classes, pool='gap', kernel_init=head_kernel_init, bias_init=head_bias_init, dtype=dtype,
-                     kernels=kernels)
-  return Isotropic(ConvMixerStem(hidden_size, patch_size, **common), block, head, depth,
-                   drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)
+    MixingBlock,
+    channel_residual=False,
+    token_mixer=functools.partial(DepthwiseConvMixer, kernel_size, kernels=kernels, **common),
+    channel_mixer=functools.partial(PointwiseMixer, kernels=kernels, **common),
+  )
+  head = PoolingHead(
+    num_classes, pool='gap', kernel_init=head_kernel_init, bias_init=head_bias_init, dtype=dtype, kernels=kernels
+  )
+  return Isotropic(
+    ConvMixerStem(hidden_size, patch_size, **common),
+    block,
+    head,
+    depth,
+    drop_path_rate=drop_path_rate,
+    remat=remat,
+    dtype=dtype,
+  )
 
 
 # --- weight files ----------------------------------------------------------------------------------------------
@@ -169,9 +217,12 @@ def timm_variables(state: Tensors) -> dict:
     token_norm, token_stats = convert.batchnorm(state, f'{b}.0.fn.2')
     channel_norm, channel_stats = convert.batchnorm(state, f'{b}.3')
     params[f'block_{i}'] = {
-        'token_mixing': {'depthwise': convert.conv(state, f'{b}.0.fn.0'), 'norm': token_norm},
-        'channel_mixing': {'pointwise': {'kernel': state[f'{b}.1.weight'][:, :, 0, 0].T,
-                                         'bias': state[f'{b}.1.bias']}, 'norm': channel_norm}}
+      'token_mixing': {'depthwise': convert.conv(state, f'{b}.0.fn.0'), 'norm': token_norm},
+      'channel_mixing': {
+        'pointwise': {'kernel': state[f'{b}.1.weight'][:, :, 0, 0].T, 'bias': state[f'{b}.1.bias']},
+        'norm': channel_norm,
+      },
+    }
     stats[f'block_{i}'] = {'token_mixing': {'norm': token_stats}, 'channel_mixing': {'norm': channel_stats}}
   if 'head.weight' in state:
     params['head'] = convert.linear(state, 'head')
@@ -182,17 +233,31 @@ def from_timm(state: Tensors) -> Weights:
   """A timm `convmixer_*` state dict -> `Weights`."""
   tracked = KeyTracker(state)
   variables = timm_variables(tracked)
-  convert.refuse_unread(tracked, 'tensor(s) of this timm convmixer file', 'It is a timm variant isojax does not '
-                        'implement.', ignore=lambda k: k.endswith('num_batches_tracked'))   # BatchNorm's step counter
+  convert.refuse_unread(
+    tracked,
+    'tensor(s) of this timm convmixer file',
+    'It is a timm variant isojax does not implement.',
+    ignore=lambda k: k.endswith('num_batches_tracked'),
+  )  # BatchNorm's step counter
   stem = state['stem.0.weight']
   width, depth = int(stem.shape[0]), convert.block_count(state, r'blocks\.(\d+)\.')
   relu = (width, depth) in RELU_CONVMIXERS
-  fields = dict(hidden_size=width, depth=depth, kernel_size=int(state['blocks.0.0.fn.0.weight'].shape[-1]),
-                patch_size=convert.square_patch(*stem.shape[2:]), activation='relu' if relu else 'gelu',
-                approximate_gelu=False)
-  assumed = {'activation': (f'relu: a {width}-wide, {depth}-deep timm ConvMixer is {RELU_CONVMIXERS[(width, depth)]}, '
-                            f'built with nn.ReLU' if relu else "exact GELU, timm ConvMixer's default (nn.GELU)")
-                           + '; the file does not store it. Pass activation= if this model was built otherwise.'}
+  fields = dict(
+    hidden_size=width,
+    depth=depth,
+    kernel_size=int(state['blocks.0.0.fn.0.weight'].shape[-1]),
+    patch_size=convert.square_patch(*stem.shape[2:]),
+    activation='relu' if relu else 'gelu',
+    approximate_gelu=False,
+  )
+  assumed = {
+    'activation': (
+      f'relu: a {width}-wide, {depth}-deep timm ConvMixer is {RELU_CONVMIXERS[(width, depth)]}, built with nn.ReLU'
+      if relu
+      else "exact GELU, timm ConvMixer's default (nn.GELU)"
+    )
+    + '; the file does not store it. Pass activation= if this model was built otherwise.'
+  }
   return Weights(variables, 'convmixer', fields, convert.classes(state), None, assumed, int(stem.shape[1]))
 
 
@@ -200,6 +265,14 @@ def _is_timm_convmixer(state: Tensors) -> bool:
   return 'stem.0.weight' in state and any(k.endswith('.0.fn.0.weight') for k in state)
 
 
-FAMILY = Family(name='convmixer', factory=convmixer, parse_name=parse_name, format_name=format_name,
-                variants=VARIANTS, source=SOURCE, image_sizes=IMAGE_SIZES, published_name=published_name,
-                readers={TIMM: Reader(_is_timm_convmixer, from_timm)})
+FAMILY = Family(
+  name='convmixer',
+  factory=convmixer,
+  parse_name=parse_name,
+  format_name=format_name,
+  variants=VARIANTS,
+  source=SOURCE,
+  image_sizes=IMAGE_SIZES,
+  published_name=published_name,
+  readers={TIMM: Reader(_is_timm_convmixer, from_timm)},
+)

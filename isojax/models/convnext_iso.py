@@ -17,6 +17,7 @@ Names: `ConvNeXt-iso-S`, `-B`, `-L` or `ConvNeXt-iso-{width}x{depth}` with `-p{p
 Weight files: facebookresearch/ConvNeXt's `ConvNeXtIsotropic` state dicts (torch layout: `stem`,
 `blocks.i.{dwconv, norm, pwconv1, pwconv2[, gamma]}`, `norm`, `head`; timm has no isotropic ConvNeXt).
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,30 +37,46 @@ from isojax.models.layers import ZEROS, Dense, DepthwiseConv, DropPath, LayerSca
 from isojax.models.naming import PATCH_NEVER, SizedNames, Suffix
 
 _PATCH, _KERNEL = 16, 7
-SIZES = {'S': dict(hidden_size=384, depth=18), 'B': dict(hidden_size=768, depth=18),
-         'L': dict(hidden_size=1024, depth=36)}
-NAMES = SizedNames('ConvNeXt-iso', SIZES, (Suffix('p', 'patch_size', lambda f: _PATCH),
-                                           Suffix('k', 'kernel_size', lambda f: _KERNEL)),
-                   patch=PATCH_NEVER, sizes_fix_suffixes=False, prefix_pattern=r'convnext[-_]?iso(?:tropic)?',
-                   size_aliases={'small': 'S', 'base': 'B', 'large': 'L'})
+SIZES = {
+  'S': dict(hidden_size=384, depth=18),
+  'B': dict(hidden_size=768, depth=18),
+  'L': dict(hidden_size=1024, depth=36),
+}
+NAMES = SizedNames(
+  'ConvNeXt-iso',
+  SIZES,
+  (Suffix('p', 'patch_size', lambda f: _PATCH), Suffix('k', 'kernel_size', lambda f: _KERNEL)),
+  patch=PATCH_NEVER,
+  sizes_fix_suffixes=False,
+  prefix_pattern=r'convnext[-_]?iso(?:tropic)?',
+  size_aliases={'small': 'S', 'base': 'B', 'large': 'L'},
+)
 VARIANTS = {f'ConvNeXt-iso-{size}': dict(SIZES[size], patch_size=_PATCH, kernel_size=_KERNEL) for size in SIZES}
 SOURCE = 'facebookresearch/ConvNeXt models/convnext_isotropic.py, models/convnext.py Block and LayerNorm'
 
 
 class ConvNeXtStem(nn.Module):
   """A strided convolution cutting the image into patches, kept as a [batch, h, w, width] grid."""
+
   hidden_size: int
   patch_size: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    return PatchEmbed(self.hidden_size, self.patch_size, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS,
-                      dtype=self.dtype, name='patch_embed')(images)
+    return PatchEmbed(
+      self.hidden_size,
+      self.patch_size,
+      kernel_init=TRUNC_NORMAL_02,
+      bias_init=ZEROS,
+      dtype=self.dtype,
+      name='patch_embed',
+    )(images)
 
 
 class ConvNeXtBlock(nn.Module):
   """x + drop_path([gamma *] pwconv2(GELU(pwconv1(LayerNorm(dwconv(x)))))): one residual branch."""
+
   kernel_size: int = _KERNEL
   layer_scale_init: Optional[float] = None
   drop_path_rate: float = 0.0
@@ -71,11 +88,18 @@ class ConvNeXtBlock(nn.Module):
     width = x.shape[-1]
 
     def dense(features, name):
-      return Dense(features, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=self.dtype, kernels=self.kernels,
-                   name=name)
+      return Dense(
+        features, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=self.dtype, kernels=self.kernels, name=name
+      )
 
-    y = DepthwiseConv(self.kernel_size, kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=self.dtype,
-                      kernels=self.kernels, name='dwconv')(x)
+    y = DepthwiseConv(
+      self.kernel_size,
+      kernel_init=TRUNC_NORMAL_02,
+      bias_init=ZEROS,
+      dtype=self.dtype,
+      kernels=self.kernels,
+      name='dwconv',
+    )(x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name='norm')(y)
     y = dense(width, 'pwconv2')(gelu(approximate=False)(dense(4 * width, 'pwconv1')(y)))
     if self.layer_scale_init is not None:
@@ -83,28 +107,56 @@ class ConvNeXtBlock(nn.Module):
     return x + DropPath(self.drop_path_rate)(y, train=train)
 
 
-def convnext_iso(num_classes: int, *, hidden_size: int, depth: int, patch_size: int = _PATCH,
-                 kernel_size: int = _KERNEL, layer_scale_init: Optional[float] = None, drop_path_rate: float = 0.0,
-                 remat: bool = False, dtype: Any = jnp.float32, kernels: str = REFERENCE) -> Isotropic:
+def convnext_iso(
+  num_classes: int,
+  *,
+  hidden_size: int,
+  depth: int,
+  patch_size: int = _PATCH,
+  kernel_size: int = _KERNEL,
+  layer_scale_init: Optional[float] = None,
+  drop_path_rate: float = 0.0,
+  remat: bool = False,
+  dtype: Any = jnp.float32,
+  kernels: str = REFERENCE,
+) -> Isotropic:
   """An isotropic ConvNeXt; `layer_scale_init` adds ConvNeXt's gamma (the isotropic models have none)."""
   block = functools.partial(ConvNeXtBlock, kernel_size, layer_scale_init, dtype=dtype, kernels=kernels)
-  head = PoolingHead(num_classes, norm=functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=dtype),
-                     norm_after_pool=True, pool='gap', kernel_init=TRUNC_NORMAL_02, bias_init=ZEROS, dtype=dtype,
-                     kernels=kernels)
-  return Isotropic(ConvNeXtStem(hidden_size, patch_size, dtype=dtype), block, head, depth,
-                   drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)
+  head = PoolingHead(
+    num_classes,
+    norm=functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=dtype),
+    norm_after_pool=True,
+    pool='gap',
+    kernel_init=TRUNC_NORMAL_02,
+    bias_init=ZEROS,
+    dtype=dtype,
+    kernels=kernels,
+  )
+  return Isotropic(
+    ConvNeXtStem(hidden_size, patch_size, dtype=dtype),
+    block,
+    head,
+    depth,
+    drop_path_rate=drop_path_rate,
+    remat=remat,
+    dtype=dtype,
+  )
 
 
 # --- weight files ----------------------------------------------------------------------------------------------
+
 
 def facebook_params(state: Tensors) -> dict:
   """facebookresearch/ConvNeXt's ConvNeXtIsotropic state dict -> isojax's parameters."""
   params: dict[str, Any] = {'stem': {'patch_embed': convert.patch_embedding(state, 'stem')}}
   for i in range(convert.block_count(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}'
-    params[f'block_{i}'] = {'dwconv': convert.conv(state, f'{b}.dwconv'), 'norm': convert.norm(state, f'{b}.norm'),
-                            'pwconv1': convert.linear(state, f'{b}.pwconv1'),
-                            'pwconv2': convert.linear(state, f'{b}.pwconv2')}
+    params[f'block_{i}'] = {
+      'dwconv': convert.conv(state, f'{b}.dwconv'),
+      'norm': convert.norm(state, f'{b}.norm'),
+      'pwconv1': convert.linear(state, f'{b}.pwconv1'),
+      'pwconv2': convert.linear(state, f'{b}.pwconv2'),
+    }
     if f'{b}.gamma' in state:
       params[f'block_{i}']['ls'] = {'scale': state[f'{b}.gamma']}
   return convert.timm_head(state, params)
@@ -116,10 +168,13 @@ def from_facebook(state: Tensors) -> Weights:
   variables = {'params': facebook_params(tracked)}
   convert.refuse_unread(tracked, 'tensor(s) of this ConvNeXt-iso file', 'It is a variant isojax does not implement.')
   stem = state['stem.weight']
-  fields = dict(hidden_size=int(stem.shape[0]), depth=convert.block_count(state, r'blocks\.(\d+)\.'),
-                patch_size=convert.square_patch(*stem.shape[2:]),
-                kernel_size=int(state['blocks.0.dwconv.weight'].shape[-1]),
-                layer_scale_init=1e-6 if 'blocks.0.gamma' in state else None)   # the loaded gammas replace 1e-6
+  fields = dict(
+    hidden_size=int(stem.shape[0]),
+    depth=convert.block_count(state, r'blocks\.(\d+)\.'),
+    patch_size=convert.square_patch(*stem.shape[2:]),
+    kernel_size=int(state['blocks.0.dwconv.weight'].shape[-1]),
+    layer_scale_init=1e-6 if 'blocks.0.gamma' in state else None,
+  )  # the loaded gammas replace 1e-6
   return Weights(variables, 'convnext_iso', fields, convert.classes(state), None, {}, int(stem.shape[1]))
 
 
@@ -127,5 +182,12 @@ def _is_convnext_iso(state: Tensors) -> bool:
   return 'stem.weight' in state and any(k.endswith('.dwconv.weight') for k in state)
 
 
-FAMILY = Family(name='convnext_iso', factory=convnext_iso, parse_name=NAMES.parse, format_name=NAMES.format,
-                variants=VARIANTS, source=SOURCE, readers={TIMM: Reader(_is_convnext_iso, from_facebook)})
+FAMILY = Family(
+  name='convnext_iso',
+  factory=convnext_iso,
+  parse_name=NAMES.parse,
+  format_name=NAMES.format,
+  variants=VARIANTS,
+  source=SOURCE,
+  readers={TIMM: Reader(_is_convnext_iso, from_facebook)},
+)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 import flax.linen as nn
 
@@ -27,18 +28,19 @@ def _no_published_name(fields: dict) -> Optional[str]:
 @dataclasses.dataclass(frozen=True)
 class Family:
   """One model family as the registry knows it."""
-  name: str                                             # 'vit': how weight readers and sweeps name it
-  factory: Callable[..., nn.Module]                     # fn(num_classes, **fields) -> the model
-  parse_name: Callable[[str], Optional[dict]]           # a name -> the fields it fixes, or None if not ours
-  format_name: Callable[[Mapping[str, Any]], str]       # fields -> the canonical name (inverse of parse_name)
-  variants: Mapping[str, dict]                          # the published models: name -> fields
-  source: str                                           # the codebase (and files) the family follows
-  image_size: int = 224                                 # what the published models were trained at
-  image_sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)   # published exceptions (CIFAR)
+
+  name: str  # 'vit': how weight readers and sweeps name it
+  factory: Callable[..., nn.Module]  # fn(num_classes, **fields) -> the model
+  parse_name: Callable[[str], Optional[dict]]  # a name -> the fields it fixes, or None if not ours
+  format_name: Callable[[Mapping[str, Any]], str]  # fields -> the canonical name (inverse of parse_name)
+  variants: Mapping[str, dict]  # the published models: name -> fields
+  source: str  # the codebase (and files) the family follows
+  image_size: int = 224  # what the published models were trained at
+  image_sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)  # published exceptions (CIFAR)
   # The published model whose defaults a name inherits (ConvMixer-768/32-k9-p7 keeps 768/32's ReLU); None:
   # the name's own canonical form.
   published_name: Callable[[dict], Optional[str]] = _no_published_name
-  readers: Mapping[str, Reader] = dataclasses.field(default_factory=dict)   # weight-file format -> reader
+  readers: Mapping[str, Reader] = dataclasses.field(default_factory=dict)  # weight-file format -> reader
 
   def options(self) -> list[str]:
     """Every keyword argument of the factory: the model's fields."""
@@ -46,5 +48,8 @@ class Family:
 
   def defaults(self) -> dict[str, Any]:
     """The factory's own default of every field that has one."""
-    return {name: p.default for name, p in inspect.signature(self.factory).parameters.items()
-            if name != 'num_classes' and p.default is not inspect.Parameter.empty}
+    return {
+      name: p.default
+      for name, p in inspect.signature(self.factory).parameters.items()
+      if name != 'num_classes' and p.default is not inspect.Parameter.empty
+    }

@@ -19,6 +19,7 @@ when the MLP is not 6x).
 Weight files: timm `gmlp_*` state dicts (`stem.proj`, `blocks.i.{norm, mlp_channels.{fc1, gate.{norm, proj},
 fc2}}`, `norm`, `head`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,9 +38,12 @@ from isojax.models.layers import MLP_BIAS, XAVIER, Dense, DropPath, gelu
 from isojax.models.mixer import MixerStem, timm_block_variant
 from isojax.models.naming import SizedNames, Suffix
 
-_DEPTH, _PATCH, _RATIO = 30, 16, 6   # timm gmlp_*16_224: 30 blocks, patch 16, 6x MLP
-SIZES = {'Ti': dict(hidden_size=128, depth=_DEPTH), 'S': dict(hidden_size=256, depth=_DEPTH),
-         'B': dict(hidden_size=512, depth=_DEPTH)}
+_DEPTH, _PATCH, _RATIO = 30, 16, 6  # timm gmlp_*16_224: 30 blocks, patch 16, 6x MLP
+SIZES = {
+  'Ti': dict(hidden_size=128, depth=_DEPTH),
+  'S': dict(hidden_size=256, depth=_DEPTH),
+  'B': dict(hidden_size=512, depth=_DEPTH),
+}
 NAMES = SizedNames('gMLP', SIZES, (Suffix('r', 'mlp_ratio', lambda f: _RATIO),))
 VARIANTS = {f'gMLP-{size}/{_PATCH}': dict(SIZES[size], patch_size=_PATCH, mlp_ratio=_RATIO) for size in SIZES}
 SOURCE = 'timm/models/mlp_mixer.py SpatialGatingUnit, SpatialGatingBlock, gmlp_*16_224; timm/layers/mlp.py GatedMlp'
@@ -47,6 +51,7 @@ SOURCE = 'timm/models/mlp_mixer.py SpatialGatingUnit, SpatialGatingBlock, gmlp_*
 
 class SpatialGatingUnit(nn.Module):
   """u * proj(norm(v)) over tokens, for the two halves (u, v) of the hidden channels."""
+
   dtype: Any = jnp.float32
   kernels: str = REFERENCE
 
@@ -54,13 +59,20 @@ class SpatialGatingUnit(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     u, v = jnp.split(x, 2, axis=-1)
     v = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name='norm')(v)
-    v = Dense(x.shape[1], kernel_init=nn.initializers.normal(stddev=1e-6), bias_init=nn.initializers.ones,
-              dtype=self.dtype, kernels=self.kernels, name='proj')(jnp.swapaxes(v, 1, 2))
+    v = Dense(
+      x.shape[1],
+      kernel_init=nn.initializers.normal(stddev=1e-6),
+      bias_init=nn.initializers.ones,
+      dtype=self.dtype,
+      kernels=self.kernels,
+      name='proj',
+    )(jnp.swapaxes(v, 1, 2))
     return u * jnp.swapaxes(v, 1, 2)
 
 
 class SpatialGatingBlock(nn.Module):
   """x + fc2(SGU(GELU(fc1(norm(x))))): gMLP's one residual branch."""
+
   mlp_dim: int
   norm: Any
   dropout_rate: float = 0.0
@@ -85,20 +97,42 @@ class SpatialGatingBlock(nn.Module):
     return x + DropPath(self.drop_path_rate)(y, train=train)
 
 
-def gmlp(num_classes: int, *, hidden_size: int, depth: int, patch_size: int, mlp_ratio: int = _RATIO,
-         drop_path_rate: float = 0.0, dropout_rate: float = 0.0, remat: bool = False,
-         head_bias_init: float = 0.0, dtype: Any = jnp.float32, kernels: str = REFERENCE) -> Isotropic:
+def gmlp(
+  num_classes: int,
+  *,
+  hidden_size: int,
+  depth: int,
+  patch_size: int,
+  mlp_ratio: int = _RATIO,
+  drop_path_rate: float = 0.0,
+  dropout_rate: float = 0.0,
+  remat: bool = False,
+  head_bias_init: float = 0.0,
+  dtype: Any = jnp.float32,
+  kernels: str = REFERENCE,
+) -> Isotropic:
   """A gMLP with global average pooling."""
   norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=dtype)
-  block = functools.partial(SpatialGatingBlock, mlp_ratio * hidden_size, norm, dropout_rate=dropout_rate, dtype=dtype,
-                            kernels=kernels)
-  head = PoolingHead(num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init),
-                     dtype=dtype, kernels=kernels)
-  return Isotropic(MixerStem(hidden_size, patch_size, dtype=dtype), block, head, depth,
-                   drop_path_rate=drop_path_rate, drop_path_schedule='constant', remat=remat, dtype=dtype)
+  block = functools.partial(
+    SpatialGatingBlock, mlp_ratio * hidden_size, norm, dropout_rate=dropout_rate, dtype=dtype, kernels=kernels
+  )
+  head = PoolingHead(
+    num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init), dtype=dtype, kernels=kernels
+  )
+  return Isotropic(
+    MixerStem(hidden_size, patch_size, dtype=dtype),
+    block,
+    head,
+    depth,
+    drop_path_rate=drop_path_rate,
+    drop_path_schedule='constant',
+    remat=remat,
+    dtype=dtype,
+  )
 
 
 # --- weight files ----------------------------------------------------------------------------------------------
+
 
 def timm_params(state: Tensors) -> dict:
   """A timm gMLP's state dict -> isojax's parameters."""
@@ -106,9 +140,11 @@ def timm_params(state: Tensors) -> dict:
   for i in range(convert.block_count(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}.mlp_channels'
     params[f'block_{i}'] = {
-        'norm': convert.norm(state, f'blocks.{i}.norm'), 'fc1': convert.linear(state, f'{b}.fc1'),
-        'fc2': convert.linear(state, f'{b}.fc2'),
-        'gate': {'norm': convert.norm(state, f'{b}.gate.norm'), 'proj': convert.linear(state, f'{b}.gate.proj')}}
+      'norm': convert.norm(state, f'blocks.{i}.norm'),
+      'fc1': convert.linear(state, f'{b}.fc1'),
+      'fc2': convert.linear(state, f'{b}.fc2'),
+      'gate': {'norm': convert.norm(state, f'{b}.gate.norm'), 'proj': convert.linear(state, f'{b}.gate.proj')},
+    }
   return convert.timm_head(state, params)
 
 
@@ -124,5 +160,12 @@ def _is_timm_gmlp(state: Tensors) -> bool:
   return convert.has_key(state, '.mlp_channels.gate.proj.weight')
 
 
-FAMILY = Family(name='gmlp', factory=gmlp, parse_name=NAMES.parse, format_name=NAMES.format, variants=VARIANTS,
-                source=SOURCE, readers={TIMM: Reader(_is_timm_gmlp, from_timm)})
+FAMILY = Family(
+  name='gmlp',
+  factory=gmlp,
+  parse_name=NAMES.parse,
+  format_name=NAMES.format,
+  variants=VARIANTS,
+  source=SOURCE,
+  readers={TIMM: Reader(_is_timm_gmlp, from_timm)},
+)

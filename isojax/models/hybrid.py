@@ -22,10 +22,12 @@ size is the position embedding's grid times the ResNet's stride (4 x 2^(stages -
 
 Names: `R50+ViT-B/16`, `R26+ViT-S/32`, `R26+ViT-B/32`, `R50+ViT-L/32`; others `Rs{stages}-w{root width}+ViT-...`.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -56,10 +58,14 @@ def _published(name: str, dropout_rate: float) -> dict:
 
 
 # dropout: configs/models.py l.273 (R50+ViT-B/16); l.142 (ViT-L/16's, which R50+ViT-L/32 inherits)
-VARIANTS = {name: _published(name, dropout) for name, dropout in
-            (('R50+ViT-B/16', 0.1), ('R26+ViT-S/32', 0.0), ('R26+ViT-B/32', 0.0), ('R50+ViT-L/32', 0.1))}
-SOURCE = ('google-research/vision_transformer vit_jax/models_vit.py l.230-260 (hybrid root and stages), '
-          'models_resnet.py (StdConv, ResidualUnit), configs/models.py get_r50_b16_config')
+VARIANTS = {
+  name: _published(name, dropout)
+  for name, dropout in (('R50+ViT-B/16', 0.1), ('R26+ViT-S/32', 0.0), ('R26+ViT-B/32', 0.0), ('R50+ViT-L/32', 0.1))
+}
+SOURCE = (
+  'google-research/vision_transformer vit_jax/models_vit.py l.230-260 (hybrid root and stages), '
+  'models_resnet.py (StdConv, ResidualUnit), configs/models.py get_r50_b16_config'
+)
 _PUBLISHED_NAME = re.compile(r'^r(?P<depth>\d+)\+vit[-_]?(?P<size>ti|s|m|b|l|h)[/_-]?(?P<patch>\d+)$', re.IGNORECASE)
 _NAME = re.compile(r'^rs(?P<stages>\d+(?:\.\d+)*)?-w(?P<width>\d+)\+(?P<vit>.+)$', re.IGNORECASE)
 
@@ -90,7 +96,7 @@ def format_name(arch) -> str:
   published = [key for key, value in RESNET_STAGES.items() if value == stages]
   if published and root == 64 and arch['patch_size'] == 1:
     name = f'R{published[0][0]}+' + _vit.NAMES.format(dict(arch, patch_size=published[0][1]))
-    if parse_name(name) is not None:   # a lettered ViT size
+    if parse_name(name) is not None:  # a lettered ViT size
       return name
   return f'Rs{".".join(map(str, stages))}-w{root}+' + _vit.NAMES.format(arch)
 
@@ -103,6 +109,7 @@ def weight_standardize(kernel: jax.Array, eps: float = 1e-5) -> jax.Array:
 
 class StdConv(nn.Module):
   """A weight-standardised convolution, no bias, 'SAME' padding (vision_transformer's StdConv)."""
+
   features: int
   kernel_size: int
   stride: int = 1
@@ -112,12 +119,18 @@ class StdConv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel_size
     kernel = weight_standardize(self.param('kernel', LECUN, (k, k, x.shape[-1], self.features)))
-    return jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (self.stride,) * 2, 'SAME',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.conv_general_dilated(
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      (self.stride,) * 2,
+      'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
 
 
 class ResidualUnit(nn.Module):
   """A post-activation bottleneck: 1x1 -> 3x3 (strided) -> 1x1 with GroupNorm, plus the (projected) input."""
+
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
@@ -136,6 +149,7 @@ class ResidualUnit(nn.Module):
 
 class ResNetStage(nn.Module):
   """`units` bottlenecks named unit1, unit2, ...; the first one strides."""
+
   units: int
   features: int
   first_stride: int
@@ -150,43 +164,72 @@ class ResNetStage(nn.Module):
 
 class ResNetBackbone(nn.Module):
   """Root (7x7/2 conv, GroupNorm, ReLU, 3x3/2 max pool) then bottleneck stages; the grid shrinks 4 x 2^(n-1)."""
+
   stages: Sequence[int]
   width_factor: float = 1
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, images: jax.Array) -> jax.Array:
-    width = int(64 * self.width_factor)   # models_vit.py l.231
+    width = int(64 * self.width_factor)  # models_vit.py l.231
     x = StdConv(width, 7, 2, self.dtype, name='conv_root')(images.astype(self.dtype))
     x = nn.relu(nn.GroupNorm(dtype=self.dtype, name='gn_root')(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
     for stage, units in enumerate(self.stages):
-      x = ResNetStage(units, width * 2 ** stage, 2 if stage else 1, self.dtype, name=f'block{stage + 1}')(x)
+      x = ResNetStage(units, width * 2**stage, 2 if stage else 1, self.dtype, name=f'block{stage + 1}')(x)
       keep_feature(self, f'stage{stage + 1}', x)
     return x
 
 
-def hybrid(num_classes: int, *, resnet_stages: Sequence[int], width_factor: float = 1, hidden_size: int, depth: int,
-           num_heads: int, mlp_dim: int, patch_size: int = 1, classifier: str = 'token',
-           representation_size: Optional[int] = None, dropout_rate: float = 0.0, attention_dropout_rate: float = 0.0,
-           drop_path_rate: float = 0.0, remat: bool = False, dtype: Any = jnp.float32,
-           kernels: str = REFERENCE) -> Isotropic:
+def hybrid(
+  num_classes: int,
+  *,
+  resnet_stages: Sequence[int],
+  width_factor: float = 1,
+  hidden_size: int,
+  depth: int,
+  num_heads: int,
+  mlp_dim: int,
+  patch_size: int = 1,
+  classifier: str = 'token',
+  representation_size: Optional[int] = None,
+  dropout_rate: float = 0.0,
+  attention_dropout_rate: float = 0.0,
+  drop_path_rate: float = 0.0,
+  remat: bool = False,
+  dtype: Any = jnp.float32,
+  kernels: str = REFERENCE,
+) -> Isotropic:
   """A ResNet backbone under the ViT of `vit.vit` (same blocks, head and names; the stem gains `backbone`)."""
   if int(64 * width_factor) % 32:
-    raise ValueError(f'The hybrid ResNet root is {int(64 * width_factor)} channels wide (width_factor={width_factor}); '
-                     f'its GroupNorms have 32 groups (models_resnet.py, flax defaults), so it must be a multiple of 32 '
-                     f'(Rs...-w32, -w64, ...).')
-  body = _vit.vit(num_classes, hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
-                  patch_size=patch_size, classifier=classifier, representation_size=representation_size,
-                  dropout_rate=dropout_rate, attention_dropout_rate=attention_dropout_rate,
-                  drop_path_rate=drop_path_rate, remat=remat, dtype=dtype, kernels=kernels)
+    raise ValueError(
+      f'The hybrid ResNet root is {int(64 * width_factor)} channels wide (width_factor={width_factor}); '
+      f'its GroupNorms have 32 groups (models_resnet.py, flax defaults), so it must be a multiple of 32 '
+      f'(Rs...-w32, -w64, ...).'
+    )
+  body = _vit.vit(
+    num_classes,
+    hidden_size=hidden_size,
+    depth=depth,
+    num_heads=num_heads,
+    mlp_dim=mlp_dim,
+    patch_size=patch_size,
+    classifier=classifier,
+    representation_size=representation_size,
+    dropout_rate=dropout_rate,
+    attention_dropout_rate=attention_dropout_rate,
+    drop_path_rate=drop_path_rate,
+    remat=remat,
+    dtype=dtype,
+    kernels=kernels,
+  )
   backbone = ResNetBackbone(tuple(resnet_stages), width_factor, dtype=dtype)
   return body.clone(stem=body.stem.clone(backbone=backbone))
 
 
 # --- weight files ----------------------------------------------------------------------------------------------
 
-_BACKBONE = re.compile(r'(conv_root|gn_root|block\d+)/')   # the ResNet's arrays (models_vit.py l.230-260)
+_BACKBONE = re.compile(r'(conv_root|gn_root|block\d+)/')  # the ResNet's arrays (models_vit.py l.230-260)
 
 
 def _stages(params: dict) -> tuple[int, ...]:
@@ -205,18 +248,35 @@ def from_npz(flat: Tensors) -> Weights:
   stages = _stages(params)
   # The position embedding counts tokens of the backbone's grid, 4 x 2^(n - 1) finer than the image.
   image_size = image_size and image_size * (4 * 2 ** (len(stages) - 1) if stages else 4)
-  fields = {k: v for k, v in fields.items() if k not in ('posemb', 'posemb_class_token', 'approximate_gelu',
-                                                         'layernorm_epsilon')}
+  fields = {
+    k: v
+    for k, v in fields.items()
+    if k not in ('posemb', 'posemb_class_token', 'approximate_gelu', 'layernorm_epsilon')
+  }
   root = params['stem/backbone/conv_root/kernel']
   fields.update(resnet_stages=stages, width_factor=root.shape[-1] / 64)
   classes = int(params['head/kernel'].shape[-1]) if 'head/kernel' in params else None
-  return Weights({'params': traverse_util.unflatten_dict(params, sep='/')}, 'hybrid', fields, classes, image_size, {},
-                 int(root.shape[2]))
+  return Weights(
+    {'params': traverse_util.unflatten_dict(params, sep='/')},
+    'hybrid',
+    fields,
+    classes,
+    image_size,
+    {},
+    int(root.shape[2]),
+  )
 
 
 def _is_npz_hybrid(flat: Tensors) -> bool:
   return convert.has_key(convert.without_big_vision_prefix(flat), 'conv_root/')
 
 
-FAMILY = Family(name='hybrid', factory=hybrid, parse_name=parse_name, format_name=format_name, variants=VARIANTS,
-                source=SOURCE, readers={NPZ: Reader(_is_npz_hybrid, from_npz)})
+FAMILY = Family(
+  name='hybrid',
+  factory=hybrid,
+  parse_name=parse_name,
+  format_name=format_name,
+  variants=VARIANTS,
+  source=SOURCE,
+  readers={NPZ: Reader(_is_npz_hybrid, from_npz)},
+)

@@ -2,14 +2,16 @@
 
 Each block computes the model's meaning with the plain (reference) ops; a block whose op has a CPU fast path
 (Dense, attention, the depthwise convolution) takes it when its `kernels` field says 'cpu' (isojax/kernels,
-resolved once when the model is built). Every block takes its initialisers as fields: each family passes those of the codebase
-whose weights its names refer to (vit.py: google-research/vision_transformer; mixer.py:
+resolved once when the model is built). Every block takes its initialisers as fields: each family passes
+those of the codebase whose weights its names refer to (vit.py: google-research/vision_transformer; mixer.py:
 its models_mixer.py, i.e. flax defaults; convmixer.py: PyTorch's defaults, as
 locuslab/convmixer and timm leave them). The defaults here are vision_transformer's.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -19,8 +21,8 @@ import numpy as np
 from isojax.kernels import CPU, REFERENCE
 from isojax.kernels import attention as attention_kernels
 from isojax.kernels import check as check_kernels
-from isojax.kernels import depthwise as depthwise_kernels
 from isojax.kernels import dense as dense_kernels
+from isojax.kernels import depthwise as depthwise_kernels
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -34,8 +36,8 @@ LECUN = nn.initializers.lecun_normal()
 ZEROS = nn.initializers.zeros
 
 
-FEATURES = 'intermediates'   # the collection features are sown into (isojax.models.features)
-PRE_LOGITS = 'pre_logits'    # the feature the head sees (big_vision's name)
+FEATURES = 'intermediates'  # the collection features are sown into (isojax.models.features)
+PRE_LOGITS = 'pre_logits'  # the feature the head sees (big_vision's name)
 
 
 def keep_feature(module: nn.Module, name: str, value: jax.Array) -> None:
@@ -60,6 +62,7 @@ def torch_default_init(fan_in: int) -> tuple[Initializer, Initializer]:
 
   def bias(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return kernel, bias
 
 
@@ -69,10 +72,12 @@ def fused_init(base: Initializer, parts: int) -> Initializer:
   The fused QKV projection must start like vision_transformer's separate query, key and
   value Dense layers: xavier over [C, 3C] would draw from a bound sqrt(2) too small.
   """
+
   def init(key, shape, dtype=jnp.float32):
     fan_out = shape[-1] // parts
     keys = jax.random.split(key, parts)
     return jnp.concatenate([base(k, (*shape[:-1], fan_out), dtype) for k in keys], axis=-1)
+
   return init
 
 
@@ -100,13 +105,15 @@ def check_patchable(height: int, width: int, patch_size: int) -> None:
   """Raises an actionable error when the image is not a whole number of patches."""
   if height % patch_size or width % patch_size:
     raise ValueError(
-        f'Image size {height}x{width} is not divisible by patch_size={patch_size}; '
-        f'use an image size that is a multiple of {patch_size} '
-        f'(e.g. {max(1, height // patch_size) * patch_size}) or another patch size.')
+      f'Image size {height}x{width} is not divisible by patch_size={patch_size}; '
+      f'use an image size that is a multiple of {patch_size} '
+      f'(e.g. {max(1, height // patch_size) * patch_size}) or another patch size.'
+    )
 
 
 class PatchEmbed(nn.Module):
   """Cuts the image into non-overlapping patches and embeds each (a strided conv)."""
+
   features: int
   patch_size: int
   kernel_init: Initializer = LECUN
@@ -117,17 +124,24 @@ class PatchEmbed(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     check_patchable(images.shape[1], images.shape[2], self.patch_size)
     p = self.patch_size
-    return nn.Conv(self.features, (p, p), strides=(p, p), padding='VALID', kernel_init=self.kernel_init,
-                   bias_init=self.bias_init, dtype=self.dtype, name='embedding')(images)
+    return nn.Conv(
+      self.features,
+      (p, p),
+      strides=(p, p),
+      padding='VALID',
+      kernel_init=self.kernel_init,
+      bias_init=self.bias_init,
+      dtype=self.dtype,
+      name='embedding',
+    )(images)
 
 
-def posemb_sincos_2d(height: int, width: int, features: int,
-                     temperature: float = 10_000.) -> np.ndarray:
+def posemb_sincos_2d(height: int, width: int, features: int, temperature: float = 10_000.0) -> np.ndarray:
   """Fixed 2D sin-cos position embedding of shape [1, height*width, features] (MoCo v3 / big_vision)."""
   if features % 4:
     raise ValueError(f'sincos2d position embedding needs a width divisible by 4, got {features}.')
   y, x = np.mgrid[:height, :width]
-  omega = 1. / temperature ** (np.arange(features // 4) / (features // 4 - 1 or 1))
+  omega = 1.0 / temperature ** (np.arange(features // 4) / (features // 4 - 1 or 1))
   y = np.einsum('m,d->md', y.flatten(), omega)
   x = np.einsum('m,d->md', x.flatten(), omega)
   pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
@@ -140,6 +154,7 @@ class Dense(nn.Dense):
   `kernels='cpu'` folds the leading axes into one before the product (isojax/kernels/dense.py), which XLA's
   CPU backend runs as plain 2-D products in the backward pass too; `'reference'` is nn.Dense itself.
   """
+
   kernels: str = REFERENCE
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -151,6 +166,7 @@ class Dense(nn.Dense):
 
 class MlpBlock(nn.Module):
   """Dense -> GELU -> Dropout -> Dense -> Dropout; the channel mixer of ViT and Mixer."""
+
   mlp_dim: int
   out_dim: Optional[int] = None
   dropout_rate: float = 0.0
@@ -165,8 +181,9 @@ class MlpBlock(nn.Module):
     out_dim = self.out_dim or x.shape[-1]
 
     def dense(n, name):
-      return Dense(n, dtype=self.dtype, name=name, kernel_init=self.kernel_init, bias_init=self.bias_init,
-                   kernels=self.kernels)
+      return Dense(
+        n, dtype=self.dtype, name=name, kernel_init=self.kernel_init, bias_init=self.bias_init, kernels=self.kernels
+      )
 
     x = dense(self.mlp_dim, 'Dense_0')(x)
     x = gelu(self.approximate_gelu)(x)
@@ -175,8 +192,9 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
-def multihead_attention(qkv: jax.Array, num_heads: int,
-                        dropout: Optional[Callable[[jax.Array], jax.Array]] = None) -> jax.Array:
+def multihead_attention(
+  qkv: jax.Array, num_heads: int, dropout: Optional[Callable[[jax.Array], jax.Array]] = None
+) -> jax.Array:
   """softmax(q k^T / sqrt(d)) v for a fused [batch, tokens, 3 * width] projection, heads as a middle axis.
 
   The reference: what `jax.nn.dot_product_attention` computes (tested); `kernels='cpu'` folds batch and
@@ -196,9 +214,10 @@ def multihead_attention(qkv: jax.Array, num_heads: int,
 
 class SelfAttention(nn.Module):
   """Multi-head self-attention with one fused QKV projection ([C, 3C] instead of three [C, C])."""
+
   num_heads: int
-  dropout_rate: float = 0.0        # on the attention weights
-  qkv_bias: bool = True            # timm's qkv_bias=False models have none
+  dropout_rate: float = 0.0  # on the attention weights
+  qkv_bias: bool = True  # timm's qkv_bias=False models have none
   dtype: Dtype = jnp.float32
   kernels: str = REFERENCE
 
@@ -207,19 +226,27 @@ class SelfAttention(nn.Module):
     *batch, tokens, width = x.shape
     if width % self.num_heads:
       raise ValueError(f'Width {width} is not divisible by num_heads={self.num_heads}.')
-    qkv = Dense(3 * width, dtype=self.dtype, name='qkv', kernel_init=fused_init(XAVIER, 3), use_bias=self.qkv_bias,
-                kernels=self.kernels)(x)
+    qkv = Dense(
+      3 * width,
+      dtype=self.dtype,
+      name='qkv',
+      kernel_init=fused_init(XAVIER, 3),
+      use_bias=self.qkv_bias,
+      kernels=self.kernels,
+    )(x)
     dropout = None
     if train and self.dropout_rate > 0:
       dropout = lambda w: nn.Dropout(self.dropout_rate)(w, deterministic=False)
     attend = attention_kernels.folded if self.kernels == CPU else multihead_attention
     out = attend(qkv.reshape(-1, tokens, 3 * width), self.num_heads, dropout)
     return Dense(width, dtype=self.dtype, name='out', kernel_init=XAVIER, kernels=self.kernels)(
-        out.reshape(*batch, tokens, width))
+      out.reshape(*batch, tokens, width)
+    )
 
 
 class DropPath(nn.Module):
   """Stochastic depth: drops a whole residual branch per example during training."""
+
   rate: float
 
   @nn.compact
@@ -234,6 +261,7 @@ class DropPath(nn.Module):
 
 class LayerScale(nn.Module):
   """Per-channel learned scale of a residual branch (CaiT), initialised small."""
+
   init_value: float
 
   @nn.compact
@@ -244,6 +272,7 @@ class LayerScale(nn.Module):
 
 class MAPHead(nn.Module):
   """Multihead attention pooling: a learned probe token attends to all tokens (big_vision)."""
+
   num_heads: int
   mlp_dim: Optional[int] = None
   approximate_gelu: bool = True
@@ -256,11 +285,12 @@ class MAPHead(nn.Module):
     probe = self.param('probe', nn.initializers.xavier_uniform(), (1, 1, width))
     probe = jnp.tile(probe, (batch, 1, 1)).astype(x.dtype)
     x = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform())(probe, x)
+      num_heads=self.num_heads, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform()
+    )(probe, x)
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
-    x = x + MlpBlock(self.mlp_dim or 4 * width, approximate_gelu=self.approximate_gelu, dtype=self.dtype,
-                     kernels=self.kernels)(y)
+    x = x + MlpBlock(
+      self.mlp_dim or 4 * width, approximate_gelu=self.approximate_gelu, dtype=self.dtype, kernels=self.kernels
+    )(y)
     return x[:, 0]
 
 
@@ -271,6 +301,7 @@ class DepthwiseConv(nn.Module):
   numbers as k*k shifted multiply-adds with a hand-written backward pass (isojax/kernels/depthwise.py),
   an order of magnitude faster on XLA's CPU backend.
   """
+
   kernel_size: int
   kernel_init: Initializer = LECUN
   bias_init: Initializer = ZEROS
@@ -287,6 +318,7 @@ class DepthwiseConv(nn.Module):
     if self.kernels == CPU:
       y = depthwise_kernels.shifted(x, kernel)
     else:
-      y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', feature_group_count=width,
-                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), 'SAME', feature_group_count=width, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+      )
     return y + bias

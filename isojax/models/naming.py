@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 
 @dataclasses.dataclass(frozen=True)
 class Suffix:
   """`-{letter}{int}`: the field it sets and the default it takes when absent (from the other fields)."""
+
   letter: str
   field: str
   default: Callable[[dict], int]
@@ -34,18 +36,19 @@ PATCH_ALWAYS, PATCH_PARAMETRIC, PATCH_NEVER = 'always', 'parametric', 'never'
 @dataclasses.dataclass(frozen=True)
 class SizedNames:
   """A family's names: `parse` (name -> the fields it fixes, or None) and `format` (fields -> canonical name)."""
-  prefix: str                               # the canonical spelling, 'ViT'
-  sizes: Mapping[str, dict]                 # lettered size -> the fields it fixes
+
+  prefix: str  # the canonical spelling, 'ViT'
+  sizes: Mapping[str, dict]  # lettered size -> the fields it fixes
   suffixes: tuple[Suffix, ...] = ()
   patch: str = PATCH_ALWAYS
-  sizes_fix_suffixes: bool = True           # `ViT-S/16-h3` is no name: the size fixes the heads
-  prefix_pattern: Optional[str] = None      # a regex for other spellings ('convnext[-_]?iso(?:tropic)?')
-  size_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)   # 'small' -> 'S'
+  sizes_fix_suffixes: bool = True  # `ViT-S/16-h3` is no name: the size fixes the heads
+  prefix_pattern: Optional[str] = None  # a regex for other spellings ('convnext[-_]?iso(?:tropic)?')
+  size_aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)  # 'small' -> 'S'
 
   def _pattern(self) -> re.Pattern:
     prefix = self.prefix_pattern or re.escape(self.prefix).replace(r'\-', '[-_]?')
     words = sorted({*self.sizes, *self.size_aliases}, key=len, reverse=True)
-    size = '|'.join(re.escape(w) for w in words) or '(?!)'   # no lettered sizes: only {width}x{depth}
+    size = '|'.join(re.escape(w) for w in words) or '(?!)'  # no lettered sizes: only {width}x{depth}
     patch = r'[/_-]?(?P<patch>\d+)'
     if self.patch == PATCH_ALWAYS:
       body = rf'(?:(?P<size>{size})|(?P<width>\d+)x(?P<depth>\d+)){patch}'
@@ -96,5 +99,6 @@ class SizedNames:
     for size in self.sizes:
       if all(fields.get(k) == v for k, v in self._implied(size).items()):
         return f'{self.prefix}-{size}' + (slash if self.patch == PATCH_ALWAYS else '')
-    suffixes = ''.join(f'-{s.letter}{fields[s.field]}' for s in self.suffixes if fields[s.field] != s.default(fields))
+    plain = dict(fields)
+    suffixes = ''.join(f'-{s.letter}{plain[s.field]}' for s in self.suffixes if plain[s.field] != s.default(plain))
     return f'{self.prefix}-{fields["hidden_size"]}x{fields["depth"]}{slash}{suffixes}'

@@ -11,7 +11,8 @@ from __future__ import annotations
 import difflib
 import re
 import typing
-from typing import Any, Callable, Iterable, NamedTuple, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -27,17 +28,17 @@ from isojax.models.family import Family
 
 # One line per family, in the order names are tried and listed.
 FAMILIES: list[Family] = [
-    vit.FAMILY,
-    deit3.FAMILY,
-    hybrid.FAMILY,        # a ResNet stem under a ViT
-    cait.FAMILY,
-    mixer.FAMILY,
-    resmlp.FAMILY,
-    gmlp.FAMILY,
-    convnext_iso.FAMILY,
-    convmixer.FAMILY,
-    resnet.FAMILY,        # the pyramid baselines (not an Isotropic)
-    resnetv2.FAMILY,
+  vit.FAMILY,
+  deit3.FAMILY,
+  hybrid.FAMILY,  # a ResNet stem under a ViT
+  cait.FAMILY,
+  mixer.FAMILY,
+  resmlp.FAMILY,
+  gmlp.FAMILY,
+  convnext_iso.FAMILY,
+  convmixer.FAMILY,
+  resnet.FAMILY,  # the pyramid baselines (not an Isotropic)
+  resnetv2.FAMILY,
 ]
 
 # Set by the run, not by a config's model section: config.dtype, config.remat, config.kernels, and pmap's axis.
@@ -75,10 +76,10 @@ def family(name: str) -> Family:
 
 
 class Entry(NamedTuple):
-  name: str                        # canonical
-  definition: Family               # what the family declared
-  architecture: dict               # the fields the name fixes
-  defaults: dict                   # other fields' defaults for this name (a published model's)
+  name: str  # canonical
+  definition: Family  # what the family declared
+  architecture: dict  # the fields the name fixes
+  defaults: dict  # other fields' defaults for this name (a published model's)
   image_size: int
 
   @property
@@ -119,7 +120,7 @@ def _entry(family_: Family, name: str) -> Entry:
   if arch is None:
     raise ValueError(f'{name!r} is not a name of family {family_.name!r} (its parse_name refuses it).')
   canonical = family_.format_name({**family_.variants.get(name, {}), **arch})
-  base = family_.published_name(arch) or family_.format_name(arch)   # whose defaults the name inherits
+  base = family_.published_name(arch) or family_.format_name(arch)  # whose defaults the name inherits
   published = family_.variants.get(base, {})
   defaults = {k: v for k, v in published.items() if k not in arch}
   return Entry(canonical, family_, arch, defaults, family_.image_sizes.get(base, family_.image_size))
@@ -139,9 +140,11 @@ def lookup(name: str) -> Entry:
   keys = {_key(n): n for n in names()}
   close = difflib.get_close_matches(_key(name), list(keys), n=5, cutoff=0.5)
   hint = ', '.join(keys[k] for k in close) or 'none'
-  raise ValueError(f'Unknown model {name!r}. Closest names: {hint}. Names are parametric: '
-                   f'ViT-S/16, ViT-384x6/4 (width x depth / patch), Mixer-B/16, ResMLP-S12, gMLP-S/16, ConvMixer-256/8'
-                   f'[-k5-p2]; isojax.models.names() lists the {len(keys)} published ones.')
+  raise ValueError(
+    f'Unknown model {name!r}. Closest names: {hint}. Names are parametric: '
+    f'ViT-S/16, ViT-384x6/4 (width x depth / patch), Mixer-B/16, ResMLP-S12, gMLP-S/16, ConvMixer-256/8'
+    f'[-k5-p2]; isojax.models.names() lists the {len(keys)} published ones.'
+  )
 
 
 def name_for(family_name: str, fields: dict) -> str:
@@ -165,8 +168,10 @@ def resolve(name: str, **overrides: Any) -> tuple[Entry, dict]:
     if field in overrides and overrides[field] != fixed:
       wanted = {**entry.architecture, **entry.defaults, **overrides}
       suggestion = entry.definition.format_name({k: wanted[k] for k in wanted if k in allowed})
-      raise ValueError(f'The model name {entry.name!r} fixes {field}={fixed!r}, but {field}={overrides[field]!r} '
-                       f'was given; the name is the architecture: name the model {suggestion!r} instead.')
+      raise ValueError(
+        f'The model name {entry.name!r} fixes {field}={fixed!r}, but {field}={overrides[field]!r} '
+        f'was given; the name is the architecture: name the model {suggestion!r} instead.'
+      )
   return entry, {**entry.defaults, **overrides, **entry.architecture}
 
 
@@ -190,8 +195,15 @@ def create(name: str, num_classes: int, **overrides: Any) -> nn.Module:
   return entry.factory(num_classes, **fields)
 
 
-def build(name: str, num_classes: int, overrides: Optional[dict] = None, dtype: Optional[str] = None,
-          remat: bool = False, axis_name: Optional[str] = None, kernels: str = 'auto') -> nn.Module:
+def build(
+  name: str,
+  num_classes: int,
+  overrides: Optional[dict] = None,
+  dtype: Optional[str] = None,
+  remat: bool = False,
+  axis_name: Optional[str] = None,
+  kernels: str = 'auto',
+) -> nn.Module:
   """`create` with the run-level options: compute dtype, rematerialised blocks, kernels, and under pmap the axis
   over which BatchNorm models average their statistics (models without batch statistics ignore it)."""
   overrides = dict(overrides or {})
@@ -209,6 +221,7 @@ def build(name: str, num_classes: int, overrides: Optional[dict] = None, dtype: 
 
 # --- a config's model section -----------------------------------------------------------------------------------
 
+
 def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
   """`config.model`: the model's name and every field the name leaves open, spelled out.
 
@@ -220,7 +233,7 @@ def model_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
   fields: dict[str, Any] = {'name': entry.name}
   for option, default in _open_fields(entry):
     value = overrides.get(option, entry.defaults.get(option, default))
-    if value is None:   # an optional field: typed, so the command line can still set it
+    if value is None:  # an optional field: typed, so the command line can still set it
       value = config_dict.placeholder(next(t for t in typing.get_args(hints[option]) if t is not type(None)))
     fields[option] = value
   return ml_collections.ConfigDict(fields)
@@ -240,8 +253,15 @@ def config_fields(config: ml_collections.ConfigDict) -> dict:
 
 def from_config(config: ml_collections.ConfigDict, num_classes: int, axis_name: Optional[str] = None) -> nn.Module:
   """The model a run config describes, with its dtype, remat and kernels options."""
-  return build(config.model.name, num_classes, config_fields(config), config.get('dtype'), config.get('remat', False),
-               axis_name, config.get('kernels', 'auto'))
+  return build(
+    config.model.name,
+    num_classes,
+    config_fields(config),
+    config.get('dtype'),
+    config.get('remat', False),
+    axis_name,
+    config.get('kernels', 'auto'),
+  )
 
 
 def config_name(config: ml_collections.ConfigDict) -> str:
@@ -266,13 +286,19 @@ def input_channels(variables: dict) -> int:
 
 # --- weight files ---------------------------------------------------------------------------------------------
 
+
 def reader_for(file_format: str, tensors: Tensors) -> Reader:
   """The reader of the one family that claims these tensors of a `file_format` file."""
-  claiming = [(f.name, f.readers[file_format]) for f in FAMILIES
-              if file_format in f.readers and f.readers[file_format].claims(tensors)]
+  claiming = [
+    (f.name, f.readers[file_format])
+    for f in FAMILIES
+    if file_format in f.readers and f.readers[file_format].claims(tensors)
+  ]
   if len(claiming) != 1:
     readers = [f.name for f in FAMILIES if file_format in f.readers]
     found = 'no family' if not claiming else f'several families ({[n for n, _ in claiming]})'
-    raise ValueError(f'{found} of the registry reads this {file_format} file (families with {file_format} readers: '
-                     f'{readers}; first keys: {sorted(tensors)[:5]}).')
+    raise ValueError(
+      f'{found} of the registry reads this {file_format} file (families with {file_format} readers: '
+      f'{readers}; first keys: {sorted(tensors)[:5]}).'
+    )
   return claiming[0][1]

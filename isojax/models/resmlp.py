@@ -18,6 +18,7 @@ Weight files: timm `resmlp_*` state dicts (`stem.proj`, `blocks.i.{norm1, linear
 ls1, ls2}`, `norm`, `head`), and the authors' (facebookresearch/deit resmlp_models.py: `patch_embed.`, `attn.`,
 `mlp.`, `gamma_1`), renamed to timm's as timm's `checkpoint_filter_fn` does (mlp_mixer.py l.559-573).
 """
+
 from __future__ import annotations
 
 import functools
@@ -37,10 +38,10 @@ from isojax.models.mixer import MixerStem, timm_block_variant
 from isojax.models.naming import PATCH_PARAMETRIC, SizedNames, Suffix
 
 SIZES = {  # width, depth, patch: timm resmlp_12/24/36/big_24_224, mlp_mixer.py l.786-830
-    'S12': dict(hidden_size=384, depth=12, patch_size=16),
-    'S24': dict(hidden_size=384, depth=24, patch_size=16),
-    'S36': dict(hidden_size=384, depth=36, patch_size=16),
-    'B24': dict(hidden_size=768, depth=24, patch_size=8),
+  'S12': dict(hidden_size=384, depth=12, patch_size=16),
+  'S24': dict(hidden_size=384, depth=24, patch_size=16),
+  'S36': dict(hidden_size=384, depth=36, patch_size=16),
+  'B24': dict(hidden_size=768, depth=24, patch_size=8),
 }
 # ResBlock's default 1e-4 (l.135) or the model's partial(init_values=)
 _LAYER_SCALE = {'S12': 1e-4, 'S24': 1e-5, 'S36': 1e-6, 'B24': 1e-6}
@@ -57,6 +58,7 @@ def layer_scale_for_depth(depth: int) -> float:
 
 class Affine(nn.Module):
   """ResMLP's normalisation: a learned per-channel scale and shift, no statistics."""
+
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -68,35 +70,61 @@ class Affine(nn.Module):
 
 class LinearTokenMixer(nn.Module):
   """Token mixer: one linear layer [tokens -> tokens] applied to every channel."""
+
   dtype: Any = jnp.float32
   kernels: str = REFERENCE
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    y = Dense(x.shape[1], kernel_init=XAVIER, bias_init=ZEROS, dtype=self.dtype, kernels=self.kernels,
-              name='linear_tokens')(jnp.swapaxes(x, 1, 2))
+    y = Dense(
+      x.shape[1], kernel_init=XAVIER, bias_init=ZEROS, dtype=self.dtype, kernels=self.kernels, name='linear_tokens'
+    )(jnp.swapaxes(x, 1, 2))
     return jnp.swapaxes(y, 1, 2)
 
 
-def resmlp(num_classes: int, *, hidden_size: int, depth: int, patch_size: int, mlp_ratio: int = 4,
-           layer_scale_init: Optional[float] = None, drop_path_rate: float = 0.0, dropout_rate: float = 0.0,
-           remat: bool = False, head_bias_init: float = 0.0, dtype: Any = jnp.float32,
-           kernels: str = REFERENCE) -> Isotropic:
+def resmlp(
+  num_classes: int,
+  *,
+  hidden_size: int,
+  depth: int,
+  patch_size: int,
+  mlp_ratio: int = 4,
+  layer_scale_init: Optional[float] = None,
+  drop_path_rate: float = 0.0,
+  dropout_rate: float = 0.0,
+  remat: bool = False,
+  head_bias_init: float = 0.0,
+  dtype: Any = jnp.float32,
+  kernels: str = REFERENCE,
+) -> Isotropic:
   """A ResMLP; `layer_scale_init=None` (an unpublished shape) takes 1e-4 / 1e-5 / 1e-6 by depth."""
   norm = functools.partial(Affine, dtype=dtype)
   block = functools.partial(
-      MixingBlock, norm=norm,
-      layer_scale_init=layer_scale_for_depth(depth) if layer_scale_init is None else layer_scale_init,
-      token_mixer=functools.partial(LinearTokenMixer, dtype=dtype, kernels=kernels),
-      channel_mixer=functools.partial(MlpBlock, mlp_ratio * hidden_size, dropout_rate=dropout_rate,
-                                      approximate_gelu=False, dtype=dtype, kernels=kernels))
-  head = PoolingHead(num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init),
-                     dtype=dtype, kernels=kernels)
-  return Isotropic(MixerStem(hidden_size, patch_size, dtype=dtype), block, head, depth,
-                   drop_path_rate=drop_path_rate, drop_path_schedule='constant', remat=remat, dtype=dtype)
+    MixingBlock,
+    norm=norm,
+    layer_scale_init=layer_scale_for_depth(depth) if layer_scale_init is None else layer_scale_init,
+    token_mixer=functools.partial(LinearTokenMixer, dtype=dtype, kernels=kernels),
+    channel_mixer=functools.partial(
+      MlpBlock, mlp_ratio * hidden_size, dropout_rate=dropout_rate, approximate_gelu=False, dtype=dtype, kernels=kernels
+    ),
+  )
+  head = PoolingHead(
+    num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init), dtype=dtype, kernels=kernels
+  )
+  return Isotropic(
+    MixerStem(hidden_size, patch_size, dtype=dtype),
+    block,
+    head,
+    depth,
+    drop_path_rate=drop_path_rate,
+    drop_path_schedule='constant',
+    remat=remat,
+    dtype=dtype,
+  )
 
 
 # --- weight files ----------------------------------------------------------------------------------------------
+
 
 def _is_facebook(state: Tensors) -> bool:
   """facebookresearch/deit's names: its token mixer is one Linear called `attn`, its LayerScale `gamma_1`."""
@@ -109,15 +137,19 @@ def timm_names(state: Tensors) -> dict:
     return dict(state)
   renamed = {}
   for key, value in state.items():
-    for old, new in (('patch_embed.', 'stem.'), ('attn.', 'linear_tokens.'), ('mlp.', 'mlp_channels.'),
-                     ('gamma_', 'ls')):
+    for old, new in (
+      ('patch_embed.', 'stem.'),
+      ('attn.', 'linear_tokens.'),
+      ('mlp.', 'mlp_channels.'),
+      ('gamma_', 'ls'),
+    ):
       key = key.replace(old, new)
     renamed[key] = value
   return renamed
 
 
 def _affine(state: Tensors, name: str) -> dict:
-  return {'alpha': state[f'{name}.alpha'].reshape(-1), 'beta': state[f'{name}.beta'].reshape(-1)}   # [1, 1, C]
+  return {'alpha': state[f'{name}.alpha'].reshape(-1), 'beta': state[f'{name}.beta'].reshape(-1)}  # [1, 1, C]
 
 
 def timm_params(state: Tensors) -> dict:
@@ -126,11 +158,16 @@ def timm_params(state: Tensors) -> dict:
   for i in range(convert.block_count(state, r'blocks\.(\d+)\.')):
     b = f'blocks.{i}'
     params[f'block_{i}'] = {
-        'norm1': _affine(state, f'{b}.norm1'), 'norm2': _affine(state, f'{b}.norm2'),
-        'token_mixing': {'linear_tokens': convert.linear(state, f'{b}.linear_tokens')},
-        'channel_mixing': {'Dense_0': convert.linear(state, f'{b}.mlp_channels.fc1'),
-                           'Dense_1': convert.linear(state, f'{b}.mlp_channels.fc2')},
-        'ls1': {'scale': state[f'{b}.ls1']}, 'ls2': {'scale': state[f'{b}.ls2']}}
+      'norm1': _affine(state, f'{b}.norm1'),
+      'norm2': _affine(state, f'{b}.norm2'),
+      'token_mixing': {'linear_tokens': convert.linear(state, f'{b}.linear_tokens')},
+      'channel_mixing': {
+        'Dense_0': convert.linear(state, f'{b}.mlp_channels.fc1'),
+        'Dense_1': convert.linear(state, f'{b}.mlp_channels.fc2'),
+      },
+      'ls1': {'scale': state[f'{b}.ls1']},
+      'ls2': {'scale': state[f'{b}.ls2']},
+    }
   params['final_norm'] = _affine(state, 'norm')
   if 'head.weight' in state:
     params['head'] = convert.linear(state, 'head')
@@ -141,7 +178,9 @@ def from_timm(state: Tensors) -> Weights:
   """A timm (or facebookresearch/deit) ResMLP state dict -> `Weights`."""
   tracked = KeyTracker(timm_names(state))
   variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(tracked, 'tensor(s) of this timm resmlp file', 'It is a timm variant isojax does not implement.')
+  convert.refuse_unread(
+    tracked, 'tensor(s) of this timm resmlp file', 'It is a timm variant isojax does not implement.'
+  )
   return timm_block_variant(tracked, variables, 'resmlp', 'linear_tokens', 'The token-mixing layer')
 
 
@@ -149,5 +188,12 @@ def _is_timm_resmlp(state: Tensors) -> bool:
   return convert.has_key(state, '.linear_tokens.weight') or _is_facebook(state)
 
 
-FAMILY = Family(name='resmlp', factory=resmlp, parse_name=NAMES.parse, format_name=NAMES.format, variants=VARIANTS,
-                source=SOURCE, readers={TIMM: Reader(_is_timm_resmlp, from_timm)})
+FAMILY = Family(
+  name='resmlp',
+  factory=resmlp,
+  parse_name=NAMES.parse,
+  format_name=NAMES.format,
+  variants=VARIANTS,
+  source=SOURCE,
+  readers={TIMM: Reader(_is_timm_resmlp, from_timm)},
+)

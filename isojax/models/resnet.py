@@ -16,6 +16,7 @@ Names: `ResNet-{18,34,50,101,152}`; `ResNet-18-w16` for a narrower one (stem and
 Weight files: torchvision-layout state dicts (timm `resnet18` ... `resnet152`): `conv1`/`bn1`,
 `layer{s}.{b}.{conv,bn}{1,2,3}`, `downsample.{0,1}`, `fc`; BatchNorm running statistics become `batch_stats`.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,13 @@ from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.layers import keep_feature, torch_default_init
 
-STAGES = {18: ('basic', (2, 2, 2, 2)), 34: ('basic', (3, 4, 6, 3)), 50: ('bottleneck', (3, 4, 6, 3)),
-          101: ('bottleneck', (3, 4, 23, 3)), 152: ('bottleneck', (3, 8, 36, 3))}
+STAGES = {
+  18: ('basic', (2, 2, 2, 2)),
+  34: ('basic', (3, 4, 6, 3)),
+  50: ('bottleneck', (3, 4, 6, 3)),
+  101: ('bottleneck', (3, 4, 23, 3)),
+  152: ('bottleneck', (3, 8, 36, 3)),
+}
 VARIANTS = {f'ResNet-{depth}': dict(depth=depth) for depth in STAGES}
 SOURCE = 'torchvision models/resnet.py as timm/models/resnet.py loads it (resnet18 ... resnet152)'
 _NAME = re.compile(r'^resnet[-_]?(?P<depth>\d+)(?:-w(?P<width>\d+))?$', re.IGNORECASE)
@@ -52,19 +58,42 @@ def format_name(arch) -> str:
   return f'ResNet-{arch["depth"]}' + (f'-w{width}' if width != 64 else '')
 
 
-def conv_bn(module: nn.Module, x: jax.Array, train: bool, features: int, kernel: int, stride: int, name: str,
-            zero_scale: bool = False) -> jax.Array:
+def conv_bn(
+  module: nn.Module,
+  x: jax.Array,
+  train: bool,
+  features: int,
+  kernel: int,
+  stride: int,
+  name: str,
+  zero_scale: bool = False,
+) -> jax.Array:
   """torchvision's `conv{name}` (no bias, symmetric padding) then `bn{name}`, created in `module`'s scope."""
   pad = kernel // 2
-  x = nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad),) * 2, use_bias=False,
-              kernel_init=KAIMING_FAN_OUT, dtype=module.dtype, name=f'conv{name}')(x)
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=module.axis_name,
-                      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-                      dtype=module.dtype, name=f'bn{name}')(x)
+  x = nn.Conv(
+    features,
+    (kernel, kernel),
+    (stride, stride),
+    padding=((pad, pad),) * 2,
+    use_bias=False,
+    kernel_init=KAIMING_FAN_OUT,
+    dtype=module.dtype,
+    name=f'conv{name}',
+  )(x)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    axis_name=module.axis_name,
+    scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
+    dtype=module.dtype,
+    name=f'bn{name}',
+  )(x)
 
 
 class Block(nn.Module):
   """A basic (two 3x3) or bottleneck (1x1, 3x3, 1x1 x4) residual block; the first of a stage strides."""
+
   kind: str
   planes: int
   stride: int
@@ -90,6 +119,7 @@ class Block(nn.Module):
 
 class ResNet(nn.Module):
   """stem -> 4 stages (grid /4, /8, /16, /32; widths 64..512 x expansion) -> average pool -> head."""
+
   num_classes: int
   depth: int
   width: int = 64
@@ -102,12 +132,19 @@ class ResNet(nn.Module):
     if images.ndim != 4:
       raise ValueError(f'Expected images as [batch, height, width, channels], got shape {images.shape}.')
     kind, blocks = STAGES[self.depth]
-    x = nn.relu(conv_bn(self, images.astype(self.dtype), train, self.width, 7, 2, '1'))   # the stem: conv1, bn1
+    x = nn.relu(conv_bn(self, images.astype(self.dtype), train, self.width, 7, 2, '1'))  # the stem: conv1, bn1
     x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for stage, count in enumerate(blocks):
       for i in range(count):
-        x = Block(kind, self.width * 2 ** stage, 2 if i == 0 and stage > 0 else 1, axis_name=self.axis_name,
-                  zero_init_last=self.zero_init_last, dtype=self.dtype, name=f'layer{stage + 1}_{i}')(x, train)
+        x = Block(
+          kind,
+          self.width * 2**stage,
+          2 if i == 0 and stage > 0 else 1,
+          axis_name=self.axis_name,
+          zero_init_last=self.zero_init_last,
+          dtype=self.dtype,
+          name=f'layer{stage + 1}_{i}',
+        )(x, train)
       keep_feature(self, f'stage{stage + 1}', x)
     x = x.mean(axis=(1, 2))
     keep_feature(self, 'pre_logits', x)
@@ -116,8 +153,15 @@ class ResNet(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def resnet(num_classes: int, *, depth: int, width: int = 64, axis_name: Optional[str] = None,
-           zero_init_last: bool = True, dtype: Any = jnp.float32) -> ResNet:
+def resnet(
+  num_classes: int,
+  *,
+  depth: int,
+  width: int = 64,
+  axis_name: Optional[str] = None,
+  zero_init_last: bool = True,
+  dtype: Any = jnp.float32,
+) -> ResNet:
   """A torchvision/timm ResNet-`depth`; under pmap, BatchNorm averages over `axis_name`. `width` is the stem's and
   first stage's (64 published; `ResNet-18-w16` is a narrow one, every stage a quarter as wide)."""
   if depth not in STAGES:
@@ -127,10 +171,14 @@ def resnet(num_classes: int, *, depth: int, width: int = 64, axis_name: Optional
 
 # --- weight files ----------------------------------------------------------------------------------------------
 
+
 def stage_blocks(state: Tensors, stage: str, first: int) -> list[int]:
   """Blocks in each of a ResNet's 4 stages, whose keys start `stage.format(s)`.<block>. for s = first..first+3."""
-  return [1 + max((int(m.group(1)) for k in state if (m := re.match(re.escape(stage.format(s)) + r'\.(\d+)\.', k))),
-                  default=-1) for s in range(first, first + 4)]
+  return [
+    1
+    + max((int(m.group(1)) for k in state if (m := re.match(re.escape(stage.format(s)) + r'\.(\d+)\.', k))), default=-1)
+    for s in range(first, first + 4)
+  ]
 
 
 def timm_variables(state: Tensors) -> dict:
@@ -162,20 +210,38 @@ def from_timm(state: Tensors) -> Weights:
   """A torchvision/timm ResNet state dict -> `Weights`."""
   tracked = KeyTracker(state)
   variables = timm_variables(tracked)
-  convert.refuse_unread(tracked, 'tensor(s) of this timm resnet file', 'It is a timm variant isojax does not '
-                        'implement.', ignore=lambda k: k.endswith('num_batches_tracked'))   # BatchNorm's step counter
+  convert.refuse_unread(
+    tracked,
+    'tensor(s) of this timm resnet file',
+    'It is a timm variant isojax does not implement.',
+    ignore=lambda k: k.endswith('num_batches_tracked'),
+  )  # BatchNorm's step counter
   blocks = tuple(stage_blocks(state, 'layer{}', 1))
   kind = 'bottleneck' if 'layer1.0.conv3.weight' in state else 'basic'
   depth = next((d for d, shape in STAGES.items() if shape == (kind, blocks)), None)
   if depth is None:
     raise ValueError(f'A timm ResNet with {kind} blocks {blocks} is none of ResNet-{sorted(STAGES)}.')
-  return Weights(variables, 'resnet', dict(depth=depth), convert.classes(state, 'fc.weight'), None, {},
-                 int(state['conv1.weight'].shape[1]))
+  return Weights(
+    variables,
+    'resnet',
+    dict(depth=depth),
+    convert.classes(state, 'fc.weight'),
+    None,
+    {},
+    int(state['conv1.weight'].shape[1]),
+  )
 
 
 def _is_timm_resnet(state: Tensors) -> bool:
   return 'conv1.weight' in state and 'layer1.0.conv1.weight' in state
 
 
-FAMILY = Family(name='resnet', factory=resnet, parse_name=parse_name, format_name=format_name, variants=VARIANTS,
-                source=SOURCE, readers={TIMM: Reader(_is_timm_resnet, from_timm)})
+FAMILY = Family(
+  name='resnet',
+  factory=resnet,
+  parse_name=parse_name,
+  format_name=format_name,
+  variants=VARIANTS,
+  source=SOURCE,
+  readers={TIMM: Reader(_is_timm_resnet, from_timm)},
+)

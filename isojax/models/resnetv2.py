@@ -23,6 +23,7 @@ than BiT publishes, `BiT-R50-w16-g8` (stem width 16, 8 groups per GroupNorm).
 Weight files: timm `resnetv2_*_bit` state dicts (`stem.conv`, `stages.S.blocks.B.{norm1-3, conv1-3,
 downsample.conv}`, `norm`, `head.fc` as a 1x1 convolution on the pooled map: a dense layer here).
 """
+
 from __future__ import annotations
 
 import re
@@ -41,8 +42,11 @@ from isojax.models.resnet import KAIMING_FAN_OUT, stage_blocks
 STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 VARIANTS = {'BiT-R50x1': dict(depth=50, width_factor=1)}
 SOURCE = 'timm/models/resnetv2.py resnetv2_50x1_bit (ResNetV2, PreActBottleneck, StdConv2d eps 1e-8, fixed stem)'
-_NAME = re.compile(r'^(?:bit[-_]?r|resnetv2[-_]?)(?P<depth>\d+)(?:x(?P<width>\d+)|-w(?P<root>\d+))(?:-g(?P<groups>\d+))?'
-                   r'(?:[-_]bit)?$', re.IGNORECASE)
+_NAME = re.compile(
+  r'^(?:bit[-_]?r|resnetv2[-_]?)(?P<depth>\d+)(?:x(?P<width>\d+)|-w(?P<root>\d+))(?:-g(?P<groups>\d+))?'
+  r'(?:[-_]bit)?$',
+  re.IGNORECASE,
+)
 
 
 def parse_name(name: str) -> Optional[dict]:
@@ -62,6 +66,7 @@ def format_name(arch) -> str:
 
 class StdConv(nn.Module):
   """A convolution whose filters are standardised (weight standardisation) before use; no bias."""
+
   features: int
   kernel_size: int
   stride: int = 1
@@ -75,18 +80,25 @@ class StdConv(nn.Module):
     mean = kernel.mean(axis=(0, 1, 2), keepdims=True)
     var = kernel.var(axis=(0, 1, 2), keepdims=True)
     kernel = (kernel - mean) * jax.lax.rsqrt(var + self.epsilon)
-    pad = ((self.stride - 1) + (k - 1)) // 2   # timm get_padding: PyTorch's symmetric padding
-    return jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), (self.stride,) * 2,
-                                        ((pad, pad),) * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    pad = ((self.stride - 1) + (k - 1)) // 2  # timm get_padding: PyTorch's symmetric padding
+    return jax.lax.conv_general_dilated(
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      (self.stride,) * 2,
+      ((pad, pad),) * 2,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    )
 
 
 def _gn_relu(module: nn.Module, x: jax.Array, name: str) -> jax.Array:
-  return nn.relu(nn.GroupNorm(num_groups=module.norm_groups, epsilon=1e-5, use_fast_variance=False, dtype=module.dtype,
-                              name=name)(x))
+  return nn.relu(
+    nn.GroupNorm(num_groups=module.norm_groups, epsilon=1e-5, use_fast_variance=False, dtype=module.dtype, name=name)(x)
+  )
 
 
 class PreActBottleneck(nn.Module):
   """GN+ReLU -> 1x1 -> GN+ReLU -> 3x3 (strided) -> GN+ReLU -> 1x1, plus the (projected) shortcut."""
+
   features: int
   stride: int = 1
   norm_groups: int = 32
@@ -107,6 +119,7 @@ class PreActBottleneck(nn.Module):
 
 class ResNetV2(nn.Module):
   """BiT stem -> 4 pre-activation stages (grid /4 .. /32) -> GN+ReLU -> average pool -> 1x1 conv head."""
+
   num_classes: int
   depth: int
   width_factor: float = 1
@@ -118,21 +131,32 @@ class ResNetV2(nn.Module):
     if images.ndim != 4:
       raise ValueError(f'Expected images as [batch, height, width, channels], got shape {images.shape}.')
     x = StdConv(round(64 * self.width_factor), 7, 2, dtype=self.dtype, name='stem')(images.astype(self.dtype))
-    x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))   # 'fixed': zero pad, then pool
+    x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))  # 'fixed': zero pad, then pool
     for stage, count in enumerate(STAGES[self.depth]):
       for i in range(count):
-        x = PreActBottleneck(round(256 * 2 ** stage * self.width_factor), 2 if i == 0 and stage > 0 else 1,
-                             self.norm_groups, dtype=self.dtype, name=f'stage{stage + 1}_{i}')(x)
+        x = PreActBottleneck(
+          round(256 * 2**stage * self.width_factor),
+          2 if i == 0 and stage > 0 else 1,
+          self.norm_groups,
+          dtype=self.dtype,
+          name=f'stage{stage + 1}_{i}',
+        )(x)
       keep_feature(self, f'stage{stage + 1}', x)
     x = _gn_relu(self, x, 'final_norm').mean(axis=(1, 2))
     keep_feature(self, 'pre_logits', x)
-    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros,
-                      dtype=self.dtype, name='head')(x)   # timm's 1x1 conv head.fc on the pooled map
+    logits = nn.Dense(
+      self.num_classes,
+      kernel_init=nn.initializers.normal(0.01),
+      bias_init=nn.initializers.zeros,
+      dtype=self.dtype,
+      name='head',
+    )(x)  # timm's 1x1 conv head.fc on the pooled map
     return logits.astype(jnp.float32)
 
 
-def resnetv2(num_classes: int, *, depth: int, width_factor: float = 1, norm_groups: int = 32,
-             dtype: Any = jnp.float32) -> ResNetV2:
+def resnetv2(
+  num_classes: int, *, depth: int, width_factor: float = 1, norm_groups: int = 32, dtype: Any = jnp.float32
+) -> ResNetV2:
   """A BiT ResNet-V2-`depth`x`width_factor` (GroupNorm: nothing to sync across devices).
 
   BiT publishes whole width factors and 32 groups; a narrower model (`BiT-R50-w16-g8`: stem 16 wide, every stage a
@@ -141,13 +165,16 @@ def resnetv2(num_classes: int, *, depth: int, width_factor: float = 1, norm_grou
     raise ValueError(f'BiT ResNet-V2 depth {depth} is not one of {sorted(STAGES)}.')
   narrowest = round(64 * width_factor)
   if narrowest % norm_groups:
-    raise ValueError(f'GroupNorm with norm_groups={norm_groups} needs channel counts divisible by it, but the stem and '
-                     f'first bottleneck are {narrowest} wide; choose norm_groups dividing {narrowest} '
-                     f'(name the model BiT-R{depth}-w{narrowest}-g<groups>).')
+    raise ValueError(
+      f'GroupNorm with norm_groups={norm_groups} needs channel counts divisible by it, but the stem and '
+      f'first bottleneck are {narrowest} wide; choose norm_groups dividing {narrowest} '
+      f'(name the model BiT-R{depth}-w{narrowest}-g<groups>).'
+    )
   return ResNetV2(num_classes, depth, width_factor, norm_groups, dtype=dtype)
 
 
 # --- weight files ----------------------------------------------------------------------------------------------
+
 
 def timm_params(state: Tensors) -> dict:
   """timm `resnetv2_*_bit`: stem.conv, stages.S.blocks.B.{norm1-3, conv1-3, downsample.conv}, norm, head.fc."""
@@ -161,7 +188,7 @@ def timm_params(state: Tensors) -> dict:
         block['downsample'] = {'kernel': convert.conv_kernel(state[f'{p}.downsample.conv.weight'])}
       params[f'stage{stage + 1}_{i}'] = block
   params['final_norm'] = convert.norm(state, 'norm')
-  if 'head.fc.weight' in state:   # a 1x1 convolution on the pooled map: a dense layer
+  if 'head.fc.weight' in state:  # a 1x1 convolution on the pooled map: a dense layer
     params['head'] = {'kernel': state['head.fc.weight'][:, :, 0, 0].T, 'bias': state['head.fc.bias']}
   return params
 
@@ -170,8 +197,9 @@ def from_timm(state: Tensors) -> Weights:
   """A timm `resnetv2_*_bit` state dict -> `Weights`."""
   tracked = KeyTracker(state)
   variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(tracked, 'tensor(s) of this timm resnetv2 file', 'It is a timm variant isojax does not '
-                        'implement.')
+  convert.refuse_unread(
+    tracked, 'tensor(s) of this timm resnetv2 file', 'It is a timm variant isojax does not implement.'
+  )
   blocks = tuple(stage_blocks(state, 'stages.{}.blocks', 0))
   depth = next((d for d, shape in STAGES.items() if shape == blocks), None)
   if depth is None:
@@ -185,5 +213,12 @@ def _is_timm_resnetv2(state: Tensors) -> bool:
   return 'stem.conv.weight' in state and 'stages.0.blocks.0.conv1.weight' in state
 
 
-FAMILY = Family(name='resnetv2', factory=resnetv2, parse_name=parse_name, format_name=format_name, variants=VARIANTS,
-                source=SOURCE, readers={TIMM: Reader(_is_timm_resnetv2, from_timm)})
+FAMILY = Family(
+  name='resnetv2',
+  factory=resnetv2,
+  parse_name=parse_name,
+  format_name=format_name,
+  variants=VARIANTS,
+  source=SOURCE,
+  readers={TIMM: Reader(_is_timm_resnetv2, from_timm)},
+)

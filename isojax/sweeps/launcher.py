@@ -4,6 +4,7 @@ Resumable: finished trials are not run again, interrupted ones resume from their
 ones are retried. A failing trial is reported and does not stop the others. With several GPUs each
 running trial gets its own share of them (CUDA_VISIBLE_DEVICES).
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import sys
 import time
 from typing import Optional
 
-from isojax.sweeps import results, spec
 from isojax.core import workdir as workdir_lib
+from isojax.sweeps import results, spec
 
 
 def _flag_value(value) -> str:
@@ -22,8 +23,14 @@ def _flag_value(value) -> str:
 
 def command(trial: spec.Trial, trial_dir: str, python: str = sys.executable) -> list[str]:
   """The `isojax.main` command line of one trial."""
-  return [python, '-m', 'isojax.main', f'--config={trial.config}', f'--workdir={trial_dir}',
-          *(f'--config.{field}={_flag_value(value)}' for field, value in trial.overrides.items())]
+  return [
+    python,
+    '-m',
+    'isojax.main',
+    f'--config={trial.config}',
+    f'--workdir={trial_dir}',
+    *(f'--config.{field}={_flag_value(value)}' for field, value in trial.overrides.items()),
+  ]
 
 
 def _gpu_groups(parallel: int) -> list[Optional[str]]:
@@ -40,7 +47,7 @@ def _gpu_groups(parallel: int) -> list[Optional[str]]:
   if len(gpus) < parallel or parallel == 1:
     return [None] * parallel
   per = len(gpus) // parallel
-  return [','.join(gpus[i * per:(i + 1) * per]) for i in range(parallel)]
+  return [','.join(gpus[i * per : (i + 1) * per]) for i in range(parallel)]
 
 
 def _start(trial, sweep_dir, gpus):
@@ -64,8 +71,9 @@ def _finish(trial, sweep_dir, process, log):
       lines = [l for l in f.read().splitlines() if l.strip()]
     error = '\n'.join(lines[-15:])
   launch = workdir_lib.read_json(os.path.join(trial_dir, workdir_lib.LAUNCH))
-  workdir_lib.write_json(os.path.join(trial_dir, workdir_lib.LAUNCH),
-                         {**launch, 'returncode': process.returncode, 'error': error})
+  workdir_lib.write_json(
+    os.path.join(trial_dir, workdir_lib.LAUNCH), {**launch, 'returncode': process.returncode, 'error': error}
+  )
   return error
 
 
@@ -96,14 +104,19 @@ def run(sweep: spec.Sweep, sweep_dir: str, parallel: int = 1, out=sys.stderr) ->
       elapsed = time.time() - started
       if error:
         failed += 1
-        say(f'[{finished + failed}/{len(trials)}] FAILED {trial.name} after {elapsed:.0f}s: '
-            f'{results.error_line(error)}')
+        say(
+          f'[{finished + failed}/{len(trials)}] FAILED {trial.name} after {elapsed:.0f}s: {results.error_line(error)}'
+        )
       else:
         finished += 1
         summary = workdir_lib.summary(os.path.join(sweep_dir, trial.name)) or {}
         accuracy = summary.get('best_accuracy')
-        say(f'[{finished + failed}/{len(trials)}] done {trial.name} in {elapsed:.0f}s: best accuracy '
-            + (f'{100 * accuracy:.2f}%' if accuracy is not None else 'n/a'))
+        say(
+          f'[{finished + failed}/{len(trials)}] done {trial.name} in {elapsed:.0f}s: best accuracy '
+          + (f'{100 * accuracy:.2f}%' if accuracy is not None else 'n/a')
+        )
   table = results.write(sweep_dir)
-  say(f'sweep: {finished} done, {failed} failed; results in {os.path.join(sweep_dir, workdir_lib.RESULTS)}.md/.csv/.png')
+  say(
+    f'sweep: {finished} done, {failed} failed; results in {os.path.join(sweep_dir, workdir_lib.RESULTS)}.md/.csv/.png'
+  )
   return table

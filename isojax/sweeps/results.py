@@ -7,6 +7,7 @@ logged intervals after the first, which includes compilation; median end-to-end 
 evaluator). results.png plots accuracy against each swept axis, results_cost.png against GFLOPs and
 parameters, results_shapes.png each model's tokens and width after every block or stage.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,8 +23,19 @@ from isojax.core import workdir as workdir_lib
 from isojax.evaluation import explain
 from isojax.training import plan
 
-COLUMNS = ('model', 'shape', 'best_accuracy', 'final_accuracy', 'final_loss', 'parameters', 'gflops_per_image',
-           'train_images_per_sec', 'eval_images_per_sec', 'steps', 'wall_time_sec')
+COLUMNS = (
+  'model',
+  'shape',
+  'best_accuracy',
+  'final_accuracy',
+  'final_loss',
+  'parameters',
+  'gflops_per_image',
+  'train_images_per_sec',
+  'eval_images_per_sec',
+  'steps',
+  'wall_time_sec',
+)
 
 
 def error_line(error: Optional[str]) -> str:
@@ -60,7 +72,8 @@ def _primary_evaluator(trial_dir: str) -> str:
 
 def model_profile(trial_dir: str) -> dict[str, Any]:
   """{'model', 'parameters', 'gflops_per_image', 'shape', 'profile'} of a trial's model, from its config and
-  dataset record alone (abstract evaluation: nothing is initialised); {} before the trial has written them, or when the model cannot be built."""
+  dataset record alone (abstract evaluation: nothing is initialised); {} before the trial has written them,
+  or when the model cannot be built."""
   try:
     config, info = workdir_lib.read_config(trial_dir), workdir_lib.read_dataset_info(trial_dir)
   except FileNotFoundError:
@@ -69,10 +82,15 @@ def model_profile(trial_dir: str) -> dict[str, Any]:
     model = models.from_config(config, info['num_classes'])
     parameters, gflops = plan.model_cost(model, config.data.image_size, info['channels'])
     profile = explain.shape_profile(model, config.data.image_size, info['channels'])
-  except ValueError:   # a model that cannot be built (the trial failed for it: its error says why)
+  except ValueError:  # a model that cannot be built (the trial failed for it: its error says why)
     return {}
-  return {'model': models.config_name(config), 'parameters': parameters, 'gflops_per_image': gflops,
-          'shape': shape_kind(profile), 'profile': profile}
+  return {
+    'model': models.config_name(config),
+    'parameters': parameters,
+    'gflops_per_image': gflops,
+    'shape': shape_kind(profile),
+    'profile': profile,
+  }
 
 
 def shape_kind(profile: list[tuple[str, int, int]]) -> str:
@@ -99,11 +117,13 @@ def rows(sweep_dir: str) -> list[dict[str, Any]]:
     summary = next((m for m in reversed(records) if m.get('split') == 'summary'), None)
     train = [m for m in records if m.get('split') == 'train']
     evals = workdir_lib.eval_records(records, _primary_evaluator(trial_dir))
-    speeds = [m['images_per_sec'] for m in train[1:]] or [m['images_per_sec'] for m in train]   # first includes compile
+    speeds = [m['images_per_sec'] for m in train[1:]] or [m['images_per_sec'] for m in train]  # first includes compile
     eval_speeds = [m['images_per_sec'] for m in evals if 'images_per_sec' in m]
-    row.update({
-        'best_accuracy': summary['best_accuracy'] if summary else max((m['accuracy'] for m in evals if 'accuracy' in m),
-                                                                       default=None),
+    row.update(
+      {
+        'best_accuracy': summary['best_accuracy']
+        if summary
+        else max((m['accuracy'] for m in evals if 'accuracy' in m), default=None),
         'final_accuracy': summary['final_accuracy'] if summary else None,
         'final_loss': summary['final_loss'] if summary else None,
         'steps': summary['steps'] if summary else (train[-1]['step'] if train else 0),
@@ -111,7 +131,8 @@ def rows(sweep_dir: str) -> list[dict[str, Any]]:
         'train_images_per_sec': statistics.median(speeds) if speeds else None,
         'eval_images_per_sec': statistics.median(eval_speeds) if eval_speeds else None,
         'error': error,
-    })
+      }
+    )
     if status != 'pending':
       row.update(model_profile(trial_dir))
     table.append(row)
@@ -153,8 +174,9 @@ def write(sweep_dir: str) -> list[dict[str, Any]]:
 
 
 def _pyplot():
-  matplotlib.use('Agg')   # before pyplot is imported: files only, no display
-  import matplotlib.pyplot as plt   # lazily: matplotlib picks its backend on this import
+  matplotlib.use('Agg')  # before pyplot is imported: files only, no display
+  import matplotlib.pyplot as plt  # lazily: matplotlib picks its backend on this import
+
   return plt
 
 
@@ -162,12 +184,20 @@ def _scatter_labelled(ax, table, x_key, label_key, scale=1.0):
   """Accuracy against `x_key` / `scale`, one labelled point per trial, isotropic, hybrid and pyramid models in
   three colours."""
   for shape, colour in (('isotropic', 'tab:blue'), ('hybrid', 'tab:green'), ('pyramid', 'tab:orange')):
-    points = [r for r in table if r['best_accuracy'] is not None and r.get(x_key) and r.get('shape', 'isotropic') == shape]
+    points = [
+      r for r in table if r['best_accuracy'] is not None and r.get(x_key) and r.get('shape', 'isotropic') == shape
+    ]
     if points:
       ax.scatter([r[x_key] / scale for r in points], [r['best_accuracy'] for r in points], color=colour, label=shape)
       for r in points:
-        ax.annotate(str(r.get(label_key) or r['trial']), (r[x_key] / scale, r['best_accuracy']), fontsize=6,
-                    xytext=(3, 2), textcoords='offset points', rotation=20)
+        ax.annotate(
+          str(r.get(label_key) or r['trial']),
+          (r[x_key] / scale, r['best_accuracy']),
+          fontsize=6,
+          xytext=(3, 2),
+          textcoords='offset points',
+          rotation=20,
+        )
   _log_scale_if_wide(ax, [r[x_key] / scale for r in table if r.get(x_key)])
   ax.set_ylabel('best eval accuracy')
 

@@ -10,6 +10,7 @@ Axes are lists of {dotted field: value} dicts; `product`, `zip_axes` and `sample
 compose (`product(a, b)` of two axes, `a + b` to concatenate). The key 'arg' sweeps the
 config's `:ARG` string. Expansion is pure and deterministic given the seed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,8 @@ import itertools
 import math
 import os
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,7 @@ def _as_axis(spec: dict | Axis) -> Axis:
 
 def product(*axes: dict | Axis) -> Axis:
   """Every combination: product({'lr': [1, 2]}, {'wd': [0, 1]}) has 4 trials."""
-  result = [{}]
+  result: Axis = [{}]
   for axis in axes:
     result = [{**a, **b} for a in result for b in _as_axis(axis)]
   return result
@@ -56,6 +58,7 @@ def zip_axes(spec: dict) -> Axis:
 @dataclasses.dataclass(frozen=True)
 class Distribution:
   """A named sampler `fn(rng) -> value`, with a readable repr for dry runs."""
+
   name: str
   fn: Callable[[np.random.RandomState], Any]
 
@@ -67,8 +70,9 @@ class Distribution:
 
 
 def loguniform(low: float, high: float) -> Distribution:
-  return Distribution(f'loguniform({low}, {high})',
-                      lambda rng: float(math.exp(rng.uniform(math.log(low), math.log(high)))))
+  return Distribution(
+    f'loguniform({low}, {high})', lambda rng: float(math.exp(rng.uniform(math.log(low), math.log(high))))
+  )
 
 
 def uniform(low: float, high: float) -> Distribution:
@@ -87,15 +91,16 @@ def sample(n: int, spec: dict[str, Distribution], seed: int = 0) -> Axis:
 
 @dataclasses.dataclass(frozen=True)
 class Trial:
-  name: str            # its folder in the sweep's workdir
-  config: str          # path[:ARG]
-  overrides: dict      # dotted field -> value, the swept values first
-  swept: dict          # just the swept values
+  name: str  # its folder in the sweep's workdir
+  config: str  # path[:ARG]
+  overrides: dict  # dotted field -> value, the swept values first
+  swept: dict  # just the swept values
 
 
 @dataclasses.dataclass
 class Sweep:
   """A base config file, the axes, and fields fixed for every trial."""
+
   config: str
   axes: Axis
   fixed: dict = dataclasses.field(default_factory=dict)
@@ -135,6 +140,8 @@ def load(path: str) -> Sweep:
   if not os.path.exists(path):
     raise FileNotFoundError(f'No sweep file {path!r}.')
   spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f'{path!r} is not a Python sweep file (expected a .py file with get_sweep()).')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   sweep = module.get_sweep()

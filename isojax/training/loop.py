@@ -15,7 +15,8 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -34,41 +35,49 @@ from isojax.weights import pretrained  # init_from: published weights or a finis
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Errors a user can act on, raised before anything is compiled."""
-  validation.validate(config)   # values that cannot be right, by field name
+  validation.validate(config)  # values that cannot be right, by field name
   count = jax.device_count()
   if config.batch_size % count:
-    raise ValueError(f'batch_size={config.batch_size} is not divisible by the {count} devices; '
-                     f'use a multiple of {count} (e.g. {count * max(1, config.batch_size // count)}).')
+    raise ValueError(
+      f'batch_size={config.batch_size} is not divisible by the {count} devices; '
+      f'use a multiple of {count} (e.g. {count * max(1, config.batch_size // count)}).'
+    )
   per_device = config.batch_size // count
   if per_device % config.grad_accum_steps:
-    raise ValueError(f'The per-device batch {per_device} is not divisible by grad_accum_steps='
-                     f'{config.grad_accum_steps}.')
+    raise ValueError(
+      f'The per-device batch {per_device} is not divisible by grad_accum_steps={config.grad_accum_steps}.'
+    )
   if config.eval_batch_size % count:
     raise ValueError(f'eval_batch_size={config.eval_batch_size} is not divisible by the {count} devices.')
   models.check_config(config)  # unknown names, and fields that contradict the name, fail here
 
 
 class TrainResult(NamedTuple):
-  summary: dict                   # as written to metrics.jsonl (split='summary')
-  state: train_step.TrainState    # the final state, on the host
+  summary: dict  # as written to metrics.jsonl (split='summary')
+  state: train_step.TrainState  # the final state, on the host
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
   """Trains `config` in `workdir`, resuming from its latest checkpoint."""
   start_time = time.time()
   if config.distributed.enabled:
-    devices.initialize_distributed(config.distributed.coordinator_address, config.distributed.num_processes,
-                                   config.distributed.process_id, config.distributed.cpu_collectives)
+    devices.initialize_distributed(
+      config.distributed.coordinator_address,
+      config.distributed.num_processes,
+      config.distributed.process_id,
+      config.distributed.cpu_collectives,
+    )
   is_writer = jax.process_index() == 0
   validate(config)
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.exclusive(workdir, enabled=is_writer):   # one run per workdir
+  with workdir_lib.exclusive(workdir, enabled=is_writer):  # one run per workdir
     return _train(config, workdir, start_time, is_writer)
 
 
 @dataclasses.dataclass
 class Run:
   """What a run is made of once it is set up; training changes none of it."""
+
   config: ml_collections.ConfigDict
   workdir: str
   is_writer: bool
@@ -94,8 +103,9 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str, is_writer: bool) ->
   """The workdir recorded, the dataset opened, the model, optimizer and checkpointer built."""
   workdir_lib.prepare(workdir, config, write=is_writer)
   # Processes sharing a disk take turns preparing the data (a file lock in get_builder).
-  builder = data.get_builder(config.data.name, config.data.data_dir, config.data.download,
-                             config.data.get('skip_bad_files', False))
+  builder = data.get_builder(
+    config.data.name, config.data.data_dir, config.data.download, config.data.get('skip_bad_files', False)
+  )
   info = data.describe(builder, config.data.train_split, config.data.eval_split)
   if is_writer:
     workdir_lib.write_dataset_info(workdir, dataclasses.asdict(info))
@@ -103,26 +113,46 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str, is_writer: bool) ->
   model = models.from_config(config, info.num_classes, axis_name=devices.AXIS)
   tx, learning_rate = optim.create(config.optimizer, durations.total_steps, durations.steps_per_epoch)
   checkpointer = checkpoint_lib.Checkpointer(
-      workdir_lib.checkpoint_dir(workdir), keep=config.checkpoint.keep,
-      keep_best=config.checkpoint.keep_best, async_save=config.checkpoint.async_save)
-  return Run(config, workdir, is_writer, builder, info, durations.total_steps, durations.steps_per_epoch, model, tx,
-             learning_rate, checkpointer)
+    workdir_lib.checkpoint_dir(workdir),
+    keep=config.checkpoint.keep,
+    keep_best=config.checkpoint.keep_best,
+    async_save=config.checkpoint.async_save,
+  )
+  return Run(
+    config,
+    workdir,
+    is_writer,
+    builder,
+    info,
+    durations.total_steps,
+    durations.steps_per_epoch,
+    model,
+    tx,
+    learning_rate,
+    checkpointer,
+  )
 
 
 def _initial_state(run: Run, rng_init: jax.Array) -> train_step.TrainState:
   """The newest readable checkpoint's state, else a fresh one (from `init_from` weights if given), on the host."""
-  init = functools.partial(train_step.init_state, run.model, run.tx, image_shape=run.image_shape,
-                           ema=run.config.ema_decay > 0)
+  init = functools.partial(
+    train_step.init_state, run.model, run.tx, image_shape=run.image_shape, ema=run.config.ema_decay > 0
+  )
   jax.eval_shape(init, rng_init)  # shape errors (e.g. patch size) surface here, before compiling
-  with jax.default_device(jax.local_devices(backend='cpu')[0]):   # fresh state on the host, not the accelerator
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):  # fresh state on the host, not the accelerator
     state = jax.jit(init)(rng_init)
   if run.checkpointer.latest_step() is not None:
-    _, state = run.checkpointer.restore(state)   # the newest readable checkpoint; a corrupt one is skipped, warned
+    _, state = run.checkpointer.restore(state)  # the newest readable checkpoint; a corrupt one is skipped, warned
   elif run.config.init_from:
     variables = pretrained.load(run.config.init_from, run.model, run.config.data.image_size, run.info.channels)
     params, batch_stats, ema = variables['params'], variables.get('batch_stats', {}), state.ema_params is not None
-    state = state.replace(params=params, batch_stats=batch_stats, opt_state=run.tx.init(params),
-                          ema_params=params if ema else None, ema_batch_stats=batch_stats if ema else None)
+    state = state.replace(
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=run.tx.init(params),
+      ema_params=params if ema else None,
+      ema_batch_stats=batch_stats if ema else None,
+    )
   return jax.device_get(state)
 
 
@@ -130,19 +160,37 @@ def _step_function(run: Run) -> Callable:
   config = run.config
   normalization = data.device_normalization(config.data.train_pp) if config.data.uint8_batches else None
   return train_step.pmapped_train_step(
-      model=run.model, tx=run.tx, learning_rate=run.learning_rate, num_classes=run.info.num_classes,
-      label_smoothing=config.label_smoothing, mixup_alpha=config.mixup.mixup_alpha,
-      cutmix_alpha=config.mixup.cutmix_alpha, accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay,
-      loss=config.get('loss', 'softmax_xent'), image_normalization=normalization)
+    model=run.model,
+    tx=run.tx,
+    learning_rate=run.learning_rate,
+    num_classes=run.info.num_classes,
+    label_smoothing=config.label_smoothing,
+    mixup_alpha=config.mixup.mixup_alpha,
+    cutmix_alpha=config.mixup.cutmix_alpha,
+    accum_steps=config.grad_accum_steps,
+    ema_decay=config.ema_decay,
+    loss=config.get('loss', 'softmax_xent'),
+    image_normalization=normalization,
+  )
 
 
 def _train_batches(run: Run, start_step: int) -> Iterator[Any]:
   config = run.config
-  return devices.prefetch(data.train_batches(
-      run.builder, split=config.data.train_split, pp=config.data.train_pp, image_size=config.data.image_size,
-      per_device_batch=config.batch_size // jax.device_count(), **devices.data_host(), seed=config.seed,
-      start_step=start_step, shuffle_buffer=config.data.shuffle_buffer, cache=config.data.cache,
-      uint8_batches=config.data.uint8_batches))
+  return devices.prefetch(
+    data.train_batches(
+      run.builder,
+      split=config.data.train_split,
+      pp=config.data.train_pp,
+      image_size=config.data.image_size,
+      per_device_batch=config.batch_size // jax.device_count(),
+      **devices.data_host(),
+      seed=config.seed,
+      start_step=start_step,
+      shuffle_buffer=config.data.shuffle_buffer,
+      cache=config.data.cache,
+      uint8_batches=config.data.uint8_batches,
+    )
+  )
 
 
 class MetricsBuffer:
@@ -167,8 +215,10 @@ class MetricsBuffer:
     host = jax.device_get([m for _, m in self.pending])
     for (s, _), m in zip(self.pending, host):
       if not np.isfinite(m['loss']):
-        raise FloatingPointError(f'Loss became {m["loss"]} at step {s}; stopping. The last checkpoint '
-                                 f'(step {self.run.checkpointer.latest_step()}) has finite parameters.')
+        raise FloatingPointError(
+          f'Loss became {m["loss"]} at step {s}; stopping. The last checkpoint '
+          f'(step {self.run.checkpointer.latest_step()}) has finite parameters.'
+        )
     mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
     elapsed = max(time.time() - self.log_time - self.paused, 1e-9)
     mean['images_per_sec'] = (step - self.log_step) * self.run.config.batch_size / elapsed
@@ -181,24 +231,28 @@ class MetricsBuffer:
 @dataclasses.dataclass
 class Evaluations:
   """The evaluators, each one's latest metrics, and the best value of the metric that picks checkpoints."""
+
   evaluators: dict[str, evaluation.Evaluator]
   primary: str
   metric: str
   best: Optional[tuple[float, int]]
   results: dict[str, dict] = dataclasses.field(default_factory=dict)
 
-  def run_due(self, step: int, last: bool, variables: Any, writer: MetricWriter, progress: Progress,
-              shown: Optional[list[str]]) -> bool:
+  def run_due(
+    self, step: int, last: bool, variables: Any, writer: MetricWriter, progress: Progress, shown: Optional[list[str]]
+  ) -> bool:
     """Runs the evaluators due at `step`; True if any ran."""
     due = [e for e in self.evaluators.values() if e.due(step, last)]
     for evaluator in due:
       self.results[evaluator.name] = evaluator.evaluate(variables, step)
       writer.write(step, 'eval', self.results[evaluator.name], evaluator=evaluator.name)
     if due:
-      progress.message(f'eval @ {step}: ' + evaluation.display({e.name: self.results[e.name] for e in due},
-                                                               self.primary, shown))
-    if self.primary in (e.name for e in due) and (self.best is None or self.results[self.primary][self.metric] >
-                                                  self.best[0]):
+      progress.message(
+        f'eval @ {step}: ' + evaluation.display({e.name: self.results[e.name] for e in due}, self.primary, shown)
+      )
+    if self.primary in (e.name for e in due) and (
+      self.best is None or self.results[self.primary][self.metric] > self.best[0]
+    ):
       self.best = (self.results[self.primary][self.metric], step)
     return bool(due)
 
@@ -225,17 +279,25 @@ def _best_so_far(workdir: str, evaluator: str, metric: str) -> Optional[tuple[fl
   return top[metric], top['step']
 
 
-def _compiled(run: Run, step_fn: Callable, evals: Evaluations, replicated: Any, batches: Iterator[Any],
-              rng: jax.Array, progress: Progress) -> Iterator[Any]:
+def _compiled(
+  run: Run,
+  step_fn: Any,
+  evals: Evaluations,
+  replicated: Any,
+  batches: Iterator[Any],
+  rng: jax.Array,
+  progress: Progress,
+) -> Iterator[Any]:
   """Compiles the step and the evaluators ahead of time, then meets the other processes: the first collective
   of a multi-process run must not wait on another process's compilation. Returns the batches, rewound."""
   compile_start = time.time()
   first_batch = next(batches)
-  step_fn.lower(replicated, first_batch, rng).compile()   # fills the call's cache
+  step_fn.lower(replicated, first_batch, rng).compile()  # fills the call's cache
   for evaluator in evals.evaluators.values():
     evaluator.compile(replicated.variables(run.use_ema))
-  progress.message(f'compiled the train step and {len(evals.evaluators)} evaluator(s) in '
-                   f'{time.time() - compile_start:.1f}s')
+  progress.message(
+    f'compiled the train step and {len(evals.evaluators)} evaluator(s) in {time.time() - compile_start:.1f}s'
+  )
   devices.wait_for_all_processes('compiled')
   return itertools.chain([first_batch], batches)
 
@@ -245,15 +307,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float, i
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
   state = _initial_state(run, rng_init)
   start_step = int(state.step)
-  if is_writer:   # metrics past the restored checkpoint (or of deleted checkpoints) are not this run's
+  if is_writer:  # metrics past the restored checkpoint (or of deleted checkpoints) are not this run's
     workdir_lib.discard_metrics_after(workdir, start_step)
   devices.wait_for_all_processes('metrics_trimmed')
   writer = MetricWriter(workdir, enabled=is_writer)
   progress = Progress(run.steps, start_step, enabled=is_writer)
-  progress.message(f'{models.config_name(config)} on {config.data.name}: {run.info.num_train} train / '
-                   f'{run.info.num_eval} eval examples, {run.info.num_classes} classes; {run.steps} steps of '
-                   f'{config.batch_size} on {jax.device_count()} device(s)'
-                   + (f'; resuming at step {start_step}' if start_step else ''))
+  progress.message(
+    f'{models.config_name(config)} on {config.data.name}: {run.info.num_train} train / '
+    f'{run.info.num_eval} eval examples, {run.info.num_classes} classes; {run.steps} steps of '
+    f'{config.batch_size} on {jax.device_count()} device(s)'
+    + (f'; resuming at step {start_step}' if start_step else '')
+  )
   step_fn, evals = _step_function(run), _evaluations(run)
   batches = _train_batches(run, start_step)
   replicated = devices.replicate(state)
@@ -267,7 +331,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float, i
     result = _summary(run, evals, replicated, writer, progress, start_time)
     finished = True
     return result
-  finally:   # the one shutdown path: normal end, preemption (Preempted) or a failure
+  finally:  # the one shutdown path: normal end, preemption (Preempted) or a failure
     _shut_down(run, writer, failing=not finished)
 
 
@@ -285,50 +349,70 @@ def _shut_down(run: Run, writer: MetricWriter, failing: bool) -> None:
     writer.close()
 
 
-def _steps(run: Run, step_fn: Callable, evals: Evaluations, replicated: Any, batches: Iterator[Any], rng: jax.Array,
-           buffer: MetricsBuffer, start_step: int) -> Any:
+def _steps(
+  run: Run,
+  step_fn: Any,
+  evals: Evaluations,
+  replicated: Any,
+  batches: Iterator[Any],
+  rng: jax.Array,
+  buffer: MetricsBuffer,
+  start_step: int,
+) -> Any:
   """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final replicated state."""
   config = run.config
   shown = list(config.progress_metrics) or None
-  with preemption.StopSignals() as stop_signals:   # SIGTERM/SIGINT: finish the step, checkpoint, stop
+  with preemption.StopSignals() as stop_signals:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
     for step in range(start_step + 1, run.steps + 1):
-      replicated, metrics = step_fn(replicated, next(batches), rng)   # batches arrive on device
-      run.checkpointer.check_for_errors()   # a failed background save (disk full) stops the run now
+      replicated, metrics = step_fn(replicated, next(batches), rng)  # batches arrive on device
+      run.checkpointer.check_for_errors()  # a failed background save (disk full) stops the run now
       buffer.add(step, metrics)
       last = step == run.steps
       if step % config.log_every == 0 or last or any(e.due(step, last) for e in evals.evaluators.values()):
-        buffer.flush(step)   # log, and never evaluate past an unnoticed NaN
+        buffer.flush(step)  # log, and never evaluate past an unnoticed NaN
       eval_start = time.time()
       if evals.run_due(step, last, replicated.variables(run.use_ema), buffer.writer, buffer.progress, shown):
         buffer.pause(time.time() - eval_start)
       saved = step % config.checkpoint.every == 0 or last
       if saved:
-        buffer.flush(step)   # never checkpoint past an unnoticed NaN
+        buffer.flush(step)  # never checkpoint past an unnoticed NaN
         run.checkpointer.save(step, devices.unreplicate(replicated), metrics=evals.checkpoint_metrics(step, last))
       stop = stop_signals.requested(step)
       if stop and not last:
         buffer.flush(step)
         if not saved:
           run.checkpointer.save(step, devices.unreplicate(replicated))
-        run.checkpointer.wait()   # a failed save raises here: "checkpoint saved" must be true
+        run.checkpointer.wait()  # a failed save raises here: "checkpoint saved" must be true
         raise preemption.Preempted(step, stop)
   return replicated
 
 
-def _summary(run: Run, evals: Evaluations, replicated: Any, writer: MetricWriter, progress: Progress,
-             start_time: float) -> TrainResult:
+def _summary(
+  run: Run, evals: Evaluations, replicated: Any, writer: MetricWriter, progress: Progress, start_time: float
+) -> TrainResult:
   """The final evaluation of every evaluator (rerun if this invocation had none), the summary line and record."""
-  for evaluator in evals.evaluators.values():   # resumed a finished run: report its last evaluation
+  for evaluator in evals.evaluators.values():  # resumed a finished run: report its last evaluation
     if evaluator.name not in evals.results:
       evals.results[evaluator.name] = evaluator.evaluate(replicated.variables(run.use_ema), run.steps)
   final, best, wall = evals.results[evals.primary], evals.best, time.time() - start_time
-  summary = {'best_accuracy': best[0] if best else None, 'best_step': best[1] if best else None,
-             'best_metric': f'{evals.primary}/{evals.metric}',
-             'final_accuracy': final[evals.metric], 'final_loss': final.get('loss'), 'final_top5': final.get('top5'),
-             'final': {f'{name}/{k}': v for name, r in evals.results.items() for k, v in r.items()
-                       if not isinstance(v, list)},
-             'steps': run.steps, 'wall_time_sec': wall}
+  summary = {
+    'best_accuracy': best[0] if best else None,
+    'best_step': best[1] if best else None,
+    'best_metric': f'{evals.primary}/{evals.metric}',
+    'final_accuracy': final[evals.metric],
+    'final_loss': final.get('loss'),
+    'final_top5': final.get('top5'),
+    'final': {f'{name}/{k}': v for name, r in evals.results.items() for k, v in r.items() if not isinstance(v, list)},
+    'steps': run.steps,
+    'wall_time_sec': wall,
+  }
   writer.write(run.steps, 'summary', summary)
-  progress.message(summary_line(summary['best_accuracy'], summary['best_step'],
-                                {'accuracy': final[evals.metric], 'loss': final.get('loss', float('nan'))}, wall))
+  progress.message(
+    summary_line(
+      summary['best_accuracy'],
+      summary['best_step'],
+      {'accuracy': final[evals.metric], 'loss': final.get('loss', float('nan'))},
+      wall,
+    )
+  )
   return TrainResult(summary, devices.unreplicate(replicated))

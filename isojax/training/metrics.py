@@ -1,10 +1,11 @@
 """Where metrics go: JSON lines and TensorBoard in the workdir, and a progress line for people."""
+
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -25,7 +26,7 @@ class MetricWriter:
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     self._path = workdir_lib.metrics_path(workdir)
-    self._tb = None
+    self._tb: Any = None
     if enabled:
       self._tb = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(workdir))
 
@@ -33,8 +34,12 @@ class MetricWriter:
     """One line `{"step", "split", ["evaluator"], **values}`; TensorBoard tags `split[/evaluator]/key`."""
     if not self.enabled:
       return
-    record = {'step': int(step), 'split': split, **({'evaluator': evaluator} if evaluator else {}),
-              **{k: _json_value(v) for k, v in values.items()}}
+    record = {
+      'step': int(step),
+      'split': split,
+      **({'evaluator': evaluator} if evaluator else {}),
+      **{k: _json_value(v) for k, v in values.items()},
+    }
     with open(self._path, 'a') as f:
       f.write(json.dumps(record) + '\n')
     with self._tb.as_default(step=int(step)):
@@ -64,8 +69,10 @@ class Progress:
     done = step - self._s0
     elapsed = time.time() - self._t0
     eta = elapsed / done * (self.total - step) if done > 0 else 0.0
-    line = (f'step {step}/{self.total} [{100 * step // max(self.total, 1)}%] loss {loss:.4f} '
-            f'lr {lr:.2e} {images_per_sec:,.0f} img/s ETA {_hms(eta)}')
+    line = (
+      f'step {step}/{self.total} [{100 * step // max(self.total, 1)}%] loss {loss:.4f} '
+      f'lr {lr:.2e} {images_per_sec:,.0f} img/s ETA {_hms(eta)}'
+    )
     self.stream.write(('\r' + line.ljust(90)) if self._tty else line + '\n')
     self.stream.flush()
 
@@ -82,5 +89,7 @@ def _hms(seconds: float) -> str:
 
 def summary_line(best_accuracy: Optional[float], best_step: Optional[int], final: dict, wall: float) -> str:
   best = f'{100 * best_accuracy:.2f}% at step {best_step}' if best_accuracy is not None else 'n/a'
-  return (f'done: best eval accuracy {best}; final eval accuracy {100 * final.get("accuracy", 0):.2f}% '
-          f'loss {final.get("loss", float("nan")):.4f}; wall time {_hms(wall)} ({wall:.1f}s)')
+  return (
+    f'done: best eval accuracy {best}; final eval accuracy {100 * final.get("accuracy", 0):.2f}% '
+    f'loss {final.get("loss", float("nan")):.4f}; wall time {_hms(wall)} ({wall:.1f}s)'
+  )

@@ -16,6 +16,7 @@ SGD's decay is coupled L2 (added to the gradient before momentum, as torch.optim
 Durations resolve at run time (as big_vision's `utils.steps`): warmup is given in steps,
 epochs or a fraction of training, and a warmup that does not fit is an error, not a clamp.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,7 @@ import numpy as np
 import optax
 
 from isojax.core.config import DEFAULT_DECAY_PARAMS, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
+
 # locuslab/convmixer-cifar10 train.py l.99-100 (and its timm copy's scheduler/onecycle_lr.py):
 # np.interp(t, [0, E*2//5, E*4//5, E], [0, lr_max, lr_max/20, 0]), t in epochs.
 ONECYCLE_KNOTS = (0.0, 0.4, 0.8, 1.0)
@@ -37,7 +39,8 @@ ONECYCLE_VALUES = (0.0, 1.0, 1.0 / 20.0, 0.0)
 def param_paths(params: Any) -> Any:
   """A tree like `params` whose leaves are their own '/'-joined paths."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path), params)
+    lambda path, _: '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path), params
+  )
 
 
 def regex_mask(pattern: str):
@@ -46,10 +49,11 @@ def regex_mask(pattern: str):
   return lambda params: jax.tree_util.tree_map(lambda p: bool(compiled.search(p)), param_paths(params))
 
 
-def warmup_steps(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: float) -> int:
+def warmup_steps(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: Optional[float]) -> int:
   """The warmup in steps, from exactly one of warmup_steps / warmup_epochs / warmup_fraction."""
-  given = {k: config.get(k) for k in ('warmup_steps', 'warmup_epochs', 'warmup_fraction')
-           if config.get(k) not in (None, 0)}
+  given = {
+    k: config.get(k) for k in ('warmup_steps', 'warmup_epochs', 'warmup_fraction') if config.get(k) not in (None, 0)
+  }
   if len(given) > 1:
     raise ValueError(f'Give the warmup one way only; got {given}. Set the others to 0 / None.')
   if 'warmup_fraction' in given and not 0 <= given['warmup_fraction'] < 1:
@@ -64,16 +68,20 @@ def warmup_steps(config: ml_collections.ConfigDict, total_steps: int, steps_per_
   if 'warmup_fraction' in given:
     steps = round(given['warmup_fraction'] * total_steps)
   if steps and config.schedule == 'onecycle':
-    raise ValueError(f"optimizer.schedule='onecycle' has its warmup built in (the first 40% of training); "
-                     f'remove the warmup ({given}).')
+    raise ValueError(
+      f"optimizer.schedule='onecycle' has its warmup built in (the first 40% of training); remove the warmup ({given})."
+    )
   if steps and steps >= total_steps:
-    raise ValueError(f'The warmup ({given} = {steps} steps) does not fit in the {total_steps} training steps; '
-                     f'give it as optimizer.warmup_fraction (e.g. 0.05) or train longer.')
+    raise ValueError(
+      f'The warmup ({given} = {steps} steps) does not fit in the {total_steps} training steps; '
+      f'give it as optimizer.warmup_fraction (e.g. 0.05) or train longer.'
+    )
   return steps
 
 
-def schedule(config: ml_collections.ConfigDict, total_steps: int,
-             steps_per_epoch: Optional[float] = None) -> optax.Schedule:
+def schedule(
+  config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: Optional[float] = None
+) -> optax.Schedule:
   """The learning rate at each step (the step counter before the update).
 
   cosine / linear: linear warmup from 0 to `lr`, then decay to `lr * end_lr_factor`, reached
@@ -93,9 +101,9 @@ def schedule(config: ml_collections.ConfigDict, total_steps: int,
   end = lr * config.get('end_lr_factor', 0.0)
   decay_steps = total_steps - warmup
   kinds = {
-      'cosine': lambda: optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0),
-      'linear': lambda: optax.linear_schedule(lr, end, decay_steps),
-      'constant': lambda: optax.constant_schedule(lr),
+    'cosine': lambda: optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0),
+    'linear': lambda: optax.linear_schedule(lr, end, decay_steps),
+    'constant': lambda: optax.constant_schedule(lr),
   }
   warm = optax.linear_schedule(0.0, lr, warmup) if warmup else optax.constant_schedule(lr)
   return optax.join_schedules([warm, kinds[config.schedule]()], [warmup])
@@ -106,8 +114,9 @@ def _mu_dtype(config: ml_collections.ConfigDict) -> Optional[Any]:
   return jnp.dtype(name) if name else None
 
 
-def create(config: ml_collections.ConfigDict, total_steps: int,
-           steps_per_epoch: Optional[float] = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def create(
+  config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: Optional[float] = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer and its schedule (the schedule is also logged as the learning rate)."""
   lr = schedule(config, total_steps, steps_per_epoch)
   decay_mask = regex_mask(config.get('decay_params', DEFAULT_DECAY_PARAMS))
@@ -117,11 +126,15 @@ def create(config: ml_collections.ConfigDict, total_steps: int,
   name, wd = config.name, config.weight_decay
   if name == 'sgd':
     # Coupled L2 decay (as torch.optim.SGD): decay joins the gradient before momentum.
-    tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
-                     optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov))
+    tx = optax.chain(
+      optax.add_decayed_weights(wd, mask=decay_mask), optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov)
+    )
   elif name in ('adamw', 'lamb'):
-    scale = (optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=_mu_dtype(config))
-             if name == 'adamw' else optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps))
+    scale = (
+      optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=_mu_dtype(config))
+      if name == 'adamw'
+      else optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
+    )
     if mode == 'lr_scaled':
       # optax.adamw / optax.lamb: -lr(t) * (adam + wd * param) [lamb: trust ratio in between].
       parts = [scale, optax.add_decayed_weights(wd, decay_mask)]
@@ -143,20 +156,23 @@ def create(config: ml_collections.ConfigDict, total_steps: int,
   if config.get('freeze'):
     frozen = regex_mask(config.freeze)
     tx = optax.multi_transform(
-        {'train': tx, 'frozen': optax.set_to_zero()},
-        lambda params: jax.tree_util.tree_map(lambda f: 'frozen' if f else 'train', frozen(params)))
+      {'train': tx, 'frozen': optax.set_to_zero()},
+      lambda params: jax.tree_util.tree_map(lambda f: 'frozen' if f else 'train', frozen(params)),
+    )
   return tx, lr
 
 
-def lr_at_percent(config: ml_collections.ConfigDict, total_steps: int,
-                  steps_per_epoch: Optional[float] = None) -> dict[str, float]:
+def lr_at_percent(
+  config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: Optional[float] = None
+) -> dict[str, float]:
   """{'0': lr, '10': lr, ..., '100': lr}: the learning rate at each tenth of training."""
   lr = schedule(config, total_steps, steps_per_epoch)
   return {str(p): float(lr(min(round(p / 100 * total_steps), total_steps))) for p in range(0, 101, 10)}
 
 
-def decay_factor_at_peak(config: ml_collections.ConfigDict, total_steps: int,
-                         steps_per_epoch: Optional[float] = None) -> float:
+def decay_factor_at_peak(
+  config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: Optional[float] = None
+) -> float:
   """The fraction by which a decayed kernel shrinks in one zero-gradient step at peak lr.
 
   Measured, not computed from the formula: one update of the real optimizer on a kernel of
@@ -175,6 +191,7 @@ def decay_factor_at_peak(config: ml_collections.ConfigDict, total_steps: int,
 def _with_count(state: Any, count: int) -> Any:
   """`state` with every step counter set to `count` (to evaluate the update at that step)."""
   has_count = lambda node: 'count' in getattr(node, '_fields', ())
-  set_count = lambda node: (node._replace(count=jnp.asarray(count, jnp.asarray(node.count).dtype))
-                            if has_count(node) else node)
+  set_count = lambda node: (
+    node._replace(count=jnp.asarray(count, jnp.asarray(node.count).dtype)) if has_count(node) else node
+  )
   return jax.tree_util.tree_map(set_count, state, is_leaf=has_count)

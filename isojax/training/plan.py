@@ -3,6 +3,7 @@
 The training loop (`loop.py`) runs on the same resolution, and `python -m isojax.main ... --dry_run` prints it, so
 a recipe can be checked before it spends accelerator hours.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,6 +24,7 @@ from isojax.training import optim
 @dataclasses.dataclass(frozen=True)
 class Durations:
   """How long a run is, in steps and epochs."""
+
   total_steps: int
   steps_per_epoch: float
   epochs: float
@@ -57,18 +59,28 @@ def dataset_info(config: ml_collections.ConfigDict) -> tuple[input_pipeline.Data
   if builder.is_prepared():
     return input_pipeline.describe(builder, config.data.train_split, config.data.eval_split), None
   if name not in published.DATASETS:
-    raise ValueError(f'{name!r} is not prepared in {builder.data_dir} and its split sizes are not in '
-                     f'isojax/data/published.py; prepare it once (a normal run downloads it) and retry.')
+    raise ValueError(
+      f'{name!r} is not prepared in {builder.data_dir} and its split sizes are not in '
+      f'isojax/data/published.py; prepare it once (a normal run downloads it) and retry.'
+    )
   classes, channels, _ = published.DATASETS[name]
   sizes = {s: published.split_size(name, s) for s in (config.data.train_split, config.data.eval_split)}
   missing = [s for s, n in sizes.items() if n is None]
   if missing:
-    raise ValueError(f'Unknown split(s) {missing} of {name!r}; published splits: '
-                     f'{sorted(published.DATASETS[name][2])}.')
-  info = input_pipeline.DatasetInfo(num_classes=classes, channels=channels, class_names=(),
-                                    num_train=sizes[config.data.train_split], num_eval=sizes[config.data.eval_split])
-  return info, (f'{name} is not downloaded here: assumed the TFDS catalog sizes '
-                f'({config.data.train_split}: {info.num_train:,}, {config.data.eval_split}: {info.num_eval:,})')
+    raise ValueError(
+      f'Unknown split(s) {missing} of {name!r}; published splits: {sorted(published.DATASETS[name][2])}.'
+    )
+  info = input_pipeline.DatasetInfo(
+    num_classes=classes,
+    channels=channels,
+    class_names=(),
+    num_train=int(sizes[config.data.train_split] or 0),
+    num_eval=int(sizes[config.data.eval_split] or 0),
+  )
+  return info, (
+    f'{name} is not downloaded here: assumed the TFDS catalog sizes '
+    f'({config.data.train_split}: {info.num_train:,}, {config.data.eval_split}: {info.num_eval:,})'
+  )
 
 
 def model_cost(model: nn.Module, image_size: int, channels: int) -> tuple[int, Optional[float]]:
@@ -87,8 +99,10 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   info, note = dataset_info(config)
   steps = durations(config, info.num_train)
   params, gflops = model_cost(models.from_config(config, info.num_classes), config.data.image_size, info.channels)
-  train_ops = [f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
-               for name, kwargs in preprocess.parse(config.data.train_pp)]
+  train_ops = [
+    f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
+    for name, kwargs in preprocess.parse(config.data.train_pp)
+  ]
   if config.data.uint8_batches and preprocess.device_normalization(config.data.train_pp):
     train_ops[-1] += ' on device (uint8 batches)'
   mixup = config.mixup.to_dict()
@@ -97,27 +111,31 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   if config.label_smoothing:
     train_ops.append(f'label_smoothing({config.label_smoothing})')
   return {
-      'model': models.config_name(config),
-      'parameters': params,
-      'gflops_per_image': gflops,
-      'dataset': config.data.name,
-      'num_train': info.num_train,
-      'num_eval': info.num_eval,
-      'num_classes': info.num_classes,
-      'dataset_note': note,
-      'batch_size': config.batch_size,
-      'steps': steps.total_steps,
-      'epochs': steps.epochs,
-      'steps_per_epoch': steps.steps_per_epoch,
-      'warmup_steps': (0 if config.optimizer.schedule == 'onecycle'
-                       else optim.warmup_steps(config.optimizer, steps.total_steps, steps.steps_per_epoch)),
-      'optimizer': config.optimizer.name,
-      'weight_decay_mode': config.optimizer.get('weight_decay_mode', 'lr_scaled'),
-      'lr_at': optim.lr_at_percent(config.optimizer, steps.total_steps, steps.steps_per_epoch),
-      'weight_decay_per_step_at_peak': optim.decay_factor_at_peak(
-          config.optimizer, steps.total_steps, steps.steps_per_epoch),
-      'augmentation': train_ops,
-      'eval_preprocessing': config.data.eval_pp,
+    'model': models.config_name(config),
+    'parameters': params,
+    'gflops_per_image': gflops,
+    'dataset': config.data.name,
+    'num_train': info.num_train,
+    'num_eval': info.num_eval,
+    'num_classes': info.num_classes,
+    'dataset_note': note,
+    'batch_size': config.batch_size,
+    'steps': steps.total_steps,
+    'epochs': steps.epochs,
+    'steps_per_epoch': steps.steps_per_epoch,
+    'warmup_steps': (
+      0
+      if config.optimizer.schedule == 'onecycle'
+      else optim.warmup_steps(config.optimizer, steps.total_steps, steps.steps_per_epoch)
+    ),
+    'optimizer': config.optimizer.name,
+    'weight_decay_mode': config.optimizer.get('weight_decay_mode', 'lr_scaled'),
+    'lr_at': optim.lr_at_percent(config.optimizer, steps.total_steps, steps.steps_per_epoch),
+    'weight_decay_per_step_at_peak': optim.decay_factor_at_peak(
+      config.optimizer, steps.total_steps, steps.steps_per_epoch
+    ),
+    'augmentation': train_ops,
+    'eval_preprocessing': config.data.eval_pp,
   }
 
 
@@ -125,16 +143,15 @@ def format_dry_run(record: dict) -> str:
   """The human-readable report, ending with the record as one JSON line."""
   gflops = f'{record["gflops_per_image"]:.3f}' if record['gflops_per_image'] is not None else 'n/a'
   lines = [
-      f'model: {record["model"]}: {record["parameters"]:,} parameters, {gflops} GFLOPs per image (forward)',
-      f'data: {record["dataset"]}: {record["num_train"]:,} train / {record["num_eval"]:,} eval examples, '
-      f'{record["num_classes"]} classes' + (f' ({record["dataset_note"]})' if record['dataset_note'] else ''),
-      f'steps: {record["steps"]:,} of {record["batch_size"]} = {record["epochs"]:.2f} epochs '
-      f'({record["steps_per_epoch"]:.1f} steps per epoch); warmup {record["warmup_steps"]:,} steps',
-      f'optimizer: {record["optimizer"]}, weight decay {record["weight_decay_mode"]}: a decayed kernel shrinks by '
-      f'{record["weight_decay_per_step_at_peak"]:.3g} per step at peak learning rate',
-      'learning rate at % of training: ' + ', '.join(f'{p}%: {v:.3g}' for p, v in record['lr_at'].items()),
-      'augmentation: ' + ' -> '.join(record['augmentation']),
-      f'eval preprocessing: {record["eval_preprocessing"]}',
+    f'model: {record["model"]}: {record["parameters"]:,} parameters, {gflops} GFLOPs per image (forward)',
+    f'data: {record["dataset"]}: {record["num_train"]:,} train / {record["num_eval"]:,} eval examples, '
+    f'{record["num_classes"]} classes' + (f' ({record["dataset_note"]})' if record['dataset_note'] else ''),
+    f'steps: {record["steps"]:,} of {record["batch_size"]} = {record["epochs"]:.2f} epochs '
+    f'({record["steps_per_epoch"]:.1f} steps per epoch); warmup {record["warmup_steps"]:,} steps',
+    f'optimizer: {record["optimizer"]}, weight decay {record["weight_decay_mode"]}: a decayed kernel shrinks by '
+    f'{record["weight_decay_per_step_at_peak"]:.3g} per step at peak learning rate',
+    'learning rate at % of training: ' + ', '.join(f'{p}%: {v:.3g}' for p, v in record['lr_at'].items()),
+    'augmentation: ' + ' -> '.join(record['augmentation']),
+    f'eval preprocessing: {record["eval_preprocessing"]}',
   ]
   return '\n'.join(lines + [json.dumps(record)])
-

@@ -9,6 +9,7 @@ multi-process run uses JAX's preemption sync point (`multihost_utils.reached_pre
 which the coordination service agrees on after any process receives SIGTERM); SIGINT there is
 turned into SIGTERM for the same agreement.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from typing import Optional
 import jax
 from jax.experimental import multihost_utils
 
-EXIT_CODE = 75   # EX_TEMPFAIL: "try again later" — resubmit the same command to resume
+EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — resubmit the same command to resume
 
 
 class Preempted(Exception):
@@ -38,10 +39,10 @@ class StopSignals:
     self._previous: dict = {}
     self._multi = False
 
-  def __enter__(self) -> 'StopSignals':
+  def __enter__(self) -> StopSignals:
     self._multi = jax.process_count() > 1
     if threading.current_thread() is not threading.main_thread():
-      return self   # signal handlers live in the main thread only; an embedding thread keeps its own
+      return self  # signal handlers live in the main thread only; an embedding thread keeps its own
     # With several processes JAX's coordination agent already listens for SIGTERM; SIGINT joins it.
     for sig in (signal.SIGINT,) if self._multi else (signal.SIGTERM, signal.SIGINT):
       self._previous[sig] = signal.signal(sig, self._handle)
@@ -50,7 +51,7 @@ class StopSignals:
   def _handle(self, signum, frame) -> None:
     self._received = self._received or signal.Signals(signum).name
     if self._multi:
-      os.kill(os.getpid(), signal.SIGTERM)   # JAX's notifier hears it and agrees a step with the others
+      os.kill(os.getpid(), signal.SIGTERM)  # JAX's notifier hears it and agrees a step with the others
 
   def requested(self, step: int) -> Optional[str]:
     """The signal to stop for at this step, or None; with several processes, True on all at the same step."""
@@ -60,8 +61,7 @@ class StopSignals:
       return None
     return self._received
 
-  def __exit__(self, *exc) -> bool:
+  def __exit__(self, *exc) -> None:
     for sig, previous in self._previous.items():
       signal.signal(sig, previous)
     self._previous = {}
-    return False

@@ -3,10 +3,13 @@
 Written per device and meant for `jax.pmap(..., axis_name=AXIS)`: gradients,
 metrics and BatchNorm statistics are averaged across devices with `lax.pmean`.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import flax
 import flax.linen as nn
@@ -21,11 +24,12 @@ from isojax.core.devices import AXIS
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during training; checkpoints hold exactly this."""
+
   step: jax.Array
   params: Any
-  batch_stats: Any          # {} for models without BatchNorm
+  batch_stats: Any  # {} for models without BatchNorm
   opt_state: Any
-  ema_params: Any           # None unless an EMA of the parameters is kept
+  ema_params: Any  # None unless an EMA of the parameters is kept
   # The EMA of BatchNorm statistics, kept with ema_params: timm's ModelEmaV2/V3 average the
   # whole state_dict, buffers included (timm/utils/model_ema.py). {} without BatchNorm.
   ema_batch_stats: Any = None
@@ -38,18 +42,30 @@ class TrainState:
     return {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-               image_shape: tuple[int, ...], ema: bool) -> TrainState:
+def init_state(
+  model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...], ema: bool
+) -> TrainState:
   """Fresh parameters, optimizer state and (optionally) EMA for a [1, *image_shape] input."""
   variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
   params, batch_stats = variables['params'], variables.get('batch_stats', {})
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), ema_params=params if ema else None,
-                    ema_batch_stats=batch_stats if ema else None)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=tx.init(params),
+    ema_params=params if ema else None,
+    ema_batch_stats=batch_stats if ema else None,
+  )
 
 
-def mix(images: jax.Array, targets: jax.Array, rng: jax.Array, mixup_alpha: float,
-        cutmix_alpha: float, switch_prob: float = 0.5) -> tuple[jax.Array, jax.Array]:
+def mix(
+  images: jax.Array,
+  targets: jax.Array,
+  rng: jax.Array,
+  mixup_alpha: float,
+  cutmix_alpha: float,
+  switch_prob: float = 0.5,
+) -> tuple[jax.Array, jax.Array]:
   """Mixup / CutMix with the reversed batch (timm's batch mode); one of them per batch."""
   if not mixup_alpha and not cutmix_alpha:
     return images, targets
@@ -68,7 +84,8 @@ def mix(images: jax.Array, targets: jax.Array, rng: jax.Array, mixup_alpha: floa
   box = (rows >= top) & (rows < bottom) & (cols >= left) & (cols < right)
   lam_cut = 1.0 - box.sum() / (height * width)
   use_cut = jnp.asarray(bool(cutmix_alpha)) & (
-      jnp.logical_not(bool(mixup_alpha)) | (jax.random.uniform(rng_switch) < switch_prob))
+    jnp.logical_not(bool(mixup_alpha)) | (jax.random.uniform(rng_switch) < switch_prob)
+  )
   cut_images = jnp.where(box[None, :, :, None], flipped, images)
   mix_images = lam_mix * images + (1.0 - lam_mix) * flipped
   lam = jnp.where(use_cut, lam_cut, lam_mix)
@@ -79,28 +96,40 @@ def mix(images: jax.Array, targets: jax.Array, rng: jax.Array, mixup_alpha: floa
 def normalize_on_device(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 pixels -> float32 (images - mean) / std; refuses float batches, which were normalised already."""
   if images.dtype != jnp.uint8:
-    raise TypeError(f'image_normalization expects the uint8 batches of data.uint8_batches; got {images.dtype} '
-                    f'images, which the host has normalised already (drop image_normalization).')
+    raise TypeError(
+      f'image_normalization expects the uint8 batches of data.uint8_batches; got {images.dtype} '
+      f'images, which the host has normalised already (drop image_normalization).'
+    )
   return (images.astype(jnp.float32) - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def _gradients(model: nn.Module, loss: str, state: TrainState, images: jax.Array, targets: jax.Array,
-               labels: jax.Array, rng: jax.Array, accum_steps: int) -> tuple[Any, Any, jax.Array, jax.Array]:
+def _gradients(
+  model: nn.Module,
+  loss: str,
+  state: TrainState,
+  images: jax.Array,
+  targets: jax.Array,
+  labels: jax.Array,
+  rng: jax.Array,
+  accum_steps: int,
+) -> tuple[Any, Any, jax.Array, jax.Array]:
   """(gradients, new batch statistics, loss, accuracy) of this device's batch, over `accum_steps` micro-batches."""
 
   def loss_fn(params, batch_stats, images, targets, labels, rng):
     variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
-    out = model.apply(variables, images, train=True, rngs={'dropout': rng},
-                      mutable=['batch_stats'] if batch_stats else False)
+    out: Any = model.apply(
+      variables, images, train=True, rngs={'dropout': rng}, mutable=['batch_stats'] if batch_stats else False
+    )
     logits, updates = out if batch_stats else (out, {})
     value = losses.per_example(logits, targets, loss).mean()
     accuracy = (logits.argmax(-1) == labels).mean()
     return value, (updates.get('batch_stats', batch_stats), accuracy)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if accum_steps == 1:   # straight-line code: XLA optimises across a loop body far less
-    (value, (batch_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, images, targets, labels,
-                                                      jax.random.fold_in(rng, 0))
+  if accum_steps == 1:  # straight-line code: XLA optimises across a loop body far less
+    (value, (batch_stats, accuracy)), grads = grad_fn(
+      state.params, state.batch_stats, images, targets, labels, jax.random.fold_in(rng, 0)
+    )
     return grads, batch_stats, value, accuracy
 
   def accumulate(carry, xs):
@@ -111,7 +140,8 @@ def _gradients(model: nn.Module, loss: str, state: TrainState, images: jax.Array
   split = lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
   zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
   (grads, batch_stats, value, accuracy, _), _ = jax.lax.scan(
-      accumulate, (zeros, state.batch_stats, 0.0, 0.0, 0), (split(images), split(targets), split(labels)))
+    accumulate, (zeros, state.batch_stats, 0.0, 0.0, 0), (split(images), split(targets), split(labels))
+  )
   grads, value, accuracy = jax.tree_util.tree_map(lambda x: x / accum_steps, (grads, value, accuracy))
   return grads, batch_stats, value, accuracy
 
@@ -126,13 +156,24 @@ def _with_ema(state: TrainState, params: Any, batch_stats: Any, ema_decay: float
   return ema_params, ema_batch_stats
 
 
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Module,
-               tx: optax.GradientTransformation, learning_rate: Callable[[Any], Any],
-               num_classes: int, label_smoothing: float = 0.0, mixup_alpha: float = 0.0,
-               cutmix_alpha: float = 0.0, accum_steps: int = 1, ema_decay: float = 0.0,
-               loss: str = 'softmax_xent', axis_name: Optional[str] = AXIS,
-               image_normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
-               ) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch: dict,
+  rng: jax.Array,
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  learning_rate: Callable[[Any], Any],
+  num_classes: int,
+  label_smoothing: float = 0.0,
+  mixup_alpha: float = 0.0,
+  cutmix_alpha: float = 0.0,
+  accum_steps: int = 1,
+  ema_decay: float = 0.0,
+  loss: str = 'softmax_xent',
+  axis_name: Optional[str] = AXIS,
+  image_normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+) -> tuple[TrainState, dict]:
   """One optimizer step on this device's share of the global batch.
 
   The step's randomness is `rng` folded with the step number and the device index, so
@@ -149,21 +190,33 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *, model: nn.Modu
     images = normalize_on_device(images, *image_normalization)
   targets = losses.targets(batch['label'], num_classes, label_smoothing)
   images, targets = mix(images, targets, rng_mix, mixup_alpha, cutmix_alpha)
-  grads, batch_stats, value, accuracy = _gradients(model, loss, state, images, targets, batch['label'], rng_model,
-                                                   accum_steps)
+  grads, batch_stats, value, accuracy = _gradients(
+    model, loss, state, images, targets, batch['label'], rng_model, accum_steps
+  )
   if axis_name is not None:
     grads, value, accuracy = jax.lax.pmean((grads, value, accuracy), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params, ema_batch_stats = _with_ema(state, params, batch_stats, ema_decay)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=ema_params, ema_batch_stats=ema_batch_stats)
-  metrics = {'loss': value, 'accuracy': accuracy, 'grad_norm': optax.global_norm(grads),
-             'param_norm': optax.global_norm(params), 'lr': learning_rate(state.step)}
+  new_state = dataclasses.replace(
+    state,
+    step=state.step + 1,
+    params=params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    ema_params=ema_params,
+    ema_batch_stats=ema_batch_stats,
+  )
+  metrics = {
+    'loss': value,
+    'accuracy': accuracy,
+    'grad_norm': optax.global_norm(grads),
+    'param_norm': optax.global_norm(params),
+    'lr': learning_rate(state.step),
+  }
   return new_state, metrics
 
 
 def pmapped_train_step(**static) -> Callable:
   """`train_step` under pmap: state and batch split over local devices, state donated."""
-  return jax.pmap(functools.partial(train_step, **static), axis_name=AXIS, donate_argnums=(0,),
-                  in_axes=(0, 0, None))
+  return jax.pmap(functools.partial(train_step, **static), axis_name=AXIS, donate_argnums=(0,), in_axes=(0, 0, None))

@@ -31,8 +31,10 @@ def read(path: str) -> tuple[str, dict[str, np.ndarray]]:
     return TIMM, torchfile.read_safetensors(path)
   if path.endswith(TORCH_SUFFIXES):
     return TIMM, torchfile.read_torch(path)
-  raise ValueError(f'Cannot read pretrained weights from {path!r}: expected the workdir of an isojax run, '
-                   f'an official .npz, or a timm .pth/.bin/.pt/.safetensors file.')
+  raise ValueError(
+    f'Cannot read pretrained weights from {path!r}: expected the workdir of an isojax run, '
+    f'an official .npz, or a timm .pth/.bin/.pt/.safetensors file.'
+  )
 
 
 def read_npz(path: str) -> dict[str, np.ndarray]:
@@ -41,5 +43,6 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as archive:
       return {k: archive[k] for k in archive.files}
   except Exception as e:  # zipfile.BadZipFile, EOFError, ValueError, OSError: a broken file
-    raise ValueError(f'Cannot read {path!r} as a .npz archive ({type(e).__name__}: {e}); '
-                     f'is the file complete?') from None
+    raise ValueError(
+      f'Cannot read {path!r} as a .npz archive ({type(e).__name__}: {e}); is the file complete?'
+    ) from None

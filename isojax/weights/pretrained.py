@@ -5,8 +5,8 @@ the source's logits and no hand-set flags. `load(path, model, image_size)` fills
 built. `describe(path)` says what a file holds (architecture, classes, image size, assumptions).
 
 Fine-tuning semantics (as in the ViT paper): when the class count differs the head is
-re-initialised (as a fresh model of that family starts it: zeros for ViT and Mixer); when the image size differs, learned
-position embeddings are resized bilinearly over their 2D grid, keeping the class token.
+re-initialised (as a fresh model of that family starts it: zeros for ViT and Mixer); when the image size
+differs, learned position embeddings are resized bilinearly over their 2D grid, keeping the class token.
 Any other mismatch is an error naming the first parameter that does not fit.
 
 Sources: the workdir of an isojax run (its latest checkpoint); the `.npz` files published by
@@ -14,12 +14,14 @@ google-research/vision_transformer and big_vision; timm (and facebookresearch) s
 or `.safetensors`, read without torch (files.py). Each family's reader, in the family's file, turns the
 tensors into its parameters; the registry finds the one family that claims a file.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import warnings
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import flax
 import flax.linen as nn
@@ -43,7 +45,7 @@ def _flatten(tree: Any) -> dict[str, Any]:
 def resize_posemb(posemb: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
   """[1, (1+)g*g, C] -> [1, (1+)G*G, C]: bilinear over the 2D grid, class token kept as is."""
   tokens, width = target_shape[1], target_shape[2]
-  extra = posemb.shape[1] - math.isqrt(posemb.shape[1]) ** 2          # a leading class token
+  extra = posemb.shape[1] - math.isqrt(posemb.shape[1]) ** 2  # a leading class token
   target_extra = tokens - math.isqrt(tokens) ** 2
   if extra != target_extra or posemb.shape[2] != width or extra > 1:
     raise ValueError(f'Cannot resize position embedding {posemb.shape} to {target_shape}.')
@@ -54,8 +56,7 @@ def resize_posemb(posemb: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarr
   return np.concatenate([head, np.asarray(grid).reshape(1, new * new, width)], axis=1)
 
 
-def adapt(source: dict, target: dict, strict: bool = True,
-          initialise: Optional[Callable[[], dict]] = None) -> dict:
+def adapt(source: dict, target: dict, strict: bool = True, initialise: Optional[Callable[[], dict]] = None) -> dict:
   """`target`-shaped variables filled from `source` with the fine-tuning rules above.
 
   `target` holds the model's variables, or only their shapes (`jax.eval_shape`) with `initialise`
@@ -69,10 +70,12 @@ def adapt(source: dict, target: dict, strict: bool = True,
   src, out, used, missing = _flatten(source), {}, set(), []
   initialised: dict = {}
 
-  def fresh(path, init):   # a fresh layer (isojax heads start at zero, as the ViT paper fine-tunes)
+  def fresh(path, init):  # a fresh layer (isojax heads start at zero, as the ViT paper fine-tunes)
     if not isinstance(init, jax.ShapeDtypeStruct):
       return init
     if not initialised:
+      if initialise is None:
+        raise ValueError(f'{path!r} starts fresh, but the target holds only shapes; pass initialise= to adapt.')
       initialised.update(_flatten(initialise()))
     return initialised[path]
 
@@ -83,8 +86,7 @@ def adapt(source: dict, target: dict, strict: bool = True,
         out[path] = fresh(path, init)
         missing.append(path)
         continue
-      raise ValueError(f'Pretrained weights have no {path!r} (shape {shape}); '
-                       f'they are for another architecture.')
+      raise ValueError(f'Pretrained weights have no {path!r} (shape {shape}); they are for another architecture.')
     used.add(path)
     value = np.asarray(src[path])
     if value.shape == shape:
@@ -94,17 +96,21 @@ def adapt(source: dict, target: dict, strict: bool = True,
     elif path.endswith('pos_embedding'):
       out[path] = resize_posemb(value, shape).astype(init.dtype)
     else:
-      raise ValueError(f'Pretrained {path!r} has shape {value.shape}, but the model expects '
-                       f'{shape}; they are for another architecture.')
+      raise ValueError(
+        f'Pretrained {path!r} has shape {value.shape}, but the model expects '
+        f'{shape}; they are for another architecture.'
+      )
   unused = sorted(set(src) - used)
   if unused:
-    message = (f'{len(unused)} tensor(s) in the weights are not used by the model: {unused[:8]}'
-               f'{" ..." if len(unused) > 8 else ""}; re-initialised instead of loaded: {missing}. The model '
-               f'is not configured as the weights were trained (LayerScale, fc_norm, pre_logits, pooling, '
-               f'position embedding?).')
+    message = (
+      f'{len(unused)} tensor(s) in the weights are not used by the model: {unused[:8]}'
+      f'{" ..." if len(unused) > 8 else ""}; re-initialised instead of loaded: {missing}. The model '
+      f'is not configured as the weights were trained (LayerScale, fc_norm, pre_logits, pooling, '
+      f'position embedding?).'
+    )
     if strict:
       raise ValueError(message + ' Configure the model to match, or load with strict=False.')
-    warnings.warn(message)
+    warnings.warn(message, stacklevel=2)
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
 
 
@@ -154,13 +160,16 @@ def _check_heads(path: str, weights: Weights, model: nn.Module) -> None:
   heads = models.attention_heads(model)
   shown = weights.fields.get('num_heads')
   if heads is not None and shown is not None and 'num_heads' not in weights.assumed and heads != shown:
-    raise ValueError(f'{path!r} has {shown} attention heads (its query kernel is [width, {shown}, width/{shown}]), '
-                     f'but the model has num_heads={heads}; build it with num_heads={shown}, or use '
-                     f'isojax.weights.pretrained.create(path).')
+    raise ValueError(
+      f'{path!r} has {shown} attention heads (its query kernel is [width, {shown}, width/{shown}]), '
+      f'but the model has num_heads={heads}; build it with num_heads={shown}, or use '
+      f'isojax.weights.pretrained.create(path).'
+    )
 
 
-def create(path: str, num_classes: Optional[int] = None, image_size: Optional[int] = None,
-           strict: bool = True, **overrides: Any) -> tuple[nn.Module, dict]:
+def create(
+  path: str, num_classes: Optional[int] = None, image_size: Optional[int] = None, strict: bool = True, **overrides: Any
+) -> tuple[nn.Module, dict]:
   """(model, variables) for the weights at `path`, the model built from what the file shows.
 
   Official vision_transformer / big_vision `.npz` files and timm state dicts carry their own architecture
@@ -174,8 +183,10 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
   weights = describe(path)
   for field, value in overrides.items():
     if field in weights.fields and weights.fields[field] != value and field not in weights.assumed:
-      raise ValueError(f'{path!r} holds a model with {field}={weights.fields[field]!r}; the override '
-                       f'{field}={value!r} contradicts the file.')
+      raise ValueError(
+        f'{path!r} holds a model with {field}={weights.fields[field]!r}; the override '
+        f'{field}={value!r} contradicts the file.'
+      )
   fields = {**weights.fields, **overrides}
   classes = num_classes or weights.num_classes
   if classes is None:
@@ -183,14 +194,16 @@ def create(path: str, num_classes: Optional[int] = None, image_size: Optional[in
   name = models.name_for(weights.family, fields)
   model = models.create(name, classes, **fields)
   if weights.assumed and not set(weights.assumed) <= set(overrides):
-    logging.info('pretrained.create(%r) assumed %s', path,
-                 {k: v for k, v in weights.assumed.items() if k not in overrides})
+    logging.info(
+      'pretrained.create(%r) assumed %s', path, {k: v for k, v in weights.assumed.items() if k not in overrides}
+    )
   size = image_size or weights.image_size or models.default_image_size(name)
   return model, _adapted(path, weights.variables, model, size, weights.channels, strict)
 
 
-def _create_from_run(path: str, num_classes: Optional[int], image_size: Optional[int], strict: bool,
-                     overrides: dict) -> tuple[nn.Module, dict]:
+def _create_from_run(
+  path: str, num_classes: Optional[int], image_size: Optional[int], strict: bool, overrides: dict
+) -> tuple[nn.Module, dict]:
   model, variables, config = runs.load(path)
   if num_classes is None and image_size is None and not overrides:
     return model, variables

@@ -3,6 +3,7 @@
 Needs neither the training mesh, nor the optimizer, nor the dataset: checkpoints hold
 host arrays, so a run saved from 8 GPUs opens on a CPU laptop.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -13,7 +14,6 @@ import ml_collections
 from isojax import models
 from isojax.core import checkpoint as checkpoint_lib
 from isojax.core import workdir as workdir_lib
-
 
 STEP_NAMES = ('latest', 'best')
 
@@ -34,8 +34,9 @@ def _pick(ckpt, workdir: str, step: Optional[int], which: str) -> int:
   if step is None:
     step = ckpt.best_step() if which == 'best' else ckpt.latest_step()
   if step is None:
-    raise FileNotFoundError(f'No checkpoint in {workdir_lib.checkpoint_dir(workdir)}; '
-                            f'is {workdir!r} the --workdir of an isojax.main run?')
+    raise FileNotFoundError(
+      f'No checkpoint in {workdir_lib.checkpoint_dir(workdir)}; is {workdir!r} the --workdir of an isojax.main run?'
+    )
   if step not in ckpt.all_steps():
     raise ValueError(f'No checkpoint for step {step} in {workdir!r}; kept steps: {ckpt.all_steps()}.')
   return step
@@ -52,8 +53,9 @@ def restore_raw(workdir: str, step: Optional[int] = None, which: str = 'latest')
   return ckpt.restore_raw(None if step is None and which == 'latest' else picked)
 
 
-def load(workdir: str, step: Optional[int | str] = None,
-         ema: Optional[bool] = None) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
+def load(
+  workdir: str, step: Optional[int | str] = None, ema: Optional[bool] = None
+) -> tuple[nn.Module, dict, ml_collections.ConfigDict]:
   """(model, variables, config) of a run: latest checkpoint, a given step, or step='best'.
 
   `ema=None` uses the EMA parameters when the run kept and evaluated them.
@@ -67,7 +69,7 @@ def load(workdir: str, step: Optional[int | str] = None,
     raise ValueError(f'ema=True, but the run in {workdir!r} kept no EMA (ema_decay={config.get("ema_decay")}).')
   params = saved['ema_params'] if use_ema else saved['params']
   batch_stats = saved.get('batch_stats')
-  if use_ema and saved.get('ema_batch_stats') is not None:   # runs saved before the EMA covered them lack it
+  if use_ema and saved.get('ema_batch_stats') is not None:  # runs saved before the EMA covered them lack it
     batch_stats = saved['ema_batch_stats']
   num_classes = int(params['head']['bias'].shape[0])
   model = models.from_config(config, num_classes)

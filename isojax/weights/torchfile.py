@@ -5,6 +5,7 @@ zip; a restricted unpickler rebuilds them as numpy arrays, checking every tensor
 offset, shape and strides against the bytes its storage really holds (no read past the end).
 `.safetensors` files are read by the `safetensors` library's numpy API, which validates them.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -17,9 +18,16 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 _STORAGE_DTYPES = {
-    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
-    'BFloat16Storage': ml_dtypes.bfloat16, 'LongStorage': np.int64, 'IntStorage': np.int32,
-    'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
+  'FloatStorage': np.float32,
+  'DoubleStorage': np.float64,
+  'HalfStorage': np.float16,
+  'BFloat16Storage': ml_dtypes.bfloat16,
+  'LongStorage': np.int64,
+  'IntStorage': np.int32,
+  'ShortStorage': np.int16,
+  'CharStorage': np.int8,
+  'ByteStorage': np.uint8,
+  'BoolStorage': np.bool_,
 }
 
 
@@ -34,11 +42,14 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
     raise pickle.UnpicklingError(f'A tensor declares offset {offset}, shape {size}, strides {stride}: not a tensor.')
   last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
   if last >= storage.size:
-    raise pickle.UnpicklingError(f'A tensor of shape {size} (offset {offset}, strides {stride}) reaches element '
-                                 f'{last}, but its storage holds {storage.size}; the file is corrupt.')
+    raise pickle.UnpicklingError(
+      f'A tensor of shape {size} (offset {offset}, strides {stride}) reaches element '
+      f'{last}, but its storage holds {storage.size}; the file is corrupt.'
+    )
   itemsize = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
-                                         strides=tuple(s * itemsize for s in stride)).copy()
+  return np.lib.stride_tricks.as_strided(
+    storage[offset:], shape=size, strides=tuple(s * itemsize for s in stride)
+  ).copy()
 
 
 def _rebuild_parameter(data, *unused):
@@ -68,8 +79,10 @@ class _Unpickler(pickle.Unpickler):
     raw = self._archive.read(f'{self._prefix}/data/{key}')
     itemsize = np.dtype(storage_type.dtype).itemsize
     if numel < 0 or numel * itemsize > len(raw):
-      raise pickle.UnpicklingError(f'Storage {key!r} declares {numel} elements of {itemsize} bytes, but holds '
-                                   f'{len(raw)} bytes; the file is corrupt.')
+      raise pickle.UnpicklingError(
+        f'Storage {key!r} declares {numel} elements of {itemsize} bytes, but holds '
+        f'{len(raw)} bytes; the file is corrupt.'
+      )
     return np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
 
 
@@ -78,12 +91,13 @@ def read_torch(path: str) -> dict[str, np.ndarray]:
   try:
     with zipfile.ZipFile(path) as archive:
       pickle_name = next(n for n in archive.namelist() if n.endswith('data.pkl'))
-      prefix = pickle_name[:-len('/data.pkl')]
+      prefix = pickle_name[: -len('/data.pkl')]
       with archive.open(pickle_name) as f:
         state = _Unpickler(f, archive, prefix).load()
   except (zipfile.BadZipFile, StopIteration, EOFError, KeyError, pickle.UnpicklingError, ValueError) as e:
-    raise ValueError(f'Cannot read {path!r} as a torch.save zip archive ({type(e).__name__}: {e}); '
-                     f'is the file complete?') from None
+    raise ValueError(
+      f'Cannot read {path!r} as a torch.save zip archive ({type(e).__name__}: {e}); is the file complete?'
+    ) from None
   if isinstance(state, dict) and 'state_dict' in state:
     state = state['state_dict']
   if isinstance(state, dict) and 'model' in state and isinstance(state['model'], dict):

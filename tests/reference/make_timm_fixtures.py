@@ -10,19 +10,18 @@ Run in a venv with timm and torch (not isojax dependencies), from the repository
 
 tests/test_timm_weights.py then checks, without torch, that isojax reproduces these logits.
 """
-import os
 
 import json
+import os
 import sys
+from functools import partial
 
 import numpy as np
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models.convmixer import ConvMixer
-from functools import partial
-
 from timm.layers import GatedMlp
+from timm.models.convmixer import ConvMixer
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock
 from timm.models.vision_transformer import VisionTransformer
 
@@ -33,15 +32,15 @@ from seeded import seeded_state  # noqa: E402
 # timm name: (create_model keyword arguments, image size). Depth is cut to 2 where the published
 # depth is not what the case is about; widths, heads, pooling, norms and activations stay published.
 SEEDED = {
-    'vit_small_patch16_224': (dict(img_size=32, depth=2), 32),
-    'deit3_small_patch16_224': (dict(img_size=32, depth=2), 32),         # LayerScale, posemb before cls
-    'vit_medium_patch16_gap_256': (dict(img_size=32, depth=2), 32),      # no class token, no qkv bias
-    'mixer_s16_224': (dict(img_size=32), 32),                            # timm fixes its 8 blocks
-    'convmixer_768_32': (dict(), 28),                                    # ReLU: the full 32 blocks
-    'resnet18': (dict(), 32),                                            # the pyramid baselines
-    'resnet50': (dict(), 32),
-    'cait_xxs24_224': (dict(img_size=32, depth=2), 32),                  # talking heads, class attention
-    'resnetv2_50x1_bit': (dict(), 32),                                   # weight standardisation, GroupNorm
+  'vit_small_patch16_224': (dict(img_size=32, depth=2), 32),
+  'deit3_small_patch16_224': (dict(img_size=32, depth=2), 32),  # LayerScale, posemb before cls
+  'vit_medium_patch16_gap_256': (dict(img_size=32, depth=2), 32),  # no class token, no qkv bias
+  'mixer_s16_224': (dict(img_size=32), 32),  # timm fixes its 8 blocks
+  'convmixer_768_32': (dict(), 28),  # ReLU: the full 32 blocks
+  'resnet18': (dict(), 32),  # the pyramid baselines
+  'resnet50': (dict(), 32),
+  'cait_xxs24_224': (dict(img_size=32, depth=2), 32),  # talking heads, class attention
+  'resnetv2_50x1_bit': (dict(), 32),  # weight standardisation, GroupNorm
 }
 
 
@@ -49,10 +48,13 @@ def facebook_convnext_isotropic():
   """facebookresearch/ConvNeXt's ConvNeXtIsotropic, run from the verbatim copies in tests/reference/sources."""
   import importlib.util
   import types
+
   here = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sources')
   sys.modules.setdefault('convnext_models', types.ModuleType('convnext_models')).__path__ = []
   for name in ('convnext', 'convnext_isotropic'):
-    spec = importlib.util.spec_from_file_location(f'convnext_models.{name}', os.path.join(here, f'convnext_models_{name}.py'))
+    spec = importlib.util.spec_from_file_location(
+      f'convnext_models.{name}', os.path.join(here, f'convnext_models_{name}.py')
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[f'convnext_models.{name}'] = module
     spec.loader.exec_module(module)
@@ -62,26 +64,66 @@ def facebook_convnext_isotropic():
 # Models built from a constructor: name: (constructor, image size). ConvNeXt-iso (not in timm):
 # ConvNeXt-iso-S's width, 2 of its 18 blocks, once as published (no LayerScale), once with the gamma.
 REFERENCE = {
-    # timm's resmlp_24_224 and gmlp_ti16_224 (mlp_mixer.py l.797-806, 833-842) with 2 blocks: their
-    # registered functions fix num_blocks, so their MlpMixer arguments are repeated here.
-    'resmlp_24_224_d2': (lambda: MlpMixer(patch_size=16, num_blocks=2, embed_dim=384, mlp_ratio=4, img_size=32,
-                                          block_layer=partial(ResBlock, init_values=1e-5), norm_layer=Affine), 32),
-    'gmlp_ti16_224_d2': (lambda: MlpMixer(patch_size=16, num_blocks=2, embed_dim=128, mlp_ratio=6, img_size=32,
-                                          block_layer=SpatialGatingBlock, mlp_layer=GatedMlp), 32),
-    'convnext_isotropic_small_d2': (lambda: facebook_convnext_isotropic()(depth=2, dim=384), 32),
-    'convnext_isotropic_small_d2_gamma': (
-        lambda: facebook_convnext_isotropic()(depth=2, dim=384, layer_scale_init_value=1e-6), 32),
+  # timm's resmlp_24_224 and gmlp_ti16_224 (mlp_mixer.py l.797-806, 833-842) with 2 blocks: their
+  # registered functions fix num_blocks, so their MlpMixer arguments are repeated here.
+  'resmlp_24_224_d2': (
+    lambda: MlpMixer(
+      patch_size=16,
+      num_blocks=2,
+      embed_dim=384,
+      mlp_ratio=4,
+      img_size=32,
+      block_layer=partial(ResBlock, init_values=1e-5),
+      norm_layer=Affine,
+    ),
+    32,
+  ),
+  'gmlp_ti16_224_d2': (
+    lambda: MlpMixer(
+      patch_size=16,
+      num_blocks=2,
+      embed_dim=128,
+      mlp_ratio=6,
+      img_size=32,
+      block_layer=SpatialGatingBlock,
+      mlp_layer=GatedMlp,
+    ),
+    32,
+  ),
+  'convnext_isotropic_small_d2': (lambda: facebook_convnext_isotropic()(depth=2, dim=384), 32),
+  'convnext_isotropic_small_d2_gamma': (
+    lambda: facebook_convnext_isotropic()(depth=2, dim=384, layer_scale_init_value=1e-6),
+    32,
+  ),
 }
 
-MODELS = {   # name: (timm model, file format)
-    'vit_token': (lambda: VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4,
-                                            mlp_ratio=2, num_classes=10), 'safetensors'),
-    'vit_gap_layerscale': (lambda: VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4,
-                                                     mlp_ratio=2, num_classes=10, global_pool='avg',
-                                                     class_token=False, init_values=0.1), 'pth'),
-    'mixer': (lambda: MlpMixer(img_size=16, patch_size=4, embed_dim=32, num_blocks=2, mlp_ratio=(0.5, 2.0),
-                               num_classes=10), 'bin'),
-    'convmixer': (lambda: ConvMixer(dim=32, depth=2, kernel_size=3, patch_size=4, num_classes=10), 'pth'),
+MODELS = {  # name: (timm model, file format)
+  'vit_token': (
+    lambda: VisionTransformer(
+      img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, mlp_ratio=2, num_classes=10
+    ),
+    'safetensors',
+  ),
+  'vit_gap_layerscale': (
+    lambda: VisionTransformer(
+      img_size=16,
+      patch_size=4,
+      embed_dim=32,
+      depth=2,
+      num_heads=4,
+      mlp_ratio=2,
+      num_classes=10,
+      global_pool='avg',
+      class_token=False,
+      init_values=0.1,
+    ),
+    'pth',
+  ),
+  'mixer': (
+    lambda: MlpMixer(img_size=16, patch_size=4, embed_dim=32, num_blocks=2, mlp_ratio=(0.5, 2.0), num_classes=10),
+    'bin',
+  ),
+  'convmixer': (lambda: ConvMixer(dim=32, depth=2, kernel_size=3, patch_size=4, num_classes=10), 'pth'),
 }
 
 
@@ -94,7 +136,7 @@ def randomise(model, generator):
       noise = 0.2 * torch.randn(tensor.shape, generator=generator)
       if name.endswith('running_var'):
         tensor.copy_(noise.abs() + 0.5)
-      elif name.endswith('.weight') and tensor.ndim == 1:   # norm scales
+      elif name.endswith('.weight') and tensor.ndim == 1:  # norm scales
         tensor.copy_(1.0 + noise)
       else:
         tensor.copy_(noise)
@@ -117,8 +159,10 @@ def main():
   np.savez(os.path.join(OUT, 'expected_logits.npz'), **expected)
 
   specs, logits = {}, {}
-  makers = {name: (lambda name=name, kwargs=kwargs: timm.create_model(name, pretrained=False, **kwargs), kwargs, size)
-            for name, (kwargs, size) in SEEDED.items()}
+  makers = {
+    name: (lambda name=name, kwargs=kwargs: timm.create_model(name, pretrained=False, **kwargs), kwargs, size)
+    for name, (kwargs, size) in SEEDED.items()
+  }
   makers.update({name: (make, {}, size) for name, (make, size) in REFERENCE.items()})
   for seed, (name, (make, kwargs, size)) in enumerate(makers.items()):
     model = make().eval()

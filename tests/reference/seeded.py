@@ -4,6 +4,7 @@ A fixture that would be a large file (a 21M-parameter ConvMixer-768/32) is store
 names and shapes plus timm's logits; `seeded_state` regenerates the exact weights from a seed,
 and `write_safetensors` writes them as a timm checkpoint file for isojax to read.
 """
+
 import json
 import struct
 
@@ -43,7 +44,11 @@ def write_safetensors(path, state: dict) -> None:
   header, offset, blobs = {}, 0, []
   for name, value in state.items():
     data = np.ascontiguousarray(value).tobytes()
-    header[name] = {'dtype': _DTYPES[value.dtype], 'shape': list(value.shape), 'data_offsets': [offset, offset + len(data)]}
+    header[name] = {
+      'dtype': _DTYPES[value.dtype],
+      'shape': list(value.shape),
+      'data_offsets': [offset, offset + len(data)],
+    }
     offset += len(data)
     blobs.append(data)
   encoded = json.dumps(header).encode()
