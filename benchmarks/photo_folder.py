@@ -14,11 +14,14 @@ most cameras). Layout: OUT/train/class_XX/*.jpg and OUT/validation/class_XX/*.jp
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
+from absl import flags
+
+from isojax.core import command_line
 
 if TYPE_CHECKING:
   from PIL import Image
@@ -76,21 +79,27 @@ def make(
   return {'path': out, **counts, 'classes': classes, 'bytes': total_bytes}
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--out', required=True, help='the folder to write (files already there are kept)')
-  parser.add_argument('--per_class', type=int, default=500, help='training images per class')
-  parser.add_argument('--val_per_class', type=int, default=50, help='validation images per class')
-  parser.add_argument('--classes', type=int, default=10)
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--quality', type=int, default=90, help='JPEG quality')
-  args = parser.parse_args()
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('out', None, 'The folder to write (files already there are kept).', flag_values=FLAGS)
+flags.DEFINE_integer('per_class', 500, 'Training images per class.', flag_values=FLAGS)
+flags.DEFINE_integer('val_per_class', 50, 'Validation images per class.', flag_values=FLAGS)
+flags.DEFINE_integer('classes', 10, 'Classes.', flag_values=FLAGS)
+flags.DEFINE_integer('seed', 0, 'The seed of every image.', flag_values=FLAGS)
+flags.DEFINE_integer('quality', 90, 'JPEG quality.', flag_values=FLAGS)
+flags.mark_flag_as_required('out', flag_values=FLAGS)
+
+
+@command_line.command
+def main(argv=None) -> int:
+  command_line.parse(FLAGS, argv, __doc__)
+  args = FLAGS
   made = make(args.out, args.per_class, args.classes, args.val_per_class, args.seed, args.quality)
   print(
     f'{made["train"]} training and {made["validation"]} validation images in {made["classes"]} classes, '
     f'{made["bytes"] / 2**20:.0f} MiB on disk: {made["path"]}'
   )
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

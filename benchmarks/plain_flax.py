@@ -13,7 +13,6 @@ isojax.training.benchmark; nothing else from isojax.
 Prints one JSON line with the median seconds of a training step and of inference.
 """
 
-import argparse
 import functools
 import json
 import os
@@ -29,8 +28,10 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from absl import flags  # noqa: E402
 from flax.training import train_state  # noqa: E402
 
+from isojax.core import command_line  # noqa: E402
 from isojax.models import convmixer, mixer, vit  # noqa: E402  (architecture sizes only)
 from isojax.training.benchmark import median_seconds  # noqa: E402  (the same timing as the isojax column)
 from tests.reference import sources  # noqa: E402
@@ -90,18 +91,19 @@ def build(name: str, num_classes: int) -> nn.Module:
   raise SystemExit(f'No plain baseline for {name!r}; one of the ViT, Mixer or ConvMixer registry names.')
 
 
-def _arguments() -> argparse.Namespace:
-  parser = argparse.ArgumentParser()
-  parser.add_argument('--model', required=True)
-  parser.add_argument('--batch_size', type=int, required=True)
-  parser.add_argument('--image_size', type=int, required=True)
-  parser.add_argument('--steps', type=int, default=5)
-  parser.add_argument('--num_classes', type=int, default=1000)
-  return parser.parse_args()
+FLAGS = flags.FlagValues()
+flags.DEFINE_string('model', None, 'A registered model name.', flag_values=FLAGS)
+flags.DEFINE_integer('batch_size', None, 'Batch.', flag_values=FLAGS)
+flags.DEFINE_integer('image_size', None, 'Image side in pixels.', flag_values=FLAGS)
+flags.DEFINE_integer('steps', 5, 'Timed steps (the median is reported).', flag_values=FLAGS)
+flags.DEFINE_integer('num_classes', 1000, 'Classes of the head.', flag_values=FLAGS)
+flags.mark_flags_as_required(['model', 'batch_size', 'image_size'], flag_values=FLAGS)
 
 
-def main():
-  args = _arguments()
+@command_line.command
+def main(argv=None) -> int:
+  command_line.parse(FLAGS, argv, __doc__)
+  args = FLAGS
   model = build(args.model, args.num_classes)
   batch_norm = isinstance(model, PlainConvMixer)
   rng = np.random.RandomState(0)
@@ -155,7 +157,8 @@ def main():
     lambda: infer(holder['state'].params, holder['batch_stats'], images), args.steps
   )
   print(json.dumps(result))
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -1,7 +1,7 @@
 """isojax vs timm (PyTorch) vs a plain-Flax baseline, in one run on one machine, as a Markdown table.
 
-    python benchmarks/side_by_side.py --timm_python /path/to/timm-venv/bin/python \
-        [--cases ViT-S/16:16:224 Mixer-S/16:16:224 ...] [--steps 5] [--out benchmarks/results.md]
+    python benchmarks/side_by_side.py --timm_python=/path/to/timm-venv/bin/python \
+        [--cases=ViT-S/16:16:224,Mixer-S/16:16:224,...] [--steps=5] [--out=benchmarks/results.md]
 
 Each measurement runs in its own process, one after the other (never two at once), so
 every column sees the same idle machine:
@@ -12,7 +12,6 @@ A case is NAME:BATCH:IMAGE_SIZE[:CLASSES]. Figures are images/s from the median 
 ratios above 1 mean isojax is faster. Without --timm_python the timm columns are left out.
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -20,11 +19,31 @@ import platform
 import subprocess
 import sys
 
+from absl import flags
+
+from isojax.core import command_line
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # The issue's CPU targets: the 224px models at a batch a 2-core machine steps in seconds,
 # and the CIFAR ConvMixer at its training batch.
-DEFAULT_CASES = ('ViT-S/16:16:224', 'Mixer-S/16:16:224', 'ConvMixer-768/32:8:224', 'ConvMixer-256/8:128:32:10')
+DEFAULT_CASES = ['ViT-S/16:16:224', 'Mixer-S/16:16:224', 'ConvMixer-768/32:8:224', 'ConvMixer-256/8:128:32:10']
+
+FLAGS = flags.FlagValues()
+_CASES = flags.DEFINE_list(
+  'cases', DEFAULT_CASES, 'NAME:BATCH:IMAGE_SIZE[:CLASSES], comma-separated.', flag_values=FLAGS
+)
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per measurement (median).', flag_values=FLAGS)
+_TIMM_PYTHON = flags.DEFINE_string(
+  'timm_python',
+  os.environ.get('TIMM_PYTHON'),
+  'The python of a venv with torch and timm (or $TIMM_PYTHON).',
+  flag_values=FLAGS,
+)
+_TIMEOUT = flags.DEFINE_float('timeout', 1800, 'Seconds per measurement process.', flag_values=FLAGS)
+_OUT = flags.DEFINE_string(
+  'out', None, 'Also write the Markdown table (and the raw JSON next to it).', flag_values=FLAGS
+)
 
 
 def parse_case(text: str) -> dict:
@@ -139,32 +158,23 @@ def machine(results: list) -> str:
   return text
 
 
+@command_line.command
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--cases', nargs='+', default=DEFAULT_CASES, help='NAME:BATCH:IMAGE_SIZE[:CLASSES] ...')
-  parser.add_argument('--steps', type=int, default=5, help='timed steps per measurement (median)')
-  parser.add_argument(
-    '--timm_python',
-    default=os.environ.get('TIMM_PYTHON'),
-    help='python of a venv with torch and timm (or $TIMM_PYTHON)',
-  )
-  parser.add_argument('--timeout', type=float, default=1800, help='seconds per measurement process')
-  parser.add_argument('--out', help='also write the Markdown table (and the raw JSON next to it)')
-  args = parser.parse_args(argv)
-  cases = [parse_case(c) for c in args.cases]
+  command_line.parse(FLAGS, argv, __doc__)
+  cases = [parse_case(c) for c in _CASES.value]
   results = []
   for case in cases:
     print(
       f'measuring {case["model"]} batch {case["batch_size"]} @ {case["image_size"]}px ...', file=sys.stderr, flush=True
     )
-    results.append(measure(case, args.steps, args.timm_python, args.timeout))
+    results.append(measure(case, _STEPS.value, _TIMM_PYTHON.value, _TIMEOUT.value))
   command = 'python benchmarks/side_by_side.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
-  text = f'{table(cases, results, bool(args.timm_python))}\n\n{machine(results)}; `{command}`\n'
+  text = f'{table(cases, results, bool(_TIMM_PYTHON.value))}\n\n{machine(results)}; `{command}`\n'
   print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
+  if _OUT.value:
+    with open(_OUT.value, 'w') as f:
       f.write(text)
-    with open(os.path.splitext(args.out)[0] + '.json', 'w') as f:
+    with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
       json.dump([{**case, **res} for case, res in zip(cases, results)], f, indent=1)
   return 0
 

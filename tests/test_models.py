@@ -132,6 +132,11 @@ def test_full_size_forward_is_finite(name):
   assert logits.shape == (1, 10) and np.isfinite(np.asarray(logits)).all()
 
 
+# A published model of each family with its own modules (DeiT III has ViT's), shrunk by `tiny`.
+ONE_OF_EACH_FAMILY = ['ViT-S/16', 'Mixer-S/16', 'ConvMixer-256/8', 'ResMLP-S12', 'gMLP-S/16', 'ConvNeXt-iso-S']
+ONE_OF_EACH_FAMILY += ['CaiT-S24', 'R50+ViT-B/16']
+
+
 def tiny(name, **kw):
   """A shrunken member of the family, for behaviour tests that should run in milliseconds."""
   shrink = {
@@ -276,19 +281,7 @@ def test_resnet_is_a_pyramid_its_stages_halve_the_grid():
   assert [found[f'stage{i}'].shape[1:] for i in range(1, 5)] == [(16, 16, 64), (8, 8, 128), (4, 4, 256), (2, 2, 512)]
 
 
-@pytest.mark.parametrize(
-  'name',
-  [
-    'ViT-S/16',
-    'Mixer-S/16',
-    'ConvMixer-256/8',
-    'ResMLP-S12',
-    'gMLP-S/16',
-    'ConvNeXt-iso-S',
-    'CaiT-S24',
-    'R50+ViT-B/16',
-  ],
-)  # DeiT III: ViT's modules
+@pytest.mark.parametrize('name', ONE_OF_EACH_FAMILY)
 @pytest.mark.slow
 def test_jit_grad_is_finite_and_nonzero(name):
   model = tiny(name, drop_path_rate=0.1)
@@ -314,19 +307,7 @@ def test_jit_grad_is_finite_and_nonzero(name):
   assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
 
 
-@pytest.mark.parametrize(
-  'name',
-  [
-    'ViT-S/16',
-    'Mixer-S/16',
-    'ConvMixer-256/8',
-    'ResMLP-S12',
-    'gMLP-S/16',
-    'ConvNeXt-iso-S',
-    'CaiT-S24',
-    'R50+ViT-B/16',
-  ],
-)  # DeiT III: ViT's modules
+@pytest.mark.parametrize('name', ONE_OF_EACH_FAMILY)
 @pytest.mark.slow
 def test_bfloat16_computes_in_bf16_with_float32_parameters(name):
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))

@@ -35,19 +35,10 @@ import jax.numpy as jnp
 
 from isojax.kernels import REFERENCE
 from isojax.models import convert
-from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, MixingBlock
-from isojax.models.layers import (
-  PRE_LOGITS,
-  ZEROS,
-  Dense,
-  LayerScale,
-  MlpBlock,
-  PatchEmbed,
-  keep_feature,
-  torch_default_init,
-)
+from isojax.models.layers import PRE_LOGITS, ZEROS, Dense, LayerScale, MlpBlock, keep_feature, torch_patch_embedding
 from isojax.models.layers import TIMM_TRUNC_NORMAL_02 as NORMAL_02
 from isojax.models.naming import PATCH_PARAMETRIC, SizedNames, Suffix
 
@@ -82,15 +73,7 @@ class CaiTStem(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    kernel_init, bias_init = torch_default_init(self.patch_size**2 * images.shape[-1])
-    x = PatchEmbed(
-      self.hidden_size,
-      self.patch_size,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      dtype=self.dtype,
-      name='patch_embed',
-    )(images)
+    x = torch_patch_embedding(images, self.hidden_size, self.patch_size, self.dtype)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     x = x + self.param('pos_embedding', NORMAL_02, (1, x.shape[1], x.shape[2])).astype(x.dtype)
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
@@ -282,9 +265,7 @@ def timm_params(state: Tensors) -> dict:
 
 def from_timm(state: Tensors) -> Weights:
   """A timm `cait_*` state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(tracked, 'tensor(s) of this timm cait file', 'It is a timm variant isojax does not implement.')
+  variables = convert.read_all(state, lambda s: {'params': timm_params(s)}, 'timm cait')
   embed = state['patch_embed.proj.weight']
   width, patch = int(embed.shape[0]), convert.square_patch(*embed.shape[2:])
   fields = dict(
@@ -304,12 +285,4 @@ def _is_timm_cait(state: Tensors) -> bool:
   return convert.has_key(state, 'blocks_token_only.')
 
 
-FAMILY = Family(
-  name='cait',
-  factory=cait,
-  parse_name=NAMES.parse,
-  format_name=NAMES.format,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={TIMM: Reader(_is_timm_cait, from_timm)},
-)
+FAMILY = Family.named('cait', cait, NAMES, VARIANTS, SOURCE, readers={TIMM: Reader(_is_timm_cait, from_timm)})

@@ -70,6 +70,28 @@ def refuse_unread(tensors: KeyTracker, what: str, hint: str, ignore: Callable[[s
     )
 
 
+TIMM_HINT = 'It is a timm variant isojax does not implement.'
+
+
+def batchnorm_counter(key: str) -> bool:
+  """BatchNorm's step counter, which no flax parameter holds."""
+  return key.endswith('num_batches_tracked')
+
+
+def read_all(
+  state: Tensors,
+  to_variables: Callable[[KeyTracker], dict],
+  what: str,
+  hint: str = TIMM_HINT,
+  ignore: Callable[[str], bool] = lambda k: False,
+) -> dict:
+  """`to_variables(state)`, refusing every tensor it left unread (`what` names the file in the error)."""
+  tracked = KeyTracker(state)
+  variables = to_variables(tracked)
+  refuse_unread(tracked, f'tensor(s) of this {what} file', hint, ignore)
+  return variables
+
+
 def block_count(keys: Iterable[str], pattern: str) -> int:
   """How many blocks: 1 + the largest index `pattern`'s first group matches among `keys`."""
   return 1 + max(int(m.group(1)) for k in keys if (m := re.match(pattern, k)))

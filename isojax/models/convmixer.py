@@ -31,10 +31,10 @@ import jax.numpy as jnp
 
 from isojax.kernels import REFERENCE
 from isojax.models import convert
-from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
-from isojax.models.layers import Dense, DepthwiseConv, PatchEmbed, activation, torch_default_init
+from isojax.models.layers import Dense, DepthwiseConv, activation, torch_default_init, torch_patch_embedding
 
 # Published models: kernel, patch (locuslab/convmixer README.md l.31-33; timm convmixer.py
 # l.136-150) and activation. 256/8 is the CIFAR-10 model of locuslab/convmixer-cifar10.
@@ -104,15 +104,7 @@ class ConvMixerStem(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    kernel_init, bias_init = torch_default_init(self.patch_size**2 * images.shape[-1])
-    x = PatchEmbed(
-      self.hidden_size,
-      self.patch_size,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      dtype=self.dtype,
-      name='patch_embed',
-    )(images)
+    x = torch_patch_embedding(images, self.hidden_size, self.patch_size, self.dtype)
     return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
 
 
@@ -231,14 +223,7 @@ def timm_variables(state: Tensors) -> dict:
 
 def from_timm(state: Tensors) -> Weights:
   """A timm `convmixer_*` state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = timm_variables(tracked)
-  convert.refuse_unread(
-    tracked,
-    'tensor(s) of this timm convmixer file',
-    'It is a timm variant isojax does not implement.',
-    ignore=lambda k: k.endswith('num_batches_tracked'),
-  )  # BatchNorm's step counter
+  variables = convert.read_all(state, timm_variables, 'timm convmixer', ignore=convert.batchnorm_counter)
   stem = state['stem.0.weight']
   width, depth = int(stem.shape[0]), convert.block_count(state, r'blocks\.(\d+)\.')
   relu = (width, depth) in RELU_CONVMIXERS
@@ -266,12 +251,12 @@ def _is_timm_convmixer(state: Tensors) -> bool:
 
 
 FAMILY = Family(
-  name='convmixer',
-  factory=convmixer,
-  parse_name=parse_name,
-  format_name=format_name,
-  variants=VARIANTS,
-  source=SOURCE,
+  'convmixer',
+  convmixer,
+  parse_name,
+  format_name,
+  VARIANTS,
+  SOURCE,
   image_sizes=IMAGE_SIZES,
   published_name=published_name,
   readers={TIMM: Reader(_is_timm_convmixer, from_timm)},

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from isojax.kernels import REFERENCE
 from isojax.models import convert
-from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, PoolingHead
 from isojax.models.layers import TIMM_TRUNC_NORMAL_02 as TRUNC_NORMAL_02
@@ -143,6 +143,8 @@ def convnext_iso(
   )
 
 
+NOT_IMPLEMENTED = 'It is a variant isojax does not implement.'
+
 # --- weight files ----------------------------------------------------------------------------------------------
 
 
@@ -164,9 +166,7 @@ def facebook_params(state: Tensors) -> dict:
 
 def from_facebook(state: Tensors) -> Weights:
   """A ConvNeXtIsotropic state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = {'params': facebook_params(tracked)}
-  convert.refuse_unread(tracked, 'tensor(s) of this ConvNeXt-iso file', 'It is a variant isojax does not implement.')
+  variables = convert.read_all(state, lambda s: {'params': facebook_params(s)}, 'ConvNeXt-iso', NOT_IMPLEMENTED)
   stem = state['stem.weight']
   fields = dict(
     hidden_size=int(stem.shape[0]),
@@ -182,12 +182,6 @@ def _is_convnext_iso(state: Tensors) -> bool:
   return 'stem.weight' in state and any(k.endswith('.dwconv.weight') for k in state)
 
 
-FAMILY = Family(
-  name='convnext_iso',
-  factory=convnext_iso,
-  parse_name=NAMES.parse,
-  format_name=NAMES.format,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={TIMM: Reader(_is_convnext_iso, from_facebook)},
+FAMILY = Family.named(
+  'convnext_iso', convnext_iso, NAMES, VARIANTS, SOURCE, readers={TIMM: Reader(_is_convnext_iso, from_facebook)}
 )

@@ -74,6 +74,4 @@ def deit3(
 
 # timm's deit3_* files are timm VisionTransformers: the ViT family's timm reader rebuilds them (as a ViT with
 # LayerScale, exact GELU and the position embedding before the class token), so DeiT III declares no reader.
-FAMILY = Family(
-  name='deit3', factory=deit3, parse_name=NAMES.parse, format_name=NAMES.format, variants=VARIANTS, source=SOURCE
-)
+FAMILY = Family.named('deit3', deit3, NAMES, VARIANTS, SOURCE)

@@ -1,7 +1,6 @@
 """What a family declares to the registry: one `Family` value at the end of its file, one line in registry.py.
 
-    FAMILY = Family(name='gmlp', factory=gmlp, parse_name=NAMES.parse, format_name=NAMES.format,
-                    variants=VARIANTS, source=SOURCE, readers={TIMM: Reader(claims=..., read=from_timm)})
+    FAMILY = Family.named('gmlp', gmlp, NAMES, VARIANTS, SOURCE, readers={TIMM: Reader(_is_timm_gmlp, from_timm)})
 
 The factory `fn(num_classes, **fields) -> nn.Module` builds the model; its keyword arguments are the model's
 fields (those a name fixes and those a config may set). `variants` are the published models ({name: fields},
@@ -41,6 +40,19 @@ class Family:
   # the name's own canonical form.
   published_name: Callable[[dict], Optional[str]] = _no_published_name
   readers: Mapping[str, Reader] = dataclasses.field(default_factory=dict)  # weight-file format -> reader
+
+  @classmethod
+  def named(
+    cls,
+    name: str,
+    factory: Callable[..., nn.Module],
+    names: Any,
+    variants: Mapping[str, dict],
+    source: str,
+    **declared: Any,
+  ) -> Family:
+    """A family whose names follow `names` (a `naming.SizedNames`, or anything with `parse` and `format`)."""
+    return cls(name, factory, names.parse, names.format, variants, source, **declared)
 
   def options(self) -> list[str]:
     """Every keyword argument of the factory: the model's fields."""

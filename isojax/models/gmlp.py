@@ -31,11 +31,11 @@ import jax.numpy as jnp
 
 from isojax.kernels import REFERENCE
 from isojax.models import convert
-from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
-from isojax.models.isotropic import Isotropic, PoolingHead
+from isojax.models.isotropic import Isotropic
 from isojax.models.layers import MLP_BIAS, XAVIER, Dense, DropPath, gelu
-from isojax.models.mixer import MixerStem, timm_block_variant
+from isojax.models.mixer import on_tokens, timm_block_variant
 from isojax.models.naming import SizedNames, Suffix
 
 _DEPTH, _PATCH, _RATIO = 30, 16, 6  # timm gmlp_*16_224: 30 blocks, patch 16, 6x MLP
@@ -116,18 +116,19 @@ def gmlp(
   block = functools.partial(
     SpatialGatingBlock, mlp_ratio * hidden_size, norm, dropout_rate=dropout_rate, dtype=dtype, kernels=kernels
   )
-  head = PoolingHead(
-    num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init), dtype=dtype, kernels=kernels
-  )
-  return Isotropic(
-    MixerStem(hidden_size, patch_size, dtype=dtype),
+  return on_tokens(
+    num_classes,
     block,
-    head,
+    norm,
+    hidden_size,
+    patch_size,
     depth,
-    drop_path_rate=drop_path_rate,
-    drop_path_schedule='constant',
-    remat=remat,
-    dtype=dtype,
+    drop_path_rate,
+    'constant',
+    remat,
+    head_bias_init,
+    dtype,
+    kernels,
   )
 
 
@@ -150,9 +151,7 @@ def timm_params(state: Tensors) -> dict:
 
 def from_timm(state: Tensors) -> Weights:
   """A timm `gmlp_*` state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(tracked, 'tensor(s) of this timm gmlp file', 'It is a timm variant isojax does not implement.')
+  variables = convert.read_all(state, lambda s: {'params': timm_params(s)}, 'timm gmlp')
   return timm_block_variant(state, variables, 'gmlp', 'mlp_channels.gate.proj', 'The spatial gating unit')
 
 
@@ -160,12 +159,4 @@ def _is_timm_gmlp(state: Tensors) -> bool:
   return convert.has_key(state, '.mlp_channels.gate.proj.weight')
 
 
-FAMILY = Family(
-  name='gmlp',
-  factory=gmlp,
-  parse_name=NAMES.parse,
-  format_name=NAMES.format,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={TIMM: Reader(_is_timm_gmlp, from_timm)},
-)
+FAMILY = Family.named('gmlp', gmlp, NAMES, VARIANTS, SOURCE, readers={TIMM: Reader(_is_timm_gmlp, from_timm)})

@@ -272,11 +272,5 @@ def _is_npz_hybrid(flat: Tensors) -> bool:
 
 
 FAMILY = Family(
-  name='hybrid',
-  factory=hybrid,
-  parse_name=parse_name,
-  format_name=format_name,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={NPZ: Reader(_is_npz_hybrid, from_npz)},
+  'hybrid', hybrid, parse_name, format_name, VARIANTS, SOURCE, readers={NPZ: Reader(_is_npz_hybrid, from_npz)}
 )

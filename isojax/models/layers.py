@@ -136,6 +136,16 @@ class PatchEmbed(nn.Module):
     )(images)
 
 
+def torch_patch_embedding(images: jax.Array, features: int, patch_size: int, dtype: Dtype) -> jax.Array:
+  """`PatchEmbed` ('patch_embed') as PyTorch initialises its nn.Conv2d, which CaiT and ConvMixer leave in place.
+  Called inside a module's compact method, whose submodule it becomes."""
+  kernel_init, bias_init = torch_default_init(patch_size**2 * images.shape[-1])
+  embed = PatchEmbed(
+    features, patch_size, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, name='patch_embed'
+  )
+  return embed(images)
+
+
 def posemb_sincos_2d(height: int, width: int, features: int, temperature: float = 10_000.0) -> np.ndarray:
   """Fixed 2D sin-cos position embedding of shape [1, height*width, features] (MoCo v3 / big_vision)."""
   if features % 4:

@@ -28,7 +28,7 @@ from flax import traverse_util
 
 from isojax.kernels import REFERENCE
 from isojax.models import convert
-from isojax.models.convert import NPZ, TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import NPZ, TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
 from isojax.models.layers import LECUN, ZEROS, MlpBlock, PatchEmbed
@@ -120,6 +120,38 @@ def mixer(
       kernels=kernels,
     ),
   )
+  return on_tokens(
+    num_classes,
+    block,
+    norm,
+    hidden_size,
+    patch_size,
+    depth,
+    drop_path_rate,
+    'linear',
+    remat,
+    head_bias_init,
+    dtype,
+    kernels,
+  )
+
+
+def on_tokens(
+  num_classes: int,
+  block: Any,
+  norm: Any,
+  hidden_size: int,
+  patch_size: int,
+  depth: int,
+  drop_path_rate: float,
+  drop_path_schedule: str,
+  remat: bool,
+  head_bias_init: float,
+  dtype: Any,
+  kernels: str,
+) -> Isotropic:
+  """timm's MlpMixer frame, which its ResMLP and gMLP share: patches flattened to tokens, `depth` blocks, `norm`,
+  average pooling and a linear head (zero, or `head_bias_init`)."""
   head = PoolingHead(
     num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init), dtype=dtype, kernels=kernels
   )
@@ -129,6 +161,7 @@ def mixer(
     head,
     depth,
     drop_path_rate=drop_path_rate,
+    drop_path_schedule=drop_path_schedule,
     remat=remat,
     dtype=dtype,
   )
@@ -219,9 +252,7 @@ def timm_params(state: Tensors) -> dict:
 
 def from_timm(state: Tensors) -> Weights:
   """A timm `mixer_*` state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(tracked, 'tensor(s) of this timm mixer file', 'It is a timm variant isojax does not implement.')
+  variables = convert.read_all(state, lambda s: {'params': timm_params(s)}, 'timm mixer')
   stem = state['stem.proj.weight']
   patch = convert.square_patch(*stem.shape[2:])
   tokens = int(state['blocks.0.mlp_tokens.fc1.weight'].shape[1])
@@ -266,12 +297,5 @@ def _is_timm_mixer(state: Tensors) -> bool:
   return convert.has_key(state, '.mlp_tokens.fc1.weight')
 
 
-FAMILY = Family(
-  name='mixer',
-  factory=mixer,
-  parse_name=NAMES.parse,
-  format_name=NAMES.format,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={NPZ: Reader(_is_npz_mixer, from_npz), TIMM: Reader(_is_timm_mixer, from_timm)},
-)
+READERS = {NPZ: Reader(_is_npz_mixer, from_npz), TIMM: Reader(_is_timm_mixer, from_timm)}
+FAMILY = Family.named('mixer', mixer, NAMES, VARIANTS, SOURCE, readers=READERS)

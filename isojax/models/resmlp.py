@@ -30,11 +30,11 @@ import jax.numpy as jnp
 
 from isojax.kernels import REFERENCE
 from isojax.models import convert
-from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
-from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
+from isojax.models.isotropic import Isotropic, MixingBlock
 from isojax.models.layers import XAVIER, ZEROS, Dense, MlpBlock
-from isojax.models.mixer import MixerStem, timm_block_variant
+from isojax.models.mixer import on_tokens, timm_block_variant
 from isojax.models.naming import PATCH_PARAMETRIC, SizedNames, Suffix
 
 SIZES = {  # width, depth, patch: timm resmlp_12/24/36/big_24_224, mlp_mixer.py l.786-830
@@ -108,18 +108,19 @@ def resmlp(
       MlpBlock, mlp_ratio * hidden_size, dropout_rate=dropout_rate, approximate_gelu=False, dtype=dtype, kernels=kernels
     ),
   )
-  head = PoolingHead(
-    num_classes, norm=norm, pool='gap', bias_init=nn.initializers.constant(head_bias_init), dtype=dtype, kernels=kernels
-  )
-  return Isotropic(
-    MixerStem(hidden_size, patch_size, dtype=dtype),
+  return on_tokens(
+    num_classes,
     block,
-    head,
+    norm,
+    hidden_size,
+    patch_size,
     depth,
-    drop_path_rate=drop_path_rate,
-    drop_path_schedule='constant',
-    remat=remat,
-    dtype=dtype,
+    drop_path_rate,
+    'constant',
+    remat,
+    head_bias_init,
+    dtype,
+    kernels,
   )
 
 
@@ -176,24 +177,13 @@ def timm_params(state: Tensors) -> dict:
 
 def from_timm(state: Tensors) -> Weights:
   """A timm (or facebookresearch/deit) ResMLP state dict -> `Weights`."""
-  tracked = KeyTracker(timm_names(state))
-  variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(
-    tracked, 'tensor(s) of this timm resmlp file', 'It is a timm variant isojax does not implement.'
-  )
-  return timm_block_variant(tracked, variables, 'resmlp', 'linear_tokens', 'The token-mixing layer')
+  state = timm_names(state)
+  variables = convert.read_all(state, lambda s: {'params': timm_params(s)}, 'timm resmlp')
+  return timm_block_variant(state, variables, 'resmlp', 'linear_tokens', 'The token-mixing layer')
 
 
 def _is_timm_resmlp(state: Tensors) -> bool:
   return convert.has_key(state, '.linear_tokens.weight') or _is_facebook(state)
 
 
-FAMILY = Family(
-  name='resmlp',
-  factory=resmlp,
-  parse_name=NAMES.parse,
-  format_name=NAMES.format,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={TIMM: Reader(_is_timm_resmlp, from_timm)},
-)
+FAMILY = Family.named('resmlp', resmlp, NAMES, VARIANTS, SOURCE, readers={TIMM: Reader(_is_timm_resmlp, from_timm)})

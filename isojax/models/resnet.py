@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from isojax.models import convert
-from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.layers import keep_feature, torch_default_init
 
@@ -208,14 +208,7 @@ def timm_variables(state: Tensors) -> dict:
 
 def from_timm(state: Tensors) -> Weights:
   """A torchvision/timm ResNet state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = timm_variables(tracked)
-  convert.refuse_unread(
-    tracked,
-    'tensor(s) of this timm resnet file',
-    'It is a timm variant isojax does not implement.',
-    ignore=lambda k: k.endswith('num_batches_tracked'),
-  )  # BatchNorm's step counter
+  variables = convert.read_all(state, timm_variables, 'timm resnet', ignore=convert.batchnorm_counter)
   blocks = tuple(stage_blocks(state, 'layer{}', 1))
   kind = 'bottleneck' if 'layer1.0.conv3.weight' in state else 'basic'
   depth = next((d for d, shape in STAGES.items() if shape == (kind, blocks)), None)
@@ -237,11 +230,5 @@ def _is_timm_resnet(state: Tensors) -> bool:
 
 
 FAMILY = Family(
-  name='resnet',
-  factory=resnet,
-  parse_name=parse_name,
-  format_name=format_name,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={TIMM: Reader(_is_timm_resnet, from_timm)},
+  'resnet', resnet, parse_name, format_name, VARIANTS, SOURCE, readers={TIMM: Reader(_is_timm_resnet, from_timm)}
 )

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from isojax.models import convert
-from isojax.models.convert import TIMM, KeyTracker, Reader, Tensors, Weights
+from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.layers import keep_feature
 from isojax.models.resnet import KAIMING_FAN_OUT, stage_blocks
@@ -195,11 +195,7 @@ def timm_params(state: Tensors) -> dict:
 
 def from_timm(state: Tensors) -> Weights:
   """A timm `resnetv2_*_bit` state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(
-    tracked, 'tensor(s) of this timm resnetv2 file', 'It is a timm variant isojax does not implement.'
-  )
+  variables = convert.read_all(state, lambda s: {'params': timm_params(s)}, 'timm resnetv2')
   blocks = tuple(stage_blocks(state, 'stages.{}.blocks', 0))
   depth = next((d for d, shape in STAGES.items() if shape == blocks), None)
   if depth is None:
@@ -214,11 +210,5 @@ def _is_timm_resnetv2(state: Tensors) -> bool:
 
 
 FAMILY = Family(
-  name='resnetv2',
-  factory=resnetv2,
-  parse_name=parse_name,
-  format_name=format_name,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={TIMM: Reader(_is_timm_resnetv2, from_timm)},
+  'resnetv2', resnetv2, parse_name, format_name, VARIANTS, SOURCE, readers={TIMM: Reader(_is_timm_resnetv2, from_timm)}
 )

@@ -426,9 +426,7 @@ TIMM_HINT = (
 
 def from_timm(state: Tensors) -> Weights:
   """A timm `vit_*`/`deit3_*` state dict -> `Weights`."""
-  tracked = KeyTracker(state)
-  variables = {'params': timm_params(tracked)}
-  convert.refuse_unread(tracked, 'tensor(s) of this timm vit file', TIMM_HINT)
+  variables = convert.read_all(state, lambda s: {'params': timm_params(s)}, 'timm vit', TIMM_HINT)
   embed = state['patch_embed.proj.weight']
   width, patch = int(embed.shape[0]), convert.square_patch(*embed.shape[2:])
   class_token, fc_norm = 'cls_token' in state, 'fc_norm.weight' in state
@@ -471,12 +469,5 @@ def _is_timm_vit(state: Tensors) -> bool:
   return convert.has_key(state, '.attn.qkv.weight') and not convert.has_key(state, 'blocks_token_only.')
 
 
-FAMILY = Family(
-  name='vit',
-  factory=vit,
-  parse_name=NAMES.parse,
-  format_name=NAMES.format,
-  variants=VARIANTS,
-  source=SOURCE,
-  readers={NPZ: Reader(_is_npz_vit, from_npz), TIMM: Reader(_is_timm_vit, from_timm)},
-)
+READERS = {NPZ: Reader(_is_npz_vit, from_npz), TIMM: Reader(_is_timm_vit, from_timm)}
+FAMILY = Family.named('vit', vit, NAMES, VARIANTS, SOURCE, readers=READERS)
