@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from isojax import evaluation, models
 from isojax.core import config as config_schema
 from isojax.core import loading
 from isojax.core import workdir as workdir_lib
-from isojax.evaluation import fewshot
+from isojax.evaluation import classification, fewshot
 from isojax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -250,3 +251,20 @@ def test_classification_on_another_dataset_runs_when_the_label_spaces_match(tmp_
       r'classification needs the same label space',
     ):
       loop.train_and_evaluate(config, str(tmp_path / 'run2'))
+
+
+def test_an_evaluations_loss_is_the_runs_training_objective(tmp_path):
+  # big_vision passes loss_name=config.loss to its classification evaluator; isojax's evaluators inherit config.loss
+  # and compute it with the train step's own function (isojax/core/losses.py).
+  logits = jax.random.normal(jax.random.PRNGKey(0), (6, 7))
+  batch = {'label': jnp.arange(6) % 7, 'mask': jnp.array([1.0, 1, 1, 1, 1, 0])}
+  one_hot = jax.nn.one_hot(batch['label'], 7)
+  sigmoid = optax.sigmoid_binary_cross_entropy(logits, one_hot).sum(-1)
+  softmax = optax.softmax_cross_entropy(logits, one_hot)
+  for loss, expected in (('sigmoid_xent', sigmoid), ('softmax_xent', softmax)):
+    sums = classification.batch_sums(logits, batch, 7, loss)
+    np.testing.assert_allclose(sums['loss'], (expected * batch['mask']).sum(), rtol=1e-6)
+  config = short_config(tmp_path / 'tfds')
+  with config.unlocked():
+    config.loss = 'sigmoid_xent'
+  assert {spec['loss'] for spec in evaluation.specs(config).values()} == {'sigmoid_xent'}
