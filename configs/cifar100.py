@@ -24,5 +24,8 @@ def get_config(arg=None):
     raise ValueError(f"configs/cifar100.py takes ':convmixer', ':vit' or ':mixer', got {arg!r}.")
   c = _load(family).get_config()
   c.data.name = 'cifar100'
+  # CIFAR-100's own mean and std (preprocess._STATS['cifar100']), not CIFAR-10's
+  c.data.train_pp = c.data.train_pp.replace('normalize(cifar)', 'normalize(cifar100)')
+  c.data.eval_pp = c.data.eval_pp.replace('normalize(cifar)', 'normalize(cifar100)')
   c.num_epochs = 200
   return c

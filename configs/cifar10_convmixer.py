@@ -30,11 +30,11 @@ def get_config(arg=None):
   # train_transform, l.69-77: RandomResizedCrop(32, scale=(1.0, 1.0), ratio=(1.0, 1.0)) keeps the
   # whole 32x32 image (omitted); RandomHorizontalFlip; RandAugment(num_ops=2, magnitude=12) on
   # torchvision's 31 bins; ColorJitter(0.2, 0.2, 0.2); Normalize(cifar10 mean/std, l.66-67);
-  # RandomErasing(p=0.2) with torchvision's value=0.
+  # RandomErasing(p=0.2): torchvision scale (0.02, 0.33), ratio (0.3, 3.3), value=0, per image before batching.
   c.data.train_pp = (
     'flip|randaugment(num_ops=2, magnitude=12, flavour=torchvision)'
     '|color_jitter(brightness=0.2, contrast=0.2, saturation=0.2)'
-    '|normalize(cifar)|random_erasing(0.2, area_min=0.02, area_max=0.33, fill=zero)'
+    '|normalize(cifar)|random_erasing(0.2, area_min=0.02, area_max=0.33, fill=zero, aspect_max=3.3)'
   )
   c.data.eval_pp = 'normalize(cifar)'  # test_transform, l.79-82
   c.data.cache = True

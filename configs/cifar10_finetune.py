@@ -6,8 +6,8 @@
 Source: google-research/vision_transformer vit_jax/configs/common.py (batch 512, base_lr 0.03,
 cosine, warmup_steps 500, grad_norm_clip 1.0, SGD with momentum 0.9, no weight decay) and its
 cifar10 entry (total_steps 10_000, train[:98%] / test). Difference: 224 px instead of the
-source's crop 384 (4x cheaper; expect a few tenths lower), and momentum kept in float32
-(the source's optim_dtype is bfloat16).
+source's crop 384 (4x cheaper; expect a few tenths lower). Momentum in bfloat16 as the source's
+optim_dtype (vit_jax/train.py l.140-143, optax.sgd(accumulator_dtype='bfloat16')).
 
 PATH is a published checkpoint of the same architecture (google-research/vision_transformer
 `ViT-B_16.npz` / `Mixer-B_16.npz`, a big_vision .npz) or the workdir of an isojax run. The head
@@ -33,7 +33,9 @@ def get_config(arg=None):
   c.data.train_split = 'train[:98%]'
   c.data.eval_split = 'test'
   c.data.image_size = 224
-  c.data.train_pp = 'inception_crop(224, area_min=0.5)|flip|normalize(half)'
+  # vit_jax/input_pipeline.py l.199-209: sample_distorted_bounding_box(area_range=(0.05, 1.0)) with TF's default
+  # aspect range (0.75, 1.33), tf.image.resize (bilinear, no antialiasing), a random flip
+  c.data.train_pp = 'inception_crop(224, area_min=0.05, ratio_max=1.33, antialias=False)|flip|normalize(half)'
   c.data.eval_pp = 'resize(224)|normalize(half)'
   c.batch_size = 512
   c.eval_batch_size = 1000
@@ -43,6 +45,7 @@ def get_config(arg=None):
   c.optimizer.name = 'sgd'
   c.optimizer.lr = 0.03
   c.optimizer.momentum = 0.9
+  c.optimizer.mu_dtype = 'bfloat16'  # configs/common.py optim_dtype
   c.optimizer.weight_decay = 0.0
   c.optimizer.warmup_steps = 500
   c.optimizer.clip_norm = 1.0

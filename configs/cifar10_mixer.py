@@ -15,5 +15,7 @@ from isojax.models import model_config
 
 def get_config(arg=None):
   c = load(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cifar10_vit.py'))
-  c.model = model_config('Mixer-512x8/4-t128', drop_path_rate=0.1)
+  # timm's DropPath (kept branches / (1 - rate)), as the ViT recipe this copies; the Mixer family's own is
+  # big_vision's, unscaled
+  c.model = model_config('Mixer-512x8/4-t128', drop_path_rate=0.1, drop_path_scale=True)
   return c

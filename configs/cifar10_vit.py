@@ -20,8 +20,7 @@ def get_config(arg=None):
   c.data.name = 'cifar10'
   c.data.image_size = 32
   c.data.train_pp = (
-    'random_crop(size=32, padding=4)|flip|randaugment(num_ops=2, magnitude=9, flavour=timm)'
-    '|normalize(cifar)|random_erasing(0.25)'
+    'random_crop(size=32, padding=4)|flip|randaugment(num_ops=2, magnitude=9, flavour=timm)|normalize(cifar)'
   )
   c.data.eval_pp = 'normalize(cifar)'
   c.data.cache = True
@@ -31,6 +30,7 @@ def get_config(arg=None):
   c.eval_every = 1000
   c.checkpoint.every = 1000
   c.mixup = dict(mixup_alpha=0.8, cutmix_alpha=1.0)
+  c.random_erasing.prob = 0.25  # on the mixed batch, as timm's loader erases (--reprob 0.25 --remode pixel)
   c.label_smoothing = 0.1
   c.optimizer.lr = 1e-3
   c.optimizer.weight_decay = 0.05

@@ -17,7 +17,10 @@ Differences, and why:
 - mixup: big_vision rolls the batch by one and weights max(a, 1 - a); isojax pairs with the
   reversed batch (the same distribution of pairs and weights).
 - RandAugment magnitude 15 is past the 0..10 scale; big_vision's ops extrapolate linearly
-  and so do isojax's big_vision-flavour ops.
+  and so do isojax's big_vision-flavour ops (its Solarize threshold int(1.5 * 256) = 384 wraps to 128 as
+  a uint8, as in the source).
+- None in stochastic depth: the Mixer family's is big_vision's `_stoch_depth_mask` (kept branches not
+  divided by 1 - p, a linear ramp over blocks).
 """
 
 from isojax.core.config import base

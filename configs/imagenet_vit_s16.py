@@ -54,7 +54,7 @@ def get_config(arg=None):
   c.optimizer.lr = 1e-3  # l.78
   c.optimizer.weight_decay = 1e-4  # wd, l.79
   c.optimizer.weight_decay_mode = 'lr_independent'  # big_vision/optax.py make(): wd after scale(lr)
-  c.optimizer.decay_params = r'(^|/)kernel$'  # wd_mults default [('.*/kernel$', 1.0)]
+  c.optimizer.decay_params = '.*/kernel$'  # wd_mults default [('.*/kernel$', 1.0)], matched with re.fullmatch
   c.optimizer.warmup_steps = 10_000  # schedule warmup_steps, l.80
   c.optimizer.schedule = 'cosine'  # decay_type='cosine', l.80
   c.optimizer.clip_norm = 1.0  # grad_clip_norm, l.74

@@ -39,7 +39,7 @@ def test_weight_decay_applies_to_kernels_only(vit_params):
 def test_frozen_parameters_do_not_move(vit_params):
   params = vit_params['token']
   config = base().optimizer
-  config.update(dict(lr=0.1, warmup_steps=0, freeze=r'^(stem|block_0)/'))
+  config.update(dict(lr=0.1, warmup_steps=0, freeze=r'(stem|block_0)/.*'))
   tx, _ = optim.create(config, total_steps=10)
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
@@ -80,3 +80,37 @@ def test_unknown_optimizer_and_schedule_names_are_clear_errors():
   config.schedule = 'cosine_restarts'
   with pytest.raises(ValueError, match="Unknown optimizer.schedule 'cosine_restarts'"):
     optim.create(config, 10)
+
+
+def test_parameter_patterns_match_whole_paths_as_big_vision_does():
+  # big_vision utils.py make_mask_trees l.1202: bool(pattern.fullmatch(name)); `head/.*` is not `map_head/...`.
+  import re
+
+  params = {'head': {'kernel': 0.0}, 'map_head': {'probe': 0.0, 'mlp': {'kernel': 0.0}}, 'block_0': {'bias': 0.0}}
+  for pattern in ('head/.*', '.*/kernel$', '(.*/)?kernel', 'block_0/.*', '.*'):
+    mask = flat(optim.regex_mask(pattern)(params))
+    assert mask == {path: re.fullmatch(pattern, path) is not None for path in mask}, pattern
+  assert not flat(optim.regex_mask('head/.*')(params))['map_head/mlp/kernel']
+
+
+def test_a_pattern_that_matches_no_parameter_is_refused_with_the_whole_path_rule():
+  with pytest.raises(ValueError, match=r"optimizer.freeze='\^block_0/' matches no parameter path.*re.fullmatch"):
+    optim.regex_mask('^block_0/', 'optimizer.freeze')({'block_0': {'kernel': 0.0}})
+
+
+@pytest.mark.parametrize('name', ['sgd', 'lamb', 'adamw'])
+def test_every_optimizer_keeps_its_first_moment_in_mu_dtype(name):
+  # vision_transformer train.py l.140-143 optax.sgd(accumulator_dtype='bfloat16'); big_vision's Adam mu_dtype.
+  config = base().optimizer
+  config.update(dict(name=name, mu_dtype='bfloat16', warmup_steps=0))
+  tx, _ = optim.create(config, total_steps=10)
+  state = tx.init({'w': {'kernel': jnp.ones((3,))}})
+  dtypes = {leaf.dtype for leaf in jax.tree_util.tree_leaves(state) if getattr(leaf, 'shape', ()) == (3,)}
+  assert jnp.dtype('bfloat16') in dtypes
+
+
+def test_sgd_refuses_a_decay_mode_it_does_not_have():
+  config = base().optimizer
+  config.update(dict(name='sgd', weight_decay=1e-4, weight_decay_mode='lr_independent', warmup_steps=0))
+  with pytest.raises(ValueError, match="weight_decay_mode='lr_independent' is not implemented for sgd"):
+    optim.create(config, total_steps=10)

@@ -22,7 +22,8 @@ WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')
 # 'auto': the CPU fast paths (isojax/kernels) when JAX computes on the CPU, else the reference ops;
 # resolved once, when the model is built, never inside a layer.
 KERNELS = ('auto', 'reference', 'cpu')
-DEFAULT_DECAY_PARAMS = r'(^|/)kernel$'  # every kernel: not biases, norms, position embeddings, tokens, probes
+ERASING_FILLS = ('noise', 'channel', 'zero')  # random erasing: N(0, 1) per pixel, per channel, or zeros
+DEFAULT_DECAY_PARAMS = r'(.*/)?kernel'  # every kernel: not biases, norms, position embeddings, tokens, probes
 
 __all__ = [
   'DEFAULT_DECAY_PARAMS',
@@ -90,6 +91,11 @@ def base() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict({'name': 'ViT-S/16'})  # models.model_config(name) adds the open fields
   c.data = _data()
   c.mixup = ml_collections.ConfigDict({'mixup_alpha': 0.0, 'cutmix_alpha': 0.0})
+  # timm's random erasing of the mixed device batch (its prefetching loader's order); prob 0: off. The
+  # per-image op before batching (torchvision's order) is data.train_pp's `random_erasing(...)`.
+  c.random_erasing = ml_collections.ConfigDict(
+    {'prob': 0.0, 'area_min': 0.02, 'area_max': 1 / 3, 'aspect_min': 0.3, 'fill': 'noise'}
+  )
   c.optimizer = _optimizer()
   c.checkpoint = ml_collections.ConfigDict({'every': 1000, 'keep': 2, 'keep_best': True, 'async_save': True})
   c.distributed = _distributed()
@@ -150,8 +156,8 @@ def _optimizer() -> ml_collections.ConfigDict:
   o.weight_decay = 1e-4
   o.weight_decay_mode = 'lr_scaled'  # one of WEIGHT_DECAY_MODES
   o.mu_dtype = config_dict.placeholder(str)  # Adam's first moment dtype ('bfloat16': big_vision)
-  o.decay_params = DEFAULT_DECAY_PARAMS  # regex over parameter paths that get weight decay
-  o.freeze = ''  # regex over parameter paths that do not train
+  o.decay_params = DEFAULT_DECAY_PARAMS  # regex matching whole parameter paths (re.fullmatch) that get weight decay
+  o.freeze = ''  # regex matching whole parameter paths that do not train ('' : none)
   o.clip_norm = 1.0  # global-norm gradient clipping; 0 disables
   # Warmup: exactly one of steps, epochs or a fraction of training (resolved at run time).
   o.warmup_steps = 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from isojax.core.config import DTYPES, KERNELS, LOSSES, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
+from isojax.core.config import DTYPES, ERASING_FILLS, KERNELS, LOSSES, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
 
 Rule = tuple[str, Callable[[Any], bool], str]  # (dotted field, test of its value, what is allowed)
 
@@ -59,12 +59,17 @@ _CHOICES: list[Rule] = [
   ('optimizer.weight_decay_mode', _one_of(WEIGHT_DECAY_MODES), f'one of {WEIGHT_DECAY_MODES}'),
   ('optimizer.schedule', _one_of(SCHEDULES), f'one of {SCHEDULES}'),
   ('optimizer.mu_dtype', lambda v: v is None or v in DTYPES, f'None or one of {DTYPES}'),
+  ('random_erasing.fill', _one_of(ERASING_FILLS), f'one of {ERASING_FILLS}'),
 ]
 _AMOUNTS: list[Rule] = [
   ('label_smoothing', _fraction, 'in [0, 1)'),
   ('ema_decay', _fraction, 'in [0, 1); 0 disables the EMA'),
   ('mixup.mixup_alpha', _non_negative, '>= 0; 0 disables mixup'),
   ('mixup.cutmix_alpha', _non_negative, '>= 0; 0 disables cutmix'),
+  ('random_erasing.prob', lambda v: 0 <= v <= 1, 'in [0, 1]; 0 disables it'),
+  ('random_erasing.area_min', lambda v: 0 < v <= 1, 'in (0, 1]'),
+  ('random_erasing.area_max', lambda v: 0 < v <= 1, 'in (0, 1], at least area_min'),
+  ('random_erasing.aspect_min', lambda v: 0 < v <= 1, 'in (0, 1] (the largest aspect is 1 / aspect_min)'),
   ('optimizer.lr', _positive, 'a finite learning rate > 0'),
   ('optimizer.weight_decay', _non_negative, '>= 0'),
   ('optimizer.clip_norm', _non_negative, '>= 0; 0 disables clipping'),

@@ -16,12 +16,14 @@ Adding an augmentation: write the function and add it to OPS.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Callable
 from typing import Any, Optional
 
 import tensorflow as tf
 
+from isojax.core.config import ERASING_FILLS
 from isojax.data import randaugment
 
 # Per-channel statistics in 0..255 units.
@@ -29,6 +31,9 @@ STATS = {
   'imagenet': ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
   # locuslab/convmixer-cifar10 train.py l.66-67
   'cifar': ((0.4914 * 255, 0.4822 * 255, 0.4465 * 255), (0.2471 * 255, 0.2435 * 255, 0.2616 * 255)),
+  # CIFAR-100's training set, measured the same way (per channel over every pixel): weiaicunzai/pytorch-cifar100
+  # conf/global_settings.py CIFAR100_TRAIN_MEAN / CIFAR100_TRAIN_STD, to four places
+  'cifar100': ((0.5071 * 255, 0.4865 * 255, 0.4409 * 255), (0.2673 * 255, 0.2564 * 255, 0.2762 * 255)),
   'half': ((127.5,), (127.5,)),  # to [-1, 1], any channel count (big_vision's value_range(-1, 1))
 }
 
@@ -185,29 +190,46 @@ def to_uint8(image):
 
 
 def random_erasing(
-  image, seed, prob: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3, fill: str = 'noise'
+  image,
+  seed,
+  prob: float = 0.25,
+  area_min: float = 0.02,
+  area_max: float = 1 / 3,
+  fill: str = 'noise',
+  aspect_min: float = 0.3,
+  aspect_max: Optional[float] = None,
 ):
-  """Random erasing (Zhong et al.): with probability `prob`, one rectangle is erased.
+  """Random erasing (Zhong et al.) of one image, as timm's RandomErasing._erase and torchvision's
+  RandomErasing.get_params draw it: with probability `prob`, up to 10 attempts of an area
+  U(area_min, area_max) x the image's and a log-uniform aspect in [aspect_min, aspect_max]
+  (default 1 / aspect_min, timm's; torchvision's is 3.3); h = round(sqrt(area aspect)), w =
+  round(sqrt(area / aspect)); the first box with h < height and w < width is erased at a uniform
+  top-left corner, and none if no attempt fits. Apply after `normalize`, as both do.
 
-  `fill='noise'`: N(0, 1) per pixel (timm's `--remode pixel`); `fill='zero'`: zeros
-  (torchvision RandomErasing's default value=0). Apply after `normalize`, as both do.
-  """
+  `fill`: 'noise' N(0, 1) per pixel (timm `--remode pixel`), 'channel' N(0, 1) per channel (timm
+  'rand'), 'zero' (timm 'const', torchvision's value=0)."""
+  if fill not in ERASING_FILLS:
+    raise ValueError(f'random_erasing fill={fill!r}; expected one of {ERASING_FILLS}.')
+  aspect_max = 1 / aspect_min if aspect_max is None else aspect_max
   s_apply, s_area, s_ratio, s_pos, s_noise = _split_seed(seed, 5)
   h, w = tf.shape(image)[0], tf.shape(image)[1]
-  area = tf.cast(h * w, tf.float32) * tf.random.stateless_uniform([], s_area, area_min, area_max)
-  log_ratio = tf.random.stateless_uniform([], s_ratio, tf.math.log(0.3), tf.math.log(1 / 0.3))
-  eh = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area * tf.exp(log_ratio))), tf.int32), 1, h)
-  ew = tf.clip_by_value(tf.cast(tf.round(tf.sqrt(area / tf.exp(log_ratio))), tf.int32), 1, w)
-  pos = tf.random.stateless_uniform([2], s_pos, 0, 1)
-  top = tf.cast(pos[0] * tf.cast(h - eh + 1, tf.float32), tf.int32)
-  left = tf.cast(pos[1] * tf.cast(w - ew + 1, tf.float32), tf.int32)
+  area = tf.cast(h * w, tf.float32) * tf.random.stateless_uniform([10], s_area, area_min, area_max)
+  aspect = tf.exp(tf.random.stateless_uniform([10], s_ratio, math.log(aspect_min), math.log(aspect_max)))
+  heights = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+  widths = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  fits = (heights < h) & (widths < w)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+  eh, ew = heights[first], widths[first]
+  pos = tf.random.stateless_uniform([2], s_pos, 0, 1)  # randint(0, h - eh) inclusive
+  top = tf.minimum(tf.cast(pos[0] * tf.cast(h - eh + 1, tf.float32), tf.int32), h - eh)
+  left = tf.minimum(tf.cast(pos[1] * tf.cast(w - ew + 1, tf.float32), tf.int32), w - ew)
   rows, cols = tf.range(h)[:, None], tf.range(w)[None, :]
   inside = (rows >= top) & (rows < top + eh) & (cols >= left) & (cols < left + ew)
-  if fill not in ('noise', 'zero'):
-    raise ValueError(f"random_erasing fill={fill!r}; expected 'noise' or 'zero'.")
-  noise = tf.random.stateless_normal(tf.shape(image), s_noise) if fill == 'noise' else tf.zeros_like(image)
-  apply = tf.random.stateless_uniform([], s_apply) < prob
-  return tf.where(apply & inside[..., None], noise, image)
+  noise_shape = {'noise': tf.shape(image), 'channel': tf.shape(image)[-1:]}
+  noise = tf.random.stateless_normal(noise_shape[fill], s_noise) if fill != 'zero' else 0.0
+  values = tf.broadcast_to(tf.cast(noise, image.dtype), tf.shape(image))
+  apply = (tf.random.stateless_uniform([], s_apply) < prob) & tf.reduce_any(fits)
+  return tf.where(apply & inside[..., None], values, image)
 
 
 OPS: dict[str, Callable[..., tf.Tensor]] = {

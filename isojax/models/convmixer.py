@@ -34,7 +34,14 @@ from isojax.models import convert
 from isojax.models.convert import TIMM, Reader, Tensors, Weights
 from isojax.models.family import Family
 from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead
-from isojax.models.layers import Dense, DepthwiseConv, activation, torch_default_init, torch_patch_embedding
+from isojax.models.layers import (
+  Dense,
+  DepthwiseConv,
+  GroupBatchNorm,
+  activation,
+  torch_default_init,
+  torch_patch_embedding,
+)
 
 # Published models: kernel, patch (locuslab/convmixer README.md l.31-33; timm convmixer.py
 # l.136-150) and activation. 256/8 is the CIFAR-10 model of locuslab/convmixer-cifar10.
@@ -84,9 +91,12 @@ def format_name(arch) -> str:
   )
 
 
-def _act_norm(x, train, axis_name, act, approximate_gelu, dtype, name):
+def _act_norm(x, train, axis_name, act, approximate_gelu, dtype, name, batch_norm_group=0):
   x = activation(act, approximate_gelu)(x)
   # PyTorch BatchNorm2d defaults: momentum 0.1 (flax 0.9), epsilon 1e-5.
+  if batch_norm_group:
+    norm = GroupBatchNorm(batch_norm_group, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=dtype, name=name)
+    return norm(x, use_running_average=not train)
   return nn.BatchNorm(
     use_running_average=not train, momentum=0.9, epsilon=1e-5, axis_name=axis_name, dtype=dtype, name=name
   )(x)
@@ -98,6 +108,7 @@ class ConvMixerStem(nn.Module):
   hidden_size: int
   patch_size: int
   axis_name: Optional[str] = None
+  batch_norm_group: int = 0  # 0: statistics over the whole (synchronised) batch
   activation: str = 'gelu'
   approximate_gelu: bool = False
   dtype: Any = jnp.float32
@@ -105,7 +116,9 @@ class ConvMixerStem(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     x = torch_patch_embedding(images, self.hidden_size, self.patch_size, self.dtype)
-    return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
+    return _act_norm(
+      x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm', self.batch_norm_group
+    )
 
 
 class DepthwiseConvMixer(nn.Module):
@@ -113,6 +126,7 @@ class DepthwiseConvMixer(nn.Module):
 
   kernel_size: int
   axis_name: Optional[str] = None
+  batch_norm_group: int = 0  # 0: statistics over the whole (synchronised) batch
   activation: str = 'gelu'
   approximate_gelu: bool = False
   dtype: Any = jnp.float32
@@ -129,13 +143,16 @@ class DepthwiseConvMixer(nn.Module):
       kernels=self.kernels,
       name='depthwise',
     )(x)
-    return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
+    return _act_norm(
+      x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm', self.batch_norm_group
+    )
 
 
 class PointwiseMixer(nn.Module):
   """Channel mixer: 1x1 convolution (a matrix product over channels) -> GELU -> BatchNorm."""
 
   axis_name: Optional[str] = None
+  batch_norm_group: int = 0  # 0: statistics over the whole (synchronised) batch
   activation: str = 'gelu'
   approximate_gelu: bool = False
   dtype: Any = jnp.float32
@@ -152,7 +169,9 @@ class PointwiseMixer(nn.Module):
       kernels=self.kernels,
       name='pointwise',
     )(x)
-    return _act_norm(x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm')
+    return _act_norm(
+      x, train, self.axis_name, self.activation, self.approximate_gelu, self.dtype, 'norm', self.batch_norm_group
+    )
 
 
 def convmixer(
@@ -164,14 +183,24 @@ def convmixer(
   patch_size: int = 7,
   activation: str = 'gelu',
   axis_name: Optional[str] = None,
+  batch_norm_group: int = 0,
   drop_path_rate: float = 0.0,
   approximate_gelu: bool = False,
   remat: bool = False,
   dtype: Any = jnp.float32,
   kernels: str = REFERENCE,
 ) -> Isotropic:
-  """A ConvMixer-`hidden_size`/`depth` with global average pooling and a PyTorch-initialised head."""
-  common = dict(axis_name=axis_name, activation=activation, approximate_gelu=approximate_gelu, dtype=dtype)
+  """A ConvMixer-`hidden_size`/`depth` with global average pooling and a PyTorch-initialised head.
+
+  `batch_norm_group`: the examples each BatchNorm's training statistics come from (GroupBatchNorm), e.g. the
+  per-GPU batch of an unsynchronised DDP run; 0 synchronises them over the whole global batch."""
+  common = dict(
+    axis_name=axis_name,
+    batch_norm_group=batch_norm_group,
+    activation=activation,
+    approximate_gelu=approximate_gelu,
+    dtype=dtype,
+  )
   head_kernel_init, head_bias_init = torch_default_init(hidden_size)
   block = functools.partial(
     MixingBlock,

@@ -58,6 +58,7 @@ class MixingBlock(nn.Module):
   channel_residual: bool = True
   drop_path_rate: float = 0.0
   layer_scale_init: Optional[float] = None
+  drop_path_scale: bool = True  # DropPath.scale: timm's 1 / (1 - rate), or big_vision's Mixer without
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -70,10 +71,10 @@ class MixingBlock(nn.Module):
       return y
 
     y = branch(x, self.token_mixer, 'norm1', 'token_mixing', 'ls1')
-    x = x + DropPath(self.drop_path_rate)(y, train=train)
+    x = x + DropPath(self.drop_path_rate, self.drop_path_scale)(y, train=train)
     y = branch(x, self.channel_mixer, 'norm2', 'channel_mixing', 'ls2')
     if self.channel_residual:
-      return x + DropPath(self.drop_path_rate)(y, train=train)
+      return x + DropPath(self.drop_path_rate, self.drop_path_scale)(y, train=train)
     return y
 
 

@@ -255,9 +255,14 @@ class SelfAttention(nn.Module):
 
 
 class DropPath(nn.Module):
-  """Stochastic depth: drops a whole residual branch per example during training."""
+  """Stochastic depth: drops a whole residual branch per example during training.
+
+  `scale=True` divides the kept branches by 1 - rate (timm layers/drop.py `drop_path`, scale_by_keep=True,
+  and DeiT's); `scale=False` keeps them as they are (big_vision models/mlp_mixer.py `_stoch_depth_mask`,
+  l.173-177: `1 - bernoulli(p)`). Both conventions exist; each family uses its source's."""
 
   rate: float
+  scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -266,7 +271,7 @@ class DropPath(nn.Module):
     keep = 1.0 - self.rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = jax.random.bernoulli(self.make_rng('dropout'), keep, shape)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+    return jnp.where(mask, x / keep if self.scale else x, jnp.zeros_like(x))
 
 
 class LayerScale(nn.Module):
@@ -332,3 +337,72 @@ class DepthwiseConv(nn.Module):
         x, kernel, (1, 1), 'SAME', feature_group_count=width, dimension_numbers=('NHWC', 'HWIO', 'NHWC')
       )
     return y + bias
+
+
+def _device_groups(axis_name: str, devices_per_group: int) -> list[list[int]]:
+  count = jax.device_count()
+  if count % devices_per_group:
+    raise ValueError(
+      f'batch_norm_group spans {devices_per_group} devices, which does not divide the {count} devices of '
+      f'{axis_name!r}; choose a group of a per-device batch times a divisor of {count}.'
+    )
+  return [list(range(i, i + devices_per_group)) for i in range(0, count, devices_per_group)]
+
+
+class GroupBatchNorm(nn.Module):
+  """BatchNorm whose training statistics come from groups of `group` examples: an unsynchronised DDP run's
+  per-GPU BatchNorm (torch.nn.BatchNorm2d on each GPU's batch, no --sync-bn) rather than the whole batch.
+
+  Its variables are nn.BatchNorm's (params scale, bias; batch_stats mean, var), so weights and checkpoints
+  are interchangeable; evaluation uses the running statistics, as nn.BatchNorm. A group smaller than the
+  device's batch normalises each consecutive `group` examples by their own statistics; a larger one averages
+  the statistics over `group // batch` consecutive devices of `axis_name`. The running statistics move
+  towards the mean of the groups' (DDP keeps rank 0's; the average is its unbiased estimate)."""
+
+  group: int
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  def _statistics(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(mean, mean of squares) per group, [groups, ..., channels] broadcastable against the grouped x."""
+    batch = x.shape[0]
+    if self.group <= batch:
+      if batch % self.group:
+        raise ValueError(f'batch_norm_group={self.group} does not divide the per-device batch of {batch}.')
+      grouped = x.reshape((batch // self.group, self.group) + x.shape[1:])
+      axes = tuple(range(1, grouped.ndim - 1))
+      return grouped.mean(axes, keepdims=True), (grouped**2).mean(axes, keepdims=True)
+    if self.axis_name is None or self.group % batch:
+      raise ValueError(
+        f'batch_norm_group={self.group} is larger than the per-device batch of {batch}: it must be a multiple '
+        f'of it, with the model built for pmap (axis_name set).'
+      )
+    axes = tuple(range(x.ndim - 1))
+    stats = (x.mean(axes, keepdims=True)[None], (x**2).mean(axes, keepdims=True)[None])
+    return jax.lax.pmean(stats, self.axis_name, axis_index_groups=_device_groups(self.axis_name, self.group // batch))
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool = False) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (features,))
+    bias = self.param('bias', nn.initializers.zeros, (features,))
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
+    if use_running_average:
+      y = (x - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+      return (y * scale + bias).astype(self.dtype)
+    x32 = x.astype(jnp.float32)
+    mean, mean2 = self._statistics(x32)
+    var = jnp.maximum(mean2 - mean**2, 0.0)  # flax's fast variance
+    batch = x.shape[0]
+    grouped = x32.reshape((mean.shape[0], -1) + x.shape[1:]) if self.group <= batch else x32[None]
+    y = ((grouped - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+    if not self.is_initializing():
+      group_mean, group_var = mean.reshape(-1, features).mean(0), var.reshape(-1, features).mean(0)
+      if self.axis_name is not None:
+        group_mean, group_var = jax.lax.pmean((group_mean, group_var), self.axis_name)
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * group_mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * group_var
+    return (y * scale + bias).astype(self.dtype)

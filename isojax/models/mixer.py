@@ -97,6 +97,7 @@ def mixer(
   channels_mlp_dim: int,
   patch_size: int,
   drop_path_rate: float = 0.0,
+  drop_path_scale: bool = False,
   approximate_gelu: bool = True,
   layernorm_epsilon: float = 1e-6,
   remat: bool = False,
@@ -104,11 +105,13 @@ def mixer(
   dtype: Any = jnp.float32,
   kernels: str = REFERENCE,
 ) -> Isotropic:
-  """An MLP-Mixer with global average pooling."""
+  """An MLP-Mixer with global average pooling. Stochastic depth as big_vision's Mixer (vision_transformer's
+  has none): a linear ramp, kept branches not rescaled (`drop_path_scale=True`: timm's MlpMixer)."""
   norm = functools.partial(nn.LayerNorm, epsilon=layernorm_epsilon, dtype=dtype)
   block = functools.partial(
     MixingBlock,
     norm=norm,
+    drop_path_scale=drop_path_scale,
     token_mixer=functools.partial(TokenMlp, tokens_mlp_dim, approximate_gelu, dtype, kernels),
     channel_mixer=functools.partial(
       MlpBlock,

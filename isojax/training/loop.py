@@ -171,6 +171,7 @@ def _step_function(run: Run) -> Callable:
     ema_decay=config.ema_decay,
     loss=config.get('loss', 'softmax_xent'),
     image_normalization=normalization,
+    erasing=config.random_erasing.to_dict() if config.get('random_erasing') else None,
   )
 
 

@@ -31,9 +31,20 @@ import optax
 from isojax.core.config import DEFAULT_DECAY_PARAMS, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
 
 # locuslab/convmixer-cifar10 train.py l.99-100 (and its timm copy's scheduler/onecycle_lr.py):
-# np.interp(t, [0, E*2//5, E*4//5, E], [0, lr_max, lr_max/20, 0]), t in epochs.
+# np.interp(t, [0, E*2//5, E*4//5, E], [0, lr_max, lr_max/20, 0]), t in epochs: the knots fall on whole
+# epochs. Without epochs (a num_steps run) they fall at these fractions of training.
 ONECYCLE_KNOTS = (0.0, 0.4, 0.8, 1.0)
 ONECYCLE_VALUES = (0.0, 1.0, 1.0 / 20.0, 0.0)
+
+
+def onecycle_knots(total_steps: int, steps_per_epoch: Optional[float]) -> tuple[float, ...]:
+  """The one-cycle knots in steps: at whole epochs E*2//5 and E*4//5 as locuslab rounds them, or at
+  ONECYCLE_KNOTS of `total_steps` when the run is not counted in epochs."""
+  if not steps_per_epoch:
+    return tuple(k * total_steps for k in ONECYCLE_KNOTS)
+  epochs = max(1, round(total_steps / steps_per_epoch))
+  per_epoch = total_steps / epochs
+  return (0.0, epochs * 2 // 5 * per_epoch, epochs * 4 // 5 * per_epoch, float(total_steps))
 
 
 def param_paths(params: Any) -> Any:
@@ -43,10 +54,25 @@ def param_paths(params: Any) -> Any:
   )
 
 
-def regex_mask(pattern: str):
-  """A mask function for optax: True where the parameter path matches `pattern`."""
+def regex_mask(pattern: str, field: str = 'pattern'):
+  """A mask function for optax: True where `pattern` matches the whole parameter path, big_vision's
+  semantics (utils.py l.1202 `re.fullmatch`: `head/.*` is not `map_head/...`). A pattern that matches no
+  parameter at all is refused: under whole-path matching a search-style pattern ('^block_0/') silently
+  selects nothing."""
   compiled = re.compile(pattern)
-  return lambda params: jax.tree_util.tree_map(lambda p: bool(compiled.search(p)), param_paths(params))
+
+  def mask(params):
+    paths = param_paths(params)
+    selected = jax.tree_util.tree_map(lambda p: compiled.fullmatch(p) is not None, paths)
+    if not any(jax.tree_util.tree_leaves(selected)):
+      example = jax.tree_util.tree_leaves(paths)[0]
+      raise ValueError(
+        f'{field}={pattern!r} matches no parameter path (e.g. {example!r}); patterns match whole paths '
+        f"(re.fullmatch, as big_vision), so write e.g. 'block_0/.*' or '.*/kernel'."
+      )
+    return selected
+
+  return mask
 
 
 def warmup_steps(config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: Optional[float]) -> int:
@@ -94,7 +120,7 @@ def schedule(
     raise ValueError(f'Training needs at least one step, got total_steps={total_steps}.')
   lr = config.lr
   if config.schedule == 'onecycle':
-    knots = jnp.asarray(ONECYCLE_KNOTS) * total_steps
+    knots = jnp.asarray(onecycle_knots(total_steps, steps_per_epoch))
     values = jnp.asarray(ONECYCLE_VALUES) * lr
     return lambda step: jnp.interp(jnp.asarray(step, jnp.float32) + 1.0, knots, values)
   warmup = warmup_steps(config, total_steps, steps_per_epoch)
@@ -119,22 +145,23 @@ def create(
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer and its schedule (the schedule is also logged as the learning rate)."""
   lr = schedule(config, total_steps, steps_per_epoch)
-  decay_mask = regex_mask(config.get('decay_params', DEFAULT_DECAY_PARAMS))
+  decay_mask = regex_mask(config.get('decay_params', DEFAULT_DECAY_PARAMS), 'optimizer.decay_params')
   mode = config.get('weight_decay_mode', 'lr_scaled')
   if mode not in WEIGHT_DECAY_MODES:
     raise ValueError(f'Unknown optimizer.weight_decay_mode {mode!r}; expected one of {WEIGHT_DECAY_MODES}.')
   name, wd = config.name, config.weight_decay
   if name == 'sgd':
-    # Coupled L2 decay (as torch.optim.SGD): decay joins the gradient before momentum.
-    tx = optax.chain(
-      optax.add_decayed_weights(wd, mask=decay_mask), optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov)
-    )
+    if mode != 'lr_scaled' and wd:
+      raise ValueError(
+        f"optimizer.weight_decay_mode={mode!r} is not implemented for sgd, whose decay is torch.optim.SGD's "
+        f"coupled L2 (added to the gradient, so scaled by the learning rate): use 'lr_scaled' or weight_decay=0."
+      )
+    # Coupled L2 decay (as torch.optim.SGD): decay joins the gradient before momentum. mu_dtype is the momentum's
+    # dtype (vision_transformer train.py l.140-143: optax.sgd(accumulator_dtype='bfloat16')).
+    sgd = optax.sgd(lr, momentum=config.momentum, nesterov=config.nesterov, accumulator_dtype=_mu_dtype(config))
+    tx = optax.chain(optax.add_decayed_weights(wd, mask=decay_mask), sgd)
   elif name in ('adamw', 'lamb'):
-    scale = (
-      optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=_mu_dtype(config))
-      if name == 'adamw'
-      else optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps)
-    )
+    scale = optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps, mu_dtype=_mu_dtype(config))
     if mode == 'lr_scaled':
       # optax.adamw / optax.lamb: -lr(t) * (adam + wd * param) [lamb: trust ratio in between].
       parts = [scale, optax.add_decayed_weights(wd, decay_mask)]
@@ -154,7 +181,7 @@ def create(
   if config.get('clip_norm'):
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   if config.get('freeze'):
-    frozen = regex_mask(config.freeze)
+    frozen = regex_mask(config.freeze, 'optimizer.freeze')
     tx = optax.multi_transform(
       {'train': tx, 'frozen': optax.set_to_zero()},
       lambda params: jax.tree_util.tree_map(lambda f: 'frozen' if f else 'train', frozen(params)),
@@ -176,16 +203,20 @@ def decay_factor_at_peak(
   """The fraction by which a decayed kernel shrinks in one zero-gradient step at peak lr.
 
   Measured, not computed from the formula: one update of the real optimizer on a kernel of
-  ones with a zero gradient, at the step where the schedule is highest.
+  ones (at `block_0/dense/kernel`, not frozen) with a zero gradient, at the step where the schedule
+  is highest. 0 when `decay_params` does not select that kernel.
   """
-  tx, lr = create(config, total_steps, steps_per_epoch)
+  if not re.fullmatch(config.get('decay_params', DEFAULT_DECAY_PARAMS), 'block_0/dense/kernel'):
+    return 0.0
+  unfrozen = ml_collections.ConfigDict({**config.to_dict(), 'freeze': ''})
+  tx, lr = create(unfrozen, total_steps, steps_per_epoch)
   steps = np.arange(total_steps + 1)
   peak_step = int(steps[np.argmax(np.asarray(jax.vmap(lr)(steps)))])
-  params = {'kernel': jnp.ones((2,), jnp.float32)}
+  params = {'block_0': {'dense': {'kernel': jnp.ones((2,), jnp.float32)}}}
   state = tx.init(params)
   state = _with_count(state, peak_step)
   updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params)
-  return float(-updates['kernel'][0])
+  return float(-updates['block_0']['dense']['kernel'][0])
 
 
 def _with_count(state: Any, count: int) -> Any:

@@ -94,11 +94,9 @@ def model_cost(model: nn.Module, image_size: int, channels: int) -> tuple[int, O
   return params, flops
 
 
-def dry_run(config: ml_collections.ConfigDict) -> dict:
-  """Everything a run would do, resolved, with nothing trained: the `--dry_run` record."""
-  info, note = dataset_info(config)
-  steps = durations(config, info.num_train)
-  params, gflops = model_cost(models.from_config(config, info.num_classes), config.data.image_size, info.channels)
+def augmentation(config: ml_collections.ConfigDict) -> list[str]:
+  """The training augmentation chain in the order it runs, host ops (each RandAugment with its flavour)
+  then what the train step does on the device."""
   train_ops = [
     f'{name}({", ".join(f"{k}={v!r}" for k, v in kwargs.items())})'
     for name, kwargs in preprocess.parse(config.data.train_pp)
@@ -108,8 +106,39 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   mixup = config.mixup.to_dict()
   if any(mixup.values()):
     train_ops.append(f'mixup({", ".join(f"{k}={v}" for k, v in mixup.items())}) on device')
+  erasing = config.get('random_erasing')
+  if erasing and erasing.prob:
+    fields = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in erasing.to_dict().items())
+    train_ops.append(f'random_erasing({fields}) on device, after mixup (timm)')
   if config.label_smoothing:
     train_ops.append(f'label_smoothing({config.label_smoothing})')
+  return train_ops
+
+
+def regularisation(model: nn.Module, config: ml_collections.ConfigDict) -> list[str]:
+  """Stochastic depth (rate, per-block schedule, and whether kept branches are rescaled: timm's convention
+  or big_vision's Mixer's) and where BatchNorm takes its statistics from."""
+  out = []
+  rate = getattr(model, 'drop_path_rate', 0.0)
+  if rate:
+    block = getattr(model, 'block', None)
+    scaled = getattr(block, 'keywords', {}).get('drop_path_scale', True)
+    schedule = getattr(model, 'drop_path_schedule', 'linear')
+    convention = 'kept branches / (1 - p), timm' if scaled else 'kept branches unscaled, big_vision'
+    out.append(f'stochastic depth {rate} ({schedule} over blocks; {convention})')
+  group = config.model.get('batch_norm_group')
+  if group is not None:
+    out.append(f'BatchNorm statistics over {f"groups of {group} examples" if group else "the whole global batch"}')
+  return out
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict:
+  """Everything a run would do, resolved, with nothing trained: the `--dry_run` record."""
+  info, note = dataset_info(config)
+  steps = durations(config, info.num_train)
+  model = models.from_config(config, info.num_classes)
+  params, gflops = model_cost(model, config.data.image_size, info.channels)
+  train_ops = augmentation(config)
   return {
     'model': models.config_name(config),
     'parameters': params,
@@ -135,6 +164,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
       config.optimizer, steps.total_steps, steps.steps_per_epoch
     ),
     'augmentation': train_ops,
+    'regularisation': regularisation(model, config),
     'eval_preprocessing': config.data.eval_pp,
   }
 
@@ -152,6 +182,7 @@ def format_dry_run(record: dict) -> str:
     f'{record["weight_decay_per_step_at_peak"]:.3g} per step at peak learning rate',
     'learning rate at % of training: ' + ', '.join(f'{p}%: {v:.3g}' for p, v in record['lr_at'].items()),
     'augmentation: ' + ' -> '.join(record['augmentation']),
+    'regularisation: ' + ('; '.join(record['regularisation']) or 'none'),
     f'eval preprocessing: {record["eval_preprocessing"]}',
   ]
   return '\n'.join(lines + [json.dumps(record)])

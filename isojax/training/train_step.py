@@ -93,6 +93,49 @@ def mix(
   return images, lam * targets + (1.0 - lam) * flipped_targets
 
 
+def erase(images: jax.Array, rng: jax.Array, erasing: Optional[dict]) -> jax.Array:
+  """timm's RandomErasing on the device batch, after mixup, as its prefetching loader applies it (timm
+  data/loader.py PrefetchLoader: normalise, then erase the mixed batch). Per image: with probability
+  `prob`, up to 10 attempts of an area U(area_min, area_max) and a log-uniform aspect in [aspect_min,
+  1 / aspect_min]; the first box that fits (h < height, w < width) at a uniform corner is filled with
+  N(0, 1) per pixel ('noise', timm `pixel`), per channel ('channel', `rand`) or zeros ('zero', `const`)."""
+  if not erasing or not erasing.get('prob'):
+    return images
+  batch, height, width, channels = images.shape
+  lo, hi = erasing.get('area_min', 0.02), erasing.get('area_max', 1 / 3)
+  log_aspect = jnp.log(erasing.get('aspect_min', 0.3))
+
+  def one(image, key):
+    k_apply, k_area, k_aspect, k_top, k_left, k_fill = jax.random.split(key, 6)
+    area = jax.random.uniform(k_area, (10,), minval=lo, maxval=hi) * height * width
+    aspect = jnp.exp(jax.random.uniform(k_aspect, (10,), minval=log_aspect, maxval=-log_aspect))
+    heights = jnp.round(jnp.sqrt(area * aspect)).astype(jnp.int32)
+    widths = jnp.round(jnp.sqrt(area / aspect)).astype(jnp.int32)
+    fits = (heights < height) & (widths < width)
+    first = jnp.argmax(fits)
+    h, w = heights[first], widths[first]
+    top = jax.random.randint(k_top, (), 0, height - h + 1)
+    left = jax.random.randint(k_left, (), 0, width - w + 1)
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    shape = {'noise': image.shape, 'channel': (channels,), 'zero': (channels,)}[erasing.get('fill', 'noise')]
+    values = jax.random.normal(k_fill, shape, image.dtype) * (erasing.get('fill', 'noise') != 'zero')
+    apply = (jax.random.uniform(k_apply) < erasing['prob']) & fits.any()
+    return jnp.where(apply & box[..., None], jnp.broadcast_to(values, image.shape), image)
+
+  return jax.vmap(one)(images, jax.random.split(rng, batch))
+
+
+def _on_device(images, targets, rng, normalization, mixup_alpha, cutmix_alpha, erasing):
+  """The batch's device-side augmentation: normalisation of uint8 batches, mixup/CutMix, then random erasing of
+  the mixed batch (timm's order)."""
+  if normalization is not None:
+    images = normalize_on_device(images, *normalization)
+  images, targets = mix(images, targets, rng, mixup_alpha, cutmix_alpha)
+  # the erasing key is folded from the mixing key, so the mixing and model keys stay those of earlier versions
+  return erase(images, jax.random.fold_in(rng, 1), erasing), targets
+
+
 def normalize_on_device(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
   """uint8 pixels -> float32 (images - mean) / std; refuses float batches, which were normalised already."""
   if images.dtype != jnp.uint8:
@@ -173,6 +216,7 @@ def train_step(
   loss: str = 'softmax_xent',
   axis_name: Optional[str] = AXIS,
   image_normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
+  erasing: Optional[dict] = None,
 ) -> tuple[TrainState, dict]:
   """One optimizer step on this device's share of the global batch.
 
@@ -180,16 +224,16 @@ def train_step(
   dropout differs per device and per step, and a resumed run draws the same keys.
   `image_normalization` (mean, std): the batch holds uint8 pixels that the host left
   unnormalised (isojax.data.device_normalization); they become (image - mean) / std here.
+  `erasing` (config.random_erasing): timm's random erasing of the mixed batch (`erase`).
   """
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
   rng_mix, rng_model = jax.random.split(rng)
-  images = batch['image']
-  if image_normalization is not None:
-    images = normalize_on_device(images, *image_normalization)
   targets = losses.targets(batch['label'], num_classes, label_smoothing)
-  images, targets = mix(images, targets, rng_mix, mixup_alpha, cutmix_alpha)
+  images, targets = _on_device(
+    batch['image'], targets, rng_mix, image_normalization, mixup_alpha, cutmix_alpha, erasing
+  )
   grads, batch_stats, value, accuracy = _gradients(
     model, loss, state, images, targets, batch['label'], rng_model, accum_steps
   )

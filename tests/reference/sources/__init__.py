@@ -26,9 +26,14 @@ SOURCES = {
                                  'vit_jax/models_resnet.py', 'f9e005281941bb9b0dabb020cab6ba6e2d44e716'),
     'vit_jax_configs_models.py': ('google-research/vision_transformer', 'c6de1e5378c9831a8477feb30994971bdc409e46',
                                   'vit_jax/configs/models.py', '8e457b0f81442d7afb81fe02eb601a24faa66913'),
-    'big_vision_vit.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+    # parsed, not run: tests read the training crop its `_pp` draws
+  'vit_jax_input_pipeline.py': ('google-research/vision_transformer', 'c6de1e5378c9831a8477feb30994971bdc409e46',
+                                'vit_jax/input_pipeline.py', 'b3079d8cc0b1b7a73ba22e106528f12c868592e2'),
+  'big_vision_vit.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                           'big_vision/models/vit.py', '56360bdad58b848056395a5e06f385117f64a79f'),
-    'big_vision_pp_utils.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+    'big_vision_mlp_mixer.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+                              'big_vision/models/mlp_mixer.py', '58bd4b99d21f061693da007b26dd24013e341851'),
+  'big_vision_pp_utils.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                           'big_vision/pp/utils.py', '3ee834560246549c71f0a6d9785694fd1507ca9b'),
     'big_vision_pp_registry.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                           'big_vision/pp/registry.py', 'f5c7d996d756be16ba68a5fcb143f23129e1249d'),
@@ -44,6 +49,13 @@ SOURCES = {
                           'timm/models/mlp_mixer.py', 'd06402dfbc88a85ff596bce715e293efe5079f5f'),
     'timm_cait.py': ('huggingface/pytorch-image-models', 'aa4b5850c1543fa488abf260f18390eda46cf85d',
                      'timm/models/cait.py', 'c7b459b33ab0c32fa37d430735fe2eb8d9b1ca5a'),
+  # TensorFlow, with tests/reference/tfa_image.py for tensorflow_addons.image
+  'big_vision_pp_archive_autoaugment.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+                                           'big_vision/pp/archive/autoaugment.py',
+                                           'f1af14ec6a1125ee9c3ea426f9224153483fd8e6'),
+  # PIL and numpy only: imported and run by tests/test_augmentation_fidelity.py
+  'timm_auto_augment.py': ('huggingface/pytorch-image-models', 'aa4b5850c1543fa488abf260f18390eda46cf85d',
+                           'timm/data/auto_augment.py', '36dd08fa05763841c1cce8e30419aabd30199222'),
 }
 
 
@@ -103,11 +115,31 @@ def big_vision_vit() -> types.ModuleType:
   return load('big_vision_vit.py', 'big_vision.models.vit')
 
 
+def big_vision_mlp_mixer() -> types.ModuleType:
+  """big_vision/models/mlp_mixer.py (its checkpoint loader's big_vision.utils and models.common stubbed)."""
+  _stub('big_vision.utils')
+  _stub('big_vision.models.common')
+  return load('big_vision_mlp_mixer.py', 'big_vision.models.mlp_mixer')
+
+
 def big_vision_ops_image() -> types.ModuleType:
   """big_vision/pp/ops_image.py (the preprocessing ops its ImageNet configs name), with its pp utils."""
   load('big_vision_pp_utils.py', 'big_vision.pp.utils')
   load('big_vision_pp_registry.py', 'big_vision.pp.registry')
   return load('big_vision_pp_ops_image.py', 'big_vision.pp.ops_image')
+
+
+def timm_auto_augment() -> types.ModuleType:
+  """timm/data/auto_augment.py: timm's RandAugment/AutoAugment ops on PIL images."""
+  return load('timm_auto_augment.py', 'timm.data.auto_augment')
+
+
+def big_vision_autoaugment(tfa_image: types.ModuleType) -> types.ModuleType:
+  """big_vision/pp/archive/autoaugment.py, with `tfa_image` standing in for tensorflow_addons.image."""
+  _stub('tensorflow_addons')
+  sys.modules['tensorflow_addons.image'] = tfa_image
+  sys.modules['tensorflow_addons'].image = tfa_image
+  return load('big_vision_pp_archive_autoaugment.py', 'big_vision.pp.archive.autoaugment')
 
 
 def text(filename: str) -> str:
