@@ -173,6 +173,7 @@ def identify(out, image, table):
   return ('Cutout', None) if (out[changed] == 128).all() else 'unknown'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flavour', sorted(POLICIES))
 def test_randaugment_draws_ops_uniformly_and_applies_them_with_the_sources_probability(flavour):
   from scipy import stats
@@ -198,6 +199,7 @@ def test_randaugment_draws_ops_uniformly_and_applies_them_with_the_sources_proba
   assert stats.binomtest(signs.count(1), len(signs), 0.5).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_timms_random_interpolation_takes_bilinear_and_bicubic_equally():
   image = IMAGES[0]
   bilinear = isojax_op('timm', 'Rotate', image, 9, 1)
@@ -266,6 +268,7 @@ def isojax_erasing_boxes(draws=4000, shape=(24, 40, 3), **kwargs):
   return np.asarray(boxes)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'source,kwargs',
   [
@@ -302,6 +305,7 @@ def test_random_erasing_fills_as_timms_modes():
   assert all(len(np.unique(channel[box][:, c])) == 1 for c in range(3))  # 'rand': one value per channel
 
 
+@pytest.mark.slow
 def test_the_device_batch_is_erased_as_timms_loader_erases_it():
   """train_step.erase (config.random_erasing) draws timm's boxes, per image of the batch."""
   import jax
@@ -321,6 +325,7 @@ def test_the_device_batch_is_erased_as_timms_loader_erases_it():
   assert stats.ks_2samp(rows.argmax(1)[heights > 0], expected[:, 0]).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_timm_recipes_erase_after_mixup_and_torchvisions_before_batching():
   """timm's PrefetchLoader erases the batch FastCollateMixup has mixed (loader.py l.139-141); an erased box
   holds N(0, 1) values, not a blend of two images."""

@@ -93,6 +93,7 @@ def torch_default_bound(fan_in):
   return np.sqrt(2.0 / (1 + a**2)) * np.sqrt(3.0 / fan_in), 1.0 / np.sqrt(fan_in)
 
 
+@pytest.mark.slow
 def test_convmixer_starts_like_pytorch_as_locuslab_and_timm_leave_it():
   params = init_params('ConvMixer-256/8', 32, num_classes=10)
   block = params['block_0']
@@ -179,6 +180,7 @@ def test_resmlp_and_gmlp_variants_are_timms_registered_models():
       assert ast.unparse(block) == 'SpatialGatingBlock' and ast.unparse(args['mlp_layer']) == 'GatedMlp'
 
 
+@pytest.mark.slow
 def test_resmlp_and_gmlp_start_like_timms_init_weights():
   # timm mlp_mixer.py _init_weights (l.519-556): xavier-uniform Linear, bias N(0, 1e-6) when 'mlp' is in
   # the module's name else 0; lecun-normal conv; zero head. gMLP's gate: N(0, 1e-6) weights, bias 1 (l.198-202).
@@ -389,6 +391,7 @@ def test_imagenet_vit_s16_has_big_visions_pre_logits():
   assert config.model.representation_size == 384 and config.model.classifier == 'gap'
 
 
+@pytest.mark.slow
 def test_imagenet_convmixer_decays_like_torch_adamw():
   # torch.optim.AdamW: p <- p * (1 - lr * weight_decay); lr at the onecycle peak (40% of training) is 0.01.
   config = load_config('imagenet_convmixer_1536_20.py')
@@ -424,6 +427,7 @@ def test_cifar10_convmixer_learning_rate_is_locuslabs_interp_at_every_tenth():
       np.testing.assert_allclose(float(lr(step)), expected, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_cifar10_convmixer_decays_every_parameter_times_lr_and_does_not_clip():
   # optim.AdamW(model.parameters(), lr, weight_decay=0.005): every tensor, p *= 1 - lr * wd; no --clip-norm.
   config = load_config('cifar10_convmixer.py')
@@ -637,6 +641,7 @@ def test_dry_run_resolves_the_cifar_recipe_without_the_dataset():
   assert record['regularisation'] == ['BatchNorm statistics over the whole global batch']
 
 
+@pytest.mark.slow
 def test_dry_run_names_each_recipes_randaugment_flavour_and_stochastic_depth_convention():
   mixer = plan.dry_run(load_config('imagenet_mixer_b16.py'))
   assert "randaugment(num_ops=2, magnitude=15, flavour='big_vision')" in mixer['augmentation']
@@ -754,6 +759,7 @@ def test_cifar10_finetune_crops_as_vision_transformers_input_pipeline(monkeypatc
   np.testing.assert_allclose(ours, tf.image.resize(tf.slice(image, [2, 3, 0], [20, 24, -1]), [224, 224]), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_mixer_stochastic_depth_is_big_visions_unscaled_mask_and_timms_families_rescale(monkeypatch):
   """big_vision models/mlp_mixer.py `_stoch_depth_mask` (vendored, run): a kept branch keeps its value; timm's
   DropPath (and isojax's other families) divide it by 1 - p. imagenet_mixer_b16 cites big_vision."""
@@ -818,6 +824,7 @@ def test_group_batch_norm_normalises_each_group_as_its_own_gpu_would():
   )
 
 
+@pytest.mark.slow
 def test_group_batch_norm_spans_devices_when_the_group_is_larger_than_a_device_batch():
   from isojax.models import layers
 

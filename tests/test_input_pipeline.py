@@ -51,6 +51,7 @@ def test_a_restarted_stream_continues_exactly_where_it_stopped(digits):
     np.testing.assert_array_equal(a['label'], b['label'])
 
 
+@pytest.mark.slow
 def test_epochs_are_reshuffled_and_the_seed_matters(digits):
   first = batches(digits, 1)[0]['label']
   assert not np.array_equal(first, batches(digits, 1, seed=1)[0]['label'])
@@ -58,6 +59,7 @@ def test_epochs_are_reshuffled_and_the_seed_matters(digits):
   assert not np.array_equal(first, epoch2)
 
 
+@pytest.mark.slow
 def test_the_training_stream_depends_on_the_global_device_count_not_on_the_hosts(digits):
   # One shard per device of all hosts: 1 host x 4 devices sees exactly what hosts 0 and 1 x 2 devices see.
   one_host = batches(digits, 2, per_device_batch=4, local_devices=4)
@@ -185,7 +187,9 @@ def test_every_randaugment_op_keeps_shape_and_pixel_range(flavour, op, channels)
     assert float(tf.reduce_min(out)) >= 0 and float(tf.reduce_max(out)) <= 255.001
 
 
-@pytest.mark.parametrize('flavour', randaugment.FLAVOURS)
+@pytest.mark.parametrize(
+  'flavour', [f if f == 'big_vision' else pytest.param(f, marks=pytest.mark.slow) for f in randaugment.FLAVOURS]
+)
 def test_randaugment_runs_on_images_of_unknown_static_shape(flavour):
   # Image folders decode to [None, None, None]; every op must work without a static channel count.
   apply = tf.function(
