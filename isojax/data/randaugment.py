@@ -172,6 +172,15 @@ def brightness(image, factor):
   return _blend(tf.zeros_like(image), image, factor)
 
 
+def _inside_border(smooth, image):
+  """A VALID 3x3 filter's output, clipped and truncated to uint8, inside `image`'s one-pixel border, which
+  both PIL's filter and big_vision's keep as it was."""
+  smooth = tf.pad(tf.floor(tf.clip_by_value(smooth, 0.0, 255.0)), [[1, 1], [1, 1], [0, 0]])
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  inside = tf.pad(tf.ones([h - 2, w - 2, 1]), [[1, 1], [1, 1], [0, 0]]) > 0
+  return tf.where(inside, smooth, image)
+
+
 def _pil_smooth(image):
   """PIL's ImageFilter.SMOOTH (Filter.c ImagingFilter3x3): float32 sums row y+1, y, y-1, each
   left-to-right with the kernel / 13, plus 0.5, truncated; the border rows and columns copied."""
@@ -182,10 +191,7 @@ def _pil_smooth(image):
     left, centre, right = image[r : r + h - 2, 0 : w - 2], image[r : r + h - 2, 1 : w - 1], image[r : r + h - 2, 2:w]
     return left * k1 + centre * middle + right * k1
 
-  sums = ((0.5 + row(2, k1)) + row(1, k5)) + row(0, k1)
-  smooth = tf.pad(tf.floor(tf.clip_by_value(sums, 0.0, 255.0)), [[1, 1], [1, 1], [0, 0]])
-  inside = tf.pad(tf.ones([h - 2, w - 2, 1]), [[1, 1], [1, 1], [0, 0]]) > 0
-  return tf.where(inside, smooth, image)
+  return _inside_border(((0.5 + row(2, k1)) + row(1, k5)) + row(0, k1), image)
 
 
 def _tf_smooth(image):
@@ -193,11 +199,7 @@ def _tf_smooth(image):
   clipped and truncated, the border kept."""
   kernel = tf.constant([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], shape=[3, 3, 1, 1]) / 13.0
   kernel = tf.tile(kernel, [1, 1, tf.shape(image)[-1], 1])
-  smooth = tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], padding='VALID')[0]
-  smooth = tf.pad(tf.floor(tf.clip_by_value(smooth, 0.0, 255.0)), [[1, 1], [1, 1], [0, 0]])
-  h, w = tf.shape(image)[0], tf.shape(image)[1]
-  inside = tf.pad(tf.ones([h - 2, w - 2, 1]), [[1, 1], [1, 1], [0, 0]]) > 0
-  return tf.where(inside, smooth, image)
+  return _inside_border(tf.nn.depthwise_conv2d(image[None], kernel, [1, 1, 1, 1], padding='VALID')[0], image)
 
 
 def sharpness(image, factor):

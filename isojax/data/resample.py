@@ -84,9 +84,8 @@ def _nearest(image, coefficients):
   ys, xs = tf.cast(tf.range(h), tf.float64)[:, None], tf.cast(tf.range(w), tf.float64)[None, :]
 
   def scaled():
-    cols = _coord(c + a * 0.5 + a * xs) + 0 * tf.cast(ys, tf.int32)
-    rows = _coord(f + e * 0.5 + e * ys) + 0 * tf.cast(xs, tf.int32)
-    return rows, cols
+    grid = tf.stack([h, w])
+    return tf.broadcast_to(_coord(f + e * 0.5 + e * ys), grid), tf.broadcast_to(_coord(c + a * 0.5 + a * xs), grid)
 
   def fixed():
     fix = lambda v: tf.cast(tf.floor(v * 65536.0 + 0.5), tf.int64)
