@@ -22,6 +22,7 @@ from absl import flags
 
 from isojax import sweeps
 from isojax.core import command_line, loading, validation
+from isojax.core import workdir as workdir_lib
 from isojax.sweeps import launcher, results
 
 FLAGS = flags.FlagValues()
@@ -54,6 +55,11 @@ def _checked_trials(sweep: sweeps.Sweep) -> list[sweeps.Trial]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   positional = command_line.parse(FLAGS, argv, __doc__)
   if _SUMMARIZE.value:
+    if not os.path.exists(os.path.join(_SUMMARIZE.value, workdir_lib.SWEEP)):
+      raise command_line.UsageError(
+        f'--summarize={_SUMMARIZE.value!r} is not a sweep directory (no {workdir_lib.SWEEP}); '
+        'give the --workdir of an isojax.sweep run'
+      )
     results.write(_SUMMARIZE.value)
     print(results.markdown(_SUMMARIZE.value))
     return 0

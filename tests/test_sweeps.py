@@ -117,3 +117,13 @@ def test_a_failed_trial_is_reported_by_its_exception_line_not_trailing_notes():
   )
   assert results.error_line(log).startswith('ValueError: Image size 8x8')
   assert results.error_line('killed\n') == 'killed'
+
+
+def test_a_command_called_twice_in_one_process_starts_the_second_call_from_the_defaults(tmp_path, capsys):
+  # The first call's --summarize (refused: not a sweep directory) must not steer the second call.
+  with pytest.raises(SystemExit) as refused:
+    sweep_command.main(['--summarize', str(tmp_path)])
+  assert refused.value.code == 2 and 'is not a sweep directory (no sweep.json)' in capsys.readouterr().err
+  sweep_file = os.path.join(ROOT, 'experiments', 'default_sweep.py')
+  assert sweep_command.main([sweep_file, f'--workdir={tmp_path / "sweep"}', '--dry_run']) == 0
+  assert capsys.readouterr().out.strip().endswith(' trials')

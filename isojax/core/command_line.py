@@ -34,6 +34,8 @@ def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: Opt
   if any(a in ('--help', '-h', '--helpfull') for a in argv[1:]):
     print((doc or '').strip() + '\n\nflags:\n' + flag_values.get_help())
     raise SystemExit(0)
+  # Each call starts from the defaults: an in-process call must not inherit the flags of the one before it.
+  flag_values.unparse_flags()
   try:
     return flag_values(argv)[1:]
   except flags.Error as e:
