@@ -3,6 +3,7 @@
 import csv
 import os
 
+import optuna
 import pytest
 
 from isojax import sweep as sweep_command
@@ -59,53 +60,62 @@ def test_every_shipped_sweep_file_expands():
       assert trials and all(os.path.exists(os.path.join(ROOT, t.config.split(':')[0])) for t in trials)
 
 
-TINY = {'num_steps': 8, 'eval_every': 4, 'checkpoint.every': 4, 'log_every': 4, 'model.name': 'ConvMixer-16/1'}
+TINY = {'num_steps': 40, 'eval_every': 10, 'checkpoint.every': 10, 'log_every': 10, 'model.name': 'ConvMixer-16/1'}
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_resumes_without_rerunning_and_reports_a_failing_trial(tmp_path, monkeypatch, capsys):
+def test_a_real_sweep_prunes_a_hopeless_rate_reports_a_failure_and_never_reruns_a_finished_trial(
+  tmp_path, monkeypatch, capsys
+):
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])))
   monkeypatch.chdir(ROOT)
-  # patch_size=3 does not divide the 8x8 digits: that trial fails, the others must not care.
-  trials = sweeps.product({'model.patch_size': [2], 'optimizer.lr': [2e-3, 5e-3]}) + [
-    {'model.patch_size': 3, 'optimizer.lr': 2e-3}
+  # Two learning rates that learn, one hopeless (1e-7: ~9% at step 20, where they are past 15%), and
+  # patch_size=3, which does not divide the 8x8 digits: that trial fails, the others must not care.
+  trials = sweeps.product({'model.patch_size': [2], 'optimizer.lr': [1e-2, 2e-2, 1e-7]}) + [
+    {'model.patch_size': 3, 'optimizer.lr': 1e-2}
   ]
-  spec = sweeps.Sweep('configs/default.py', trials, fixed=TINY)
+  pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=15)
+  spec = sweeps.Sweep('configs/default.py', trials, fixed=TINY, pruner=pruner)
   directory = str(tmp_path / 'sweep')
-  table = launcher.run(spec, directory, parallel=2)
+  table = launcher.run(spec, directory, parallel=1)
   status = {r['trial']: r['status'] for r in table}
-  assert status == {'patch_size=2,lr=0.002': 'done', 'patch_size=2,lr=0.005': 'done', 'patch_size=3,lr=0.002': 'failed'}
+  assert status == {
+    'patch_size=2,lr=0.01': 'complete',
+    'patch_size=2,lr=0.02': 'complete',
+    'patch_size=2,lr=1e-07': 'pruned',
+    'patch_size=3,lr=0.01': 'failed',
+  }
+  pruned = next(r for r in table if r['status'] == 'pruned')
+  assert pruned['pruned_at'] == 20 and pruned['steps'] < 40  # stopped by SIGTERM before its last step
+  assert 'stopped at step' in open(os.path.join(directory, pruned['trial'], workdir_lib.LOG)).read()
   failed = next(r for r in table if r['status'] == 'failed')
   assert 'not divisible by patch_size=3' in failed['error']
-  done = [r for r in table if r['status'] == 'done']
-  assert done[0]['best_accuracy'] >= done[1]['best_accuracy'] and done[0]['steps'] == 8
+  done = [r for r in table if r['status'] == 'complete']
+  assert done[0]['objective'] >= done[1]['objective'] and done[0]['steps'] == 40
   assert all(r['train_images_per_sec'] > 0 and r['eval_images_per_sec'] > 0 and r['wall_time_sec'] > 0 for r in done)
   # each trial's model, from its workdir: the canonical name, its size and cost, its shape
   assert {r['model'] for r in done} == {'ConvMixer-16/1-k3-p2'} and all(r['shape'] == 'isotropic' for r in done)
   assert all(r['parameters'] == done[0]['parameters'] > 0 and r['gflops_per_image'] > 0 for r in done)
 
-  # An interrupted trial: checkpoints but no final summary. It resumes; finished ones are not re-run.
-  interrupted = os.path.join(directory, 'patch_size=2,lr=0.005')
-  metrics = workdir_lib.metrics_path(interrupted)
-  kept = [l for l in open(metrics) if '"summary"' not in l]
-  open(metrics, 'w').writelines(kept)
-  finished_log = os.path.join(directory, 'patch_size=2,lr=0.002', workdir_lib.LOG)
+  # The same command again: finished and pruned trials are not rerun; the failed one is retried (and fails).
+  finished_log = os.path.join(directory, 'patch_size=2,lr=0.01', workdir_lib.LOG)
   size_before = os.path.getsize(finished_log)
-  launcher.run(spec, directory, parallel=1)
+  again = launcher.run(spec, directory, parallel=1)
   assert os.path.getsize(finished_log) == size_before
-  assert 'resuming at step 8' in open(os.path.join(interrupted, workdir_lib.LOG)).read()
+  assert {r['trial']: r['status'] for r in again} == status
 
-  # The summary is rebuilt from the trial folders alone, by the command's main too.
+  # The summary is rebuilt from the trial folders and the study, by the command's main too.
   os.remove(os.path.join(directory, 'results.csv'))
   assert sweep_command.main(['--summarize', directory]) == 0
   assert '| patch_size=2,lr=' in capsys.readouterr().out
   with open(os.path.join(directory, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
-  assert [r['status'] for r in rows] == ['done', 'done', 'failed']
+  assert [r['status'] for r in rows] == ['complete', 'complete', 'pruned', 'failed']
   assert rows[0]['parameters'] == str(done[0]['parameters']) and float(rows[0]['gflops_per_image']) > 0
-  for plot in ('results.png', 'results_cost.png', 'results_shapes.png'):  # by swept axis; by cost; shapes
+  plots = ('results.png', 'results_cost.png', 'results_shapes.png', 'results_history.png')
+  for plot in plots:  # by swept axis; by cost; shapes; Optuna's optimisation history
     assert os.path.getsize(os.path.join(directory, plot)) > 1000
 
 
@@ -123,7 +133,7 @@ def test_a_command_called_twice_in_one_process_starts_the_second_call_from_the_d
   # The first call's --summarize (refused: not a sweep directory) must not steer the second call.
   with pytest.raises(SystemExit) as refused:
     sweep_command.main(['--summarize', str(tmp_path)])
-  assert refused.value.code == 2 and 'is not a sweep directory (no sweep.json)' in capsys.readouterr().err
+  assert refused.value.code == 2 and 'is not a sweep directory (no study.json or sweep.json)' in capsys.readouterr().err
   sweep_file = os.path.join(ROOT, 'experiments', 'default_sweep.py')
   assert sweep_command.main([sweep_file, f'--workdir={tmp_path / "sweep"}', '--dry_run']) == 0
-  assert capsys.readouterr().out.strip().endswith(' trials')
+  assert '4 trials (4 fixed, 0 searched); maximize val/accuracy' in capsys.readouterr().out

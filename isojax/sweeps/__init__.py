@@ -1,5 +1,6 @@
-"""Sweeps: a sweep file's axes and trials (`spec`), running them (`launcher`), their table and plots
-(`results`). Sweep files import the spec's vocabulary from here: `from isojax.sweeps import Sweep, product`."""
+"""Sweeps: a sweep file's axes, search and trials (`spec`), its Optuna study (`study`), the driver that runs
+the trials (`launcher`), their table and plots (`results`). Sweep files import the spec's vocabulary from
+here: `from isojax.sweeps import Sweep, choice, loguniform, product`."""
 
 from isojax.sweeps.spec import (
   Axis,
@@ -7,6 +8,7 @@ from isojax.sweeps.spec import (
   Sweep,
   Trial,
   choice,
+  intuniform,
   load,
   loguniform,
   product,
@@ -22,6 +24,7 @@ __all__ = [
   'Sweep',
   'Trial',
   'choice',
+  'intuniform',
   'load',
   'loguniform',
   'product',

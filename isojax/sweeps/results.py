@@ -14,13 +14,17 @@ import csv
 import os
 import re
 import statistics
+import warnings
 from typing import Any, Optional
 
 import matplotlib
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from isojax import models
 from isojax.core import workdir as workdir_lib
 from isojax.evaluation import explain
+from isojax.sweeps import study as study_lib
 from isojax.training import plan
 
 COLUMNS = (
@@ -105,37 +109,100 @@ def shape_kind(profile: list[tuple[str, int, int]]) -> str:
   return 'hybrid' if stages else 'isotropic'
 
 
-def rows(sweep_dir: str) -> list[dict[str, Any]]:
-  """One dict per trial: name, status, swept values, results and its model's profile; best first."""
-  trials = workdir_lib.read_json(os.path.join(sweep_dir, workdir_lib.SWEEP))
+STATES = {
+  TrialState.COMPLETE: 'complete',
+  TrialState.PRUNED: 'pruned',
+  TrialState.FAIL: 'failed',
+  TrialState.RUNNING: 'running',
+  TrialState.WAITING: 'waiting',
+}
+
+
+def _folder_columns(trial_dir: str) -> dict[str, Any]:
+  """What a trial's folder says: accuracies, steps, speeds, its error, its model's profile."""
+  records = workdir_lib.read_metrics(trial_dir)
+  status, error = trial_status(trial_dir, records)
+  summary = next((m for m in reversed(records) if m.get('split') == 'summary'), None)
+  train = [m for m in records if m.get('split') == 'train']
+  evals = workdir_lib.eval_records(records, _primary_evaluator(trial_dir))
+  speeds = [m['images_per_sec'] for m in train[1:]] or [m['images_per_sec'] for m in train]  # first includes compile
+  eval_speeds = [m['images_per_sec'] for m in evals if 'images_per_sec' in m]
+  columns = {
+    'status': status,
+    'best_accuracy': summary['best_accuracy']
+    if summary
+    else max((m['accuracy'] for m in evals if 'accuracy' in m), default=None),
+    'final_accuracy': summary['final_accuracy'] if summary else None,
+    'final_loss': summary['final_loss'] if summary else None,
+    'steps': summary['steps'] if summary else (train[-1]['step'] if train else 0),
+    'wall_time_sec': summary['wall_time_sec'] if summary else None,
+    'train_images_per_sec': statistics.median(speeds) if speeds else None,
+    'eval_images_per_sec': statistics.median(eval_speeds) if eval_speeds else None,
+    'error': error,
+  }
+  if status != 'pending':
+    columns.update(model_profile(trial_dir))
+  return columns
+
+
+def _folder_rows(sweep_dir: str) -> list[dict[str, Any]]:
+  """The rows of a sweep run before it had a study: the trials listed in DIR/sweep.json, from their folders."""
   table = []
-  for trial in trials:
-    trial_dir = os.path.join(sweep_dir, trial['name'])
-    records = workdir_lib.read_metrics(trial_dir)
-    status, error = trial_status(trial_dir, records)
-    row = {'trial': trial['name'], 'status': status, **trial['swept']}
-    summary = next((m for m in reversed(records) if m.get('split') == 'summary'), None)
-    train = [m for m in records if m.get('split') == 'train']
-    evals = workdir_lib.eval_records(records, _primary_evaluator(trial_dir))
-    speeds = [m['images_per_sec'] for m in train[1:]] or [m['images_per_sec'] for m in train]  # first includes compile
-    eval_speeds = [m['images_per_sec'] for m in evals if 'images_per_sec' in m]
-    row.update(
-      {
-        'best_accuracy': summary['best_accuracy']
-        if summary
-        else max((m['accuracy'] for m in evals if 'accuracy' in m), default=None),
-        'final_accuracy': summary['final_accuracy'] if summary else None,
-        'final_loss': summary['final_loss'] if summary else None,
-        'steps': summary['steps'] if summary else (train[-1]['step'] if train else 0),
-        'wall_time_sec': summary['wall_time_sec'] if summary else None,
-        'train_images_per_sec': statistics.median(speeds) if speeds else None,
-        'eval_images_per_sec': statistics.median(eval_speeds) if eval_speeds else None,
-        'error': error,
-      }
-    )
-    if status != 'pending':
-      row.update(model_profile(trial_dir))
+  for trial in workdir_lib.read_json(os.path.join(sweep_dir, workdir_lib.SWEEP)):
+    table.append({'trial': trial['name'], **trial['swept'], **_folder_columns(os.path.join(sweep_dir, trial['name']))})
+  return table
+
+
+def load_study(sweep_dir: str, storage: Optional[str] = None) -> optuna.Study:
+  """The sweep's study, from the storage recorded in DIR/study.json (or `storage`, for a URL with a password)."""
+  recorded = workdir_lib.read_json(os.path.join(sweep_dir, study_lib.STUDY))
+  url = storage or recorded['storage']
+  if '***' in url:
+    raise study_lib.StorageError(f'{sweep_dir}: its study is on {url}; give the URL with its password: --storage=URL.')
+  return optuna.load_study(study_name=recorded['study_name'], storage=url)
+
+
+def _representatives(trials: list[FrozenTrial]) -> dict[str, FrozenTrial]:
+  """One trial per folder: the latest attempt that ran there (a trial that took another's outcome stands aside);
+  in the order the folders first appeared."""
+  chosen: dict[str, FrozenTrial] = {}
+  for trial in sorted(trials, key=lambda t: (study_lib.SAME_AS not in t.user_attrs, t.number)):
+    name = trial.user_attrs.get(study_lib.NAME)
+    if name is not None:
+      chosen[name] = trial
+  return chosen
+
+
+def _study_rows(sweep_dir: str, storage: Optional[str]) -> list[dict[str, Any]]:
+  """The rows of a sweep with a study: one per trial folder, its state and value from the study."""
+  study = load_study(sweep_dir, storage)
+  counted = study_lib.counted(study.get_trials(deepcopy=False))
+  table = []
+  for name, trial in _representatives(counted).items():
+    params = _ordered_params(trial)
+    row = {'trial': name, 'number': trial.number, **params, '_params': tuple(params)}
+    row.update(_folder_columns(os.path.join(sweep_dir, name)))
+    row['status'] = STATES[trial.state]
+    row['objective'] = trial.value if trial.state == TrialState.COMPLETE else None
+    row['pruned_at'] = max(trial.intermediate_values, default=None) if trial.state == TrialState.PRUNED else None
+    row['error'] = row['error'] or trial.user_attrs.get(study_lib.ERROR)
     table.append(row)
+  return table
+
+
+def _ordered_params(trial: FrozenTrial) -> dict[str, Any]:
+  values = trial.params or trial.system_attrs.get('fixed_params', {})
+  return dict(sorted(values.items(), key=lambda kv: kv[0] != 'arg'))
+
+
+def rows(sweep_dir: str, storage: Optional[str] = None) -> list[dict[str, Any]]:
+  """One dict per trial: name, status, swept values, results and its model's profile; best first."""
+  if os.path.exists(os.path.join(sweep_dir, study_lib.STUDY)):
+    table = _study_rows(sweep_dir, storage)
+    direction = load_study(sweep_dir, storage).direction
+    sign = -1 if direction == optuna.study.StudyDirection.MAXIMIZE else 1
+    return sorted(table, key=lambda r: (r['objective'] is None, sign * (r['objective'] or 0), r['number']))
+  table = _folder_rows(sweep_dir)
   return sorted(table, key=lambda r: -(r['best_accuracy'] if r['best_accuracy'] is not None else -1))
 
 
@@ -147,22 +214,32 @@ def _cell(value) -> str:
   return str(value)
 
 
-def write(sweep_dir: str) -> list[dict[str, Any]]:
-  """Writes results.csv, results.md and the plots (results.png, results_cost.png, results_shapes.png); returns
-  the rows."""
-  table = rows(sweep_dir)
+def _axes(sweep_dir: str, table: list[dict[str, Any]]) -> list[str]:
+  """The swept fields, in the sweep's order."""
+  if os.path.exists(os.path.join(sweep_dir, study_lib.STUDY)):
+    return list(
+      dict.fromkeys(k for r in sorted(table, key=lambda r: r['number']) for k in r if k in r.get('_params', ()))
+    )
   trials = workdir_lib.read_json(os.path.join(sweep_dir, workdir_lib.SWEEP))
-  axes = list(dict.fromkeys(k for t in trials for k in t['swept']))
-  header = ['trial', 'status', *axes, *COLUMNS, 'error']
+  return list(dict.fromkeys(k for t in trials for k in t['swept']))
+
+
+def write(sweep_dir: str, storage: Optional[str] = None) -> list[dict[str, Any]]:
+  """Writes results.csv, results.md and the plots (results.png, results_cost.png, results_shapes.png; with a
+  study also results_history.png and results_importance.png); returns the rows."""
+  table = rows(sweep_dir, storage)
+  axes = _axes(sweep_dir, table)
+  extra = ['objective', 'pruned_at'] if any('objective' in r for r in table) else []
+  header = ['trial', 'status', *axes, *extra, *COLUMNS, 'error']
   base = os.path.join(sweep_dir, workdir_lib.RESULTS)
   with open(base + '.csv', 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=header, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(table)
   with open(base + '.md', 'w') as f:
-    f.write('| ' + ' | '.join(header[:-1]) + ' |\n|' + '---|' * (len(header) - 1) + '\n')
-    for row in table:
-      f.write('| ' + ' | '.join(_cell(row.get(h)) for h in header[:-1]) + ' |\n')
+    f.write(_markdown_table(table, header[:-1]))
+    if extra:
+      f.write(_best_line(table))
     for row in table:
       if row['error']:
         f.write(f'\n`{row["trial"]}` failed: {error_line(row["error"])}\n')
@@ -170,7 +247,48 @@ def write(sweep_dir: str) -> list[dict[str, Any]]:
   _plot(plt, table, axes, base + '.png')
   _plot_cost(plt, table, base + '_cost.png')
   _plot_shapes(plt, table, base + '_shapes.png')
+  if extra:
+    _plot_study(plt, load_study(sweep_dir, storage), base)
   return table
+
+
+def _markdown_table(table: list[dict[str, Any]], header: list[str]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(_cell(row.get(h)) for h in header) + ' |' for row in table]
+  return '\n'.join(lines) + '\n'
+
+
+def _best_line(table: list[dict[str, Any]]) -> str:
+  """'Best trial: NAME (trial N): objective X.' (rows are sorted best first)."""
+  best = next((r for r in table if r.get('objective') is not None), None)
+  if best is None:
+    return '\nNo trial has completed yet.\n'
+  counts = {s: sum(1 for r in table if r['status'] == s) for s in STATES.values()}
+  tally = ', '.join(f'{n} {s}' for s, n in counts.items() if n)
+  return (
+    f'\nBest trial: `{best["trial"]}` (trial {best["number"]}), objective {best["objective"]:.4g}. Trials: {tally}.\n'
+  )
+
+
+def _plot_study(plt, study: optuna.Study, base: str) -> None:
+  """Optuna's optimisation history and parameter importances (fANOVA), where the study has enough trials."""
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # optuna.visualization.matplotlib is experimental
+    for suffix, plot in (
+      ('_history', optuna.visualization.matplotlib.plot_optimization_history),
+      ('_importance', optuna.visualization.matplotlib.plot_param_importances),
+    ):
+      try:
+        ax = plot(study)
+      except (ValueError, RuntimeError, ZeroDivisionError):  # too few complete trials, or a single value
+        continue
+      figure = ax.get_figure(root=True)
+      if figure is None:
+        continue
+      figure.set_size_inches(6, 4)
+      figure.tight_layout()
+      figure.savefig(base + suffix + '.png', dpi=100)
+      plt.close(figure)
 
 
 def _pyplot():
@@ -236,7 +354,8 @@ def _plot_cost(plt, table, path):
   left.set_xlabel('GFLOPs per image (forward)')
   _scatter_labelled(right, table, 'parameters', 'model', scale=1e6)
   right.set_xlabel('parameters (millions)')
-  right.legend(fontsize=7)
+  if right.get_legend_handles_labels()[0]:
+    right.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -258,7 +377,8 @@ def _plot_shapes(plt, table, path):
     ax.set_xlabel('relative depth (block or stage / all)')
     ax.set_ylabel(what)
     ax.set_yscale('log')
-  right.legend(fontsize=6)
+  if right.get_legend_handles_labels()[0]:
+    right.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
