@@ -15,7 +15,15 @@ PAGES = ['README.md'] + sorted(
   os.path.join('docs', p) for p in os.listdir(os.path.join(ROOT, 'docs')) if p.endswith('.md')
 )
 LANGUAGES = {'bash': 'bash', 'sh': 'bash', 'python': 'python'}
-NOT_RUN = ('needs: download', 'needs: accelerator', 'needs: time', 'needs: fresh machine', 'ci')
+NOT_RUN = (
+  'needs: download',
+  'needs: accelerator',
+  'needs: time',
+  'needs: fresh machine',
+  'needs: database server',
+  'needs: browser',
+  'ci',
+)
 SLOW = 'slow'
 FAST_TIER = 'python -m pytest -n 2 -m "not slow" tests'  # a subset of the suite CI runs
 SHARED = ('configs', 'experiments', 'benchmarks', 'docs', 'mkdocs.yml', 'CHANGELOG.md')  # what commands see

@@ -347,3 +347,12 @@ def test_a_search_range_that_no_config_accepts_fails_before_any_trial(tmp_path, 
   with pytest.raises(SystemExit) as refused:
     sweep_command.main([str(sweep_file), f'--workdir={tmp_path / "sweep"}', '--dry_run'])
   assert refused.value.code == 2 and 'trial batch_size=0: ' in capsys.readouterr().err
+
+
+def test_a_sweep_directory_from_before_the_study_is_still_summarised_from_its_folders(tmp_path):
+  subprocess.run([sys.executable, *FAKE, '--config=configs/default.py', f'--workdir={tmp_path / "lr=1"}'], check=True)
+  trial = {'name': 'lr=1', 'config': 'configs/default.py', 'overrides': {}, 'swept': {'optimizer.lr': 1.0}}
+  json.dump([trial], open(tmp_path / 'sweep.json', 'w'))  # what the launcher of 0.3.0 wrote
+  table = results.write(str(tmp_path))
+  assert [(r['trial'], r['status'], r['best_accuracy']) for r in table] == [('lr=1', 'done', 1.0)]
+  assert '| lr=1 | done | 1 |' in open(tmp_path / 'results.md').read()

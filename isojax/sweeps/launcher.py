@@ -176,6 +176,16 @@ class Driver:
   counts: dict[str, int] = dataclasses.field(default_factory=lambda: {'complete': 0, 'pruned': 0, 'failed': 0})
   last_beat: float = 0.0
 
+  def tell(self, trial: optuna.Trial, value: Optional[float] = None, state: Optional[TrialState] = None) -> bool:
+    """Tells the study; False when another worker already ended the trial (it missed this worker's heartbeats
+    and retried it: the retry waits for the folder, then takes this run's result from it)."""
+    try:
+      self.study.tell(trial, value, state=state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+      self.say(f'trial {trial.number} was ended by another worker (heartbeats missed); its retry takes the result')
+      return False
+    return True
+
   def trial_dir(self, chosen: spec.Trial) -> str:
     return os.path.join(self.sweep_dir, chosen.name)
 
@@ -207,14 +217,14 @@ class Driver:
     trial_dir = self.trial_dir(chosen)
     launch_path = os.path.join(trial_dir, workdir_lib.LAUNCH)
     launch = workdir_lib.read_json(launch_path) if os.path.exists(launch_path) else {}
-    if launch.get('state') == 'pruned':
-      self.study.tell(trial, state=TrialState.PRUNED)
+    if launch.get('state') in ('pruned', 'pruning'):  # 'pruning': its driver died after the SIGTERM
+      self.tell(trial, state=TrialState.PRUNED)
       self.counts['pruned'] += 1
       return True
     if results.trial_status(trial_dir)[0] != 'done':
       return False
     value = objective(self.sweep, trial_dir)
-    self.study.tell(trial, value) if value is not None else self.study.tell(trial, state=TrialState.FAIL)
+    self.tell(trial, value) if value is not None else self.tell(trial, state=TrialState.FAIL)
     _write_launch(trial_dir, trial_number=trial.number, state='complete' if value is not None else 'failed')
     self.counts['complete' if value is not None else 'failed'] += 1
     self.say(f'[{self.progress()}] done {chosen.name} (trial {trial.number}): finished before, not run again')
@@ -247,6 +257,7 @@ class Driver:
         run.reported_step = int(record['step'])
     if may_prune and run.reported_step >= 0 and run.trial.should_prune():
       run.pruned_at = run.reported_step
+      _write_launch(self.trial_dir(run.chosen), state='pruning', pruned_at=run.pruned_at)
       run.process.send_signal(signal.SIGTERM)
       self.say(f'[{self.progress()}] pruning {run.chosen.name} at step {run.pruned_at}')
 
@@ -258,7 +269,7 @@ class Driver:
       self.report(run, may_prune=False)  # the evaluations written since the last poll
     elapsed = f'{time.time() - run.started:.0f}s'
     if run.pruned_at is not None:
-      self.study.tell(run.trial, state=TrialState.PRUNED)
+      self.tell(run.trial, state=TrialState.PRUNED)
       _write_launch(trial_dir, returncode=code, state='pruned', pruned_at=run.pruned_at)
       self.counts['pruned'] += 1
       self.say(f'[{self.progress()}] pruned {run.chosen.name} at step {run.pruned_at} after {elapsed}')
@@ -267,7 +278,7 @@ class Driver:
       _write_launch(trial_dir, returncode=code, state='interrupted')
       self.say(f'[{self.progress()}] interrupted {run.chosen.name} after {elapsed}: queued again')
     elif code == 0 and (value := objective(self.sweep, trial_dir)) is not None:
-      self.study.tell(run.trial, value)
+      self.tell(run.trial, value)
       _write_launch(trial_dir, returncode=0, error=None, state='complete')
       self.counts['complete'] += 1
       self.say(f'[{self.progress()}] done {run.chosen.name} in {elapsed}: {self.sweep.metric} {value:.4g}')
@@ -276,7 +287,8 @@ class Driver:
 
   def requeue(self, run: Running) -> None:
     """Ends the trial as FAIL and queues its retry (same values, same folder: it resumes from its checkpoints)."""
-    self.study.tell(run.trial, state=TrialState.FAIL)
+    if not self.tell(run.trial, state=TrialState.FAIL):
+      return
     frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == run.trial.number)
     study_lib.retry(self.study, frozen)
 
@@ -286,7 +298,7 @@ class Driver:
       lines = [line for line in f.read().splitlines() if line.strip()]
     error = '\n'.join(lines[-15:]) if code else f'no {self.sweep.metric} in the evaluations of {trial_dir}'
     run.trial.set_user_attr(study_lib.ERROR, results.error_line(error))
-    self.study.tell(run.trial, state=TrialState.FAIL)
+    self.tell(run.trial, state=TrialState.FAIL)
     _write_launch(trial_dir, returncode=code, error=error, state='failed')
     self.counts['failed'] += 1
     self.say(f'[{self.progress()}] FAILED {run.chosen.name} after {elapsed}: {results.error_line(error)}')

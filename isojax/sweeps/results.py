@@ -173,9 +173,8 @@ def _representatives(trials: list[FrozenTrial]) -> dict[str, FrozenTrial]:
   return chosen
 
 
-def _study_rows(sweep_dir: str, storage: Optional[str]) -> list[dict[str, Any]]:
-  """The rows of a sweep with a study: one per trial folder, its state and value from the study."""
-  study = load_study(sweep_dir, storage)
+def _study_rows(study: optuna.Study, sweep_dir: str) -> list[dict[str, Any]]:
+  """The rows of a sweep with a study: one per trial folder, its state and value from the study; best first."""
   counted = study_lib.counted(study.get_trials(deepcopy=False))
   table = []
   for name, trial in _representatives(counted).items():
@@ -187,7 +186,8 @@ def _study_rows(sweep_dir: str, storage: Optional[str]) -> list[dict[str, Any]]:
     row['pruned_at'] = max(trial.intermediate_values, default=None) if trial.state == TrialState.PRUNED else None
     row['error'] = row['error'] or trial.user_attrs.get(study_lib.ERROR)
     table.append(row)
-  return table
+  sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+  return sorted(table, key=lambda r: (r['objective'] is None, sign * (r['objective'] or 0), r['number']))
 
 
 def _ordered_params(trial: FrozenTrial) -> dict[str, Any]:
@@ -198,10 +198,7 @@ def _ordered_params(trial: FrozenTrial) -> dict[str, Any]:
 def rows(sweep_dir: str, storage: Optional[str] = None) -> list[dict[str, Any]]:
   """One dict per trial: name, status, swept values, results and its model's profile; best first."""
   if os.path.exists(os.path.join(sweep_dir, study_lib.STUDY)):
-    table = _study_rows(sweep_dir, storage)
-    direction = load_study(sweep_dir, storage).direction
-    sign = -1 if direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    return sorted(table, key=lambda r: (r['objective'] is None, sign * (r['objective'] or 0), r['number']))
+    return _study_rows(load_study(sweep_dir, storage), sweep_dir)
   table = _folder_rows(sweep_dir)
   return sorted(table, key=lambda r: -(r['best_accuracy'] if r['best_accuracy'] is not None else -1))
 

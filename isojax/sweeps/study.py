@@ -155,16 +155,16 @@ def open_study(sweep: spec.Sweep, storage: optuna.storages.BaseStorage, name: st
     return study
   except optuna.exceptions.DuplicatedStudyError:
     study = optuna.load_study(**kwargs)
+  for _ in range(60):  # a worker that created it a moment ago is still describing it and enqueueing
+    if study.user_attrs.get(ENQUEUED):
+      break
+    time.sleep(1)
   recorded = study.user_attrs.get(SWEEP)
   if recorded != identity(sweep) or study.direction.name.lower() != sweep.direction:
     raise StorageError(
       f'Study {name!r} in this storage belongs to another sweep ({recorded}, {study.direction.name.lower()}), not '
       f'this one ({identity(sweep)}, {sweep.direction}); give this sweep its own --study_name or --workdir.'
     )
-  for _ in range(60):  # the creator is still enqueueing
-    if study.user_attrs.get(ENQUEUED):
-      break
-    time.sleep(1)
   _enqueue(study, sweep, [t.user_attrs.get(NAME) for t in study.get_trials(deepcopy=False)])
   return study
 
