@@ -71,11 +71,18 @@ def _checked_trials(sweep: sweeps.Sweep) -> list[sweeps.Trial]:
   loaded and validated: a bad field or value fails here, before any trial starts."""
   trials = sweep.trials()
   edges = [sweep.trial({field: value}) for field, space in sweep.search.items() for value in space.edges()]
+  evaluator = sweep.metric.split('/')[0]
   for trial in trials + edges:
     try:
-      validation.validate(loading.load(trial.config, trial.overrides))
+      config = loading.load(trial.config, trial.overrides)
+      validation.validate(config)
     except (ValueError, FileNotFoundError) as e:
       raise command_line.UsageError(f'trial {trial.name}: {e}') from None
+    if evaluator not in config.evals:
+      raise command_line.UsageError(
+        f'trial {trial.name}: metric={sweep.metric!r} names evaluator {evaluator!r}, but its config evaluates '
+        f'{sorted(config.evals)}; give the sweep a metric of one of them'
+      )
   return trials
 
 

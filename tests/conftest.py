@@ -8,7 +8,15 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # tf.data must never take the
 
 
 # Modules whose slow tests are minute-long subprocess runs: they start first, so the short ones fill in around them.
-LONGEST_FIRST = ('test_docs', 'test_main', 'test_sweeps', 'test_side_by_side', 'test_faults', 'test_notebook')
+LONGEST_FIRST = (
+  'test_docs',
+  'test_main',
+  'test_sweeps',
+  'test_sweep_study',
+  'test_side_by_side',
+  'test_faults',
+  'test_notebook',
+)
 
 
 def _schedule(item) -> tuple[bool, int]:

@@ -356,3 +356,17 @@ def test_a_sweep_directory_from_before_the_study_is_still_summarised_from_its_fo
   table = results.write(str(tmp_path))
   assert [(r['trial'], r['status'], r['best_accuracy']) for r in table] == [('lr=1', 'done', 1.0)]
   assert '| lr=1 | done | 1 |' in open(tmp_path / 'results.md').read()
+
+
+def test_a_metric_whose_evaluator_the_config_does_not_run_is_refused_before_any_trial(tmp_path, capsys):
+  sweep_file = tmp_path / 'bad_metric.py'
+  sweep_file.write_text(
+    'from isojax.sweeps import Sweep\n'
+    f'def get_sweep():\n  return Sweep({os.path.join(ROOT, "configs", "default.py")!r}, [{{}}],\n'
+    "               metric='test/accuracy')\n"
+  )
+  with pytest.raises(SystemExit) as refused:
+    sweep_command.main([str(sweep_file), f'--workdir={tmp_path / "sweep"}'])
+  assert refused.value.code == 2 and "names evaluator 'test', but its config evaluates ['fewshot', 'val']" in (
+    capsys.readouterr().err
+  )
