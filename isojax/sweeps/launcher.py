@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import fcntl
 import glob
+import json
 import math
 import os
 import signal
@@ -141,6 +142,25 @@ class Running:
   started: float
   reported_step: int = -1
   pruned_at: Optional[int] = None
+  metrics_offset: int = 0  # bytes of the trial's metrics.jsonl already read
+
+  def new_metrics(self, trial_dir: str) -> list[dict]:
+    """The metric lines written since the last call (whole lines only: a half-written one waits)."""
+    try:
+      with open(workdir_lib.metrics_path(trial_dir), 'rb') as f:
+        if os.fstat(f.fileno()).st_size < self.metrics_offset:  # a resuming run dropped lines past its checkpoint
+          self.metrics_offset = 0
+        f.seek(self.metrics_offset)
+        chunk = f.read()
+    except FileNotFoundError:
+      return []
+    complete = chunk[: chunk.rfind(b'\n') + 1]
+    self.metrics_offset += len(complete)
+    records = []
+    for line in complete.splitlines():
+      with contextlib.suppress(json.JSONDecodeError):
+        records.append(json.loads(line))
+    return records
 
 
 def objective(sweep: spec.Sweep, trial_dir: str) -> Optional[float]:
@@ -250,8 +270,7 @@ class Driver:
     if run.pruned_at is not None:
       return
     evaluator, key = self.sweep.metric.split('/')
-    records = workdir_lib.eval_records(workdir_lib.read_metrics(self.trial_dir(run.chosen)), evaluator)
-    for record in records:
+    for record in workdir_lib.eval_records(run.new_metrics(self.trial_dir(run.chosen)), evaluator):
       if record['step'] > run.reported_step and key in record and math.isfinite(record[key]):
         run.trial.report(record[key], int(record['step']))
         run.reported_step = int(record['step'])
