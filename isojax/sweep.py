@@ -34,11 +34,11 @@ from isojax.training import preemption
 FLAGS = flags.FlagValues()
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The sweep directory: one folder per trial.', flag_values=FLAGS)
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Trials at a time.', lower_bound=1, flag_values=FLAGS)
-_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the trials and stop.', flag_values=FLAGS)
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the fixed trials and the search, and stop.', flag_values=FLAGS)
 _PRINT_COMMANDS = flags.DEFINE_bool(
   'print_commands',
   False,
-  'Print one isojax.main command per trial (for a cluster scheduler) and stop.',
+  'Print the worker command (the same on every host) and a SLURM array script of workers, and stop.',
   flag_values=FLAGS,
 )
 _SUMMARIZE = flags.DEFINE_string(

@@ -343,3 +343,17 @@ def test_timm_recipes_erase_after_mixup_and_torchvisions_before_batching():
   mixed, _ = train_step.mix(images, jax.numpy.eye(2), jax.random.PRNGKey(1), 1.0, 0.0)
   erased = train_step.erase(mixed, jax.random.PRNGKey(2), {'prob': 1.0, 'fill': 'zero'})
   assert set(np.unique(np.asarray(erased))) == {0.0, *np.unique(np.asarray(mixed))}
+
+
+@pytest.mark.parametrize('flavour, magnitude', [('timm', 9.0), ('big_vision', 10.0), ('torchvision', 9)])
+def test_randaugment_in_a_tf_data_pipeline_gives_the_eager_ops_pixels(flavour, magnitude):
+  # The pipeline traces each slot once as a function of its seed (randaugment._traced_one_op); the tests above
+  # run the ops eagerly. Both must give the same pixels for the same seeds.
+  images = np.random.RandomState(0).randint(0, 256, (6, 32, 32, 3)).astype(np.float32)
+  seeds = np.array([[i, 7] for i in range(6)], np.int64)
+  options = dict(num_ops=2, magnitude=magnitude, flavour=flavour)
+  eager = [randaugment.randaugment(tf.constant(x), tf.constant(s), **options).numpy() for x, s in zip(images, seeds)]
+  dataset = tf.data.Dataset.from_tensor_slices((images, seeds))
+  traced = [x.numpy() for x in dataset.map(lambda x, s: randaugment.randaugment(x, s, **options))]
+  np.testing.assert_array_equal(np.stack(traced), np.stack(eager))
+  assert np.abs(np.stack(eager) - images).mean() > 10  # the ops did change the images

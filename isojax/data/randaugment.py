@@ -499,26 +499,36 @@ def randaugment(
     )
   prob = (0.5 if flavour == 'timm' else 1.0) if prob is None else prob
   image = as_uint8_values(image)
+  slot = _one_op if tf.executing_eagerly() else _traced_one_op  # eager calls run the ops as they are
   for op_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_ops)):
-    s_op, s_mag, s_sign, s_apply, s_cut = tf.unstack(tf.random.experimental.stateless_split(op_seed, 5))
-    table = ops_of(flavour, increasing, s_cut, interpolation)
-    index = tf.random.stateless_uniform([], s_op, 0, len(table), dtype=tf.int32)
-    level = tf.constant(float(magnitude), tf.float64)  # the sources compute their op arguments in double
-    if magnitude_std:
-      noise = tf.random.stateless_normal([], s_mag, dtype=tf.float64)
-      level = tf.clip_by_value(level + magnitude_std * noise, 0.0, _MAX_LEVEL)
-    sign = tf.where(tf.random.stateless_uniform([], s_sign) < 0.5, tf.constant(-1.0, tf.float64), 1.0)
-    branches = [
-      lambda fn=fn, to_arg=to_arg, x=image, level=level, sign=sign: fn(x, to_arg(level, sign, x))
-      for fn, to_arg in table.values()
-    ]
-    if prob >= 1:  # big_vision, torchvision: every drawn op applies
-      image = tf.ensure_shape(tf.switch_case(index, branches), image.shape)
-    else:  # the skipped op is not computed at all
-      apply = tf.random.stateless_uniform([], s_apply) < prob
-      chosen = lambda index=index, branches=branches: tf.switch_case(index, branches)
-      image = tf.ensure_shape(tf.cond(apply, chosen, lambda x=image: x), image.shape)
+    image = slot(image, op_seed, float(magnitude), float(magnitude_std), flavour, increasing, prob, interpolation)
   return image
+
+
+def _one_op(image, op_seed, magnitude, magnitude_std, flavour, increasing, prob, interpolation):
+  """One RandAugment slot: an op drawn from the table and applied with probability `prob`. A function of its
+  own, traced once per image shape and set of options, so a pipeline of `num_ops` slots traces the table's
+  branches once rather than once per slot (the seed is an argument, not a constant of the graph)."""
+  s_op, s_mag, s_sign, s_apply, s_cut = tf.unstack(tf.random.experimental.stateless_split(op_seed, 5))
+  table = ops_of(flavour, increasing, s_cut, interpolation)
+  index = tf.random.stateless_uniform([], s_op, 0, len(table), dtype=tf.int32)
+  level = tf.constant(magnitude, tf.float64)  # the sources compute their op arguments in double
+  if magnitude_std:
+    noise = tf.random.stateless_normal([], s_mag, dtype=tf.float64)
+    level = tf.clip_by_value(level + magnitude_std * noise, 0.0, _MAX_LEVEL)
+  sign = tf.where(tf.random.stateless_uniform([], s_sign) < 0.5, tf.constant(-1.0, tf.float64), 1.0)
+  branches = [
+    lambda fn=fn, to_arg=to_arg, x=image, level=level, sign=sign: fn(x, to_arg(level, sign, x))
+    for fn, to_arg in table.values()
+  ]
+  if prob >= 1:  # big_vision, torchvision: every drawn op applies
+    return tf.ensure_shape(tf.switch_case(index, branches), image.shape)
+  apply = tf.random.stateless_uniform([], s_apply) < prob  # the skipped op is not computed at all
+  chosen = lambda index=index, branches=branches: tf.switch_case(index, branches)
+  return tf.ensure_shape(tf.cond(apply, chosen, lambda x=image: x), image.shape)
+
+
+_traced_one_op = tf.function(_one_op, autograph=False)
 
 
 def color_jitter(image, seed, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0):
