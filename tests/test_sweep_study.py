@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import optuna
+import psycopg
 import pytest
 
 from isojax import sweep as sweep_command
@@ -177,33 +178,28 @@ def assert_every_trial_once_to_the_end(directory, expected, steps):
 
 
 @pytest.mark.slow
-def test_sigkill_of_the_driver_mid_trial_then_the_same_command_resumes_it_from_its_checkpoint(tmp_path):
+def test_a_driver_stopped_by_sigterm_then_killed_by_sigkill_resumes_each_time_and_runs_every_trial_once(tmp_path):
   directory = tmp_path / 'sweep'
-  args = dict(n_trials=2, steps=30, step_sec=0.05)
+  args = dict(n_trials=3, steps=30, step_sec=0.05)
+  trials_under_way = lambda n: lambda: len(glob.glob(str(directory / '*' / 'checkpoint.json'))) >= n
+  # SIGTERM: the driver stops its trials (each checkpoints), queues their retries and exits 75.
   first = driver_process(directory, args)
-  wait_for(lambda: len(glob.glob(str(directory / '*' / 'checkpoint.json'))) >= 2)  # trial 1 under way
-  first.send_signal(signal.SIGKILL)
-  first.wait()
-  second = driver_process(directory, args)
-  assert second.wait(timeout=120) == 0
-  names = assert_every_trial_once_to_the_end(directory, 4, 30)
-  logs = ''.join(open(directory / name / 'log.txt').read() for name in names)
-  assert logs.count('fake trainer: starting') == 4 and 'fake trainer: resuming at step' in logs
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_driver_stops_its_trials_queues_them_and_the_same_command_finishes(tmp_path):
-  directory = tmp_path / 'sweep'
-  args = dict(n_trials=2, steps=30, step_sec=0.05)
-  first = driver_process(directory, args)
-  wait_for(lambda: len(glob.glob(str(directory / '*' / 'checkpoint.json'))) >= 2)
+  wait_for(trials_under_way(2))
   first.send_signal(signal.SIGTERM)
   assert first.wait(timeout=60) == 75
   trials = study_of(directory).get_trials()
   assert {t.state.name for t in study_lib.counted(trials)} <= {'COMPLETE', 'WAITING'}  # queued, none left running
   assert any(t.state.name == 'WAITING' for t in trials)
+  # SIGKILL mid-trial: the kernel's SIGTERM makes the orphan checkpoint; the next driver retries it from there.
+  second = driver_process(directory, args)
+  wait_for(trials_under_way(3))
+  second.send_signal(signal.SIGKILL)
+  second.wait()
   assert driver_process(directory, args).wait(timeout=120) == 0
-  assert_every_trial_once_to_the_end(directory, 4, 30)
+  names = assert_every_trial_once_to_the_end(directory, 5, 30)  # n_trials + fixed, every step once
+  logs = [open(directory / name / 'log.txt').read() for name in names]
+  assert sum(log.count('fake trainer: starting') for log in logs) == 5
+  assert sum('fake trainer: resuming at step' in log for log in logs) >= 2
 
 
 def test_the_sweep_command_exits_75_when_its_driver_was_stopped(tmp_path, monkeypatch):
@@ -248,6 +244,33 @@ def postgresql():
   finally:
     subprocess.run([*as_postgres, f'{bindir}/pg_ctl', '-D', data, '-m', 'immediate', 'stop'], capture_output=True)
     shutil.rmtree(base, ignore_errors=True)
+
+
+def fresh_database(server_url, name):
+  """A new, empty database on the test's server; its URL."""
+  with psycopg.connect(server_url, autocommit=True) as connection:
+    connection.execute(f'CREATE DATABASE {name}')
+  return server_url.replace('@/postgres?', f'@/{name}?')
+
+
+@pytest.mark.slow
+def test_workers_starting_together_on_an_empty_database_all_open_it(postgresql):
+  # They race to create Optuna's tables; the losers' CREATE fails and they try again (study.open_storage).
+  url = fresh_database(postgresql, f'race{time.time_ns()}')
+  start_at = time.time() + 8  # after every process has imported optuna
+  code = (
+    'import sys, time\n'
+    'from isojax.sweeps import study\n'
+    'time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n'
+    'study.open_storage(sys.argv[1])\n'
+  )
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')]))}
+  workers = [
+    subprocess.Popen([sys.executable, '-c', code, url, str(start_at)], env=env, stderr=subprocess.PIPE, text=True)
+    for _ in range(8)
+  ]
+  outcomes = [(w.wait(timeout=120), w.stderr.read()[-800:]) for w in workers]
+  assert [code for code, _ in outcomes] == [0] * 8, outcomes
 
 
 @pytest.mark.slow

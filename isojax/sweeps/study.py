@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from typing import Any, Optional
 
 import optuna
 import sqlalchemy.engine
+import sqlalchemy.exc
 from optuna.trial import FrozenTrial, TrialState
 
 from isojax.core import workdir as workdir_lib
@@ -42,6 +44,7 @@ SAME_AS = 'isojax_same_as'  # a search trial the sampler gave another trial's va
 ENQUEUED = 'isojax_enqueued'  # a study user attribute: the creator has enqueued the axes' trials
 SWEEP = 'isojax_sweep'  # a study user attribute: what the sweep is (config, fixed fields, search, metric)
 HEARTBEAT_SEC, GRACE_SEC = 20, 60
+TABLE_ATTEMPTS = 5  # opening a fresh server database while other workers create its tables
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -100,17 +103,27 @@ def single_driver(url: str) -> Iterator[None]:
 def open_storage(
   url: str, heartbeat_sec: int = HEARTBEAT_SEC, grace_sec: int = GRACE_SEC
 ) -> optuna.storages.RDBStorage:
-  """The RDB storage with heartbeats: a trial whose worker stopped beating for `grace_sec` is retried."""
+  """The RDB storage with heartbeats: a trial whose worker stopped beating for `grace_sec` is retried.
+
+  Workers that start together on an empty database race to create Optuna's tables, and the losers' CREATE
+  fails (PostgreSQL: a duplicate `studydirection` type); they try again, and then find the tables made."""
   engine_kwargs = {'connect_args': {'timeout': 60}} if is_embedded(url) else {'pool_pre_ping': True}
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
-    return optuna.storages.RDBStorage(
-      url,
-      engine_kwargs=engine_kwargs,
-      heartbeat_interval=heartbeat_sec,
-      grace_period=grace_sec,
-      heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
-    )
+  for attempt in range(TABLE_ATTEMPTS):
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+          url,
+          engine_kwargs=engine_kwargs,
+          heartbeat_interval=heartbeat_sec,
+          grace_period=grace_sec,
+          heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(),
+        )
+    except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError):
+      if attempt == TABLE_ATTEMPTS - 1:
+        raise
+      time.sleep(0.2 + random.random())
+  raise AssertionError('unreachable')
 
 
 def sampler(sweep: spec.Sweep, offset: int = 0) -> optuna.samplers.BaseSampler:
