@@ -345,6 +345,7 @@ def test_timm_recipes_erase_after_mixup_and_torchvisions_before_batching():
   assert set(np.unique(np.asarray(erased))) == {0.0, *np.unique(np.asarray(mixed))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('flavour, magnitude', [('timm', 9.0), ('big_vision', 10.0), ('torchvision', 9)])
 def test_randaugment_in_a_tf_data_pipeline_gives_the_eager_ops_pixels(flavour, magnitude):
   # The pipeline traces each slot once as a function of its seed (randaugment._traced_one_op); the tests above

@@ -74,6 +74,7 @@ def test_a_sweep_that_cannot_run_is_refused_naming_what_is_wrong(kwargs, message
     sweeps.Sweep('configs/default.py', **kwargs)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_suggestions_and_fixed_trials_are_enqueued_once(tmp_path):
   suggested = []
   for name in ('first', 'again'):
