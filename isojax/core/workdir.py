@@ -126,6 +126,20 @@ def iter_metrics(workdir: str) -> Iterator[dict]:
     return
 
 
+def is_locked(workdir: str) -> bool:
+  """Whether a live run holds DIR/.isojax.lock (`exclusive`); a lock left by a dead run holds nothing."""
+  path = os.path.join(workdir, LOCK)
+  if not os.path.exists(path):
+    return False
+  with open(path) as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      return True
+    fcntl.flock(handle, fcntl.LOCK_UN)
+  return False
+
+
 @contextlib.contextmanager
 def exclusive(workdir: str, enabled: bool = True):
   """Holds DIR/.isojax.lock for the run: a second run on the same workdir is refused, naming the first.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import glob
 import json
 import math
@@ -117,20 +116,6 @@ if os.getppid() != int(sys.argv[1]):
 os.execv(sys.argv[2], sys.argv[2:])"""
 
 
-def _folder_busy(trial_dir: str) -> bool:
-  """Whether a run holds the trial folder's lock (an orphan of a killed driver still checkpointing)."""
-  path = os.path.join(trial_dir, workdir_lib.LOCK)
-  if not os.path.exists(path):
-    return False
-  with open(path) as handle:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      return True
-    fcntl.flock(handle, fcntl.LOCK_UN)
-  return False
-
-
 @dataclasses.dataclass
 class Running:
   """One trial's process and what the driver has told the study of it."""
@@ -216,7 +201,9 @@ class Driver:
       return False
     trial, chosen = asked
     trial_dir = self.trial_dir(chosen)
-    while _folder_busy(trial_dir) and not self.stop_signal:  # a killed driver's orphan finishing its checkpoint
+    while (
+      workdir_lib.is_locked(trial_dir) and not self.stop_signal
+    ):  # a killed driver's orphan finishing its checkpoint
       self.beat(force=True, extra=[trial])
       time.sleep(1)
     if self.settle_from_folder(trial, chosen):
