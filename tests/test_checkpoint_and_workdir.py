@@ -58,6 +58,25 @@ def test_an_unwritable_workdir_is_a_clear_error(tmp_path):
     workdir.prepare(str(blocker / 'run'), base())
 
 
+def test_a_config_write_cut_off_midway_leaves_the_previous_config_whole(tmp_path, monkeypatch):
+  # The other processes of a multi-process run read config.json while process 0 writes it: written in
+  # place, a reader could meet an empty or half file (a JSONDecodeError that killed process 1 in CI).
+  config = base()
+  workdir.prepare(str(tmp_path), config)
+  before = (tmp_path / 'config.json').read_text()
+
+  def dump_half(value, f, **kwargs):
+    f.write(json.dumps(value)[:10])
+    raise OSError('disk full')
+
+  monkeypatch.setattr(workdir.json, 'dump', dump_half)
+  config.num_epochs = 20
+  with pytest.raises(OSError, match='disk full'):
+    workdir.prepare(str(tmp_path), config)
+  assert (tmp_path / 'config.json').read_text() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['config.json']
+
+
 def test_metrics_reader_skips_a_half_written_last_line(tmp_path):
   with open(workdir.metrics_path(str(tmp_path)), 'w') as f:
     f.write('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "spl')

@@ -282,7 +282,7 @@ def test_load_refuses_unknown_step_names_and_names_a_corrupt_config(tmp_path):
 
 # --- preemption -----------------------------------------------------------------------------------
 
-from tests.test_main import QUICK, WORKER, distributed_overrides, env, free_port, main_command, records  # noqa: E402
+from tests.test_main import QUICK, WORKER, both_logs, distributed_overrides, env, free_port, main_command, records  # noqa: E402
 
 
 @pytest.fixture(scope='module')
@@ -389,7 +389,7 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
     time.sleep(0.05)
   workers[1].send_signal(signal.SIGTERM)  # only process 1 is told
   outputs = [w.communicate(timeout=300) for w in workers]
-  assert [w.returncode for w in workers] == [preemption.EXIT_CODE] * 2, outputs[0][1][-2000:] + outputs[1][1][-2000:]
+  assert [w.returncode for w in workers] == [preemption.EXIT_CODE] * 2, both_logs(outputs)
   steps = [int(re.search(r'STOPPED (\d+)', out).group(1)) for out, _ in outputs]
   assert steps[0] == steps[1] < 400
   assert checkpoint.Checkpointer(str(tmp_path / 'run' / 'checkpoints'), read_only=True).latest_step() == steps[0]

@@ -94,8 +94,7 @@ def _get(config: dict, dotted: str) -> Any:
 
 
 def write_dataset_info(workdir: str, info: dict) -> None:
-  with open(os.path.join(workdir, DATASET), 'w') as f:
-    json.dump(info, f, indent=2)
+  write_json(os.path.join(workdir, DATASET), info)
 
 
 def read_dataset_info(workdir: str) -> dict:
@@ -223,9 +222,8 @@ def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True)
           f'Workdir {workdir!r} holds a run with {field}={_get(old, field)!r}, but this config has '
           f'{field}={_get(new, field)!r}; its checkpoints cannot be resumed. Use a new --workdir.'
         )
-  if write:
-    with open(config_path(workdir), 'w') as f:
-      json.dump(new, f, indent=2, sort_keys=True)
+  if write:  # atomic: the other processes of a multi-process run read it at the same moment
+    write_json(config_path(workdir), new, sort_keys=True)
 
 
 def summary(workdir: str):
@@ -234,11 +232,16 @@ def summary(workdir: str):
   return records[-1] if records else None
 
 
-def write_json(path: str, value: Any) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2, default=str)
-  os.replace(tmp, path)  # readers never see half a file
+def write_json(path: str, value: Any, sort_keys: bool = False) -> None:
+  """Writes `value` so that readers (another process, a notebook on a running run) never see half a file."""
+  tmp = f'{path}.{os.getpid()}.tmp'
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(value, f, indent=2, default=str, sort_keys=sort_keys)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def read_json(path: str) -> Any:
