@@ -2,15 +2,12 @@
 
 import json
 import os
-import pickle
 import re
 import signal
 import subprocess
 import sys
 import time
-import types
 import warnings
-import zipfile
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ from isojax.core import checkpoint, loading, validation
 from isojax.core import workdir as workdir_lib
 from isojax.training import preemption
 from isojax.weights import runs, torchfile
+from tests.weight_fuzz import crafted_torch_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,53 +200,6 @@ def test_a_summary_without_top5_is_written(tmp_path):
 
 
 # --- weight files and runs ------------------------------------------------------------------------
-
-
-def crafted_torch_file(path, numel_stored, size, offset=0):
-  """A torch.save-format zip whose one tensor declares `size` at `offset` over a storage of `numel_stored`."""
-  torch_utils = types.ModuleType('torch._utils')
-  torch_module = types.ModuleType('torch')
-
-  def _rebuild_tensor_v2(*args):
-    raise AssertionError('never called when writing')
-
-  _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = 'torch._utils', '_rebuild_tensor_v2'
-  torch_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
-
-  class FloatStorage:
-    pass
-
-  FloatStorage.__module__, FloatStorage.__qualname__ = 'torch', 'FloatStorage'
-  torch_module.FloatStorage = FloatStorage
-  saved = {k: sys.modules.get(k) for k in ('torch', 'torch._utils')}
-  sys.modules.update({'torch': torch_module, 'torch._utils': torch_utils})
-
-  class Storage:
-    pass
-
-  class Pickler(pickle.Pickler):
-    def persistent_id(self, obj):
-      return ('storage', FloatStorage, '0', 'cpu', numel_stored) if isinstance(obj, Storage) else None
-
-  class Tensor:
-    def __reduce__(self):
-      stride = tuple(int(np.prod(size[i + 1 :])) for i in range(len(size)))
-      return _rebuild_tensor_v2, (Storage(), offset, tuple(size), stride, False, {})
-
-  try:
-    import io
-
-    buffer = io.BytesIO()
-    Pickler(buffer, protocol=2).dump({'w': Tensor()})
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        sys.modules.pop(k, None)
-      else:
-        sys.modules[k] = v
-  with zipfile.ZipFile(path, 'w') as archive:
-    archive.writestr('archive/data.pkl', buffer.getvalue())
-    archive.writestr('archive/data/0', np.arange(numel_stored, dtype=np.float32).tobytes())
 
 
 @pytest.mark.parametrize(

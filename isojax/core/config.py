@@ -120,6 +120,7 @@ def _run() -> ml_collections.ConfigDict:
   c.remat = False  # recompute block activations in the backward pass
   c.kernels = 'auto'  # 'reference' (what export and accelerators use) or 'cpu' (isojax/kernels)
   c.init_from = config_dict.placeholder(str)  # pretrained weights to start from
+  c.init_allow_non_finite = False  # True: accept init_from tensors holding NaN or inf (refused by default)
   # Named evaluators (isojax/evaluation): their unset fields come from config.data and eval_*.
   c.evals = ml_collections.ConfigDict({'val': classification_eval()})
   c.best_metric = ''  # 'evaluator/metric' picking the best checkpoint; '' = first evaluator's accuracy

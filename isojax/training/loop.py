@@ -144,7 +144,13 @@ def _initial_state(run: Run, rng_init: jax.Array) -> train_step.TrainState:
   if run.checkpointer.latest_step() is not None:
     _, state = run.checkpointer.restore(state)  # the newest readable checkpoint; a corrupt one is skipped, warned
   elif run.config.init_from:
-    variables = pretrained.load(run.config.init_from, run.model, run.config.data.image_size, run.info.channels)
+    variables = pretrained.load(
+      run.config.init_from,
+      run.model,
+      run.config.data.image_size,
+      run.info.channels,
+      allow_non_finite=run.config.init_allow_non_finite,
+    )
     params, batch_stats, ema = variables['params'], variables.get('batch_stats', {}), state.ema_params is not None
     state = state.replace(
       params=params,

@@ -32,7 +32,7 @@ import numpy as np
 from isojax import models
 from isojax.core import workdir as workdir_lib
 from isojax.models.convert import Weights
-from isojax.weights import files, runs
+from isojax.weights import archive, files, runs
 
 # Parameters that are replaced, not loaded, when their shape differs from the target's.
 REINIT_ON_MISMATCH = ('head/', 'pre_logits/')
@@ -114,22 +114,28 @@ def adapt(source: dict, target: dict, strict: bool = True, initialise: Optional[
   return flax.traverse_util.unflatten_dict({tuple(k.split('/')): v for k, v in out.items()})
 
 
-def describe(path: str) -> Weights:
+def describe(path: str, allow_non_finite: bool = False) -> Weights:
   """What the weight file at `path` holds: variables in isojax's layout plus the architecture
   (family, factory fields, classes, image size) its tensors show, and what had to be assumed."""
-  file_format, tensors = files.read(path)
+  file_format, tensors = files.read(path, allow_non_finite)
   try:
     return models.reader_for(file_format, tensors).read(tensors)
   except ValueError as e:
     raise ValueError(f'{path!r}: {e}') from None
+  except KeyError as e:  # the family that claimed the file misses a tensor its layout needs
+    raise ValueError(
+      f"{path!r} has no tensor {e.args[0]!r}, which its family's layout needs; is it complete?"
+    ) from None
+  except (TypeError, IndexError, ArithmeticError) as e:  # a tensor of the wrong rank or size for its role
+    raise ValueError(f'{path!r}: a tensor does not fit its role ({archive.cause(e)}).') from None
 
 
-def read(path: str) -> dict:
+def read(path: str, allow_non_finite: bool = False) -> dict:
   """The variables stored at `path`, as nested dicts of host arrays, in isojax's layout."""
   if workdir_lib.is_run(path):
     _, variables, _ = runs.load(path)
     return variables
-  return describe(path).variables
+  return describe(path, allow_non_finite).variables
 
 
 def _fresh(model: nn.Module, image_size: int, channels: int) -> dict:
@@ -138,11 +144,13 @@ def _fresh(model: nn.Module, image_size: int, channels: int) -> dict:
   return {'target': jax.eval_shape(init), 'initialise': lambda: jax.device_get(jax.jit(init)())}
 
 
-def load(path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True) -> dict:
+def load(
+  path: str, model: nn.Module, image_size: int, channels: int = 3, strict: bool = True, allow_non_finite: bool = False
+) -> dict:
   """Variables for `model` at `image_size`, initialised from the weights at `path` (see `adapt`)."""
   if workdir_lib.is_run(path):
     return _adapted(path, read(path), model, image_size, channels, strict)
-  weights = describe(path)
+  weights = describe(path, allow_non_finite)
   _check_heads(path, weights, model)
   return _adapted(path, weights.variables, model, image_size, channels, strict)
 
@@ -168,7 +176,12 @@ def _check_heads(path: str, weights: Weights, model: nn.Module) -> None:
 
 
 def create(
-  path: str, num_classes: Optional[int] = None, image_size: Optional[int] = None, strict: bool = True, **overrides: Any
+  path: str,
+  num_classes: Optional[int] = None,
+  image_size: Optional[int] = None,
+  strict: bool = True,
+  allow_non_finite: bool = False,
+  **overrides: Any,
 ) -> tuple[nn.Module, dict]:
   """(model, variables) for the weights at `path`, the model built from what the file shows.
 
@@ -177,10 +190,11 @@ def create(
   file's: another class count re-initialises the head, another image size resizes learned position embeddings
   (fine-tuning semantics of `adapt`). `overrides` set what a file cannot show (timm's head count) or run-time
   options (`dtype`, `drop_path_rate`, `kernels`, ...); one that contradicts the file is an error.
+  A tensor holding NaN or inf is refused unless `allow_non_finite`.
   """
   if workdir_lib.is_run(path):
     return _create_from_run(path, num_classes, image_size, strict, overrides)
-  weights = describe(path)
+  weights = describe(path, allow_non_finite)
   for field, value in overrides.items():
     if field in weights.fields and weights.fields[field] != value and field not in weights.assumed:
       raise ValueError(

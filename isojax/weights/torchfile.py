@@ -1,21 +1,26 @@
 """Reading PyTorch state dicts (`.pth`, `.bin`, `.safetensors`) into numpy, without torch.
 
 `torch.save` writes a zip holding a pickle whose tensors point at raw storages in the same
-zip; a restricted unpickler rebuilds them as numpy arrays, checking every tensor's declared
-offset, shape and strides against the bytes its storage really holds (no read past the end).
+zip; a restricted unpickler rebuilds them as numpy arrays, checking every storage's declared size against
+its zip member and every tensor's offset, shape and strides against its storage before anything is
+allocated (archive.py checks the zip's own declared sizes): reading never allocates more than the file holds.
 `.safetensors` files are read by the `safetensors` library's numpy API, which validates them.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import zipfile
 from collections import OrderedDict
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
+
+from isojax.weights import archive as archive_lib
 
 _STORAGE_DTYPES = {
   'FloatStorage': np.float32,
@@ -35,9 +40,21 @@ class _StorageType:
   def __init__(self, dtype):
     self.dtype = dtype
 
+  def __call__(self, *args):
+    raise pickle.UnpicklingError('the pickle calls a storage type; a state dict only names them')
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+  if not isinstance(value, (tuple, list)) or not all(isinstance(n, int) for n in value):
+    raise pickle.UnpicklingError(f'a tensor declares {what} {value!r}: not a tuple of ints')
+  return tuple(value)
+
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-  size, stride = tuple(size), tuple(stride)
+  """A tensor viewing `storage`, refused unless every element it declares lies inside the storage."""
+  size, stride = _ints(size, 'shape'), _ints(stride, 'strides')
+  if not isinstance(storage, np.ndarray) or not isinstance(offset, int):
+    raise pickle.UnpicklingError(f'a tensor over {type(storage).__name__} at offset {offset!r}: not a tensor')
   if offset < 0 or len(size) != len(stride) or any(n < 0 for n in size) or any(s < 0 for s in stride):
     raise pickle.UnpicklingError(f'A tensor declares offset {offset}, shape {size}, strides {stride}: not a tensor.')
   last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
@@ -45,6 +62,11 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
     raise pickle.UnpicklingError(
       f'A tensor of shape {size} (offset {offset}, strides {stride}) reaches element '
       f'{last}, but its storage holds {storage.size}; the file is corrupt.'
+    )
+  if math.prod(size) > storage.size:  # strides of 0 repeat elements: the copy would outgrow the file
+    raise pickle.UnpicklingError(
+      f'A tensor of shape {size} (strides {stride}) has {math.prod(size)} elements, '
+      f'more than its storage holds ({storage.size}).'
     )
   itemsize = storage.dtype.itemsize
   return np.lib.stride_tricks.as_strided(
@@ -75,39 +97,63 @@ class _Unpickler(pickle.Unpickler):
     raise pickle.UnpicklingError(f'Refusing to load {module}.{name} from a state dict.')
 
   def persistent_load(self, saved_id):
+    """A storage: `numel` elements of its member, checked against the member's size before reading."""
+    if not isinstance(saved_id, tuple) or len(saved_id) != 5:
+      raise pickle.UnpicklingError(f'a storage reference {saved_id!r}: expected (storage, type, key, device, numel)')
     _, storage_type, key, _, numel = saved_id
-    raw = self._archive.read(f'{self._prefix}/data/{key}')
+    if not isinstance(storage_type, _StorageType) or not isinstance(numel, int) or not isinstance(key, str):
+      raise pickle.UnpicklingError(f'a storage reference {saved_id!r}: not a storage')
+    member = f'{self._prefix}/data/{key}'
+    try:
+      info = self._archive.getinfo(member)
+    except KeyError:
+      raise pickle.UnpicklingError(f'storage {key!r} is referenced but the archive has no member {member!r}') from None
     itemsize = np.dtype(storage_type.dtype).itemsize
-    if numel < 0 or numel * itemsize > len(raw):
+    if numel < 0 or numel * itemsize > info.file_size:
       raise pickle.UnpicklingError(
         f'Storage {key!r} declares {numel} elements of {itemsize} bytes, but holds '
-        f'{len(raw)} bytes; the file is corrupt.'
+        f'{info.file_size} bytes; the file is corrupt.'
       )
+    with self._archive.open(info) as f:
+      raw = archive_lib.read_exactly(f, numel * itemsize, f'storage {key!r}')
     return np.frombuffer(raw, dtype=storage_type.dtype, count=numel)
 
 
 def read_torch(path: str) -> dict[str, np.ndarray]:
   """A `torch.save`d state dict (zip format, torch >= 1.6) as {name: array}."""
   try:
-    with zipfile.ZipFile(path) as archive:
-      pickle_name = next(n for n in archive.namelist() if n.endswith('data.pkl'))
+    with archive_lib.open_checked(path) as archive:
+      pickle_name = next((n for n in archive.namelist() if n.endswith('data.pkl')), None)
+      if pickle_name is None:
+        raise ValueError('the archive has no data.pkl')
       prefix = pickle_name[: -len('/data.pkl')]
       with archive.open(pickle_name) as f:
         state = _Unpickler(f, archive, prefix).load()
-  except (zipfile.BadZipFile, StopIteration, EOFError, KeyError, pickle.UnpicklingError, ValueError) as e:
+  except MemoryError:
+    raise
+  except Exception as e:  # whatever a damaged zip or pickle raises (zipfile, zlib, pickle, struct, ...)
     raise ValueError(
-      f'Cannot read {path!r} as a torch.save zip archive ({type(e).__name__}: {e}); is the file complete?'
+      f'Cannot read {path!r} as a torch.save zip archive ({archive_lib.cause(e)}); is the file complete?'
     ) from None
-  if isinstance(state, dict) and 'state_dict' in state:
+  return _state_dict(path, state)
+
+
+def _state_dict(path: str, state: Any) -> dict[str, np.ndarray]:
+  """The {name: array} of a loaded pickle (a state dict, or a checkpoint holding one as 'state_dict'/'model')."""
+  if isinstance(state, dict) and isinstance(state.get('state_dict'), dict):
     state = state['state_dict']
-  if isinstance(state, dict) and 'model' in state and isinstance(state['model'], dict):
+  if isinstance(state, dict) and isinstance(state.get('model'), dict):
     state = state['model']
-  return {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
+  if not isinstance(state, dict):
+    raise ValueError(f'{path!r} holds a pickled {type(state).__name__}, not a state dict of tensors.')
+  return {str(k): np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """A `.safetensors` file as {name: array}, read and validated by the safetensors library."""
   try:
     return load_file(path)
-  except (SafetensorError, ValueError, OSError) as e:
-    raise ValueError(f'Cannot read {path!r} as safetensors ({type(e).__name__}: {e}); is the file complete?') from None
+  except MemoryError:
+    raise
+  except (SafetensorError, Exception) as e:  # the library checks the header's offsets, shapes and dtypes
+    raise ValueError(f'Cannot read {path!r} as safetensors ({archive_lib.cause(e)}); is the file complete?') from None
