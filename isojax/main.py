@@ -3,8 +3,9 @@
     python -m isojax.main --config=configs/default.py --workdir=workdirs/default \
         [--config.optimizer.lr=3e-3 ...] [--dry_run]
 
-Running the same command on the same workdir resumes from its latest checkpoint. On SIGTERM or SIGINT the
-run finishes its step, checkpoints it and exits with code 75 (isojax/training/preemption.py).
+Running the same command on the same workdir resumes from its latest checkpoint. On SIGTERM or SIGINT at any
+moment (start-up, data preparation, compilation, training, evaluation, a save, the summary) the run stops where
+nothing is lost, checkpointing the step it is on, and exits with code 75 (isojax/training/preemption.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-from isojax.core import host_memory
+from isojax.core import host_memory, signals
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 host_memory.keep_freed_memory()  # before JAX and TensorFlow start their threads (isojax/core/host_memory.py)
+START_UP = signals.Recorder()  # a signal while JAX and TensorFlow import (seconds) is kept for the run to honour
+if __name__ == '__main__':  # as a command only: imported (tests, notebooks), the caller's handlers stay
+  START_UP.install()
 
 import jax  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -48,6 +52,16 @@ flags.mark_flags_as_required(['config', 'workdir'], flag_values=FLAGS)
 
 @command_line.command
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  with signals.Recorder() as stop:  # takes over what START_UP heard; hears what the training loop heard
+    code = _main(argv)
+  # A signal after the last step's checkpoint: exit 75 all the same; the rerun rewrites the summary.
+  if code == 0 and stop.received and not _DRY_RUN.value:
+    print(f'stopped on {stop.received} after the run finished; run the same command to confirm', file=sys.stderr)
+    return preemption.EXIT_CODE
+  return code
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
   positional = command_line.parse(FLAGS, argv, __doc__)
   if positional:
     raise command_line.UsageError(f'unexpected arguments {positional}; every setting is a flag')

@@ -83,6 +83,15 @@ def test_metrics_reader_skips_a_half_written_last_line(tmp_path):
   assert workdir.read_metrics(str(tmp_path)) == [{'step': 1, 'split': 'train', 'loss': 2.0}]
 
 
+def test_resuming_after_a_kill_mid_write_drops_the_half_line_so_the_next_record_stays_whole(tmp_path):
+  with open(workdir.metrics_path(str(tmp_path)), 'w') as f:
+    f.write('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "spl')
+  assert workdir.discard_metrics_after(str(tmp_path), 1) == 1
+  with open(workdir.metrics_path(str(tmp_path)), 'a') as f:  # what MetricWriter does next
+    f.write('{"step": 2, "split": "train", "loss": 1.0}\n')
+  assert [m['step'] for m in workdir.read_metrics(str(tmp_path))] == [1, 2]
+
+
 def test_the_best_checkpoint_survives_a_restart(tmp_path):
   directory = str(tmp_path / 'ckpt')
   first = checkpoint.Checkpointer(directory, keep=1)

@@ -267,6 +267,73 @@ def test_sigterm_and_sigint_both_request_a_stop_named_after_them_and_handlers_ar
   assert signal.getsignal(signum) is before
 
 
+def test_a_signal_heard_before_the_loops_handler_is_honoured_by_it_and_one_it_heard_is_handed_back():
+  from isojax.core import signals
+
+  with signals.Recorder() as start_up:  # isojax.main's, installed before JAX and TensorFlow import
+    os.kill(os.getpid(), signal.SIGTERM)
+    with preemption.StopSignals() as loop:
+      assert loop.requested(1) == 'SIGTERM'
+      with pytest.raises(preemption.Preempted, match=r'^stopped on SIGTERM before step 1; run the same command'):
+        loop.before_training(0)
+  assert start_up.received == 'SIGTERM'
+  with signals.Recorder() as command:
+    with preemption.StopSignals() as loop:
+      assert loop.requested(1) is None
+      loop.before_training(0)  # nothing heard: training goes on
+      os.kill(os.getpid(), signal.SIGINT)
+    assert command.received == 'SIGINT'  # isojax.main exits 75 even when the loop had just finished
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_exits_75_before_training_with_nothing_written(tmp_path, digits_dir):
+  proc = subprocess.Popen(
+    main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+  )
+  time.sleep(1.0)  # JAX and TensorFlow are still importing
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == preemption.EXIT_CODE, err.decode()[-3000:]
+  assert 'stopped on SIGTERM before step 1; run the same command to resume' in err.decode()
+  assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
+
+
+def interrupted(command, environment, delay, signum):
+  """Runs `command`, sends `signum` after `delay` seconds (unless it ended first); (return code, stderr)."""
+  proc = subprocess.Popen(command, env=environment, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    proc.wait(timeout=delay)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signum)
+  _, err = proc.communicate(timeout=300)
+  return proc.returncode, err.decode()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_at_seeded_moments_by_sigkill_and_sigterm_ends_with_the_unbroken_result(
+  tmp_path, digits_dir, unbroken_quick_run
+):
+  # Moments from start-up to the summary: imports, data, compilation, steps, evaluations, saves in flight.
+  rng = np.random.default_rng(0)
+  moments = [(float(rng.uniform(0.5, 25.0)), [signal.SIGTERM, signal.SIGKILL][i % 2]) for i in range(7)]
+  outcomes = []
+  for delay, signum in moments:
+    code, err = interrupted(main_command(tmp_path, *QUICK), env(1, digits_dir), delay, signum)
+    outcomes.append((round(delay, 1), signum.name, code))
+    expected = (0, preemption.EXIT_CODE) if signum == signal.SIGTERM else (0, -signal.SIGKILL)
+    assert code in expected, (outcomes, err[-3000:])
+  final = subprocess.run(
+    main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert sum(code != 0 for *_, code in outcomes) >= 6, outcomes  # interrupted, not finished first
+  (a,), (b,) = records(unbroken_quick_run, 'summary'), records(tmp_path, 'summary')
+  assert b['final_accuracy'] == a['final_accuracy'], outcomes
+  assert b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6), outcomes
+  keys = [(m['step'], m['split'], m.get('evaluator')) for m in workdir_lib.read_metrics(str(tmp_path))]
+  assert len(keys) == len(set(keys)), 'a step was logged twice'
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM])
 def test_a_signal_checkpoints_the_current_step_and_resuming_gives_the_unbroken_result(

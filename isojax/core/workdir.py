@@ -192,14 +192,24 @@ def discard_metrics_after(workdir: str, step: int) -> int:
   path = metrics_path(workdir)
   if not os.path.exists(path):
     return 0
-  records = list(iter_metrics(workdir))
-  kept = [m for m in records if m.get('step', 0) <= step and m.get('split') != 'summary']
-  if len(kept) != len(records):
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  kept = [m for m in _parsed(lines) if m.get('step', 0) <= step and m.get('split') != 'summary']
+  # A run killed mid-write leaves half a line: rewritten without it, or the next append would join it.
+  if len(kept) != len(lines) or (lines and not lines[-1].endswith('\n')):
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
       f.writelines(json.dumps(m) + '\n' for m in kept)
     os.replace(tmp, path)
-  return len(records) - len(kept)
+  return len(lines) - len(kept)
+
+
+def _parsed(lines: list[str]) -> Iterator[dict]:
+  for line in lines:
+    try:
+      yield json.loads(line)
+    except json.JSONDecodeError:
+      continue
 
 
 def prepare(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> None:

@@ -70,8 +70,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   is_writer = jax.process_index() == 0
   validate(config)
   os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.exclusive(workdir, enabled=is_writer):  # one run per workdir
-    return _train(config, workdir, start_time, is_writer)
+  # SIGTERM/SIGINT from here on: honoured where stopping loses nothing (preemption.py)
+  with workdir_lib.exclusive(workdir, enabled=is_writer), preemption.StopSignals() as stop_signals:
+    return _train(config, workdir, start_time, is_writer, stop_signals)
 
 
 @dataclasses.dataclass
@@ -309,7 +310,13 @@ def _compiled(
   return itertools.chain([first_batch], batches)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float, is_writer: bool) -> TrainResult:
+def _train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  start_time: float,
+  is_writer: bool,
+  stop_signals: preemption.StopSignals,
+) -> TrainResult:
   run = _set_up(config, workdir, is_writer)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
   state = _initial_state(run, rng_init)
@@ -333,7 +340,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, start_time: float, i
   buffer = MetricsBuffer(run, writer, progress, start_step)
   finished = False
   try:
-    replicated = _steps(run, step_fn, evals, replicated, batches, rng_train, buffer, start_step)
+    stop_signals.before_training(start_step)  # a signal during set-up or compilation: stop, nothing to lose
+    replicated = _steps(run, step_fn, evals, replicated, batches, rng_train, buffer, start_step, stop_signals)
     run.checkpointer.wait()
     result = _summary(run, evals, replicated, writer, progress, start_time)
     finished = True
@@ -365,32 +373,33 @@ def _steps(
   rng: jax.Array,
   buffer: MetricsBuffer,
   start_step: int,
+  stop_signals: preemption.StopSignals,
 ) -> Any:
-  """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final replicated state."""
+  """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final replicated state.
+  A stop requested during a step, an evaluation or a save is honoured once the step's checkpoint is saved."""
   config = run.config
   shown = list(config.progress_metrics) or None
-  with preemption.StopSignals() as stop_signals:  # SIGTERM/SIGINT: finish the step, checkpoint, stop
-    for step in range(start_step + 1, run.steps + 1):
-      replicated, metrics = step_fn(replicated, next(batches), rng)  # batches arrive on device
-      run.checkpointer.check_for_errors()  # a failed background save (disk full) stops the run now
-      buffer.add(step, metrics)
-      last = step == run.steps
-      if step % config.log_every == 0 or last or any(e.due(step, last) for e in evals.evaluators.values()):
-        buffer.flush(step)  # log, and never evaluate past an unnoticed NaN
-      eval_start = time.time()
-      if evals.run_due(step, last, replicated.variables(run.use_ema), buffer.writer, buffer.progress, shown):
-        buffer.pause(time.time() - eval_start)
-      saved = step % config.checkpoint.every == 0 or last
-      if saved:
-        buffer.flush(step)  # never checkpoint past an unnoticed NaN
-        run.checkpointer.save(step, devices.unreplicate(replicated), metrics=evals.checkpoint_metrics(step, last))
-      stop = stop_signals.requested(step)
-      if stop and not last:
-        buffer.flush(step)
-        if not saved:
-          run.checkpointer.save(step, devices.unreplicate(replicated))
-        run.checkpointer.wait()  # a failed save raises here: "checkpoint saved" must be true
-        raise preemption.Preempted(step, stop)
+  for step in range(start_step + 1, run.steps + 1):
+    replicated, metrics = step_fn(replicated, next(batches), rng)  # batches arrive on device
+    run.checkpointer.check_for_errors()  # a failed background save (disk full) stops the run now
+    buffer.add(step, metrics)
+    last = step == run.steps
+    if step % config.log_every == 0 or last or any(e.due(step, last) for e in evals.evaluators.values()):
+      buffer.flush(step)  # log, and never evaluate past an unnoticed NaN
+    eval_start = time.time()
+    if evals.run_due(step, last, replicated.variables(run.use_ema), buffer.writer, buffer.progress, shown):
+      buffer.pause(time.time() - eval_start)
+    saved = step % config.checkpoint.every == 0 or last
+    if saved:
+      buffer.flush(step)  # never checkpoint past an unnoticed NaN
+      run.checkpointer.save(step, devices.unreplicate(replicated), metrics=evals.checkpoint_metrics(step, last))
+    stop = stop_signals.requested(step)
+    if stop and not last:
+      buffer.flush(step)
+      if not saved:
+        run.checkpointer.save(step, devices.unreplicate(replicated))
+      run.checkpointer.wait()  # a failed save raises here: "checkpoint saved" must be true
+      raise preemption.Preempted(step, stop)
   return replicated
 
 
