@@ -274,8 +274,10 @@ def test_a_signal_heard_before_the_loops_handler_is_honoured_by_it_and_one_it_he
     os.kill(os.getpid(), signal.SIGTERM)
     with preemption.StopSignals() as loop:
       assert loop.requested(1) == 'SIGTERM'
-      with pytest.raises(preemption.Preempted, match=r'^stopped on SIGTERM before step 1; run the same command'):
-        loop.before_training(0)
+      with pytest.raises(preemption.Preempted, match=r'^stopped on SIGTERM during start-up; run the same command'):
+        loop.before_training(None)
+      with pytest.raises(preemption.Preempted, match=r'^stopped on SIGTERM before step 41; run the same command'):
+        loop.before_training(40)  # data prepared, checkpoint 40 restored, compiled: no step since
   assert start_up.received == 'SIGTERM'
   with signals.Recorder() as command:
     with preemption.StopSignals() as loop:
@@ -294,7 +296,7 @@ def test_sigterm_during_start_up_exits_75_before_training_with_nothing_written(t
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == preemption.EXIT_CODE, err.decode()[-3000:]
-  assert 'stopped on SIGTERM before step 1; run the same command to resume' in err.decode()
+  assert 'stopped on SIGTERM during start-up; run the same command to resume' in err.decode()
   assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
 
 
@@ -310,6 +312,7 @@ def interrupted(command, environment, delay, signum):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('unbroken_quick_run')
 def test_a_run_stopped_at_seeded_moments_by_sigkill_and_sigterm_ends_with_the_unbroken_result(
   tmp_path, digits_dir, unbroken_quick_run
 ):
@@ -335,6 +338,7 @@ def test_a_run_stopped_at_seeded_moments_by_sigkill_and_sigterm_ends_with_the_un
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('unbroken_quick_run')  # one worker runs the shared unbroken run once
 @pytest.mark.parametrize('signum', [signal.SIGTERM])
 def test_a_signal_checkpoints_the_current_step_and_resuming_gives_the_unbroken_result(
   tmp_path, digits_dir, unbroken_quick_run, signum
@@ -411,6 +415,72 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
   steps = [int(re.search(r'STOPPED (\d+)', out).group(1)) for out, _ in outputs]
   assert steps[0] == steps[1] < 400
   assert checkpoint.Checkpointer(str(tmp_path / 'run' / 'checkpoints'), read_only=True).latest_step() == steps[0]
+
+
+# --- reading a run while it trains ---------------------------------------------------------------
+
+
+def digest(tree):
+  import jax
+
+  return [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(tree)]
+
+
+@pytest.mark.slow
+def test_a_run_read_while_it_trains_shows_complete_checkpoints_and_takes_no_lock(tmp_path, digits_dir):
+  import isojax
+  from isojax.weights import pretrained
+
+  workdir = tmp_path / 'run'
+  overrides = ['--config.checkpoint.every=10', '--config.checkpoint.keep=1']  # saves and deletions all along
+  writer = subprocess.Popen(
+    main_command(workdir, *QUICK, *overrides),
+    env=env(1, digits_dir),
+    cwd=ROOT,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
+  wait_for(workdir / 'checkpoints' / '10' / '_CHECKPOINT_METADATA', writer)
+  seen: list = []
+  evaluated = None
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    while writer.poll() is None:
+      # the writer holds its run lock until its summary is written: the readers take none of their own
+      assert workdir_lib.is_locked(str(workdir)) or workdir_lib.summary(str(workdir)) is not None
+      step, saved = runs.restore_raw(str(workdir))
+      _, variables, _ = isojax.load(str(workdir))
+      _, created = pretrained.create(str(workdir))
+      seen.append((step, digest(saved['params'])))
+      assert all(np.isfinite(x).all() for x in jax_leaves(variables) + jax_leaves(created))
+      if evaluated is None:  # the command line too, beside the reads (it takes a while to start)
+        evaluated = subprocess.Popen(
+          [sys.executable, '-m', 'isojax.evaluate', f'--workdir={workdir}', f'--out={tmp_path / "eval.json"}'],
+          env=env(1, digits_dir),
+          cwd=ROOT,
+          stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE,
+        )
+  _, err = writer.communicate(timeout=300)
+  assert writer.returncode == 0, err.decode()[-3000:]
+  _, evaluate_err = evaluated.communicate(timeout=300)
+  assert evaluated.returncode == 0, evaluate_err.decode()[-3000:]
+  assert not [w for w in caught if 'unreadable' in str(w.message)], [str(w.message) for w in caught]
+  steps = [step for step, _ in seen]
+  print(f'{len(seen)} reads while training, of steps {steps}')
+  assert len(seen) >= 3 and steps == sorted(steps), steps  # newer and newer, never a partial one
+  final = checkpoint.Checkpointer(str(workdir / 'checkpoints'), read_only=True)
+  for step, params in seen:  # what was read is what was saved at that step (where it is still kept)
+    if step in final.all_steps():
+      assert params == digest(final.restore_raw(step)[1]['params'])
+  keys = [(m['step'], m['split'], m.get('evaluator')) for m in workdir_lib.read_metrics(str(workdir))]
+  assert len(keys) == len(set(keys)) and records(workdir, 'summary')
+
+
+def jax_leaves(tree):
+  import jax
+
+  return [np.asarray(x) for x in jax.tree_util.tree_leaves(tree)]
 
 
 # --- data -----------------------------------------------------------------------------------------

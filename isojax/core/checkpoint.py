@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 BEST_METRIC = 'accuracy'
+_RELISTS = 20  # how often a reader lists the steps again when a live writer deletes the one it reads
 ITEM = 'default'  # Orbax's name for a manager's single item: DIR/checkpoints/<step>/default/
 
 
@@ -77,6 +78,17 @@ def _drop_closed_loop_callbacks(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
+def _while_steps_change(list_steps: Callable[[], Any]) -> Any:
+  """`list_steps()`, again when a step vanished while Orbax listed the directory (a live run deleting its
+  oldest checkpoint as a reader opens the directory)."""
+  for _ in range(_RELISTS - 1):
+    try:
+      return list_steps()
+    except FileNotFoundError:
+      time.sleep(0.05)
+  return list_steps()
+
+
 class Checkpointer:
   """Saves and restores TrainStates in `directory`."""
 
@@ -109,7 +121,7 @@ class Checkpointer:
     if not any(isinstance(f, _OneLineOrbaxErrors) for f in logging.getLogger('absl').filters):
       logging.getLogger('absl').addFilter(_OneLineOrbaxErrors())
     sys.unraisablehook = _drop_closed_loop_callbacks
-    self._manager = ocp.CheckpointManager(directory, options=options)
+    self._manager = _while_steps_change(lambda: ocp.CheckpointManager(directory, options=options))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -177,32 +189,48 @@ class Checkpointer:
       ) from None
 
   def _newest_readable(self, read: Callable[[int], Any], step: Optional[int]) -> tuple[int, Any]:
-    """(step, read(step)) for `step`, or else the newest step that reads; bad ones are warned about once each."""
+    """(step, read(step)) for `step`, or else the newest step that reads; bad ones are warned about once each.
+
+    A live run deletes old steps as it saves new ones: a step that vanished while it was being read was
+    removed by the writer, not damaged, so the steps are listed again instead of warning."""
     if step is not None:
       return step, read(step)
-    steps = sorted(self.all_steps(), reverse=True)
-    if not steps:
-      raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-    failures = []
-    for candidate in steps:
-      try:
-        with _quiet_orbax():
-          value = read(candidate)
-      except Exception as e:  # Orbax/TensorStore raise many types for missing, empty or truncated files
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        failures.append(f'step {candidate}: {type(e).__name__}: {reason}')
-        warnings.warn(
-          f'Checkpoint step {candidate} in {self.directory} is unreadable ({type(e).__name__}: '
-          f'{reason}); falling back to an older one.',
-          stacklevel=2,
-        )
-        continue
-      return candidate, value
+    failures: list[str] = []
+    for _ in range(_RELISTS):
+      _while_steps_change(self._manager.reload)  # the steps on disk now (a live writer adds and removes them)
+      steps = sorted(self.all_steps(), reverse=True)
+      if not steps and not failures:
+        raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+      found, vanished = self._first_readable(read, steps, failures)
+      if found is not None:
+        return found
+      if not vanished:
+        break
     raise RuntimeError(
       f'No readable checkpoint in {self.directory}:\n  '
       + '\n  '.join(failures)
       + '\nDelete the directory to start afresh, or restore it from a backup.'
     )
+
+  def _first_readable(
+    self, read: Callable[[int], Any], steps: list[int], failures: list[str]
+  ) -> tuple[Optional[tuple[int, Any]], bool]:
+    """((step, value) of the first of `steps` that reads, or None; whether a step vanished while read)."""
+    for candidate in steps:
+      try:
+        with _quiet_orbax():
+          return (candidate, read(candidate)), False
+      except Exception as e:  # Orbax/TensorStore raise many types for missing, empty or truncated files
+        if not os.path.exists(os.path.join(self.directory, str(candidate))):
+          return None, True  # deleted by the run that is writing this directory: list again
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        failures.append(f'step {candidate}: {type(e).__name__}: {reason}')
+        warnings.warn(
+          f'Checkpoint step {candidate} in {self.directory} is unreadable ({type(e).__name__}: '
+          f'{reason}); falling back to an older one.',
+          stacklevel=3,
+        )
+    return None, False
 
   def restore(self, target: Any, step: Optional[int] = None) -> tuple[int, Any]:
     """(step, state) at `step`, or by default the newest readable checkpoint, shaped like `target`."""

@@ -317,10 +317,12 @@ def _train(
   is_writer: bool,
   stop_signals: preemption.StopSignals,
 ) -> TrainResult:
+  stop_signals.before_training(None)  # a signal during start-up: stop before preparing anything
   run = _set_up(config, workdir, is_writer)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
   state = _initial_state(run, rng_init)
   start_step = int(state.step)
+  stop_signals.before_training(start_step)  # ... during data preparation or restoring
   if is_writer:  # metrics past the restored checkpoint (or of deleted checkpoints) are not this run's
     workdir_lib.discard_metrics_after(workdir, start_step)
   devices.wait_for_all_processes('metrics_trimmed')
@@ -340,7 +342,7 @@ def _train(
   buffer = MetricsBuffer(run, writer, progress, start_step)
   finished = False
   try:
-    stop_signals.before_training(start_step)  # a signal during set-up or compilation: stop, nothing to lose
+    stop_signals.before_training(start_step)  # ... during compilation: stop, nothing to lose
     replicated = _steps(run, step_fn, evals, replicated, batches, rng_train, buffer, start_step, stop_signals)
     run.checkpointer.wait()
     result = _summary(run, evals, replicated, writer, progress, start_time)

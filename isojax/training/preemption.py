@@ -28,11 +28,16 @@ EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — resubmit the same command t
 
 class Preempted(Exception):
   """Raised by the train loop once stopping loses nothing: after the checkpoint of `step` is saved, or
-  before training started (`saved=False`: no step since the last checkpoint)."""
+  before training started (`saved=False`: no step since the last checkpoint; `step=None`: during start-up)."""
 
-  def __init__(self, step: int, signal_name: str, saved: bool = True):
+  def __init__(self, step: Optional[int], signal_name: str, saved: bool = True):
     self.step, self.signal_name = step, signal_name
-    what = f'at step {step} on {signal_name}; checkpoint saved' if saved else f'on {signal_name} before step {step + 1}'
+    if step is None:
+      what = f'on {signal_name} during start-up'
+    elif saved:
+      what = f'at step {step} on {signal_name}; checkpoint saved'
+    else:
+      what = f'on {signal_name} before step {step + 1}'
     super().__init__(f'stopped {what}; run the same command to resume')
 
 
@@ -70,7 +75,7 @@ class StopSignals(signals.Recorder):
       return None
     return self.received
 
-  def before_training(self, start_step: int) -> None:
+  def before_training(self, start_step: Optional[int]) -> None:
     """Stops now if a signal came during start-up, data preparation or compilation: nothing is lost. Several
     processes instead stop together at the first step's sync point (one of them alone would leave the others
     waiting at the next collective)."""
