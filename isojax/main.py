@@ -68,9 +68,12 @@ def _main(argv: Optional[Sequence[str]]) -> int:
   logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save and read at INFO
   tf.config.set_visible_devices([], 'GPU')  # tf.data stays on the host; JAX owns the accelerators
   config = _CONFIG.value
-  if _DRY_RUN.value:
+  try:  # a value that cannot be right is the command line's error: one line, exit code 2
     validation.validate(config)
     models.check_config(config)
+  except ValueError as e:
+    raise command_line.UsageError(str(e)) from None
+  if _DRY_RUN.value:
     print(plan.format_dry_run(plan.dry_run(config)), flush=True)
     return 0
   try:

@@ -10,6 +10,7 @@ type and range and fields that do not exist: each refusal names the field and wh
 """
 
 import collections
+import contextlib
 import io
 import os
 import struct
@@ -18,6 +19,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from isojax.weights import files, pretrained, torchfile
 from tests import weight_fuzz
@@ -175,3 +178,124 @@ def test_five_hundred_damaged_files_per_format_are_refused_by_name_without_crash
   outcomes = fuzz_outcomes(suffix, tmp_path, 500)
   assert collections.Counter(o['mutation'] for o in outcomes) == dict.fromkeys(weight_fuzz.MUTATIONS, 100)
   assert_every_mutant_is_read_or_refused_by_name(outcomes)
+
+
+# --- config overrides of every wrong kind (hypothesis) --------------------------------------------
+
+DEFAULT = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'default.py')
+
+
+def _leaf_fields():
+  from isojax.core import loading
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if hasattr(value, 'items'):
+        yield from walk(value, f'{prefix}{key}.')
+      else:
+        yield f'{prefix}{key}'
+
+  return sorted(walk(loading.load(DEFAULT), ''))
+
+
+FIELDS = _leaf_fields()
+fields = st.one_of(
+  st.sampled_from(FIELDS),
+  st.sampled_from(FIELDS).map(lambda f: f + 'x'),  # a typo of a real field
+  st.text(alphabet='abcdefghijklmnopqrstuvwxyz._', min_size=1, max_size=16),  # anything at all
+)
+values = st.one_of(
+  st.integers(min_value=-(2**62), max_value=2**62),
+  st.floats(allow_nan=True, allow_infinity=True),
+  st.booleans(),
+  st.none(),
+  st.text(max_size=12),
+  st.tuples(st.integers(-3, 3), st.integers(-3, 3)),
+  st.lists(st.text(alphabet='abc/', max_size=4), max_size=3),
+)
+EXAMPLES = settings(max_examples=300, deadline=None, derandomize=True, database=None)
+
+
+def names_the_field(message, field):
+  """A refusal names the field (its dotted path, or its last part for the model layer's checks), in one line."""
+  return '\n' not in message.strip() and (field in message or field.rsplit('.', 1)[-1] in message)
+
+
+def checked(field, value):
+  """The override applied and the config checked as isojax.main checks it; the refusal, or None."""
+  from isojax import models
+  from isojax.core import loading, validation
+
+  try:
+    config = loading.load(DEFAULT, {field: value})
+    validation.validate(config)
+    models.check_config(config)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+def exit_code_and_stderr(command, argv):
+  """(exit code, stderr) of an in-process command; an exception other than SystemExit propagates (a traceback)."""
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      code = command(argv)
+    except SystemExit as e:
+      code = e.code
+  return code, err.getvalue()
+
+
+@EXAMPLES
+@given(field=fields, value=values)
+@example(field='optimizer.lr', value=-1.0)  # the right type, a wrong value: validation's refusal
+@example(field='model.name', value='ViT-Q/16')  # no such model: the model layer's refusal
+@example(field='optimizer.lrr', value=0.1)  # no such field
+@example(field='batch_size', value='big')  # the wrong type
+def test_any_override_is_taken_or_refused_in_one_line_naming_the_field(field, value):
+  refusal = checked(field, value)  # any other exception fails the test
+  assert refusal is None or names_the_field(refusal, field), (field, value, refusal)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(field=fields, value=values)
+@example(field='optimizer.lr', value=-1.0)  # the right type, a wrong value: validation's refusal
+@example(field='model.name', value='ViT-Q/16')  # no such model: the model layer's refusal
+@example(field='optimizer.lrr', value=0.1)  # no such field
+@example(field='batch_size', value='big')  # the wrong type
+@pytest.mark.slow
+def test_any_command_line_override_runs_or_is_a_usage_error_naming_the_field(field, value, tmp_path_factory):
+  from isojax import main
+
+  text = value if isinstance(value, str) else repr(value)
+  workdir = tmp_path_factory.mktemp('run')
+  code, err = exit_code_and_stderr(
+    main.main, ['--config=' + DEFAULT, f'--workdir={workdir}', '--dry_run', f'--config.{field}={text}']
+  )
+  assert code in (0, 2), (field, text, code, err[-2000:])
+  assert 'Traceback' not in err, err[-2000:]
+  if code == 2:
+    assert names_the_field(err.strip().splitlines()[-1], field), (field, text, err[-2000:])
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(field=fields, value=values)
+@example(field='optimizer.lr', value=-1.0)  # the right type, a wrong value: validation's refusal
+@example(field='model.name', value='ViT-Q/16')  # no such model: the model layer's refusal
+@example(field='optimizer.lrr', value=0.1)  # no such field
+@example(field='batch_size', value='big')  # the wrong type
+@pytest.mark.slow
+def test_any_sweep_axis_value_is_planned_or_refused_before_any_trial_naming_the_field(field, value, tmp_path_factory):
+  from isojax import sweep
+
+  folder = tmp_path_factory.mktemp('sweep')
+  sweep_file = folder / 'sweep.py'
+  sweep_file.write_text(
+    "from isojax.sweeps import Sweep, product\nnan, inf = float('nan'), float('inf')\n"
+    f'def get_sweep():\n  return Sweep({DEFAULT!r}, product({{{field!r}: [{value!r}]}}))\n'
+  )
+  code, err = exit_code_and_stderr(sweep.main, [str(sweep_file), f'--workdir={folder / "out"}', '--dry_run'])
+  assert code in (0, 2), (field, value, code, err[-2000:])
+  assert 'Traceback' not in err and not os.path.exists(folder / 'out' / 'trials'), err[-2000:]
+  if code == 2:
+    assert names_the_field(err.strip().splitlines()[-1], field), (field, value, err[-2000:])

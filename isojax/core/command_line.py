@@ -36,10 +36,17 @@ def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: Opt
     raise SystemExit(0)
   # Each call starts from the defaults: an in-process call must not inherit the flags of the one before it.
   flag_values.unparse_flags()
+  program_argv, sys.argv = sys.argv, argv  # ml_collections' config flags read --config.* overrides from sys.argv
   try:
     return flag_values(argv)[1:]
   except flags.Error as e:
     raise UsageError(str(e)) from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections refusing a --config.* override
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    reason = ' '.join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+    raise UsageError(f'cannot apply {overrides}: {reason}') from None
+  finally:
+    sys.argv = program_argv
 
 
 def checkpoint_step(text: Optional[str]) -> Optional[int | str]:
