@@ -24,7 +24,7 @@ from typing import Optional
 
 from absl import flags
 
-from isojax import sweeps
+from isojax import models, sweeps
 from isojax.core import command_line, loading, validation
 from isojax.core import workdir as workdir_lib
 from isojax.sweeps import launcher, results
@@ -76,6 +76,7 @@ def _checked_trials(sweep: sweeps.Sweep) -> list[sweeps.Trial]:
     try:
       config = loading.load(trial.config, trial.overrides)
       validation.validate(config)
+      models.check_config(config)  # an unknown model name or a contradicting field
     except (ValueError, FileNotFoundError) as e:
       raise command_line.UsageError(f'trial {trial.name}: {e}') from None
     if evaluator not in config.evals:

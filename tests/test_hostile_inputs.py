@@ -213,7 +213,7 @@ values = st.one_of(
   st.tuples(st.integers(-3, 3), st.integers(-3, 3)),
   st.lists(st.text(alphabet='abc/', max_size=4), max_size=3),
 )
-EXAMPLES = settings(max_examples=300, deadline=None, derandomize=True, database=None)
+EXAMPLES = settings(max_examples=200, deadline=None, derandomize=True, database=None)
 
 
 def names_the_field(message, field):

@@ -42,9 +42,11 @@ def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: Opt
   except flags.Error as e:
     raise UsageError(str(e)) from None
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections refusing a --config.* override
-    overrides = [a for a in argv[1:] if a.startswith('--config.')]
-    reason = ' '.join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
-    raise UsageError(f'cannot apply {overrides}: {reason}') from None
+    overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.'))
+    # ml_collections' message for an unknown field is the repr of "'lrr'\nDid you mean ...": made one plain line
+    reason = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split()).strip('"')
+    what = 'no such config field' if isinstance(e, (AttributeError, KeyError)) else type(e).__name__
+    raise UsageError(f'cannot apply {overrides}: {what} ({reason})') from None
   finally:
     sys.argv = program_argv
 
