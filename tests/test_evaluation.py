@@ -17,7 +17,7 @@ from isojax import evaluation, models
 from isojax.core import config as config_schema
 from isojax.core import loading
 from isojax.core import workdir as workdir_lib
-from isojax.evaluation import classification, fewshot
+from isojax.evaluation import classification, evaluators, fewshot
 from isojax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -268,3 +268,13 @@ def test_an_evaluations_loss_is_the_runs_training_objective(tmp_path):
   with config.unlocked():
     config.loss = 'sigmoid_xent'
   assert {spec['loss'] for spec in evaluation.specs(config).values()} == {'sigmoid_xent'}
+
+
+def test_a_progress_metric_that_no_evaluator_reports_is_refused_naming_the_choices():
+  import glob
+
+  for path in sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))):  # every shipped config's choice is real
+    evaluators.check_progress_metrics(loading.load(path))
+  config = loading.load(os.path.join(ROOT, 'configs', 'default.py'), {'progress_metrics': ('val/accuracyy',)})
+  with pytest.raises(ValueError, match=r"progress_metrics has 'val/accuracyy'.*choose from \[.*'val/accuracy'"):
+    evaluators.check_progress_metrics(config)

@@ -32,6 +32,11 @@ class Evaluator:
   def higher_is_better(spec: dict) -> list[str]:
     raise NotImplementedError
 
+  @staticmethod
+  def lower_is_better(spec: dict) -> list[str]:
+    """The reported metrics that improve downwards (shown, never picking the best checkpoint)."""
+    return []
+
   def due(self, step: int, last: bool) -> bool:
     return last or (self.every > 0 and step % self.every == 0)
 

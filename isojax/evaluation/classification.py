@@ -70,6 +70,10 @@ class ClassificationEvaluator(Evaluator):
   def higher_is_better(spec: dict) -> list[str]:
     return ['accuracy', 'top5']
 
+  @staticmethod
+  def lower_is_better(spec: dict) -> list[str]:
+    return ['loss']
+
   def __init__(self, name, spec, model, num_classes):
     super().__init__(name, spec, model, num_classes)
     self.fn = jax.pmap(

@@ -80,6 +80,19 @@ def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str]:
   return name, metric
 
 
+def check_progress_metrics(config: ml_collections.ConfigDict) -> None:
+  """Each `config.progress_metrics` entry names an evaluator and one of its metrics (a typo is not ignored)."""
+  resolved = specs(config)
+  choices = [
+    f'{name}/{m}'
+    for name, spec in resolved.items()
+    for m in KINDS[spec['kind']].higher_is_better(spec) + KINDS[spec['kind']].lower_is_better(spec)
+  ]
+  for item in config.get('progress_metrics', ()):
+    if item not in choices:
+      raise ValueError(f'config.progress_metrics has {item!r}, which no evaluator reports; choose from {choices}.')
+
+
 def create(
   config: ml_collections.ConfigDict,
   model: nn.Module,
@@ -103,6 +116,7 @@ def create(
     for evaluator in evaluators.values():
       evaluator.validate()
     best_metric(config)
+    check_progress_metrics(config)
   return evaluators
 
 
