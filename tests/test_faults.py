@@ -300,9 +300,27 @@ def test_sigterm_during_start_up_exits_75_before_training_with_nothing_written(t
   assert not os.path.exists(tmp_path / 'checkpoints') or not os.listdir(tmp_path / 'checkpoints')
 
 
-def interrupted(command, environment, delay, signum):
-  """Runs `command`, sends `signum` after `delay` seconds (unless it ended first); (return code, stderr)."""
+def latest_checkpoint(workdir):
+  folder = os.path.join(workdir, 'checkpoints')
+  steps = [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
+  return max(steps, default=0)
+
+
+def interrupted(command, environment, workdir, moment, signum):
+  """Runs `command` and sends `signum` at `moment`: ('after', seconds from the start) or ('checkpoint', seconds
+  after a checkpoint newer than the one it resumes from is complete). (return code, stderr)."""
+  kind, delay = moment
+  resumed_from = latest_checkpoint(workdir)
   proc = subprocess.Popen(command, env=environment, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  if kind == 'checkpoint':
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+      step = latest_checkpoint(workdir)
+      if step > resumed_from and os.path.exists(
+        os.path.join(workdir, 'checkpoints', str(step), '_CHECKPOINT_METADATA')
+      ):
+        break
+      time.sleep(0.02)
   try:
     proc.wait(timeout=delay)
   except subprocess.TimeoutExpired:
@@ -311,68 +329,46 @@ def interrupted(command, environment, delay, signum):
   return proc.returncode, err.decode()
 
 
+# The moments of the chaos test: start-up (JAX and TensorFlow importing), right after a checkpoint and while the
+# next steps, evaluations and saves run, and seeded times from data preparation to the summary.
+_rng = np.random.default_rng(0)
+CHAOS = [
+  (('after', 0.5), signal.SIGKILL),
+  (('after', 1.0), signal.SIGTERM),
+  (('after', float(_rng.uniform(3, 15))), signal.SIGKILL),  # imports, data preparation, restoring, compiling
+  (('after', float(_rng.uniform(3, 15))), signal.SIGTERM),
+  (('checkpoint', 0.0), signal.SIGKILL),  # killed mid-training: resumes from that checkpoint
+  (('checkpoint', 0.3), signal.SIGTERM),  # mid-training: the step it is on is saved
+  (('checkpoint', float(_rng.uniform(0, 0.5))), signal.SIGKILL),  # a step, an evaluation or a save in flight
+]
+
+
 @pytest.mark.slow
-@pytest.mark.xdist_group('unbroken_quick_run')
 def test_a_run_stopped_at_seeded_moments_by_sigkill_and_sigterm_ends_with_the_unbroken_result(
   tmp_path, digits_dir, unbroken_quick_run
 ):
-  # Moments from start-up to the summary: imports, data, compilation, steps, evaluations, saves in flight.
-  rng = np.random.default_rng(0)
-  moments = [(float(rng.uniform(0.5, 25.0)), [signal.SIGTERM, signal.SIGKILL][i % 2]) for i in range(7)]
+  command = main_command(tmp_path, *QUICK, '--config.checkpoint.every=20')  # the same training, more saves
   outcomes = []
-  for delay, signum in moments:
-    code, err = interrupted(main_command(tmp_path, *QUICK), env(1, digits_dir), delay, signum)
-    outcomes.append((round(delay, 1), signum.name, code))
-    expected = (0, preemption.EXIT_CODE) if signum == signal.SIGTERM else (0, -signal.SIGKILL)
-    assert code in expected, (outcomes, err[-3000:])
-  final = subprocess.run(
-    main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
+  for moment, signum in CHAOS:
+    before = latest_checkpoint(tmp_path)
+    code, err = interrupted(command, env(1, digits_dir), tmp_path, moment, signum)
+    outcomes.append((moment, signum.name, code, before, latest_checkpoint(tmp_path)))
+    assert code == (preemption.EXIT_CODE if signum == signal.SIGTERM else -signal.SIGKILL), (outcomes, err[-3000:])
+    assert not records(tmp_path, 'summary'), outcomes  # stopped before the run ended
+    if before:
+      assert f'resuming at step {before}' in err, err[-3000:]
+    stopped = re.search(r'stopped at step (\d+) on SIGTERM; checkpoint saved; run the same command to resume', err)
+    if moment == ('checkpoint', 0.3):
+      assert stopped, err[-3000:]
+    if stopped:  # SIGTERM mid-training: the step it was on is the newest checkpoint
+      assert latest_checkpoint(tmp_path) == int(stopped.group(1)), outcomes
+  assert [o[4] > o[3] for o in outcomes if o[0][0] == 'checkpoint'] == [True] * 3, outcomes  # mid-training
+  final = subprocess.run(command, env=env(1, digits_dir), cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert final.returncode == 0, final.stderr[-3000:]
-  assert sum(code != 0 for *_, code in outcomes) >= 6, outcomes  # interrupted, not finished first
+  print('moment, signal, exit code, checkpoint before and after:', outcomes)
   (a,), (b,) = records(unbroken_quick_run, 'summary'), records(tmp_path, 'summary')
   assert b['final_accuracy'] == a['final_accuracy'], outcomes
   assert b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6), outcomes
-  keys = [(m['step'], m['split'], m.get('evaluator')) for m in workdir_lib.read_metrics(str(tmp_path))]
-  assert len(keys) == len(set(keys)), 'a step was logged twice'
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group('unbroken_quick_run')  # one worker runs the shared unbroken run once
-@pytest.mark.parametrize('signum', [signal.SIGTERM])
-def test_a_signal_checkpoints_the_current_step_and_resuming_gives_the_unbroken_result(
-  tmp_path, digits_dir, unbroken_quick_run, signum
-):
-  proc = subprocess.Popen(
-    main_command(tmp_path, *QUICK),
-    env=env(1, digits_dir),
-    cwd=ROOT,
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  wait_for(tmp_path / 'checkpoints' / '40' / '_CHECKPOINT_METADATA', proc)
-  proc.send_signal(signum)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == preemption.EXIT_CODE, err[-3000:]
-  stopped = int(
-    re.search(
-      rf'stopped at step (\d+) on {signum.name}; checkpoint saved; run the same command '
-      rf'to resume',
-      err,
-    ).group(1)
-  )
-  assert (
-    40 <= stopped < 120
-    and checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), read_only=True).latest_step() == stopped
-  )
-  resumed = subprocess.run(
-    main_command(tmp_path, *QUICK), env=env(1, digits_dir), cwd=ROOT, capture_output=True, text=True, timeout=600
-  )
-  assert resumed.returncode == 0 and f'resuming at step {stopped}' in resumed.stderr, resumed.stderr[-3000:]
-  (a,), (b,) = records(unbroken_quick_run, 'summary'), records(tmp_path, 'summary')
-  assert b['final_accuracy'] == a['final_accuracy']
-  assert b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6)
   keys = [(m['step'], m['split'], m.get('evaluator')) for m in workdir_lib.read_metrics(str(tmp_path))]
   assert len(keys) == len(set(keys)), 'a step was logged twice'
 
