@@ -162,6 +162,8 @@ def assert_every_mutant_is_read_or_refused_by_name(outcomes):
   assert not unnamed, unnamed[:3]
   long = [o for o in outcomes if o['outcome'] == 'refused' and (len(o['message']) > 400 or '\n' in o['message'])]
   assert not long, long[:3]  # one short line each
+  vague = [o for o in outcomes if o['outcome'] == 'refused' and 'Errno' in o['message']]
+  assert not vague, vague[:3]  # says what was wrong ("starts at offset -20, before the start of the file")
   assert counts['refused'] > len(outcomes) // 2, counts  # the mutants really are damaged
 
 

@@ -7,6 +7,7 @@ holds when the archive is opened, and members are read only in amounts their che
 
 from __future__ import annotations
 
+import errno
 import os
 import zipfile
 
@@ -23,6 +24,8 @@ def _check_member(info: zipfile.ZipInfo, file_bytes: int) -> None:
     raise ValueError(f'member {name!r} is encrypted')
   if info.compress_type not in _METHODS:
     raise ValueError(f'member {name!r} uses compression method {info.compress_type}; expected stored or deflated')
+  if info.header_offset < 0:  # zipfile shifts offsets by the bytes it finds missing before the directory
+    raise ValueError(f'member {name!r} starts at offset {info.header_offset}, before the start of the file')
   if info.header_offset + info.compress_size > file_bytes:
     raise ValueError(
       f'member {name!r} declares {info.compress_size} bytes at offset {info.header_offset}, '
@@ -39,7 +42,13 @@ def _check_member(info: zipfile.ZipInfo, file_bytes: int) -> None:
 
 def open_checked(path: str) -> zipfile.ZipFile:
   """The zip archive at `path`, every member's declared extent checked against the file's size."""
-  archive = zipfile.ZipFile(path)
+  try:
+    archive = zipfile.ZipFile(path)
+  except OSError as e:
+    if e.errno != errno.EINVAL:
+      raise
+    # zipfile seeks to where the end-of-archive record says the directory starts: before the file's start
+    raise ValueError('its end-of-archive record places the zip directory outside the file') from None
   try:
     file_bytes = os.path.getsize(path)
     for info in archive.infolist():
