@@ -417,9 +417,7 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
 
 
 def digest(tree):
-  import jax
-
-  return [np.asarray(x).tobytes() for x in jax.tree_util.tree_leaves(tree)]
+  return [x.tobytes() for x in jax_leaves(tree)]
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ml_collections
@@ -116,11 +116,7 @@ def read_metrics(workdir: str) -> list[dict]:
 def iter_metrics(workdir: str) -> Iterator[dict]:
   try:
     with open(metrics_path(workdir)) as f:
-      for line in f:
-        try:
-          yield json.loads(line)
-        except json.JSONDecodeError:
-          continue
+      yield from _parsed(f)
   except FileNotFoundError:
     return
 
@@ -204,7 +200,8 @@ def discard_metrics_after(workdir: str, step: int) -> int:
   return len(lines) - len(kept)
 
 
-def _parsed(lines: list[str]) -> Iterator[dict]:
+def _parsed(lines: Iterable[str]) -> Iterator[dict]:
+  """The records of metrics.jsonl lines, skipping a line cut short by a kill mid-write."""
   for line in lines:
     try:
       yield json.loads(line)
