@@ -30,6 +30,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from isojax import models  # noqa: E402
 from isojax.core import command_line, validation  # noqa: E402
+from isojax.data import input_pipeline  # noqa: E402
 from isojax.training import loop, plan, preemption  # noqa: E402
 
 FLAGS = flags.FlagValues()
@@ -71,13 +72,16 @@ def _main(argv: Optional[Sequence[str]]) -> int:
   try:  # a value that cannot be right is the command line's error: one line, exit code 2
     validation.validate(config)
     models.check_config(config)
+    input_pipeline.check_config(config)
   except ValueError as e:
     raise command_line.UsageError(str(e)) from None
-  if _DRY_RUN.value:
-    print(plan.format_dry_run(plan.dry_run(config)), flush=True)
-    return 0
   try:
+    if _DRY_RUN.value:
+      print(plan.format_dry_run(plan.dry_run(config)), flush=True)
+      return 0
     loop.train_and_evaluate(config, str(_WORKDIR.value))  # a required flag
+  except validation.ConfigError as e:  # found when the dataset opened (a split it lacks)
+    raise command_line.UsageError(str(e)) from None
   except preemption.Preempted as stopped:
     if jax.process_index() == 0:
       print(str(stopped), file=sys.stderr, flush=True)

@@ -27,6 +27,7 @@ from absl import flags
 from isojax import models, sweeps
 from isojax.core import command_line, loading, validation
 from isojax.core import workdir as workdir_lib
+from isojax.data import input_pipeline
 from isojax.sweeps import launcher, results
 from isojax.sweeps import study as study_lib
 from isojax.training import preemption
@@ -77,6 +78,7 @@ def _checked_trials(sweep: sweeps.Sweep) -> list[sweeps.Trial]:
       config = loading.load(trial.config, trial.overrides)
       validation.validate(config)
       models.check_config(config)  # an unknown model name or a contradicting field
+      input_pipeline.check_config(config)
     except (ValueError, FileNotFoundError) as e:
       raise command_line.UsageError(f'trial {trial.name}: {e}') from None
     if evaluator not in config.evals:

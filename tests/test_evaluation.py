@@ -125,7 +125,7 @@ def test_several_evaluators_run_at_their_own_steps_and_one_picks_the_best(tmp_pa
 @pytest.mark.parametrize(
   'field,value,message',
   [
-    ('dataset', 'no_such_dataset', r"Evaluator 'probe': .*Unknown dataset 'no_such_dataset'"),
+    ('dataset', 'no_such_dataset', r"Evaluator 'probe': .*'no_such_dataset' is not a dataset"),
     (
       'test_split',
       'validation',

@@ -157,7 +157,7 @@ def test_a_folder_of_the_users_own_images_is_a_dataset(tmp_path):
 
 
 def test_unknown_dataset_names_are_a_clear_error(tmp_path):
-  with pytest.raises(ValueError, match=r"Unknown dataset 'cifar11'"):
+  with pytest.raises(ValueError, match=r"data.name='cifar11' is not a dataset"):
     data.get_builder('cifar11', data_dir=str(tmp_path))
   with pytest.raises(ValueError, match=r'image_folder.*needs data.data_dir'):
     data.get_builder('image_folder', None)

@@ -173,7 +173,7 @@ def quick_config(tfds_dir, **overrides):
   [
     ({'batch_size': 12}, r'batch_size=12 is not divisible by the 8 devices'),
     ({'model.name': 'ConvMixr-256/8'}, r"Unknown model 'ConvMixr-256/8'.*ConvMixer-256/8"),
-    ({'data.name': 'mnistt'}, r"Unknown dataset 'mnistt'"),
+    ({'data.name': 'mnistt'}, r"data.name='mnistt' is not a dataset"),
     ({'model.patch_size': 3}, r'Image size 8x8 is not divisible by patch_size=3'),
   ],
 )

@@ -36,13 +36,15 @@ def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: Opt
     raise SystemExit(0)
   # Each call starts from the defaults: an in-process call must not inherit the flags of the one before it.
   flag_values.unparse_flags()
+  for name in [n for n in flag_values if '.' in n]:  # ml_collections defines one flag per --config.* override
+    delattr(flag_values, name)
   program_argv, sys.argv = sys.argv, argv  # ml_collections' config flags read --config.* overrides from sys.argv
   try:
     return flag_values(argv)[1:]
   except flags.Error as e:
     raise UsageError(str(e)) from None
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections refusing a --config.* override
-    overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.'))
+    overrides = ' '.join(repr(a)[1:-1] for a in argv[1:] if a.startswith('--config.'))  # escaped: one line
     # ml_collections' message for an unknown field is the repr of "'lrr'\nDid you mean ...": made one plain line
     reason = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split()).strip('"')
     what = 'no such config field' if isinstance(e, (AttributeError, KeyError)) else type(e).__name__
@@ -64,7 +66,9 @@ def command(main: Callable[[Optional[Sequence[str]]], int]) -> Callable[..., int
     try:
       return main(argv)
     except UsageError as e:
-      print(f'usage error: {e} (--help lists the flags)', file=sys.stderr)
+      # One line: a control character the user typed (a newline, \x1e) is shown escaped
+      text = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(e))
+      print(f'usage error: {text} (--help lists the flags)', file=sys.stderr)
       raise SystemExit(2) from None
 
   return checked

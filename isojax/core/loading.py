@@ -47,7 +47,8 @@ def override(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None
   try:
     node[leaf] = value
   except (TypeError, KeyError) as e:  # ml_collections refuses a value of another type
-    raise ValueError(f'Config field {dotted!r} cannot be set to {value!r}: {e}') from None
+    reason = ' '.join(str(e).split())  # one line: ml_collections' message holds the value as written
+    raise ValueError(f'Config field {dotted!r} cannot be set to {value!r}: {reason}') from None
 
 
 def literal(text: str) -> Any:

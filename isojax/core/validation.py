@@ -15,6 +15,12 @@ import ml_collections
 
 from isojax.core.config import DTYPES, ERASING_FILLS, KERNELS, LOSSES, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
 
+
+class ConfigError(ValueError):
+  """A config value that cannot be right, named with what is allowed; commands print it as a usage error
+  (one line, exit code 2), wherever it is found: here, in the model layer, or when the dataset is opened."""
+
+
 Rule = tuple[str, Callable[[Any], bool], str]  # (dotted field, test of its value, what is allowed)
 
 
@@ -109,4 +115,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get('num_steps', 0) == 0 and not (isinstance(epochs, (int, float)) and epochs > 0):
     errors.append(f'num_epochs={epochs!r} (> 0, or set num_steps >= 1)')
   if errors:
-    raise ValueError('Invalid config value(s): ' + '; '.join(errors) + '.')
+    raise ConfigError('Invalid config value(s): ' + '; '.join(errors) + '.')

@@ -33,6 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from isojax.core import host_memory
+from isojax.core.validation import ConfigError
 from isojax.data import (
   digits,  # noqa: F401  (registers the offline 'isojax_digits' builder)
   image_folder,
@@ -60,16 +61,16 @@ def get_builder(
   """A prepared TFDS builder: `image_folder` reads (and checks) `data_dir`; local builders prepare offline."""
   if name == IMAGE_FOLDER:
     if not data_dir or not os.path.isdir(data_dir):
-      raise ValueError(
+      raise ConfigError(
         f"data.name='image_folder' needs data.data_dir to be a folder of "
         f'split/class_name/image files; got {data_dir!r}.'
       )
     return image_folder.open_folder(data_dir, skip_bad_files)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
-      f'Unknown dataset {name!r}: {str(e).splitlines()[0]} '
+  except (tfds.core.registered.DatasetNotFoundError, ValueError) as e:  # not registered, or not a TFDS name
+    raise ConfigError(
+      f'data.name={name!r} is not a dataset here ({str(e).strip().splitlines()[0]}). '
       f"Use a TFDS name (e.g. 'cifar10'), 'isojax_digits' or 'image_folder'."
     ) from None
   if name in LOCAL_BUILDERS or download:
@@ -125,15 +126,59 @@ def _part_size(builder, part: _Part) -> int:
   return num_examples(builder, tfds.even_splits(part.split, n=part.count)[part.index])
 
 
+SPLIT_FORMAT = "a TFDS split such as 'train', 'train[:90%]' or 'train[10:]+test'"
+SPLIT_FIELDS = ('split', 'train_split', 'test_split')  # an evaluator's fields that hold split strings
+
+
+def split_fields(config) -> list[tuple[str, str]]:
+  """(dotted field, split string) of every split the config names: the data's and the evaluators'."""
+  found = [(f'data.{key}', config.data.get(key)) for key in ('train_split', 'eval_split')]
+  evals = config.get('evals') or {}
+  for name, spec in evals.items():
+    found += [(f'evals.{name}.{key}', spec.get(key)) for key in SPLIT_FIELDS if spec.get(key) is not None]
+  return found
+
+
+def check_config(config) -> None:
+  """Refuses, naming the field, a split that TFDS's own parser cannot read and a preprocessing spec whose
+  ops or arguments do not exist; before any dataset opens."""
+  errors = []
+  for field, split in split_fields(config):
+    try:
+      tfds.core.ReadInstruction.from_spec(split)
+    except (ValueError, TypeError, AssertionError):
+      errors.append(f'{field}={split!r} ({SPLIT_FORMAT}; see https://www.tensorflow.org/datasets/splits)')
+  specs = [('data.train_pp', config.data.get('train_pp')), ('data.eval_pp', config.data.get('eval_pp'))]
+  specs += [(f'evals.{name}.pp', spec.get('pp')) for name, spec in (config.get('evals') or {}).items()]
+  for field, spec in specs:
+    try:
+      preprocess.parse(spec) if spec is not None else None
+    except (ValueError, AttributeError) as e:
+      errors.append(f'{field}={spec!r} ({e})')
+  if errors:
+    raise ConfigError('Invalid data field(s): ' + '; '.join(errors))
+
+
+def _split_size(builder, field: str, split: str) -> int:
+  try:
+    count = num_examples(builder, split)
+  except (KeyError, ValueError, AssertionError) as e:  # a split the dataset lacks, or a slice past its end
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError(f'{field}={split!r} cannot be read from {builder.name}: {reason}') from None
+  if count < 1:
+    raise ConfigError(f'{field}={split!r} has no examples in {builder.name} (a split with at least one).')
+  return count
+
+
 def describe(builder, train_split: str, eval_split: str) -> DatasetInfo:
-  """Classes, channels and split sizes of a prepared builder."""
+  """Classes, channels and split sizes of a prepared builder; a split it lacks is a `ConfigError`."""
   label = builder.info.features['label']
   return DatasetInfo(
     num_classes=label.num_classes,
     channels=builder.info.features['image'].shape[-1],
     class_names=tuple(label.names),
-    num_train=num_examples(builder, train_split),
-    num_eval=num_examples(builder, eval_split),
+    num_train=_split_size(builder, 'data.train_split', train_split),
+    num_eval=_split_size(builder, 'data.eval_split', eval_split),
   )
 
 

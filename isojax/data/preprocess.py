@@ -16,6 +16,7 @@ Adding an augmentation: write the function and add it to OPS.
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 import re
 from collections.abc import Callable
@@ -262,14 +263,28 @@ def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
       name = match.group(1) if match else part
       raise ValueError(f'Unknown preprocessing op {name!r} in {spec!r}; known ops: {sorted(OPS)}.')
     name, args = str(match.group(1)), match.group(2) or ''
-    call = ast.parse(f'f({args})', mode='eval').body
-    assert isinstance(call, ast.Call)
-    kwargs = {str(kw.arg): _literal(kw.value) for kw in call.keywords}
-    if call.args:  # a single positional argument names the op's first parameter
-      first = list(OPS[name].__code__.co_varnames[2 : OPS[name].__code__.co_argcount])
-      kwargs.update({first[i]: _literal(a) for i, a in enumerate(call.args)})
-    ops.append((name, kwargs))
+    try:
+      ops.append((name, _arguments(name, args)))
+    except (SyntaxError, ValueError, TypeError, IndexError) as e:
+      reason = ' '.join(str(getattr(e, 'msg', e)).split())
+      params = list(inspect.signature(OPS[name]).parameters)[2:]
+      where = repr(part) if part == spec.strip() else f'{part!r} in {spec!r}'
+      raise ValueError(f'{where}: {reason}; {name} takes {params} as Python literals.') from None
   return ops
+
+
+def _arguments(name: str, args: str) -> dict[str, Any]:
+  """The keyword arguments of `name(args)`, bound to the op's parameters (after image and seed)."""
+  call = ast.parse(f'f({args})', mode='eval').body
+  if not isinstance(call, ast.Call) or any(kw.arg is None for kw in call.keywords):
+    raise ValueError('not a plain argument list')
+  kwargs = {str(kw.arg): _literal(kw.value) for kw in call.keywords}
+  first = list(inspect.signature(OPS[name]).parameters)[2:]
+  if len(call.args) > len(first):
+    raise TypeError(f'{len(call.args)} positional arguments for {len(first)} parameters')
+  kwargs.update({first[i]: _literal(a) for i, a in enumerate(call.args)})  # positional: the first parameters
+  inspect.signature(OPS[name]).bind(None, None, **kwargs)  # a TypeError names what does not fit
+  return kwargs
 
 
 def build(

@@ -174,7 +174,7 @@ class ResNetBackbone(nn.Module):
     width = int(64 * self.width_factor)  # models_vit.py l.231
     x = StdConv(width, 7, 2, self.dtype, name='conv_root')(images.astype(self.dtype))
     x = nn.relu(nn.GroupNorm(dtype=self.dtype, name='gn_root')(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding='SAME')
     for stage, units in enumerate(self.stages):
       x = ResNetStage(units, width * 2**stage, 2 if stage else 1, self.dtype, name=f'block{stage + 1}')(x)
       keep_feature(self, f'stage{stage + 1}', x)

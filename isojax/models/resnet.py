@@ -133,7 +133,7 @@ class ResNet(nn.Module):
       raise ValueError(f'Expected images as [batch, height, width, channels], got shape {images.shape}.')
     kind, blocks = STAGES[self.depth]
     x = nn.relu(conv_bn(self, images.astype(self.dtype), train, self.width, 7, 2, '1'))  # the stem: conv1, bn1
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, count in enumerate(blocks):
       for i in range(count):
         x = Block(

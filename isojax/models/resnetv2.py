@@ -131,7 +131,9 @@ class ResNetV2(nn.Module):
     if images.ndim != 4:
       raise ValueError(f'Expected images as [batch, height, width, channels], got shape {images.shape}.')
     x = StdConv(round(64 * self.width_factor), 7, 2, dtype=self.dtype, name='stem')(images.astype(self.dtype))
-    x = nn.max_pool(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), (2, 2))  # 'fixed': zero pad, then pool
+    x = nn.max_pool(
+      jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), window_shape=(3, 3), strides=(2, 2)
+    )  # 'fixed': zero pad, then pool
     for stage, count in enumerate(STAGES[self.depth]):
       for i in range(count):
         x = PreActBottleneck(

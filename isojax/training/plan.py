@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from isojax import models
+from isojax.core.validation import ConfigError
 from isojax.data import input_pipeline, preprocess, published
 from isojax.training import optim
 
@@ -33,7 +34,7 @@ class Durations:
 def durations(config: ml_collections.ConfigDict, num_train: int) -> Durations:
   """`num_steps` if set (> 0), else `num_epochs` over `num_train` examples, rounded up."""
   if num_train < 1:
-    raise ValueError(f'The training split {config.data.train_split!r} has no examples.')
+    raise ConfigError(f'data.train_split={config.data.train_split!r} has no examples (a split with at least one).')
   steps_per_epoch = num_train / config.batch_size
   if config.get('num_steps'):
     if config.num_steps < 0:
@@ -65,10 +66,12 @@ def dataset_info(config: ml_collections.ConfigDict) -> tuple[input_pipeline.Data
     )
   classes, channels, _ = published.DATASETS[name]
   sizes = {s: published.split_size(name, s) for s in (config.data.train_split, config.data.eval_split)}
-  missing = [s for s, n in sizes.items() if n is None]
+  missing = [s for s, n in sizes.items() if not n]  # unknown, or no examples
   if missing:
-    raise ValueError(
-      f'Unknown split(s) {missing} of {name!r}; published splits: {sorted(published.DATASETS[name][2])}.'
+    fields = [f'{field}={split!r}' for field, split in input_pipeline.split_fields(config)[:2] if split in missing]
+    raise ConfigError(
+      f'Unknown or empty split(s) {", ".join(fields)} of {name!r}; '
+      f'published splits: {sorted(published.DATASETS[name][2])}.'
     )
   info = input_pipeline.DatasetInfo(
     num_classes=classes,
