@@ -111,11 +111,10 @@ def _run(block: Block, folder: str) -> None:
 
 
 def _page_cases():
+  # Every page is a subprocess per block (seconds to minutes): the slow tier's; the fast tier builds the site.
   for page in PAGES:
-    runnable = [b for b in blocks(page) if b.marker in ('', SLOW)]
-    if runnable:
-      slow = any(b.marker == SLOW for b in runnable)
-      yield pytest.param(page, marks=[pytest.mark.slow] if slow else [], id=page)
+    if any(b.marker in ('', SLOW) for b in blocks(page)):
+      yield pytest.param(page, marks=[pytest.mark.slow], id=page)
 
 
 @pytest.mark.parametrize('page', list(_page_cases()))

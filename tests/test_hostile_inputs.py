@@ -174,7 +174,7 @@ def assert_every_mutant_is_read_or_refused_by_name(outcomes):
 
 @pytest.mark.parametrize('suffix', ['.npz', '.pth', '.safetensors'])
 def test_a_sample_of_damaged_weight_files_is_refused_by_name_without_crash_hang_or_memory_blowup(suffix, tmp_path):
-  assert_every_mutant_is_read_or_refused_by_name(fuzz_outcomes(suffix, tmp_path, 25))
+  assert_every_mutant_is_read_or_refused_by_name(fuzz_outcomes(suffix, tmp_path, 12))
 
 
 @pytest.mark.slow

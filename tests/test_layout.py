@@ -1,6 +1,6 @@
 """The package's folders are its architecture: layers that import only downward, no cycles, no lazy imports.
 
-    commands     isojax/main.py evaluate.py predict.py bench.py sweep.py, and the package root (the facade)
+    commands     isojax/main.py evaluate.py predict.py bench.py sweep.py export.py, and the package root (the facade)
     sweeps       trials of `isojax.main` runs and their table
     training     optimizer, train step, loop, plan, metrics, preemption, benchmark
     evaluation   evaluators, reports, inference, explain      weights   weight files, pretrained, runs
@@ -31,15 +31,22 @@ LAYERS = [  # bottom first: (layer, module prefixes)
   ('evaluation and weights', ('isojax.evaluation', 'isojax.weights')),
   ('training', ('isojax.training',)),
   ('sweeps', ('isojax.sweeps',)),
-  ('commands', ('isojax.main', 'isojax.evaluate', 'isojax.predict', 'isojax.bench', 'isojax.sweep', 'isojax')),
+  (
+    'commands',
+    ('isojax.main', 'isojax.evaluate', 'isojax.predict', 'isojax.bench', 'isojax.sweep', 'isojax.export', 'isojax'),
+  ),
 ]
-COMMANDS = {'main', 'evaluate', 'predict', 'bench', 'sweep'}
+COMMANDS = {'main', 'evaluate', 'predict', 'bench', 'sweep', 'export'}
 # Imported inside a function because they are optional at run time, each for a reason.
 LAZY_THIRD_PARTY = {
   'sklearn.datasets': 'only when the offline digits are prepared (the first run on a machine)',
   'PIL': 'only when an image folder is checked; TFDS decodes the images',
   'matplotlib.pyplot': 'after matplotlib.use("Agg"), which must come first',
   'jax_plugins': 'probing for accelerator plugins without starting JAX',
+  'jax2onnx': 'the optional `export` extra, needed only for --format=onnx',
+  'jax2onnx.plugins': 'the optional `export` extra, needed only for --format=onnx',
+  'onnx': 'the optional `export` extra, needed only for --format=onnx',
+  'onnxruntime': 'the optional `export` extra, needed only to run an ONNX file',
 }
 
 

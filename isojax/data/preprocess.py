@@ -273,6 +273,12 @@ def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
   return ops
 
 
+def defaults(name: str) -> dict[str, Any]:
+  """The op's parameters (after image and seed) with their defaults: what a spec leaves out."""
+  params = list(inspect.signature(OPS[name]).parameters.values())[2:]
+  return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
 def _arguments(name: str, args: str) -> dict[str, Any]:
   """The keyword arguments of `name(args)`, bound to the op's parameters (after image and seed)."""
   call = ast.parse(f'f({args})', mode='eval').body

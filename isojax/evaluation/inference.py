@@ -27,7 +27,12 @@ def preprocess(
   config: ml_collections.ConfigDict, images: Sequence[ImageLike] | np.ndarray, channels: int
 ) -> np.ndarray:
   """uint8 images (any size) or file paths -> the float batch the run evaluated on."""
-  process = pp.build(config.data.eval_pp, config.data.image_size, channels)
+  return preprocess_with(config.data.eval_pp, config.data.image_size, images, channels)
+
+
+def preprocess_with(spec: str, image_size: int, images: Sequence[ImageLike] | np.ndarray, channels: int) -> np.ndarray:
+  """uint8 images or file paths -> float images, by a preprocessing spec (an exported model's sidecar's)."""
+  process = pp.build(spec, image_size, channels)
   batch = []
   for image in images:
     image = read_image(image, channels) if isinstance(image, str) else np.asarray(image)

@@ -133,7 +133,10 @@ class ResNet(nn.Module):
       raise ValueError(f'Expected images as [batch, height, width, channels], got shape {images.shape}.')
     kind, blocks = STAGES[self.depth]
     x = nn.relu(conv_bn(self, images.astype(self.dtype), train, self.width, 7, 2, '1'))  # the stem: conv1, bn1
-    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # torch's MaxPool2d(3, 2, padding=1): -inf padding, then a VALID window (an explicit pad, which every
+    # exporter reads, where jax2onnx drops max_pool's own padding argument)
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
     for stage, count in enumerate(blocks):
       for i in range(count):
         x = Block(
