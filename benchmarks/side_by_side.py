@@ -58,10 +58,10 @@ def parse_case(text: str) -> dict:
   }
 
 
-def run_json(cmd: list, timeout: float) -> dict:
+def run_json(cmd: list, timeout: float, cwd: str = ROOT, env: dict | None = None) -> dict:
   """Runs one measurement process and returns the JSON object on its last stdout line."""
   try:
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
     return {'error': f'did not finish within {timeout:.0f} s'}
   lines = [line for line in proc.stdout.splitlines() if line.startswith('{')]
@@ -71,8 +71,9 @@ def run_json(cmd: list, timeout: float) -> dict:
   return json.loads(lines[-1])
 
 
-def measure(case: dict, steps: int, timm_python: str, timeout: float) -> dict:
-  common = [
+def bench_args(case: dict, steps: int) -> list[str]:
+  """The command-line arguments every side's benchmark takes for one case."""
+  return [
     '--model',
     case['model'],
     '--batch_size',
@@ -84,6 +85,10 @@ def measure(case: dict, steps: int, timm_python: str, timeout: float) -> dict:
     '--num_classes',
     str(case['num_classes']),
   ]
+
+
+def measure(case: dict, steps: int, timm_python: str, timeout: float) -> dict:
+  common = bench_args(case, steps)
   out = {}
   isojax = run_json([sys.executable, '-m', 'isojax.bench', *common], timeout)
   out['isojax'] = (
@@ -139,13 +144,19 @@ def table(cases: list, results: list, with_timm: bool) -> str:
   return '\n'.join(lines + ([''] + errors if errors else []))
 
 
-def machine(results: list) -> str:
+def cpu_name() -> str:
+  """The CPU's model name (/proc/cpuinfo), or what the platform says."""
   cpu = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo') as f:
       cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
   except OSError:
     pass
+  return cpu
+
+
+def machine(results: list) -> str:
+  cpu = cpu_name()
   ours = next((r['isojax'] for r in results if 'error' not in r['isojax']), {})
   timm = next((r['timm'] for r in results if 'timm' in r and 'error' not in r['timm']), None)
   plain = next((r['plain'] for r in results if 'error' not in r['plain']), {})

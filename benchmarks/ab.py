@@ -1,0 +1,160 @@
+"""isojax at two commits (or a commit and the working tree), side by side on this machine: did a change move speed?
+
+    python benchmarks/ab.py REF_A REF_B [--models=ViT-S/16:16:224,ConvMixer-256/8:64:32:10] [--repeats=3]
+    python benchmarks/ab.py HEAD~1 WORKTREE --out=/tmp/ab.md
+
+A REF is anything `git rev-parse` takes, or WORKTREE (this checkout, uncommitted changes included). Each commit
+is extracted (`git archive`) into a temporary folder and imported from there. Every measurement is
+`python -m isojax.bench` (the train step of isojax.main and inference) in a fresh process, one at a time,
+alternating A, B, A, B, ..., so both sides see the same machine. Per row: each side's median images/s, its
+spread ((max - min) / median over the repeats) and B/A (above 1: B is faster). A change whose B/A lies within
+both spreads has not been shown to change speed; run more repeats.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import side_by_side  # noqa: E402
+
+from isojax.core import command_line  # noqa: E402
+
+WORKTREE = 'WORKTREE'
+DEFAULT_MODELS = ['ViT-S/16:16:224', 'Mixer-S/16:16:224', 'ConvMixer-256/8:64:32:10', 'ConvMixer-768/32:4:224']
+KINDS = ('train', 'inference')
+
+FLAGS = flags.FlagValues()
+_MODELS = flags.DEFINE_list(
+  'models', DEFAULT_MODELS, 'NAME:BATCH:IMAGE_SIZE[:CLASSES], comma-separated.', flag_values=FLAGS
+)
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per side and model (A, B, A, B, ...).', flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per measurement (its median).', flag_values=FLAGS)
+_TIMEOUT = flags.DEFINE_float('timeout', 1800, 'Seconds per measurement process.', flag_values=FLAGS)
+_OUT = flags.DEFINE_string('out', None, 'Also write the table here (and the raw JSON beside it).', flag_values=FLAGS)
+
+
+def extract(ref: str, folder: str) -> tuple[str, str]:
+  """(source tree, label) of a ref: the checkout itself for WORKTREE, else `git archive` of the commit."""
+  if ref == WORKTREE:
+    dirty = subprocess.run(['git', 'status', '--porcelain'], cwd=side_by_side.ROOT, capture_output=True, text=True)
+    return side_by_side.ROOT, 'worktree' + (' (uncommitted changes)' if dirty.stdout.strip() else '')
+  rev = subprocess.run(
+    ['git', 'rev-parse', '--short', f'{ref}^{{commit}}'], cwd=side_by_side.ROOT, capture_output=True, text=True
+  )
+  if rev.returncode:
+    raise command_line.UsageError(f'{ref!r} is not a commit here ({rev.stderr.strip()}); or give {WORKTREE}')
+  sha = rev.stdout.strip()
+  tree = os.path.join(folder, sha)
+  archive = subprocess.run(['git', 'archive', sha], cwd=side_by_side.ROOT, capture_output=True, check=True)
+  with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+    tar.extractall(tree, filter='data')
+  return tree, sha
+
+
+def environment(tree: str) -> dict:
+  """The environment in which `import isojax` is the tree's, whatever is installed."""
+  return {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [tree, os.environ.get('PYTHONPATH')]))}
+
+
+def check_imports_from(tree: str) -> None:
+  where = subprocess.run(
+    [sys.executable, '-c', 'import isojax; print(isojax.__file__)'],
+    cwd=tree,
+    env=environment(tree),
+    capture_output=True,
+    text=True,
+  )
+  path = where.stdout.strip()
+  if where.returncode or not os.path.realpath(path).startswith(os.path.realpath(tree) + os.sep):
+    raise command_line.UsageError(f'in {tree}, `import isojax` gives {path or where.stderr.strip()!r}, not the tree')
+
+
+def images_per_sec(result: dict, case: dict) -> dict:
+  """{'train': images/s, 'inference': images/s} of one isojax.bench result, or {'error': ...}."""
+  if 'error' in result:
+    return result
+  return {kind: case['batch_size'] / (result[kind]['ms_per_step'] / 1000) for kind in KINDS}
+
+
+def measure_alternating(trees: list[str], cases: list[dict], repeats: int, steps: int, timeout: float) -> list:
+  """runs[side][case][kind] -> images/s of every repeat, measured A, B, A, B (each case in turn)."""
+  runs = [[{kind: [] for kind in KINDS} for _ in cases] for _ in trees]
+  for repeat in range(repeats):
+    for c, case in enumerate(cases):
+      for side, tree in enumerate(trees):
+        command = [sys.executable, '-m', 'isojax.bench', *side_by_side.bench_args(case, steps)]
+        result = images_per_sec(side_by_side.run_json(command, timeout, cwd=tree, env=environment(tree)), case)
+        if 'error' in result:
+          raise SystemExit(f'{case["model"]} on side {"AB"[side]} (repeat {repeat + 1}): {result["error"]}')
+        for kind in KINDS:
+          runs[side][c][kind].append(result[kind])
+        print(f'repeat {repeat + 1} {case["model"]} {"AB"[side]}: ' + ', '.join(f'{k} {result[k]:.1f}' for k in KINDS))
+  return runs
+
+
+def summary(values: list[float]) -> tuple[float, float]:
+  """(median, spread): the spread is (max - min) / median, 0 for one value."""
+  median = statistics.median(values)
+  return median, (max(values) - min(values)) / median if median else 0.0
+
+
+def table(labels: list[str], cases: list[dict], runs: list) -> str:
+  """A Markdown table: per model and kind, each side's median images/s and spread, and B/A."""
+  lines = [
+    f'A = {labels[0]}, B = {labels[1]}; images/s, median of {len(runs[0][0]["train"])} (spread = (max - min) / median)',
+    '',
+    '| model (res, batch) | | A img/s | A spread | B img/s | B spread | B/A |',
+    '|---|---|---|---|---|---|---|',
+  ]
+  for c, case in enumerate(cases):
+    for kind in KINDS:
+      (a, a_spread), (b, b_spread) = summary(runs[0][c][kind]), summary(runs[1][c][kind])
+      lines.append(
+        f'| {case["model"]} ({case["image_size"]}, {case["batch_size"]}) | {kind} | {a:.1f} | {100 * a_spread:.0f}% '
+        f'| {b:.1f} | {100 * b_spread:.0f}% | **{b / a:.2f}x** |'
+      )
+  return '\n'.join(lines)
+
+
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return '?'
+
+
+def main(argv=None) -> int:
+  refs = command_line.parse(FLAGS, argv, __doc__)
+  if len(refs) != 2:
+    raise SystemExit(f'give two refs, A and B (commits or {WORKTREE}); got {refs}')
+  cases = [side_by_side.parse_case(text) for text in _MODELS.value]
+  with tempfile.TemporaryDirectory(prefix='isojax-ab-') as folder:
+    trees, labels = zip(*(extract(ref, folder) for ref in refs))
+    for tree in trees:
+      check_imports_from(tree)
+    runs = measure_alternating(list(trees), cases, _REPEATS.value, _STEPS.value, _TIMEOUT.value)
+  machine = f'{datetime.date.today()}, {os.cpu_count()} x {side_by_side.cpu_name()}, jax {_version("jax")}'
+  text = machine + '\n\n' + table(list(labels), cases, runs)
+  print(text)
+  if _OUT.value:
+    with open(_OUT.value, 'w') as f:
+      f.write(f'`python benchmarks/ab.py {" ".join(refs)}`\n\n{text}\n')
+    with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
+      json.dump({'refs': list(refs), 'labels': labels, 'cases': cases, 'runs': runs}, f, indent=1)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

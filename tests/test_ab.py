@@ -1,0 +1,62 @@
+"""benchmarks/ab.py: isojax at two refs, measured alternately in fresh processes, with medians, spreads and B/A."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+import ab  # noqa: E402
+import side_by_side  # noqa: E402
+
+
+def test_the_table_gives_each_sides_median_spread_and_the_ratio_of_medians():
+  cases = [side_by_side.parse_case('ViT-S/16:16:224')]
+  runs = [
+    [{'train': [10.0, 12.0, 11.0], 'inference': [40.0, 40.0, 40.0]}],
+    [{'train': [13.0, 13.0, 14.3], 'inference': [20.0, 30.0, 25.0]}],
+  ]
+  lines = ab.table(['abc1234', 'worktree'], cases, runs).splitlines()
+  assert lines[0].startswith('A = abc1234, B = worktree; images/s, median of 3')
+  train, inference = ([c.strip() for c in line.strip('|').split('|')] for line in lines[4:6])
+  assert train == ['ViT-S/16 (224, 16)', 'train', '11.0', '18%', '13.0', '10%', '**1.18x**']
+  assert inference == ['ViT-S/16 (224, 16)', 'inference', '40.0', '0%', '25.0', '40%', '**0.62x**']
+
+
+def test_a_commit_is_extracted_and_imported_from_its_own_tree(tmp_path):
+  tree, label = ab.extract('HEAD', str(tmp_path))
+  head = subprocess.run(
+    ['git', 'rev-parse', '--short', 'HEAD'], cwd=ab.side_by_side.ROOT, capture_output=True, text=True
+  )
+  assert label == head.stdout.strip() and os.path.exists(os.path.join(tree, 'isojax', 'bench.py'))
+  ab.check_imports_from(tree)  # refuses a tree whose `import isojax` resolves elsewhere
+
+
+def test_a_ref_that_is_not_a_commit_is_refused_naming_it(tmp_path):
+  with pytest.raises(ab.command_line.UsageError, match=r"'no-such-ref' is not a commit here"):
+    ab.extract('no-such-ref', str(tmp_path))
+
+
+@pytest.mark.slow
+def test_ab_measures_both_sides_alternately_and_prints_the_ratio(tmp_path):
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ab.side_by_side.HERE, 'ab.py'),
+      'HEAD',
+      ab.WORKTREE,
+      '--models=ConvMixer-32/1:8:14:10',
+      '--repeats=2',
+      '--steps=2',
+      f'--out={tmp_path / "ab.md"}',
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  order = [line.split(': ')[0].rsplit(' ', 1)[-1] for line in out.stdout.splitlines() if line.startswith('repeat ')]
+  assert order == ['A', 'B', 'A', 'B']
+  rows = [line for line in (tmp_path / 'ab.md').read_text().splitlines() if line.startswith('| ConvMixer-32/1')]
+  assert len(rows) == 2 and all(row.endswith('x** |') for row in rows)
