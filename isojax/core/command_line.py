@@ -44,7 +44,7 @@ def parse(flag_values: flags.FlagValues, argv: Optional[Sequence[str]], doc: Opt
   except flags.Error as e:
     raise UsageError(str(e)) from None
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections refusing a --config.* override
-    overrides = ' '.join(repr(a)[1:-1] for a in argv[1:] if a.startswith('--config.'))  # escaped: one line
+    overrides = ' '.join(a for a in argv[1:] if a.startswith('--config.'))  # `command` prints it escaped
     # ml_collections' message for an unknown field is the repr of "'lrr'\nDid you mean ...": made one plain line
     reason = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '').split()).strip('"')
     what = 'no such config field' if isinstance(e, (AttributeError, KeyError)) else type(e).__name__

@@ -267,16 +267,20 @@ def parse(spec: str) -> list[tuple[str, dict[str, Any]]]:
       ops.append((name, _arguments(name, args)))
     except (SyntaxError, ValueError, TypeError, IndexError) as e:
       reason = ' '.join(str(getattr(e, 'msg', e)).split())
-      params = list(inspect.signature(OPS[name]).parameters)[2:]
+      params = [p.name for p in _parameters(name)]
       where = repr(part) if part == spec.strip() else f'{part!r} in {spec!r}'
       raise ValueError(f'{where}: {reason}; {name} takes {params} as Python literals.') from None
   return ops
 
 
+def _parameters(name: str) -> list[inspect.Parameter]:
+  """The op's parameters after image and seed: what a spec sets."""
+  return list(inspect.signature(OPS[name]).parameters.values())[2:]
+
+
 def defaults(name: str) -> dict[str, Any]:
-  """The op's parameters (after image and seed) with their defaults: what a spec leaves out."""
-  params = list(inspect.signature(OPS[name]).parameters.values())[2:]
-  return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+  """The op's parameters with their defaults: what a spec leaves out."""
+  return {p.name: p.default for p in _parameters(name) if p.default is not inspect.Parameter.empty}
 
 
 def _arguments(name: str, args: str) -> dict[str, Any]:
@@ -285,7 +289,7 @@ def _arguments(name: str, args: str) -> dict[str, Any]:
   if not isinstance(call, ast.Call) or any(kw.arg is None for kw in call.keywords):
     raise ValueError('not a plain argument list')
   kwargs = {str(kw.arg): _literal(kw.value) for kw in call.keywords}
-  first = list(inspect.signature(OPS[name]).parameters)[2:]
+  first = [p.name for p in _parameters(name)]
   if len(call.args) > len(first):
     raise TypeError(f'{len(call.args)} positional arguments for {len(first)} parameters')
   kwargs.update({first[i]: _literal(a) for i, a in enumerate(call.args)})  # positional: the first parameters
