@@ -306,6 +306,20 @@ def test_bit_resnetv2_standardises_its_filters_and_starts_like_timms_init_weight
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_bit_depths_stack_the_blocks_per_stage_of_big_visions_get_block_desc():
+  # big_vision/models/bit.py l.131-141, run from the vendored copy: BiT-R26 (the export tests' small member) is
+  # its 26, (2, 2, 2, 2) bottleneck blocks, and each other depth isojax names has big_vision's stages too.
+  from isojax.models import resnetv2
+  from tests.reference import sources
+
+  bit = sources.big_vision_bit()
+  assert {depth: tuple(bit.get_block_desc(depth)) for depth in resnetv2.STAGES} == resnetv2.STAGES
+  model = models.create('BiT-R26-w16-g8', 10)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  blocks = [name for name in shapes['params'] if name.startswith('stage')]
+  assert sorted(blocks) == [f'stage{s}_{b}' for s in range(1, 5) for b in range(2)]
+
+
 # --- the name is the architecture -----------------------------------------------------------------
 
 

@@ -11,13 +11,14 @@ at aa4b585 as `resnetv2_50x1_bit` builds it (l.876-895, 1009-1013; `_create_resn
 - `PreActBottleneck` (l.142-240): x_preact = ReLU(GroupNorm32(x)); the shortcut is x, or a 1x1
   strided projection of x_preact (`DownsampleConv`, l.326-360, no norm when preact) in a stage's
   first block; conv1 1x1 (width/4) -> GN+ReLU -> conv2 3x3 (strided) -> GN+ReLU -> conv3 1x1;
-- stages of (3, 4, 6, 3) blocks, widths 256..2048 x width factor, strides 1, 2, 2, 2 (l.585-612);
+- stages of (3, 4, 6, 3) blocks (`STAGES` for the other depths), widths 256..2048 x width factor, strides
+  1, 2, 2, 2 (l.585-612);
   GroupNorm(32, eps 1e-5) + ReLU after the last stage; global average pooling; a 1x1 convolution head
   (`ClassifierHead(use_conv=True)`, `head.fc`);
 - initialisers `_init_weights` (l.797-817): convolutions kaiming-normal (fan_out, ReLU gain), the
   head N(0, 0.01) with zero bias, GroupNorm scale 1 / bias 0; `zero_init_last=False` (l.544).
 
-Names: `BiT-R50x1` (also `ResNetV2-50x1`, timm's `resnetv2_50x1_bit`), `BiT-R{50,101,152}x{1,2,3,4}`; narrower
+Names: `BiT-R50x1` (also `ResNetV2-50x1`, timm's `resnetv2_50x1_bit`), `BiT-R{26,50,101,152,200}x{1,2,3,4}`; narrower
 than BiT publishes, `BiT-R50-w16-g8` (stem width 16, 8 groups per GroupNorm).
 
 Weight files: timm `resnetv2_*_bit` state dicts (`stem.conv`, `stages.S.blocks.B.{norm1-3, conv1-3,
@@ -39,7 +40,8 @@ from isojax.models.family import Family
 from isojax.models.layers import keep_feature
 from isojax.models.resnet import KAIMING_FAN_OUT, stage_blocks
 
-STAGES = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+# Blocks per stage by depth: big_vision/models/bit.py `get_block_desc` (l.131-141; 26 is timm's, 200 BiT's).
+STAGES = {26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
 VARIANTS = {'BiT-R50x1': dict(depth=50, width_factor=1)}
 SOURCE = 'timm/models/resnetv2.py resnetv2_50x1_bit (ResNetV2, PreActBottleneck, StdConv2d eps 1e-8, fixed stem)'
 _NAME = re.compile(

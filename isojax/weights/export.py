@@ -15,6 +15,8 @@ import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
+import io
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, Optional
@@ -207,6 +209,20 @@ def check_convertible(model: Exportable, known: set[str]) -> None:
 
 
 @contextlib.contextmanager
+def _quiet_jax2onnx() -> Iterator[None]:
+  """jax2onnx 0.13 logs a traceback per plugin it skips (dm_pix's, which JAX 0.10 breaks and no isojax model uses)
+  and prints `DEBUG:` lines from its flax Conv plugin to stdout; neither says anything about the export."""
+  logger = logging.getLogger('jax2onnx')
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _batch_norm_as_primitives() -> Iterator[None]:
   """jax2onnx 0.13's flax BatchNorm plugin writes its output NCHW into an NHWC graph when BatchNorm follows a
   convolution (a residual add after it then fails: ResNet); without it, BatchNorm is exported as the lax ops it
@@ -224,7 +240,7 @@ def _batch_norm_as_primitives() -> Iterator[None]:
 def to_onnx(model: Exportable) -> bytes:
   """The model as an ONNX file's bytes, batch symbolic, checked by `onnx.checker`."""
   jax2onnx, onnx = _require('jax2onnx'), _require('onnx')
-  with _batch_norm_as_primitives():
+  with _quiet_jax2onnx(), _batch_norm_as_primitives():
     check_convertible(model, _jax2onnx_primitives())
     proto = jax2onnx.to_onnx(
       logits_function(model),

@@ -33,6 +33,8 @@ SOURCES = {
                           'big_vision/models/vit.py', '56360bdad58b848056395a5e06f385117f64a79f'),
     'big_vision_mlp_mixer.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                               'big_vision/models/mlp_mixer.py', '58bd4b99d21f061693da007b26dd24013e341851'),
+  'big_vision_bit.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
+                        'big_vision/models/bit.py', 'cd4235df9ec87549590396deb69739e310e6770d'),
   'big_vision_pp_utils.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
                           'big_vision/pp/utils.py', '3ee834560246549c71f0a6d9785694fd1507ca9b'),
     'big_vision_pp_registry.py': ('google-research/big_vision', '0127fb6b337ee2a27bf4e54dea79cff176527356',
@@ -120,6 +122,13 @@ def big_vision_mlp_mixer() -> types.ModuleType:
   _stub('big_vision.utils')
   _stub('big_vision.models.common')
   return load('big_vision_mlp_mixer.py', 'big_vision.models.mlp_mixer')
+
+
+def big_vision_bit() -> types.ModuleType:
+  """big_vision/models/bit.py (its checkpoint helpers need big_vision.utils, stubbed: not used here)."""
+  _stub('big_vision.utils')
+  _stub('big_vision.models.common')
+  return load('big_vision_bit.py', 'big_vision.models.bit')
 
 
 def big_vision_ops_image() -> types.ModuleType:
