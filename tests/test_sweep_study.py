@@ -124,6 +124,22 @@ def test_a_failing_trial_is_reported_and_retried_when_the_command_runs_again(tmp
   assert trials[2].system_attrs['retry_history'] == [0]  # the retry, once; the finished one not rerun
 
 
+def test_a_search_trial_drawn_with_a_running_trials_values_is_skipped_and_the_sampler_asked_again(tmp_path):
+  # Two workers asking at once met this: the second drew the first's values while it ran. It used to end FAIL
+  # and count towards n_trials (a sweep one trial short); now it does not count, and another draw runs.
+  sweep_ = sweeps.Sweep(
+    'configs/default.py', search={'optimizer.lr': sweeps.choice([0.1, 0.2])}, n_trials=2, sampler='random', seed=0
+  )
+  url = study_lib.storage_url(str(tmp_path), None)
+  optuna_study = study_lib.open_study(sweep_, study_lib.open_storage(url), 'small_space')
+  names = [study_lib.ask(sweep_, optuna_study)[1].name for _ in range(2)]  # neither told: both running
+  assert sorted(names) == ['lr=0.1', 'lr=0.2']
+  trials = optuna_study.get_trials()
+  assert [t.state.name for t in study_lib.counted(trials)] == ['RUNNING', 'RUNNING']
+  assert all('unfinished trial' in t.user_attrs[study_lib.SKIPPED] for t in trials if t.state.name == 'FAIL')
+  assert len(trials) > 2  # the draws that were skipped
+
+
 def test_a_second_driver_on_a_sqlite_study_is_refused_naming_what_to_use(tmp_path):
   url = study_lib.storage_url(str(tmp_path), None)
   with study_lib.single_driver(url):
@@ -284,6 +300,19 @@ def test_two_workers_share_one_study_on_postgresql_and_run_every_trial_once(tmp_
   ran_by = {json.load(open(directory / name / 'launch.json'))['worker'] for name in names}
   assert len(ran_by) == 2  # both workers ran trials, concurrently
   assert json.load(open(directory / 'study.json'))['storage'].startswith('postgresql://postgres@/postgres')
+
+
+@pytest.mark.slow
+def test_live_workers_taken_for_dead_run_on_and_their_retries_take_the_results(tmp_path, postgresql):
+  # A grace period as short as the heartbeat: each worker keeps failing the other's running trials as stale (as a
+  # worker stalled past the grace period would see), so every trial's report and tell meet a trial ended elsewhere.
+  directory = tmp_path / 'taken_for_dead'
+  args = dict(n_trials=2, steps=20, step_sec=0.1)
+  workers = [driver_process(directory, args, storage=postgresql, grace=1) for _ in range(2)]
+  assert [w.wait(timeout=180) for w in workers] == [0, 0]
+  assert_every_trial_once_to_the_end(directory, 4, 20)
+  logs = ''.join(open(log).read() for log in glob.glob(str(directory) + '.driver*.log'))
+  assert 'was ended by another worker' in logs
 
 
 @pytest.mark.slow

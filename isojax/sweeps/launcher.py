@@ -128,6 +128,8 @@ class Running:
   reported_step: int = -1
   pruned_at: Optional[int] = None
   metrics_offset: int = 0  # bytes of the trial's metrics.jsonl already read
+  ended_elsewhere: bool = False  # another worker took it for dead (missed heartbeats) and ended it: its retry
+  # waits for this process to release the folder, then takes the result from it
 
   def new_metrics(self, trial_dir: str) -> list[dict]:
     """The metric lines written since the last call (whole lines only: a half-written one waits)."""
@@ -186,7 +188,9 @@ class Driver:
     and retried it: the retry waits for the folder, then takes this run's result from it)."""
     try:
       self.study.tell(trial, value, state=state)
-    except optuna.exceptions.UpdateFinishedTrialError:
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # Optuna 5: "Cannot tell a FAIL trial."
+      if not study_lib.frozen(self.study, trial.number).state.is_finished():
+        raise
       self.say(f'trial {trial.number} was ended by another worker (heartbeats missed); its retry takes the result')
       return False
     return True
@@ -254,12 +258,17 @@ class Driver:
 
   def report(self, run: Running, may_prune: bool = True) -> None:
     """Reports the trial's new evaluations of the metric; SIGTERM when the pruner rejects it."""
-    if run.pruned_at is not None:
+    if run.pruned_at is not None or run.ended_elsewhere:
       return
     evaluator, key = self.sweep.metric.split('/')
     for record in workdir_lib.eval_records(run.new_metrics(self.trial_dir(run.chosen)), evaluator):
       if record['step'] > run.reported_step and key in record and math.isfinite(record[key]):
-        run.trial.report(record[key], int(record['step']))
+        try:
+          run.trial.report(record[key], int(record['step']))
+        except optuna.exceptions.UpdateFinishedTrialError:
+          run.ended_elsewhere = True
+          self.say(f'trial {run.trial.number} was ended by another worker (heartbeats missed): it runs on here')
+          return
         run.reported_step = int(record['step'])
     if may_prune and run.reported_step >= 0 and run.trial.should_prune():
       run.pruned_at = run.reported_step
@@ -303,7 +312,8 @@ class Driver:
     with open(os.path.join(trial_dir, workdir_lib.LOG)) as f:
       lines = [line for line in f.read().splitlines() if line.strip()]
     error = '\n'.join(lines[-15:]) if code else f'no {self.sweep.metric} in the evaluations of {trial_dir}'
-    run.trial.set_user_attr(study_lib.ERROR, results.error_line(error))
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # ended by another worker
+      run.trial.set_user_attr(study_lib.ERROR, results.error_line(error))
     self.tell(run.trial, state=TrialState.FAIL)
     _write_launch(trial_dir, returncode=code, error=error, state='failed')
     self.counts['failed'] += 1

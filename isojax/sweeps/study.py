@@ -10,8 +10,9 @@ refused by a file lock beside the database.
 Every trial of the study has the user attribute `isojax_name`, its folder in DIR. The axes' trials are
 enqueued once, by the worker that creates the study, with `isojax_fixed`. Trials that must not count are
 marked `isojax_skipped` (an enqueued or retried trial whose values a lower-numbered trial has, or a search
-trial past `n_trials` when workers asked together) and told FAIL; a search trial that the sampler gave
-another trial's values takes that trial's outcome (`isojax_same_as`) instead of running again; trials
+trial past `n_trials` when workers asked together, or a search trial given an unfinished trial's values) and
+told FAIL; a search trial that the sampler gave a finished trial's values takes that trial's outcome
+(`isojax_same_as`) instead of running again; trials
 superseded by a retry are named in their retry's `retry_history` (Optuna's RetryHeartbeatStaleTrialCallback).
 A worker killed mid-trial stops sending heartbeats; after the grace period any other worker fails its trial
 and enqueues the retry, which resumes from the same folder's checkpoints.
@@ -44,6 +45,7 @@ SAME_AS = 'isojax_same_as'  # a search trial the sampler gave another trial's va
 ENQUEUED = 'isojax_enqueued'  # a study user attribute: the creator has enqueued the axes' trials
 SWEEP = 'isojax_sweep'  # a study user attribute: what the sweep is (config, fixed fields, search, metric)
 HEARTBEAT_SEC, GRACE_SEC = 20, 60
+ASK_AGAIN_SEC = 0.5  # before asking again when the sampler drew a running trial's values (a small space)
 TABLE_ATTEMPTS = 5  # opening a fresh server database while other workers create its tables
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -127,9 +129,9 @@ def open_storage(
 
 
 def sampler(sweep: spec.Sweep, offset: int = 0) -> optuna.samplers.BaseSampler:
-  """Optuna's sampler of the sweep, seeded with `seed + offset`. The driver asks each trial with a sampler
-  seeded by the number of trials before it: one driver gets the same suggestions from the same seed, and
-  workers asking in turn do not repeat each other (one seed in every worker would draw the same values)."""
+  """Optuna's sampler of the sweep, seeded with `seed + offset`. The driver draws each trial's values with a
+  sampler seeded by the trial's number: one driver gets the same suggestions from the same seed, and workers
+  never share a seed (one seed in every worker would draw the same values)."""
   seed = sweep.seed + offset
   if sweep.sampler == 'grid':
     return optuna.samplers.GridSampler({f: list(d.values) for f, d in sweep.search.items()}, seed=seed)
@@ -263,11 +265,16 @@ def same_values(sweep: spec.Sweep, trials: list[FrozenTrial], trial: optuna.Tria
 
 
 def _settle_duplicate(study: optuna.Study, trial: optuna.Trial, other: FrozenTrial, is_search: bool) -> None:
-  """A search trial with another's values takes its outcome and counts (the sampler learns it); an enqueued or
-  retried copy is skipped."""
+  """A search trial with a finished trial's values takes its outcome and counts (the sampler learns it); one
+  with an unfinished trial's values, and an enqueued or retried copy, are skipped."""
   if not is_search:
     trial.set_user_attr(SKIPPED, f'duplicate of trial {other.number}')
     study.tell(trial, state=TrialState.FAIL)
+    return
+  if not other.state.is_finished():  # running or queued: no outcome to take yet; the sampler is asked again
+    trial.set_user_attr(SKIPPED, f'values of unfinished trial {other.number}')
+    study.tell(trial, state=TrialState.FAIL)
+    time.sleep(ASK_AGAIN_SEC)
     return
   trial.set_user_attr(SAME_AS, other.number)
   if other.state == TrialState.COMPLETE:
@@ -286,6 +293,9 @@ def ask(sweep: spec.Sweep, study: optuna.Study) -> Optional[tuple[optuna.Trial, 
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # "Heartbeat of storage is supposed to be used with Study.optimize"
       trial = study.ask()
+    # Independent samplers draw at `suggest`: seeded by the trial's own number, two workers that asked together
+    # (and so saw the same count) draw different values. One driver's number is that count: the same draws.
+    study.sampler = sampler(sweep, offset=trial.number)
     chosen = suggest(sweep, trial)
     trials = study.get_trials(deepcopy=False)
     is_search = FIXED not in trial.user_attrs and 'failed_trial' not in frozen(study, trial.number).system_attrs
