@@ -129,9 +129,10 @@ def open_storage(
 
 
 def sampler(sweep: spec.Sweep, offset: int = 0) -> optuna.samplers.BaseSampler:
-  """Optuna's sampler of the sweep, seeded with `seed + offset`. The driver draws each trial's values with a
-  sampler seeded by the trial's number: one driver gets the same suggestions from the same seed, and workers
-  never share a seed (one seed in every worker would draw the same values)."""
+  """Optuna's sampler of the sweep, seeded with `seed + offset`. `ask` seeds what samplers draw at `suggest`
+  (TPE, random) by the trial's number and what they choose at `ask` (grid, CMA-ES) by the count of trials
+  before it: one driver gets the same suggestions from the same seed, and workers do not draw with one seed
+  as they would with one sampler each (TPE and random never; grid and CMA-ES only when they ask at once)."""
   seed = sweep.seed + offset
   if sweep.sampler == 'grid':
     return optuna.samplers.GridSampler({f: list(d.values) for f, d in sweep.search.items()}, seed=seed)
@@ -289,7 +290,8 @@ def ask(sweep: spec.Sweep, study: optuna.Study) -> Optional[tuple[optuna.Trial, 
     trials = study.get_trials(deepcopy=False)
     if not any(t.state == TrialState.WAITING for t in trials) and search_trials_left(sweep, trials) <= 0:
       return None
-    study.sampler = sampler(sweep, offset=len(trials))
+    study.sampler = sampler(sweep, offset=len(trials))  # what grid and CMA-ES choose at `ask` (the number is not
+    # known yet): two workers asking together can still meet there; `same_values` below catches it
     with warnings.catch_warnings():
       warnings.simplefilter('ignore')  # "Heartbeat of storage is supposed to be used with Study.optimize"
       trial = study.ask()
