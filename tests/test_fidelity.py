@@ -320,6 +320,35 @@ def test_bit_depths_stack_the_blocks_per_stage_of_big_visions_get_block_desc():
   assert sorted(blocks) == [f'stage{s}_{b}' for s in range(1, 5) for b in range(2)]
 
 
+@pytest.mark.parametrize('size', ['Ti', 'S', 'M', 'B', 'L', 'So400m', 'H', 'g', 'G'])
+def test_vit_sizes_are_big_visions_decode_variant_and_count_its_models_parameters(size):
+  # big_vision/models/vit.py decode_variant (l.297-300), run from the vendored copy, and its own Model at /14 with
+  # 'tok' pooling (the position embedding before the class token, l.219-225), counted abstractly: ViT-G/14's
+  # 1.8B parameters are never allocated. 'g' (1.0B) and 'G' (1.8B) are two sizes, told apart by case.
+  from isojax.models import vit
+  from tests.reference import sources
+
+  source = sources.big_vision_vit()
+  decoded = source.decode_variant(size)
+  assert vit.SIZES[size] == dict(
+    hidden_size=decoded['width'], depth=decoded['depth'], num_heads=decoded['num_heads'], mlp_dim=decoded['mlp_dim']
+  )
+  images = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+
+  def count(model):
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)
+    return sum(x.size for x in jax.tree_util.tree_leaves(shapes['params']))
+
+  ours = models.create(f'ViT-{size}/14', 1000, posemb_class_token=False)
+  assert count(ours) == count(source.Model(1000, variant=f'{size}/14', pool_type='tok'))
+
+
+def test_vit_g_and_vit_G_are_two_models_whatever_the_spelling_of_the_rest():
+  assert models.lookup('vit_g14').name == models.lookup('ViT-g/14').name == 'ViT-g/14'
+  assert models.lookup('VIT-G-14').name == models.lookup('vit_G_14').name == 'ViT-G/14'
+  assert models.lookup('vit_so400m_14').name == 'ViT-So400m/14' and models.lookup('vit-s-16').name == 'ViT-S/16'
+
+
 # --- the name is the architecture -----------------------------------------------------------------
 
 

@@ -192,6 +192,16 @@ def test_five_hundred_damaged_files_per_format_are_refused_by_name_without_crash
 DEFAULT = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'default.py')
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _in_a_scratch_folder(tmp_path_factory):
+  """The fuzzed overrides hold relative paths (data.data_dir='None' prepares the digits in ./None): they land in
+  a scratch folder, never in the checkout."""
+  previous = os.getcwd()
+  os.chdir(tmp_path_factory.mktemp('cwd'))
+  yield
+  os.chdir(previous)
+
+
 def _leaf_fields():
   from isojax.core import loading
 

@@ -25,6 +25,11 @@ PUBLISHED_PARAMS = {
   'ViT-L/16': 304_326_632,
   'ViT-L/14': 304_203_752,
   'ViT-H/14': 632_045_800,
+  # big_vision's So400m, g and G (Zhai et al. 2022: 1,011M and 1,843M), counted by its own model in test_fidelity
+  'ViT-So400m/14': 413_597_656,
+  'ViT-So400m/16': 413_735_896,
+  'ViT-g/14': 1_012_611_432,
+  'ViT-G/14': 1_844_440_680,
   'Mixer-S/32': 19_104_624,
   'Mixer-S/16': 18_528_264,
   'Mixer-B/32': 60_293_428,

@@ -106,8 +106,15 @@ def _key(name: str) -> str:
 
 
 def _published() -> dict[str, tuple[Family, str]]:
-  """{loose key: (family, published name)}; a name spelled exactly as published wins over a loose match."""
-  return {key: (f, name) for f in FAMILIES for name in f.variants for key in (name, _key(name))}
+  """{loose key: (family, published name)}; a name spelled exactly as published wins over a loose match. A loose
+  key two published names share ('vitg14': ViT-g/14 and ViT-G/14) is left out: the family's parser tells them
+  apart by the size letter's case."""
+  loose: dict[str, list[tuple[Family, str]]] = {}
+  for f in FAMILIES:
+    for name in f.variants:
+      loose.setdefault(_key(name), []).append((f, name))
+  exact = {name: (f, name) for f in FAMILIES for name in f.variants}
+  return {**{key: found[0] for key, found in loose.items() if len(found) == 1}, **exact}
 
 
 def names() -> list[str]:

@@ -5,10 +5,11 @@ vit_jax/models_vit.py: pre-norm blocks with LayerNorm(eps=1e-6) (flax's default)
 tanh-approximate GELU (`nn.gelu`, l.90), xavier-uniform kernels for q, k, v, out
 (l.141) and the MLP (l.74), MLP biases N(0, 1e-6) (l.77), position embedding
 N(0, 0.02) (l.192), zero class token (l.281), zero head (l.306), lecun-normal patch
-embedding (nn.Conv default, l.264), tanh pre-logits (l.297-298). Sizes (Ti/S/B/L/H):
-big_vision/models/vit.py `decode_variant` (l.297-300; Table 2 of arXiv:2106.04560).
+embedding (nn.Conv default, l.264), tanh pre-logits (l.297-298). Sizes (Ti/S/M/B/L/So400m/H/g/G):
+big_vision/models/vit.py `decode_variant` (l.297-300; Table 2 of arXiv:2106.04560); `g` and `G` are two
+models, so their letter's case is part of the name.
 
-Names: `ViT-{Ti,S,M,B,L,H}/{patch}` or, for other shapes, `ViT-{width}x{depth}/{patch}`
+Names: `ViT-{Ti,S,M,B,L,So400m,H,g,G}/{patch}` or, for other shapes, `ViT-{width}x{depth}/{patch}`
 with `-h{heads}` and `-m{mlp_dim}` when they differ from width/64 and 4 x width.
 
 Weight files (the readers at the end):
@@ -63,9 +64,21 @@ SIZES = {  # width, depth, heads, mlp_dim: big_vision/models/vit.py decode_varia
   'M': dict(hidden_size=512, depth=12, num_heads=8, mlp_dim=2048),
   'B': dict(hidden_size=768, depth=12, num_heads=12, mlp_dim=3072),
   'L': dict(hidden_size=1024, depth=24, num_heads=16, mlp_dim=4096),
+  'So400m': dict(hidden_size=1152, depth=27, num_heads=16, mlp_dim=4304),  # SigLIP's shape-optimised ViT
   'H': dict(hidden_size=1280, depth=32, num_heads=16, mlp_dim=5120),
+  'g': dict(hidden_size=1408, depth=40, num_heads=16, mlp_dim=6144),  # Zhai et al. 2022: 1.0B at /14
+  'G': dict(hidden_size=1664, depth=48, num_heads=16, mlp_dim=8192),  # 1.8B at /14; 'g' and 'G' differ by case
 }
-_PATCHES = {'Ti': (16,), 'S': (32, 16, 14, 8), 'B': (32, 16, 14, 8), 'L': (32, 16, 14), 'H': (14,)}
+_PATCHES = {
+  'Ti': (16,),
+  'S': (32, 16, 14, 8),
+  'B': (32, 16, 14, 8),
+  'L': (32, 16, 14),
+  'So400m': (14, 16),
+  'H': (14,),
+  'g': (14,),
+  'G': (14,),
+}
 SUFFIXES = (
   Suffix('h', 'num_heads', lambda f: max(f['hidden_size'] // 64, 1)),
   Suffix('m', 'mlp_dim', lambda f: 4 * f['hidden_size']),
