@@ -14,6 +14,7 @@ def init(name, image_size=16, **kw):
   return model, model.init(jax.random.PRNGKey(0), images, train=False), images
 
 
+@pytest.mark.slow  # 15 s
 def test_attention_maps_are_row_stochastic_per_block_and_rollout_is_a_patch_grid():
   model, variables, images = init('ViT-32x2/4-h2-m64')
   maps = explain.attention_maps(model, variables, images)

@@ -203,6 +203,7 @@ def test_resmlp_and_gmlp_start_like_timms_init_weights():
   np.testing.assert_allclose(stem.std(), np.sqrt(1 / (16 * 16 * 3)), rtol=0.05)  # lecun-normal (truncated)
 
 
+@pytest.mark.slow  # 12 s
 def test_cait_variants_are_timms_registered_models_and_start_like_its_init():
   # timm cait.py (vendored verbatim, parsed): cait_{xxs24,s24}_224's model_args; init l.329-340.
   import ast
@@ -682,6 +683,23 @@ def test_dry_run_resolves_the_cifar_recipe_without_the_dataset():
   assert not any('uint8' in op for op in record['augmentation'])
   assert "randaugment(num_ops=2, magnitude=12, flavour='torchvision')" in record['augmentation']
   assert record['regularisation'] == ['BatchNorm statistics over the whole global batch']
+
+
+def test_dry_run_counts_the_state_in_all_and_per_device_under_pmap_and_under_fsdp():
+  # ViT-L/16 with imagenet_vit_s16.py's optimizer (AdamW, first moment in bfloat16) and EMA, shapes only
+  config = load_config('imagenet_vit_s16.py')
+  config.model.name = 'ViT-L/16'
+  replicated = plan.dry_run(config)
+  assert replicated['state_bytes_per_device'] == replicated['state_bytes_total'] and replicated['mesh'] is None
+  params = replicated['parameters']
+  # float32 parameters, EMA and second moment, a bfloat16 first moment (and a few scalars: counts, the step)
+  assert 14 * params <= replicated['state_bytes_total'] < 14 * params + 1024
+  config.parallelism, config.mesh = 'jit', 'fsdp:8'
+  sharded = plan.dry_run(config)
+  assert sharded['mesh'] == {'fsdp': 8} and sharded['state_bytes_total'] == replicated['state_bytes_total']
+  assert sharded['state_bytes_per_device'] <= 1.05 * sharded['state_bytes_total'] / 8
+  assert sharded['whole_on_every_device'] == []  # nothing above the 1 MiB minimum stays whole
+  assert 'GiB per device; jit on mesh' in plan.format_dry_run(sharded)
 
 
 @pytest.mark.slow

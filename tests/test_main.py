@@ -175,6 +175,17 @@ def quick_config(tfds_dir, **overrides):
     ({'model.name': 'ConvMixr-256/8'}, r"Unknown model 'ConvMixr-256/8'.*ConvMixer-256/8"),
     ({'data.name': 'mnistt'}, r"data.name='mnistt' is not a dataset"),
     ({'model.patch_size': 3}, r'Image size 8x8 is not divisible by patch_size=3'),
+    ({'parallelism': 'jit', 'mesh': 'fsdp:4'}, r"mesh='fsdp:4' does not fit the 8 devices"),
+    ({'parallelism': 'jax'}, r"parallelism='jax' \(one of \('pmap', 'jit'\)\)"),
+    (
+      {
+        'parallelism': 'jit',
+        'mesh': 'data:2,model:4',
+        'sharding_strategy': (('.*/head/kernel', 'shard_dim(axis=model, dim=-1)'),),
+      },
+      r'shard_dim\(axis=model, dim=-1\) cannot shard params/head/kernel \(16, 10\): dimension 1 \(size 10\) is not '
+      r'divisible by model:4',
+    ),
   ],
 )
 def test_bad_configs_fail_before_compiling_with_an_actionable_message(tmp_path, tfds_dir, overrides, message):
@@ -229,3 +240,22 @@ def test_cifar10_convmixer_config_runs_the_whole_pipeline_on_mock_data(tmp_path)
   assert result.summary['steps'] == 2 and 0.0 <= result.summary['final_accuracy'] <= 1.0
   assert [m['step'] for m in records(tmp_path / 'run', 'train')] == [1, 2]
   assert records(tmp_path / 'run', 'eval')[0]['num_examples'] > 0
+
+
+@pytest.mark.slow
+def test_a_jit_run_with_sharded_state_trains_like_the_pmap_run_and_each_resumes_the_others_checkpoints(
+  tmp_path, tfds_dir
+):
+  # ConvMixer's BatchNorm: pmap syncs it across the 8 devices, the jit path normalises the global batch
+  sharded = {'parallelism': 'jit', 'mesh': 'data:2,fsdp:4', 'sharding_strategy': (('.*', 'fsdp(min_size_mb=0)'),)}
+  pmap_run, jit_run = tmp_path / 'pmap', tmp_path / 'jit'
+  loop.train_and_evaluate(quick_config(tfds_dir), str(pmap_run))
+  loop.train_and_evaluate(quick_config(tfds_dir, **sharded), str(jit_run))
+  losses = lambda workdir: [r['loss'] for r in records(workdir, 'train')]
+  np.testing.assert_allclose(losses(jit_run), losses(pmap_run), rtol=1e-5)
+  assert len(losses(pmap_run)) == 4
+  # each resumes the other's last checkpoint and trains on to the same place
+  loop.train_and_evaluate(quick_config(tfds_dir, num_steps=6, **sharded), str(pmap_run))
+  loop.train_and_evaluate(quick_config(tfds_dir, num_steps=6), str(jit_run))
+  np.testing.assert_allclose(losses(jit_run), losses(pmap_run), rtol=1e-5)
+  assert len(losses(pmap_run)) == 6

@@ -72,7 +72,9 @@ def test_uint8_batches_normalised_in_the_step_train_exactly_like_batches_normali
     step(state, {**batch, 'image': host}, jax.random.PRNGKey(1))
 
 
-@pytest.mark.parametrize('name', [pytest.param('ViT-S/16', marks=pytest.mark.slow), 'ConvMixer-256/8'])
+# 36 s for the two: slow (the fast tier's tests/test_sharding.py runs ConvMixer's pmapped step on 8 devices)
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['ViT-S/16', 'ConvMixer-256/8'])
 def test_one_step_on_eight_devices_equals_one_step_on_one_device(name):
   assert jax.local_device_count() == 8, 'conftest forces 8 CPU devices'
   model = tiny(name, axis_name=train_step.AXIS) if name.startswith('Conv') else tiny(name)
@@ -174,6 +176,7 @@ def test_bfloat16_training_keeps_float32_parameters_and_optimizer_state():
   assert np.isfinite(metrics['loss']).all()
 
 
+@pytest.mark.slow  # 13 s: an evaluator compiled over 8 devices
 def test_evaluation_counts_only_real_examples():
   pytest.importorskip('tensorflow', reason='isojax.evaluation reads data through tf.data')
   from isojax.evaluation import classification

@@ -22,6 +22,9 @@ WEIGHT_DECAY_MODES = ('lr_scaled', 'lr_independent')
 # 'auto': the CPU fast paths (isojax/kernels) when JAX computes on the CPU, else the reference ops;
 # resolved once, when the model is built, never inside a layer.
 KERNELS = ('auto', 'reference', 'cpu')
+# 'pmap': the state replicated on every device (the default); 'jit': placed on config.mesh by
+# config.sharding_strategy (isojax/core/sharding.py): data parallel, FSDP, tensor parallel.
+PARALLELISMS = ('pmap', 'jit')
 ERASING_FILLS = ('noise', 'channel', 'zero')  # random erasing: N(0, 1) per pixel, per channel, or zeros
 DEFAULT_DECAY_PARAMS = r'(.*/)?kernel'  # every kernel: not biases, norms, position embeddings, tokens, probes
 
@@ -29,6 +32,7 @@ __all__ = [
   'DEFAULT_DECAY_PARAMS',
   'DTYPES',
   'KERNELS',
+  'PARALLELISMS',
   'LOSSES',
   'OPTIMIZERS',
   'SCHEDULES',
@@ -119,6 +123,11 @@ def _run() -> ml_collections.ConfigDict:
   c.dtype = 'float32'  # 'bfloat16': matrix work in bf16, parameters stay float32
   c.remat = False  # recompute block activations in the backward pass
   c.kernels = 'auto'  # 'reference' (what export and accelerators use) or 'cpu' (isojax/kernels)
+  c.parallelism = 'pmap'  # one of PARALLELISMS
+  c.mesh = 'data:-1'  # jit: axis sizes over data, fsdp, model ('fsdp:8', 'data:2,fsdp:4'); -1 takes the rest
+  # jit: (regex over state paths, tactic) pairs, first match wins (big_vision's); () = fsdp over `fsdp` and the
+  # tensor-parallel rules over `model`, for the axes the mesh has (isojax.core.sharding.default_strategy)
+  c.sharding_strategy = ()
   c.init_from = config_dict.placeholder(str)  # pretrained weights to start from
   c.init_allow_non_finite = False  # True: accept init_from tensors holding NaN or inf (refused by default)
   # Named evaluators (isojax/evaluation): their unset fields come from config.data and eval_*.

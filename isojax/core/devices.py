@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 import jax
@@ -95,13 +95,24 @@ def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
   client.wait_at_barrier(f'isojax_{name}', timeout_s * 1000)
 
 
-def prefetch(batches: Iterable[Any], size: int = 2) -> Iterator[Any]:
-  """Keeps `size` batches in flight to the devices while the current step runs."""
+def global_batch(tree: Any, sharding: NamedSharding) -> Any:
+  """This process's host batch [local_devices, per_device, ...] -> global arrays [global_batch, ...] laid out
+  as `sharding` (the jit path): each process passes only its own part (`jax.make_array_from_process_local_data`)."""
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_process_local_data(sharding, x.reshape(-1, *x.shape[2:]))
+
+  return jax.tree_util.tree_map(place, tree)
+
+
+def prefetch(batches: Iterable[Any], size: int = 2, place: Callable[[Any], Any] = shard) -> Iterator[Any]:
+  """Keeps `size` batches in flight to the devices while the current step runs; `place` puts one there."""
   queue: collections.deque = collections.deque()
   batches = iter(batches)
   for batch in itertools.islice(batches, size):
-    queue.append(shard(batch))
+    queue.append(place(batch))
   while queue:
     yield queue.popleft()
     for batch in itertools.islice(batches, 1):
-      queue.append(shard(batch))
+      queue.append(place(batch))

@@ -13,7 +13,16 @@ from typing import Any
 
 import ml_collections
 
-from isojax.core.config import DTYPES, ERASING_FILLS, KERNELS, LOSSES, OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MODES
+from isojax.core.config import (
+  DTYPES,
+  ERASING_FILLS,
+  KERNELS,
+  LOSSES,
+  OPTIMIZERS,
+  PARALLELISMS,
+  SCHEDULES,
+  WEIGHT_DECAY_MODES,
+)
 
 
 class ConfigError(ValueError):
@@ -61,6 +70,13 @@ _CHOICES: list[Rule] = [
   ('dtype', _one_of(DTYPES), f'one of {DTYPES}'),
   ('loss', _one_of(LOSSES), f'one of {LOSSES}'),
   ('kernels', _one_of(KERNELS), f'one of {KERNELS}'),
+  ('parallelism', _one_of(PARALLELISMS), f'one of {PARALLELISMS}'),
+  ('mesh', lambda v: isinstance(v, str) and bool(v.strip()), "axis sizes such as 'data:-1' or 'data:2,fsdp:4'"),
+  (
+    'sharding_strategy',
+    lambda v: all(len(rule) == 2 and all(isinstance(part, str) for part in rule) for rule in v),
+    "(regex, tactic) pairs, e.g. (('.*', 'fsdp(min_size_mb=4)'),); () for the mesh's default",
+  ),
   ('optimizer.name', _one_of(OPTIMIZERS), f'one of {OPTIMIZERS}'),
   ('optimizer.weight_decay_mode', _one_of(WEIGHT_DECAY_MODES), f'one of {WEIGHT_DECAY_MODES}'),
   ('optimizer.schedule', _one_of(SCHEDULES), f'one of {SCHEDULES}'),

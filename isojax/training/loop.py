@@ -26,9 +26,9 @@ import optax
 
 from isojax import data, evaluation, models
 from isojax.core import checkpoint as checkpoint_lib
-from isojax.core import devices, validation
+from isojax.core import devices, sharding, validation
 from isojax.core import workdir as workdir_lib
-from isojax.training import optim, plan, preemption, train_step
+from isojax.training import optim, placement, plan, preemption, train_step
 from isojax.training.metrics import MetricWriter, Progress, summary_line
 from isojax.weights import pretrained  # init_from: published weights or a finished run
 
@@ -50,6 +50,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval_batch_size % count:
     raise ValueError(f'eval_batch_size={config.eval_batch_size} is not divisible by the {count} devices.')
   models.check_config(config)  # unknown names, and fields that contradict the name, fail here
+  if config.get('parallelism', 'pmap') == 'jit':
+    sharding.mesh_shape(config.mesh, count)  # a mesh that does not fit the devices fails here
+    if jax.process_count() > 1:
+      raise ValueError(
+        f"parallelism='jit' runs in one process so far ({jax.process_count()} joined): its checkpoints are "
+        "host copies until they are written per shard; use parallelism='pmap' across hosts."
+      )
 
 
 class TrainResult(NamedTuple):
@@ -90,6 +97,7 @@ class Run:
   tx: optax.GradientTransformation
   learning_rate: Callable[[Any], Any]
   checkpointer: checkpoint_lib.Checkpointer
+  placement: placement.Placement
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -111,8 +119,10 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str, is_writer: bool) ->
   if is_writer:
     workdir_lib.write_dataset_info(workdir, dataclasses.asdict(info))
   durations = plan.durations(config, info.num_train)
-  model = models.from_config(config, info.num_classes, axis_name=devices.AXIS)
+  jit = config.get('parallelism', 'pmap') == 'jit'  # the jit path's batch is global: BatchNorm needs no axis
+  model = models.from_config(config, info.num_classes, axis_name=None if jit else devices.AXIS)
   tx, learning_rate = optim.create(config.optimizer, durations.total_steps, durations.steps_per_epoch)
+  image_shape = (config.data.image_size, config.data.image_size, info.channels)
   checkpointer = checkpoint_lib.Checkpointer(
     workdir_lib.checkpoint_dir(workdir),
     keep=config.checkpoint.keep,
@@ -131,17 +141,21 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str, is_writer: bool) ->
     tx,
     learning_rate,
     checkpointer,
+    placement.create(config, model, tx, image_shape),
   )
 
 
-def _initial_state(run: Run, rng_init: jax.Array) -> train_step.TrainState:
-  """The newest readable checkpoint's state, else a fresh one (from `init_from` weights if given), on the host."""
+def _initial_state(run: Run, rng_init: jax.Array) -> tuple[Any, int]:
+  """(state, its step): the newest readable checkpoint's state, else a fresh one (from `init_from` weights if
+  given), placed where the step takes it (`run.placement`: replicated for pmap, in its shardings for jit)."""
   init = functools.partial(
     train_step.init_state, run.model, run.tx, image_shape=run.image_shape, ema=run.config.ema_decay > 0
   )
   jax.eval_shape(init, rng_init)  # shape errors (e.g. patch size) surface here, before compiling
-  with jax.default_device(jax.local_devices(backend='cpu')[0]):  # fresh state on the host, not the accelerator
-    state = jax.jit(init)(rng_init)
+  if run.checkpointer.latest_step() is None and not run.config.init_from:
+    return run.placement.place(run.placement.fresh(init, rng_init)), 0  # jit: created in its shardings
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):  # the template on the host, not the accelerator
+    state = jax.device_get(jax.jit(init)(rng_init))
   if run.checkpointer.latest_step() is not None:
     _, state = run.checkpointer.restore(state)  # the newest readable checkpoint; a corrupt one is skipped, warned
   elif run.config.init_from:
@@ -160,13 +174,14 @@ def _initial_state(run: Run, rng_init: jax.Array) -> train_step.TrainState:
       ema_params=params if ema else None,
       ema_batch_stats=batch_stats if ema else None,
     )
-  return jax.device_get(state)
+  state = jax.device_get(state)
+  return run.placement.place(state), int(state.step)
 
 
 def _step_function(run: Run) -> Callable:
   config = run.config
   normalization = data.device_normalization(config.data.train_pp) if config.data.uint8_batches else None
-  return train_step.pmapped_train_step(
+  return run.placement.step_function(
     model=run.model,
     tx=run.tx,
     learning_rate=run.learning_rate,
@@ -197,7 +212,8 @@ def _train_batches(run: Run, start_step: int) -> Iterator[Any]:
       shuffle_buffer=config.data.shuffle_buffer,
       cache=config.data.cache,
       uint8_batches=config.data.uint8_batches,
-    )
+    ),
+    place=run.placement.batch,
   )
 
 
@@ -210,7 +226,7 @@ class MetricsBuffer:
     self.log_time, self.log_step, self.paused = time.time(), start_step, 0.0
 
   def add(self, step: int, metrics: Any) -> None:
-    self.pending.append((step, devices.first_local(metrics)))
+    self.pending.append((step, self.run.placement.metrics(metrics)))
 
   def pause(self, seconds: float) -> None:
     """Time spent outside training (evaluation) that is not training throughput."""
@@ -247,10 +263,19 @@ class Evaluations:
   results: dict[str, dict] = dataclasses.field(default_factory=dict)
 
   def run_due(
-    self, step: int, last: bool, variables: Any, writer: MetricWriter, progress: Progress, shown: Optional[list[str]]
+    self,
+    step: int,
+    last: bool,
+    variables: Any,
+    writer: MetricWriter,
+    progress: Progress,
+    shown: Optional[list[str]],
+    evaluated: Callable[[Any], Any],
   ) -> bool:
-    """Runs the evaluators due at `step`; True if any ran."""
+    """Runs the evaluators due at `step` on `evaluated(variables)` (the placement's layout for them); True if any
+    ran."""
     due = [e for e in self.evaluators.values() if e.due(step, last)]
+    variables = evaluated(variables) if due else variables
     for evaluator in due:
       self.results[evaluator.name] = evaluator.evaluate(variables, step)
       writer.write(step, 'eval', self.results[evaluator.name], evaluator=evaluator.name)
@@ -288,21 +313,15 @@ def _best_so_far(workdir: str, evaluator: str, metric: str) -> Optional[tuple[fl
 
 
 def _compiled(
-  run: Run,
-  step_fn: Any,
-  evals: Evaluations,
-  replicated: Any,
-  batches: Iterator[Any],
-  rng: jax.Array,
-  progress: Progress,
+  run: Run, step_fn: Any, evals: Evaluations, placed: Any, batches: Iterator[Any], rng: jax.Array, progress: Progress
 ) -> Iterator[Any]:
   """Compiles the step and the evaluators ahead of time, then meets the other processes: the first collective
   of a multi-process run must not wait on another process's compilation. Returns the batches, rewound."""
   compile_start = time.time()
   first_batch = next(batches)
-  step_fn.lower(replicated, first_batch, rng).compile()  # fills the call's cache
+  step_fn.lower(placed, first_batch, rng).compile()  # fills the call's cache
   for evaluator in evals.evaluators.values():
-    evaluator.compile(replicated.variables(run.use_ema))
+    evaluator.compile(run.placement.evaluated(placed.variables(run.use_ema)))
   progress.message(
     f'compiled the train step and {len(evals.evaluators)} evaluator(s) in {time.time() - compile_start:.1f}s'
   )
@@ -320,8 +339,7 @@ def _train(
   stop_signals.before_training(None)  # a signal during start-up: stop before preparing anything
   run = _set_up(config, workdir, is_writer)
   rng_init, rng_train = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = _initial_state(run, rng_init)
-  start_step = int(state.step)
+  placed, start_step = _initial_state(run, rng_init)
   stop_signals.before_training(start_step)  # ... during data preparation or restoring
   if is_writer:  # metrics past the restored checkpoint (or of deleted checkpoints) are not this run's
     workdir_lib.discard_metrics_after(workdir, start_step)
@@ -336,16 +354,14 @@ def _train(
   )
   step_fn, evals = _step_function(run), _evaluations(run)
   batches = _train_batches(run, start_step)
-  replicated = devices.replicate(state)
-  del state
-  batches = _compiled(run, step_fn, evals, replicated, batches, rng_train, progress)
+  batches = _compiled(run, step_fn, evals, placed, batches, rng_train, progress)
   buffer = MetricsBuffer(run, writer, progress, start_step)
   finished = False
   try:
     stop_signals.before_training(start_step)  # ... during compilation: stop, nothing to lose
-    replicated = _steps(run, step_fn, evals, replicated, batches, rng_train, buffer, start_step, stop_signals)
+    placed = _steps(run, step_fn, evals, placed, batches, rng_train, buffer, start_step, stop_signals)
     run.checkpointer.wait()
-    result = _summary(run, evals, replicated, writer, progress, start_time)
+    result = _summary(run, evals, placed, writer, progress, start_time)
     finished = True
     return result
   finally:  # the one shutdown path: normal end, preemption (Preempted) or a failure
@@ -370,48 +386,50 @@ def _steps(
   run: Run,
   step_fn: Any,
   evals: Evaluations,
-  replicated: Any,
+  placed: Any,
   batches: Iterator[Any],
   rng: jax.Array,
   buffer: MetricsBuffer,
   start_step: int,
   stop_signals: preemption.StopSignals,
 ) -> Any:
-  """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final replicated state.
+  """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final placed state.
   A stop requested during a step, an evaluation or a save is honoured once the step's checkpoint is saved."""
   config = run.config
   shown = list(config.progress_metrics) or None
   for step in range(start_step + 1, run.steps + 1):
-    replicated, metrics = step_fn(replicated, next(batches), rng)  # batches arrive on device
+    placed, metrics = step_fn(placed, next(batches), rng)  # batches arrive on device
     run.checkpointer.check_for_errors()  # a failed background save (disk full) stops the run now
     buffer.add(step, metrics)
     last = step == run.steps
     if step % config.log_every == 0 or last or any(e.due(step, last) for e in evals.evaluators.values()):
       buffer.flush(step)  # log, and never evaluate past an unnoticed NaN
     eval_start = time.time()
-    if evals.run_due(step, last, replicated.variables(run.use_ema), buffer.writer, buffer.progress, shown):
+    variables = placed.variables(run.use_ema)
+    if evals.run_due(step, last, variables, buffer.writer, buffer.progress, shown, run.placement.evaluated):
       buffer.pause(time.time() - eval_start)
     saved = step % config.checkpoint.every == 0 or last
     if saved:
       buffer.flush(step)  # never checkpoint past an unnoticed NaN
-      run.checkpointer.save(step, devices.unreplicate(replicated), metrics=evals.checkpoint_metrics(step, last))
+      run.checkpointer.save(step, run.placement.host(placed), metrics=evals.checkpoint_metrics(step, last))
     stop = stop_signals.requested(step)
     if stop and not last:
       buffer.flush(step)
       if not saved:
-        run.checkpointer.save(step, devices.unreplicate(replicated))
+        run.checkpointer.save(step, run.placement.host(placed))
       run.checkpointer.wait()  # a failed save raises here: "checkpoint saved" must be true
       raise preemption.Preempted(step, stop)
-  return replicated
+  return placed
 
 
 def _summary(
-  run: Run, evals: Evaluations, replicated: Any, writer: MetricWriter, progress: Progress, start_time: float
+  run: Run, evals: Evaluations, placed: Any, writer: MetricWriter, progress: Progress, start_time: float
 ) -> TrainResult:
   """The final evaluation of every evaluator (rerun if this invocation had none), the summary line and record."""
   for evaluator in evals.evaluators.values():  # resumed a finished run: report its last evaluation
     if evaluator.name not in evals.results:
-      evals.results[evaluator.name] = evaluator.evaluate(replicated.variables(run.use_ema), run.steps)
+      variables = run.placement.evaluated(placed.variables(run.use_ema))
+      evals.results[evaluator.name] = evaluator.evaluate(variables, run.steps)
   final, best, wall = evals.results[evals.primary], evals.best, time.time() - start_time
   summary = {
     'best_accuracy': best[0] if best else None,
@@ -433,4 +451,4 @@ def _summary(
       wall,
     )
   )
-  return TrainResult(summary, devices.unreplicate(replicated))
+  return TrainResult(summary, run.placement.host(placed))

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from isojax import models
+from isojax.core import sharding
 from isojax.core.validation import ConfigError
 from isojax.data import input_pipeline, preprocess, published
-from isojax.training import optim
+from isojax.training import optim, placement
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,8 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
   model = models.from_config(config, info.num_classes)
   params, gflops = model_cost(model, config.data.image_size, info.channels)
   train_ops = augmentation(config)
+  tx, _ = optim.create(config.optimizer, steps.total_steps, steps.steps_per_epoch)
+  image_shape = (config.data.image_size, config.data.image_size, info.channels)
   return {
     'model': models.config_name(config),
     'parameters': params,
@@ -169,7 +172,22 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     'augmentation': train_ops,
     'regularisation': regularisation(model, config),
     'eval_preprocessing': config.data.eval_pp,
+    'parallelism': config.get('parallelism', 'pmap'),
+    'mesh': dict(sharding.make_mesh(config.mesh).shape) if config.get('parallelism') == 'jit' else None,
+    **placement.state_bytes(config, model, tx, image_shape),
   }
+
+
+def _placement_line(record: dict) -> str:
+  """Parameters + optimizer state + EMA: in all and on each device, under pmap or the jit path's mesh."""
+  where = f'jit on mesh {record["mesh"]}' if record['parallelism'] == 'jit' else 'pmap (replicated)'
+  gib = lambda n: f'{n / 2**30:.3f} GiB'
+  line = (
+    f'state (parameters + optimizer + EMA): {gib(record["state_bytes_total"])} in all, '
+    f'{gib(record["state_bytes_per_device"])} per device; {where}'
+  )
+  whole = record['whole_on_every_device']
+  return line + (f'; whole on every device: {", ".join(whole)}' if whole else '')
 
 
 def format_dry_run(record: dict) -> str:
@@ -187,5 +205,6 @@ def format_dry_run(record: dict) -> str:
     'augmentation: ' + ' -> '.join(record['augmentation']),
     'regularisation: ' + ('; '.join(record['regularisation']) or 'none'),
     f'eval preprocessing: {record["eval_preprocessing"]}',
+    _placement_line(record),
   ]
   return '\n'.join(lines + [json.dumps(record)])

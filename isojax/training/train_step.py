@@ -1,7 +1,16 @@
 """The pure training step: a function of (state, batch, rng), nothing hidden (evaluation: isojax/evaluation).
 
-Written per device and meant for `jax.pmap(..., axis_name=AXIS)`: gradients,
-metrics and BatchNorm statistics are averaged across devices with `lax.pmean`.
+One function, two ways to run it:
+- `pmapped_train_step` (config.parallelism='pmap', the default): written per device under
+  `jax.pmap(..., axis_name=AXIS)`; gradients, metrics and BatchNorm statistics are averaged across devices with
+  `lax.pmean`, and the state is replicated on every device.
+- `jitted_train_step` ('jit'): the same function with `axis_name=None` on the global batch, under `jax.jit` with
+  the state placed by `isojax.core.sharding` (data parallel, FSDP, tensor parallel). The mean loss of the global
+  batch has the mean of the per-device gradients as its gradient, and BatchNorm (built without an axis name)
+  takes its statistics over the global batch as pmap's synced BatchNorm does, so with dropout, drop-path and
+  mixup off both compute the same step. With them on, the random draws differ: pmap folds each device's index
+  into the step's key and mixes each device's batch with its own reverse, the jit path draws for the global
+  batch with one key and mixes it with the global batch's reverse.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isojax.core import losses
+from isojax.core import losses, sharding
 from isojax.core.devices import AXIS
 
 
@@ -264,3 +273,43 @@ def train_step(
 def pmapped_train_step(**static) -> Callable:
   """`train_step` under pmap: state and batch split over local devices, state donated."""
   return jax.pmap(functools.partial(train_step, **static), axis_name=AXIS, donate_argnums=(0,), in_axes=(0, 0, None))
+
+
+def state_placements(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  image_shape: tuple[int, ...],
+  ema: bool,
+  mesh: jax.sharding.Mesh,
+  strategy: sharding.Strategy,
+) -> tuple[TrainState, TrainState]:
+  """(the state's shapes, its NamedShardings under `strategy`), from abstract evaluation: nothing allocated."""
+  init = functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema)
+  shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+  return shapes, sharding.shardings(shapes, strategy, mesh)
+
+
+def init_sharded_state(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  rng: jax.Array,
+  image_shape: tuple[int, ...],
+  ema: bool,
+  placements: TrainState,
+) -> TrainState:
+  """A fresh state created directly in its shardings: no device ever holds it whole."""
+  init = functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema)
+  return jax.jit(init, out_shardings=placements)(rng)
+
+
+def jitted_train_step(mesh: jax.sharding.Mesh, placements: TrainState, **static) -> Callable:
+  """`train_step` on the global batch under jit: the state stays in `placements` and is donated, the batch is
+  split over the mesh's data-parallel axes, the key and the metrics are replicated."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  batch = jax.sharding.NamedSharding(mesh, sharding.batch_spec(mesh))
+  return jax.jit(
+    functools.partial(train_step, axis_name=None, **static),
+    in_shardings=(placements, batch, replicated),
+    out_shardings=(placements, replicated),
+    donate_argnums=(0,),
+  )

@@ -1,0 +1,111 @@
+"""Where a run's state and batches live, the one thing the two parallelisms do differently.
+
+`config.parallelism='pmap'` (the default): the state replicated on every local device with a leading device axis,
+batches split per device, the step under `jax.pmap`. `'jit'`: the state placed on `config.mesh` by
+`config.sharding_strategy` (isojax/core/sharding.py), created directly in its shardings, batches as global arrays
+split over the mesh's data-parallel axes, the step under `jax.jit`. The training loop asks a `Placement` and
+never which of the two it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
+
+from isojax.core import devices, sharding
+from isojax.training import train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """pmap's replication (mesh None) or the jit path's mesh and the state's NamedShardings."""
+
+  mesh: Optional[Mesh] = None
+  states: Any = None  # a TrainState of NamedShardings (jit)
+  shapes: Any = None  # a TrainState of ShapeDtypeStructs (jit)
+
+  @property
+  def axis_name(self) -> Optional[str]:
+    """The axis BatchNorm syncs over: pmap's; None on the jit path, where the batch is global."""
+    return devices.AXIS if self.mesh is None else None
+
+  def fresh(self, init: Callable[[jax.Array], train_step.TrainState], rng: jax.Array) -> Any:
+    """A new state where it lives: on the host for pmap (replicated later), in its shardings for jit."""
+    if self.mesh is None:
+      with jax.default_device(jax.local_devices(backend='cpu')[0]):
+        return jax.device_get(jax.jit(init)(rng))
+    return jax.jit(init, out_shardings=self.states)(rng)
+
+  def place(self, state: Any) -> Any:
+    """A host (or already placed) state where the step takes it."""
+    if self.mesh is None:
+      return devices.replicate(state)
+    return jax.device_put(state, self.states)
+
+  def host(self, state: Any) -> Any:
+    """One whole copy of the placed state as host arrays (what a checkpoint holds)."""
+    return devices.unreplicate(state) if self.mesh is None else jax.device_get(state)
+
+  def metrics(self, metrics: Any) -> Any:
+    """The step's metrics, one value each, still on a device."""
+    return devices.first_local(metrics) if self.mesh is None else metrics
+
+  def batch(self, host_batch: Any) -> Any:
+    """A host batch [local_devices, per_device, ...] where the step takes it."""
+    if self.mesh is None:
+      return devices.shard(host_batch)
+    return devices.global_batch(host_batch, NamedSharding(self.mesh, sharding.batch_spec(self.mesh)))
+
+  def evaluated(self, variables: Any) -> Any:
+    """The variables as the evaluators take them: replicated with a device axis (pmap's layout). On the jit path
+    this gathers them whole through the host, once per evaluation."""
+    return variables if self.mesh is None else devices.replicate(jax.device_get(variables))
+
+  def step_function(self, **static: Any) -> Callable:
+    if self.mesh is None:
+      return train_step.pmapped_train_step(**static)
+    return train_step.jitted_train_step(self.mesh, self.states, **static)
+
+
+def strategy(config: ml_collections.ConfigDict, mesh: Mesh) -> sharding.Strategy:
+  """config.sharding_strategy, or the mesh's default rules when it is ()."""
+  rules = tuple(tuple(rule) for rule in config.get('sharding_strategy', ()))
+  return rules or sharding.default_strategy(mesh)
+
+
+def create(
+  config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple
+) -> Placement:
+  """The run's placement: pmap's, or the jit path's shardings of this model's state on config.mesh."""
+  if config.get('parallelism', 'pmap') == 'pmap':
+    return Placement()
+  mesh = sharding.make_mesh(config.mesh)
+  shapes, states = train_step.state_placements(
+    model, tx, image_shape, config.ema_decay > 0, mesh, strategy(config, mesh)
+  )
+  return Placement(mesh, states, shapes)
+
+
+def state_bytes(
+  config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple
+) -> dict:
+  """Bytes of parameters + optimizer state + EMA in all, and on each device under the config's parallelism
+  (pmap: all of it on every device), with the arrays above the minimum size that stay whole."""
+  ema = config.ema_decay > 0
+  if config.get('parallelism', 'pmap') == 'pmap':
+    init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape, ema=ema)
+    shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
+    return {'state_bytes_total': total, 'state_bytes_per_device': total, 'whole_on_every_device': []}
+  placement = create(config, model, tx, image_shape)
+  total, per_device = sharding.state_bytes(placement.shapes, placement.states)
+  whole = sharding.whole_above_minimum(placement.shapes, placement.states)
+  return {'state_bytes_total': total, 'state_bytes_per_device': per_device, 'whole_on_every_device': whole}
