@@ -15,9 +15,9 @@ it, whose tactics ('|'-joined) build its PartitionSpec. Tactics:
 - `fsdp(axis=fsdp, min_size_mb=1)`: the largest dimension that the axis divides and no other rule took; arrays
   of at most `min_size_mb` MiB stay whole (big_vision's `min_size_to_shard_mb`: below it a gather costs more
   than the memory it saves). isojax's default is 1 MiB where big_vision's is 4: at 4, ViT-L/16's attention
-  output kernels (1024 x 1024 float32: exactly 4 MiB), their Adam moments, EMA and every bfloat16 moment under
-  4 MiB stay whole, and a device holds 1.62x its 1/8 share on fsdp:8 (ViT-B/16: 2.03x); at 1 MiB, 1.011x
-  (ViT-B/16 1.021x, ViT-H/14 1.008x; configs/imagenet_vit_s16.py's optimizer with EMA, `--dry_run`).
+  output kernels (1024 x 1024 float32: exactly 4 MiB), their second moments and every bfloat16 first moment
+  under 4 MiB stay whole, and a device holds 1.62x its 1/8 share on fsdp:8 (ViT-B/16: 2.03x); at 1 MiB, 1.011x
+  (ViT-B/16 1.021x, ViT-H/14 1.008x; configs/imagenet_vit_s16.py's AdamW, its first moment in bfloat16, `--dry_run`).
 - `shard_dim(axis=model, dim=-1)`: that dimension over that axis.
 
 An array `fsdp` cannot split (no free dimension divisible by the axis: a 10-class head's bias on `fsdp:8`) stays
