@@ -1,6 +1,8 @@
 """The jit path's placement: meshes from axis sizes, big_vision-style rules over parameter paths, per-device bytes,
 and the jitted step computing what the pmapped step computes on every mesh (8 forced CPU devices)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from isojax import models
 from isojax.core import sharding
 from isojax.core.config import base
-from isojax.training import optim, train_step
+from isojax.training import optim, placement, train_step
 
 MESHES = ['data:8', 'data:2,fsdp:4', 'fsdp:8', 'data:4,model:2']
 
@@ -165,7 +167,8 @@ def test_ten_jitted_steps_on_any_mesh_equal_ten_pmapped_steps(family, mesh_spec)
   mesh = sharding.make_mesh(mesh_spec)
   model, tx, static = _setup(family, None)
   shapes_, placements = train_step.state_placements(model, tx, (16, 16, 3), True, mesh, STRATEGY[mesh_spec])
-  state = train_step.init_sharded_state(model, tx, jax.random.PRNGKey(0), (16, 16, 3), True, placements)
+  init = functools.partial(train_step.init_state, model, tx, image_shape=(16, 16, 3), ema=True)
+  state = placement.Placement(mesh, placements).fresh(init, jax.random.PRNGKey(0))  # created in its shardings
   if 'fsdp' in mesh_spec or (family != 'ConvMixer' and 'model' in mesh_spec):  # the rules did split the state
     _, per_device = sharding.state_bytes(shapes_, placements)
     assert per_device < sharding.state_bytes(shapes_, placements)[0]

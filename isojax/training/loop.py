@@ -152,11 +152,11 @@ def _initial_state(run: Run, rng_init: jax.Array) -> tuple[Any, int]:
     train_step.init_state, run.model, run.tx, image_shape=run.image_shape, ema=run.config.ema_decay > 0
   )
   jax.eval_shape(init, rng_init)  # shape errors (e.g. patch size) surface here, before compiling
-  if run.checkpointer.latest_step() is None and not run.config.init_from:
+  resuming = run.checkpointer.latest_step() is not None
+  if not resuming and not run.config.init_from:
     return run.placement.place(run.placement.fresh(init, rng_init)), 0  # jit: created in its shardings
-  with jax.default_device(jax.local_devices(backend='cpu')[0]):  # the template on the host, not the accelerator
-    state = jax.device_get(jax.jit(init)(rng_init))
-  if run.checkpointer.latest_step() is not None:
+  state = placement.on_host(init, rng_init)  # the template to restore or load into
+  if resuming:
     _, state = run.checkpointer.restore(state)  # the newest readable checkpoint; a corrupt one is skipped, warned
   elif run.config.init_from:
     variables = pretrained.load(

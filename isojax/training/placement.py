@@ -32,16 +32,10 @@ class Placement:
   states: Any = None  # a TrainState of NamedShardings (jit)
   shapes: Any = None  # a TrainState of ShapeDtypeStructs (jit)
 
-  @property
-  def axis_name(self) -> Optional[str]:
-    """The axis BatchNorm syncs over: pmap's; None on the jit path, where the batch is global."""
-    return devices.AXIS if self.mesh is None else None
-
   def fresh(self, init: Callable[[jax.Array], train_step.TrainState], rng: jax.Array) -> Any:
     """A new state where it lives: on the host for pmap (replicated later), in its shardings for jit."""
     if self.mesh is None:
-      with jax.default_device(jax.local_devices(backend='cpu')[0]):
-        return jax.device_get(jax.jit(init)(rng))
+      return on_host(init, rng)
     return jax.jit(init, out_shardings=self.states)(rng)
 
   def place(self, state: Any) -> Any:
@@ -75,6 +69,12 @@ class Placement:
     return train_step.jitted_train_step(self.mesh, self.states, **static)
 
 
+def on_host(init: Callable[[jax.Array], train_step.TrainState], rng: jax.Array) -> Any:
+  """`init(rng)` computed on the host CPU, as numpy arrays: never whole on an accelerator."""
+  with jax.default_device(jax.local_devices(backend='cpu')[0]):
+    return jax.device_get(jax.jit(init)(rng))
+
+
 def strategy(config: ml_collections.ConfigDict, mesh: Mesh) -> sharding.Strategy:
   """config.sharding_strategy, or the mesh's default rules when it is ()."""
   rules = tuple(tuple(rule) for rule in config.get('sharding_strategy', ()))
@@ -94,18 +94,27 @@ def create(
   return Placement(mesh, states, shapes)
 
 
-def state_bytes(
+def report(
   config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple
 ) -> dict:
-  """Bytes of parameters + optimizer state + EMA in all, and on each device under the config's parallelism
-  (pmap: all of it on every device), with the arrays above the minimum size that stay whole."""
-  ema = config.ema_decay > 0
-  if config.get('parallelism', 'pmap') == 'pmap':
-    init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape, ema=ema)
+  """The dry run's placement fields: the parallelism, the mesh's axis sizes (jit), the bytes of parameters +
+  optimizer state + EMA in all and on each device (pmap: all of it on every device), and the arrays above the
+  minimum size that stay whole."""
+  parallelism = config.get('parallelism', 'pmap')
+  if parallelism == 'pmap':
+    init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape, ema=config.ema_decay > 0)
     shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
     total = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
-    return {'state_bytes_total': total, 'state_bytes_per_device': total, 'whole_on_every_device': []}
-  placement = create(config, model, tx, image_shape)
-  total, per_device = sharding.state_bytes(placement.shapes, placement.states)
-  whole = sharding.whole_above_minimum(placement.shapes, placement.states)
-  return {'state_bytes_total': total, 'state_bytes_per_device': per_device, 'whole_on_every_device': whole}
+    per_device, whole, mesh = total, [], None
+  else:
+    placement = create(config, model, tx, image_shape)
+    total, per_device = sharding.state_bytes(placement.shapes, placement.states)
+    whole = sharding.whole_above_minimum(placement.shapes, placement.states)
+    mesh = dict(placement.mesh.shape) if placement.mesh is not None else None
+  return {
+    'parallelism': parallelism,
+    'mesh': mesh,
+    'state_bytes_total': total,
+    'state_bytes_per_device': per_device,
+    'whole_on_every_device': whole,
+  }

@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from isojax import models
-from isojax.core import sharding
 from isojax.core.validation import ConfigError
 from isojax.data import input_pipeline, preprocess, published
 from isojax.training import optim, placement
@@ -172,9 +171,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     'augmentation': train_ops,
     'regularisation': regularisation(model, config),
     'eval_preprocessing': config.data.eval_pp,
-    'parallelism': config.get('parallelism', 'pmap'),
-    'mesh': dict(sharding.make_mesh(config.mesh).shape) if config.get('parallelism') == 'jit' else None,
-    **placement.state_bytes(config, model, tx, image_shape),
+    **placement.report(config, model, tx, image_shape),
   }
 
 

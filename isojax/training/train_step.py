@@ -289,19 +289,6 @@ def state_placements(
   return shapes, sharding.shardings(shapes, strategy, mesh)
 
 
-def init_sharded_state(
-  model: nn.Module,
-  tx: optax.GradientTransformation,
-  rng: jax.Array,
-  image_shape: tuple[int, ...],
-  ema: bool,
-  placements: TrainState,
-) -> TrainState:
-  """A fresh state created directly in its shardings: no device ever holds it whole."""
-  init = functools.partial(init_state, model, tx, image_shape=image_shape, ema=ema)
-  return jax.jit(init, out_shardings=placements)(rng)
-
-
 def jitted_train_step(mesh: jax.sharding.Mesh, placements: TrainState, **static) -> Callable:
   """`train_step` on the global batch under jit: the state stays in `placements` and is donated, the batch is
   split over the mesh's data-parallel axes, the key and the metrics are replicated."""
