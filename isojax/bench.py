@@ -2,11 +2,15 @@
 
     python -m isojax.bench --model=ViT-S/16 --batch_size=64 --image_size=224 [--dtype=bfloat16] [--steps=10]
     python -m isojax.bench --input=configs/cifar10_convmixer.py [--steps=50] [--set=data.data_dir=/data]
-    python -m isojax.bench --model=ViT-B/16 --max_batch [--remat]
+    python -m isojax.bench --model=ViT-B/16 --max_batch [--remat] [--parallelism=jit --mesh=fsdp:8]
+    python -m isojax.bench --model=ViT-S/16 --parallelism=pmap,jit --mesh=data:8 [--repeats=3]
 
 Prints a table and one JSON line. `--max_batch` finds the largest global batch whose training step fits the
 device's memory, from XLA's buffer assignment of the compiled step, without running it
 (isojax/training/benchmark.py). `--kernels=reference|cpu` times the plain ops or the CPU fast paths.
+`--parallelism=jit --mesh=...` measures the jit path on that mesh (state in its default shardings), with the state
+bytes each device holds and what XLA assigns the step per device; `--parallelism=pmap,jit` measures both in one
+run, alternating `--repeats` times, with each one's ratio to the first.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from isojax.core import host_memory
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 host_memory.keep_freed_memory()  # as isojax.main: before JAX and TensorFlow start their threads
 
+import jax  # noqa: E402
 from absl import flags  # noqa: E402
 
-from isojax.core import command_line, loading  # noqa: E402
-from isojax.core.config import KERNELS  # noqa: E402
+from isojax.core import command_line, loading, sharding  # noqa: E402
+from isojax.core.config import KERNELS, PARALLELISMS  # noqa: E402
 from isojax.training import benchmark  # noqa: E402
 
 try:  # the input pipeline is TensorFlow's; an accelerator host without it still benchmarks models
@@ -54,6 +59,16 @@ _SET = flags.DEFINE_multi_string(
   'With --input: a config override KEY=VALUE, e.g. --set=data.name=image_folder --set=data.data_dir=/data/photos.',
   flag_values=FLAGS,
 )
+_PARALLELISM = flags.DEFINE_list(
+  'parallelism', ['pmap'], 'pmap, jit, or both (pmap,jit: side by side in one run).', flag_values=FLAGS
+)
+_MESH = flags.DEFINE_string(
+  'mesh', 'data:-1', "The jit path's mesh, e.g. data:8, fsdp:8, data:4,model:2.", flag_values=FLAGS
+)
+_REPEATS = flags.DEFINE_integer('repeats', 1, 'Rounds of a side-by-side run (medians reported).', flag_values=FLAGS)
+_LIMIT = flags.DEFINE_float(
+  'limit_gib', None, 'With --max_batch: the memory of one device in GiB (default: what it has).', flag_values=FLAGS
+)
 _MAX_BATCH = flags.DEFINE_bool(
   'max_batch', False, 'Find the largest training batch that fits the device memory (compiles only).', flag_values=FLAGS
 )
@@ -78,28 +93,61 @@ def _result() -> dict[str, Any]:
     return bench_input(_INPUT.value, _STEPS.value, _SET.value)
   if not _MODEL.value:
     raise command_line.UsageError('give --model=NAME or --input=CONFIG')
+  unknown = [p for p in _PARALLELISM.value if p not in PARALLELISMS]
+  if unknown or not _PARALLELISM.value:
+    raise command_line.UsageError(f'--parallelism={",".join(_PARALLELISM.value)}: give pmap, jit or pmap,jit')
+  mesh = _MESH.value if 'jit' in _PARALLELISM.value else None
+  try:
+    if mesh:
+      sharding.mesh_shape(mesh, jax.device_count())
+  except sharding.ShardingError as e:
+    raise command_line.UsageError(f'--mesh: {e}') from None
   if _MAX_BATCH.value:
-    return benchmark.largest_batch(_MODEL.value, _IMAGE.value, _DTYPE.value, _REMAT.value, _CLASSES.value)
-  return benchmark.bench_model(
-    _MODEL.value, _BATCH.value, _IMAGE.value, _DTYPE.value, _STEPS.value, _CLASSES.value, _REMAT.value, _KERNELS.value
+    limit = int(_LIMIT.value * 2**30) if _LIMIT.value else None
+    return benchmark.largest_batch(
+      _MODEL.value, _IMAGE.value, _DTYPE.value, _REMAT.value, _CLASSES.value, limit_bytes=limit, mesh=mesh
+    )
+  options: dict[str, Any] = dict(
+    batch_size=_BATCH.value,
+    image_size=_IMAGE.value,
+    dtype=_DTYPE.value,
+    steps=_STEPS.value,
+    num_classes=_CLASSES.value,
+    remat=_REMAT.value,
+    kernels=_KERNELS.value,
+    mesh=_MESH.value,
   )
+  if len(_PARALLELISM.value) > 1:
+    return benchmark.side_by_side(_MODEL.value, _PARALLELISM.value, _REPEATS.value, **options)
+  return benchmark.bench_model(_MODEL.value, parallelism=_PARALLELISM.value[0], **options)
 
 
 def _table(result: dict) -> str:
   if 'max_batch_per_device' in result:
-    at_max = result['step_bytes_at_max']
+    at_max, mesh = result['step_bytes_at_max'], result.get('mesh')
     return (
-      f'{result["model"]} @ {result["image_size"]}px {result["dtype"]}{" remat" if result["remat"] else ""}: '
-      f'largest training batch {result["max_global_batch"]} ({result["max_batch_per_device"]} per device x '
-      f'{result["devices"]} {result["device_kind"]}); the step takes '
+      f'{result["model"]} @ {result["image_size"]}px {result["dtype"]}{" remat" if result["remat"] else ""}'
+      f'{f" on mesh {mesh}" if mesh else ""}: largest training batch {result["max_global_batch"]} '
+      f'({result["max_batch_per_device"]} per device x {result["devices"]} {result["device_kind"]}); the step takes '
       f'{at_max / 2**30 if at_max else 0:.1f} of {result["limit_bytes"] / 2**30:.1f} GiB '
       f'({result["limit_source"]})'
     )
   if 'input' in result:
     return f'input pipeline of {result["input"]} ({result["dataset"]}): {result["images_per_sec"]:,.0f} images/s'
+  if 'side_by_side' in result:
+    ratios = ', '.join(
+      f'{p}: train {r["train"]:.3f}x, inference {r["inference"]:.3f}x' for p, r in result['ratio_to_first'].items()
+    )
+    tables = [_model_table(r) for r in result['side_by_side']]
+    return '\n\n'.join([*tables, f'median images/s against the first, {result["repeats"]} round(s): {ratios}'])
+  return _model_table(result)
+
+
+def _model_table(result: dict) -> str:
+  where = result.get('parallelism', 'pmap') + (f' on mesh {result["mesh"]}' if result.get('mesh') else '')
   head = (
     f'{result["model"]} batch {result["batch_size"]} @ {result["image_size"]}px {result["dtype"]}, '
-    f'{result.get("kernels", "auto")} kernels, on '
+    f'{result.get("kernels", "auto")} kernels, {where}, on '
     f'{result["devices"]} x {result["device_kind"]} (peak {result["peak_flops_per_device"] / 1e12:.3g} '
     f'TFLOP/s per device, {result["peak_source"]})'
   )
@@ -115,6 +163,12 @@ def _table(result: dict) -> str:
       f'{fmt(r["gflops_per_image"], ">10.2f")} {fmt(r["achieved_tflops_per_device"], ">8.3f")} '
       f'{fmt(r["mfu"] and 100 * r["mfu"], ">5.1f")}%'
     )
+  step = result.get('train_step_memory_per_device') or {}
+  lines.append(
+    f'per device: state {result["state_bytes_per_device"] / 2**20:,.1f} MiB held (addressable shards); '
+    f'train step arguments {step.get("argument_bytes", 0) / 2**20:,.1f} MiB, '
+    f'temporaries {step.get("temp_bytes", 0) / 2**20:,.1f} MiB (XLA memory analysis)'
+  )
   lines.append(f'peak memory {result["peak_memory_bytes"] / 2**30:.2f} GiB ({result["memory_source"]})')
   return '\n'.join(lines)
 

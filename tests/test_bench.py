@@ -43,3 +43,32 @@ def test_largest_batch_is_the_last_multiple_that_fits_the_memory_limit():
   assert result['max_batch_per_device'] == 16 and result['step_bytes_at_max'] == limit - 1
   assert result['probes']['24'] > limit  # the next multiple of 8 does not fit
   assert result['max_global_batch'] == 16 * result['devices']
+
+
+@pytest.mark.slow
+def test_bench_runs_pmap_and_jit_side_by_side_and_reports_what_each_device_holds(capsys):
+  argv = ['--model=ConvMixer-64/2-k3-p4', '--batch_size=8', '--image_size=16', '--steps=2', '--num_classes=10']
+  assert bench.main([*argv, '--parallelism=pmap,jit', '--mesh=fsdp:8']) == 0
+  out = capsys.readouterr().out
+  result = json.loads(out.strip().splitlines()[-1])
+  pmap, jit = result['side_by_side']
+  assert (pmap['parallelism'], jit['parallelism'], jit['mesh']) == ('pmap', 'jit', {'fsdp': 8})
+  assert (
+    result['ratio_to_first']['pmap'] == {'train': 1.0, 'inference': 1.0}
+    and result['ratio_to_first']['jit']['train'] > 0
+  )
+  # pmap: a whole copy of the state on every device; fsdp:8 splits what the 1 MiB minimum lets it (the
+  # ConvMixer's arrays are all smaller: the state stays whole, and the bytes say so)
+  assert pmap['state_bytes_per_device'] == jit['state_bytes_per_device'] > 0
+  assert pmap['train_step_memory_per_device']['argument_bytes'] >= pmap['state_bytes_per_device']
+  assert 'pmap, on 8' in out and "jit on mesh {'fsdp': 8}" in out and 'held (addressable shards)' in out
+
+
+@pytest.mark.slow
+def test_the_largest_batch_on_a_mesh_counts_the_batch_per_shard_and_fsdp_fits_more():
+  common = dict(name='ViT-384x2/8', image_size=16, num_classes=10, limit_bytes=None)
+  one = benchmark.train_step_bytes('ViT-384x2/8', 8, 16, num_classes=10, mesh='data:8')
+  split = benchmark.train_step_bytes('ViT-384x2/8', 8, 16, num_classes=10, mesh='fsdp:8')
+  assert split < one
+  result = benchmark.largest_batch(**{**common, 'limit_bytes': one}, mesh='data:4,model:2')
+  assert result['mesh'] == {'data': 4, 'model': 2} and result['max_global_batch'] == 4 * result['max_batch_per_device']

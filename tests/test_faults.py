@@ -9,10 +9,12 @@ import sys
 import time
 import warnings
 
+import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec
 
-from isojax.core import checkpoint, loading, validation
+from isojax.core import checkpoint, loading, sharding, validation
 from isojax.core import workdir as workdir_lib
 from isojax.training import preemption
 from isojax.weights import runs, torchfile
@@ -64,10 +66,12 @@ def weights(step):
   return np.random.RandomState(step).normal(size=(512, 512)).astype(np.float32)  # 1 MB that does not compress
 
 
-def saved_checkpoints(directory):
+def saved_checkpoints(directory, sharded=False):
+  """Steps 1 and 2 as host arrays (pmap's checkpoints) or as arrays split over the devices (the jit path's)."""
   ckpt = checkpoint.Checkpointer(str(directory), keep=3, async_save=False)
+  over_devices = NamedSharding(sharding.make_mesh('fsdp:-1'), PartitionSpec('fsdp'))
   for step in (1, 2):
-    ckpt.save(step, {'params': {'w': weights(step)}})
+    ckpt.save(step, {'params': {'w': jax.device_put(weights(step), over_devices) if sharded else weights(step)}})
   ckpt.wait()
   ckpt.close()
 
@@ -89,9 +93,10 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.parametrize('sharded', [False, True], ids=['host', 'sharded'])
 @pytest.mark.parametrize('corruption', sorted(CORRUPTIONS))
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, corruption):
-  saved_checkpoints(tmp_path / 'ckpt')
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, corruption, sharded):
+  saved_checkpoints(tmp_path / 'ckpt', sharded)
   CORRUPTIONS[corruption](str(tmp_path / 'ckpt' / '2'))
   ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), read_only=True)
   with warnings.catch_warnings(record=True) as caught:
@@ -371,6 +376,33 @@ def test_a_run_stopped_at_seeded_moments_by_sigkill_and_sigterm_ends_with_the_un
   assert b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6), outcomes
   keys = [(m['step'], m['split'], m.get('evaluator')) for m in workdir_lib.read_metrics(str(tmp_path))]
   assert len(keys) == len(set(keys)), 'a step was logged twice'
+
+
+JIT = [
+  '--config.parallelism=jit',
+  '--config.mesh=fsdp:4',
+  "--config.sharding_strategy=(('.*', 'fsdp(min_size_mb=0)'),)",
+]
+
+
+@pytest.mark.slow
+def test_a_jit_run_on_fsdp4_stopped_by_sigterm_and_sigkill_ends_with_its_unbroken_result(tmp_path, digits_dir):
+  """The fault table on the jit path: its checkpoints are the sharded arrays, written shard by shard."""
+  unbroken, broken = tmp_path / 'unbroken', tmp_path / 'broken'
+  subprocess.run(
+    main_command(unbroken, *QUICK, *JIT), env=env(4, digits_dir), cwd=ROOT, check=True, capture_output=True
+  )
+  command = main_command(broken, *QUICK, *JIT)
+  code, err = interrupted(command, env(4, digits_dir), broken, ('checkpoint', 0.3), signal.SIGTERM)
+  stopped = re.search(r'stopped at step (\d+) on SIGTERM; checkpoint saved', err)
+  assert code == preemption.EXIT_CODE and stopped, err[-3000:]
+  assert latest_checkpoint(broken) == int(stopped.group(1))
+  code, err = interrupted(command, env(4, digits_dir), broken, ('checkpoint', 0.0), signal.SIGKILL)
+  assert code == -signal.SIGKILL and f'resuming at step {stopped.group(1)}' in err, err[-3000:]
+  final = subprocess.run(command, env=env(4, digits_dir), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert final.returncode == 0, final.stderr[-3000:]
+  (a,), (b,) = records(unbroken, 'summary'), records(broken, 'summary')
+  assert b['final_accuracy'] == a['final_accuracy'] and b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6)
 
 
 @pytest.mark.slow

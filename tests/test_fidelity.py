@@ -579,8 +579,7 @@ def test_ema_averages_batchnorm_statistics_and_an_ema_evaluation_uses_them():
     model=model,
     tx=tx,
     learning_rate=lr,
-    num_classes=3,
-    ema_decay=decay,
+    options=train_step.StepOptions(num_classes=3, ema_decay=decay),
     axis_name=None,
   )
   expected = jax.tree_util.tree_map(

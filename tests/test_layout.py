@@ -18,6 +18,8 @@ test reads that table as the root's imports.
 
 import ast
 import os
+import re
+import tokenize
 
 import pytest
 
@@ -159,6 +161,37 @@ def test_no_import_inside_a_function_but_named_optional_dependencies():
       names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or '']
       found += [f'{module}: {name}' for name in names if name not in LAZY_THIRD_PARTY]
   assert found == []
+
+
+# JAX's private modules and what it deprecated or removed for the sharding APIs (issue 23): jax.shard_map,
+# jax.set_mesh and NamedSharding replace them.
+PRIVATE_OR_DEPRECATED_JAX = (
+  r'jax\._src',
+  r'jax\.experimental\.(shard_map|pjit|maps)',
+  r'\bdevice_put_(replicated|sharded)\b',
+  r'\bPmapSharding\b',
+  r'^\s*with\s+(\w+\.)*mesh\s*:',
+)
+
+
+def test_no_module_uses_private_or_deprecated_jax_apis():
+  found = []
+  for module, path in modules().items():
+    for number, code in _code_lines(path):
+      found += [f'{module}:{number}: {code.strip()}' for p in PRIVATE_OR_DEPRECATED_JAX if re.search(p, code)]
+  assert found == []
+
+
+def _code_lines(path: str) -> list[tuple[int, str]]:
+  """(line number, the line's code without strings and comments): docstrings may name what the code avoids."""
+  lines: dict[int, str] = {}
+  with open(path) as f:
+    for token in tokenize.generate_tokens(f.readline):
+      if token.type not in (tokenize.STRING, tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+        row, col = token.start
+        line = lines.get(row, '')
+        lines[row] = line + ' ' * (col - len(line)) + token.string
+  return sorted(lines.items())
 
 
 def test_the_top_level_holds_only_the_command_lines_and_the_layers_folders():

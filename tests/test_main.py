@@ -242,6 +242,14 @@ def test_cifar10_convmixer_config_runs_the_whole_pipeline_on_mock_data(tmp_path)
   assert records(tmp_path / 'run', 'eval')[0]['num_examples'] > 0
 
 
+LOAD_ON_ONE_DEVICE = """
+import sys, jax, numpy as np, isojax
+assert jax.device_count() == 1
+model, variables, config = isojax.load(sys.argv[1], ema=False)
+np.savez(sys.argv[2], *jax.tree_util.tree_leaves(variables['params']))
+"""
+
+
 @pytest.mark.slow
 def test_a_jit_run_with_sharded_state_trains_like_the_pmap_run_and_each_resumes_the_others_checkpoints(
   tmp_path, tfds_dir
@@ -250,10 +258,17 @@ def test_a_jit_run_with_sharded_state_trains_like_the_pmap_run_and_each_resumes_
   sharded = {'parallelism': 'jit', 'mesh': 'data:2,fsdp:4', 'sharding_strategy': (('.*', 'fsdp(min_size_mb=0)'),)}
   pmap_run, jit_run = tmp_path / 'pmap', tmp_path / 'jit'
   loop.train_and_evaluate(quick_config(tfds_dir), str(pmap_run))
-  loop.train_and_evaluate(quick_config(tfds_dir, **sharded), str(jit_run))
+  trained = loop.train_and_evaluate(quick_config(tfds_dir, **sharded), str(jit_run)).state
   losses = lambda workdir: [r['loss'] for r in records(workdir, 'train')]
   np.testing.assert_allclose(losses(jit_run), losses(pmap_run), rtol=1e-5)
   assert len(losses(pmap_run)) == 4
+  # the sharded checkpoint opens with isojax.load in a process with one device, bitwise the trained parameters
+  out = tmp_path / 'loaded.npz'
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1', 'JAX_PLATFORMS': 'cpu'}
+  subprocess.run([sys.executable, '-c', LOAD_ON_ONE_DEVICE, str(jit_run), str(out)], env=env, check=True)
+  loaded = np.load(out)
+  for i, want in enumerate(jax.tree_util.tree_leaves(trained.params)):
+    np.testing.assert_array_equal(loaded[f'arr_{i}'], want)
   # each resumes the other's last checkpoint and trains on to the same place
   loop.train_and_evaluate(quick_config(tfds_dir, num_steps=6, **sharded), str(pmap_run))
   loop.train_and_evaluate(quick_config(tfds_dir, num_steps=6), str(jit_run))

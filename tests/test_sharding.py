@@ -2,17 +2,23 @@
 and the jitted step computing what the pmapped step computes on every mesh (8 forced CPU devices)."""
 
 import functools
+import os
+import subprocess
+import sys
+import warnings
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from isojax import models
-from isojax.core import sharding
+from isojax.core import checkpoint, devices, sharding
 from isojax.core.config import base
-from isojax.training import optim, placement, train_step
+from isojax.training import benchmark, optim, placement, train_step
 
 MESHES = ['data:8', 'data:2,fsdp:4', 'fsdp:8', 'data:4,model:2']
 
@@ -124,7 +130,12 @@ def _setup(family, axis_name):
   config = base().optimizer
   config.update(dict(name='sgd', lr=0.1, momentum=0.9, warmup_steps=0, weight_decay=1e-2))
   tx, lr = optim.create(config, total_steps=10)
-  return model, tx, dict(model=model, tx=tx, learning_rate=lr, num_classes=8)
+  return model, tx, dict(model=model, tx=tx, learning_rate=lr)
+
+
+def _options(**options):
+  """The tests' step: 8 classes and an EMA (a state to place like the parameters)."""
+  return train_step.StepOptions(num_classes=8, ema_decay=0.9, **options)
 
 
 def _batches(steps=10, n=32):
@@ -135,11 +146,16 @@ def _batches(steps=10, n=32):
   ]
 
 
-def _pmap_run(family):
+def _pmap_run(family, n=8, **options):
+  """pmap on the first n devices (the isojax step is pmapped_train_step; n < 8 lets it match a mesh with fewer
+  batch shards)."""
   model, tx, static = _setup(family, train_step.AXIS)
   state = train_step.init_state(model, tx, jax.random.PRNGKey(0), (16, 16, 3), ema=True)
-  step = train_step.pmapped_train_step(**static, ema_decay=0.9)
-  n = jax.local_device_count()
+  if n == jax.local_device_count():
+    step = train_step.pmapped_train_step(**static, options=_options(**options))
+  else:
+    one = functools.partial(train_step.train_step, **static, options=_options(**options))
+    step = jax.pmap(one, axis_name=train_step.AXIS, in_axes=(0, 0, None), devices=jax.devices()[:n])
   replicated = jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), state)
   losses = []
   for batch in _batches():
@@ -147,6 +163,30 @@ def _pmap_run(family):
     replicated, metrics = step(replicated, split, jax.random.PRNGKey(1))
     losses.append(float(metrics['loss'][0]))
   return jax.tree_util.tree_map(lambda x: np.asarray(x[0]), replicated), losses
+
+
+def _jit_run(family, mesh_spec, **options):
+  mesh = sharding.make_mesh(mesh_spec)
+  model, tx, static = _setup(family, None)
+  shapes_, placements = train_step.state_placements(model, tx, (16, 16, 3), True, mesh, STRATEGY[mesh_spec])
+  init = functools.partial(train_step.init_state, model, tx, image_shape=(16, 16, 3), ema=True)
+  state = placement.Placement(mesh, placements).fresh(init, jax.random.PRNGKey(0))  # created in its shardings
+  if 'fsdp' in mesh_spec or (family != 'ConvMixer' and 'model' in mesh_spec):  # the rules did split the state
+    _, per_device = sharding.state_bytes(shapes_, placements)
+    assert per_device < sharding.state_bytes(shapes_, placements)[0]
+  step = train_step.jitted_train_step(mesh, placements, **static, options=_options(**options))
+  losses = []
+  for batch in _batches():
+    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    losses.append(float(metrics['loss']))
+  return state, losses
+
+
+def _assert_same_run(state, losses, expected, expected_losses):
+  np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+  for got, want in zip(jax.tree_util.tree_leaves(jax.device_get(state)), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(expected)
 
 
 PMAP_RUNS: dict = {}
@@ -163,21 +203,159 @@ CASES = [
 def test_ten_jitted_steps_on_any_mesh_equal_ten_pmapped_steps(family, mesh_spec):
   if family not in PMAP_RUNS:
     PMAP_RUNS[family] = _pmap_run(family)
-  expected, expected_losses = PMAP_RUNS[family]
-  mesh = sharding.make_mesh(mesh_spec)
-  model, tx, static = _setup(family, None)
-  shapes_, placements = train_step.state_placements(model, tx, (16, 16, 3), True, mesh, STRATEGY[mesh_spec])
+  _assert_same_run(*_jit_run(family, mesh_spec), *PMAP_RUNS[family])
+
+
+# Per-device randomness that the jit path draws per batch shard: mixup and CutMix partners and boxes, random
+# erasing, and which examples make each accumulated micro-batch (BatchNorm's statistics see them).
+PER_DEVICE = dict(mixup_alpha=0.8, cutmix_alpha=1.0, accum_steps=2, erasing={'prob': 0.5, 'fill': 'noise'})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('mesh_spec,shards', [('data:2,fsdp:4', 8), ('data:4,model:2', 4)])
+def test_mixup_cutmix_erasing_and_accumulation_draw_on_the_jit_path_what_pmap_draws(mesh_spec, shards):
+  """Each batch shard is one pmap device: 8 on data:2,fsdp:4; 4 on data:4,model:2 (model replicas share one)."""
+  expected = _pmap_run('ConvMixer', shards, **PER_DEVICE)
+  _assert_same_run(*_jit_run('ConvMixer', mesh_spec, **PER_DEVICE), *expected)
+
+
+def test_micro_batches_take_the_kth_part_of_every_shard():
+  x = np.arange(16)  # 4 shards of 4
+  np.testing.assert_array_equal(
+    train_step.micro_batches(x, 2, shards=4), [[0, 1, 4, 5, 8, 9, 12, 13], [2, 3, 6, 7, 10, 11, 14, 15]]
+  )
+  np.testing.assert_array_equal(train_step.micro_batches(x, 2), [np.arange(8), np.arange(8, 16)])
+
+
+# --- the step's guards: compiled once, donation used, no implicit host transfer -------------------------------
+
+
+def _compile_events(events: list) -> list:
+  return [name for name in events if name.endswith('backend_compile_duration')]
+
+
+@pytest.mark.parametrize('mesh_spec', [None, 'fsdp:8'])
+def test_the_step_compiles_once_uses_its_donated_state_and_transfers_nothing_implicitly(mesh_spec):
+  """As the loop runs it: compiled ahead of the first step, then four steps under devices.no_host_transfers."""
+  events: list = []
+  jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: events.append(name))
+  mesh = None if mesh_spec is None else sharding.make_mesh(mesh_spec)
+  model, tx, static = _setup('ViT', None if mesh else train_step.AXIS)
   init = functools.partial(train_step.init_state, model, tx, image_shape=(16, 16, 3), ema=True)
-  state = placement.Placement(mesh, placements).fresh(init, jax.random.PRNGKey(0))  # created in its shardings
-  if 'fsdp' in mesh_spec or (family != 'ConvMixer' and 'model' in mesh_spec):  # the rules did split the state
-    _, per_device = sharding.state_bytes(shapes_, placements)
-    assert per_device < sharding.state_bytes(shapes_, placements)[0]
-  step = train_step.jitted_train_step(mesh, placements, **static, ema_decay=0.9)
-  losses = []
-  for batch in _batches():
-    state, metrics = step(state, batch, jax.random.PRNGKey(1))
-    losses.append(float(metrics['loss']))
-  np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
-  for got, want in zip(jax.tree_util.tree_leaves(jax.device_get(state)), jax.tree_util.tree_leaves(expected)):
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
-  assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(expected)
+  if mesh is None:
+    where = placement.Placement()
+  else:
+    where = placement.Placement(mesh, train_step.state_placements(model, tx, (16, 16, 3), True, mesh, ())[1])
+  state = where.place(where.fresh(init, jax.random.PRNGKey(0)))
+  step, rng = where.step_function(**static, options=_options()), jax.random.PRNGKey(1)
+  batches = [where.batch(jax.tree_util.tree_map(lambda x: x.reshape(8, -1, *x.shape[1:]), b)) for b in _batches(4)]
+  events.clear()
+  step.lower(state, batches[0], rng).compile()
+  assert len(_compile_events(events)) == 1
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    for batch in batches:
+      with devices.no_host_transfers():
+        state, metrics = step(state, batch, rng)
+  assert len(_compile_events(events)) == 1, 'the step recompiled after its first call'
+  assert not [w for w in caught if 'donated' in str(w.message)], [str(w.message) for w in caught]
+  assert int(jax.device_get(metrics['loss']).size) >= 1
+
+
+def test_a_host_batch_handed_to_the_step_under_the_guard_is_refused():
+  model, tx, static = _setup('ViT', train_step.AXIS)
+  where = placement.Placement()
+  init = functools.partial(train_step.init_state, model, tx, image_shape=(16, 16, 3), ema=False)
+  state = where.place(where.fresh(init, jax.random.PRNGKey(0)))
+  host_batch = jax.tree_util.tree_map(lambda x: x.reshape(8, -1, *x.shape[1:]), _batches(1)[0])
+  with pytest.raises(Exception, match='[Dd]isallowed host-to-device transfer'):
+    with devices.no_host_transfers():
+      where.step_function(**static, options=train_step.StepOptions(8))(state, host_batch, jax.random.PRNGKey(1))
+
+
+# --- memory, measured ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_fsdp_on_8_devices_holds_an_eighth_of_vit_l_state_each_and_its_compiled_step_takes_an_eighth():
+  """ViT-L/16 and the base AdamW: the bytes each device holds once the state is created in its shardings (the
+  arrays' addressable shards) are what the shardings promise and at most 1.05x an eighth of the whole; XLA's
+  memory analysis of the compiled step gives each device about an eighth of data:8's arguments."""
+  model = models.build('ViT-L/16', 10, axis_name=None)
+  tx, _ = optim.create(base().optimizer, total_steps=10)
+  where = placement.on_mesh(sharding.make_mesh('fsdp:8'), model, tx, (32, 32, 3))
+  init = functools.partial(train_step.init_state, model, tx, image_shape=(32, 32, 3), ema=False)
+  held = sharding.bytes_on_devices(where.fresh(init, jax.random.PRNGKey(0)))
+  total, promised = sharding.state_bytes(where.shapes, where.states)
+  assert len(held) == 8 and max(held.values()) == promised
+  assert max(held.values()) <= 1.05 * total / 8, max(held.values()) / (total / 8)
+  arguments = {
+    mesh: benchmark.train_step_memory('ViT-L/16', 1, 32, num_classes=10, mesh=mesh)['argument_bytes']
+    for mesh in ('data:8', 'fsdp:8')
+  }
+  assert arguments['data:8'] > total and 7.5 < arguments['data:8'] / arguments['fsdp:8'] <= 8.0, arguments
+
+
+# --- checkpoints move between meshes ---------------------------------------------------------------------------
+
+ONE_DEVICE_READER = """
+import sys, numpy as np, jax
+from isojax.core import checkpoint
+assert jax.device_count() == 1, jax.devices()
+step, saved = checkpoint.Checkpointer(sys.argv[1], read_only=True).restore_raw()
+leaves = jax.tree_util.tree_leaves(saved)
+np.savez(sys.argv[2], step=step, *[np.asarray(x) for x in leaves])
+"""
+
+
+def _sharded_state(mesh_spec, devices_=None):
+  model, tx, _ = _setup('ViT', None)
+  mesh = sharding.make_mesh(mesh_spec, devices_)
+  where = placement.on_mesh(mesh, model, tx, (16, 16, 3), True, (('.*', 'fsdp(min_size_mb=0)'),))
+  init = functools.partial(train_step.init_state, model, tx, image_shape=(16, 16, 3), ema=True)
+  return where, init
+
+
+def test_a_state_saved_on_fsdp8_restores_bitwise_on_4_devices_on_the_host_and_in_a_one_device_process(tmp_path):
+  where, init = _sharded_state('fsdp:8')
+  state = where.fresh(init, jax.random.PRNGKey(0))
+  saver = checkpoint.Checkpointer(str(tmp_path / 'ckpt'))
+  saver.save(1, where.checkpointed(state))  # the sharded arrays themselves: nothing gathered
+  saver.wait()
+  with ocp.StandardCheckpointer() as reader:  # each array written as its shards, its sharding recorded
+    kernel = reader.metadata(str(tmp_path / 'ckpt' / '1' / 'default')).item_metadata.tree['params']['head']['kernel']
+  assert 'fsdp' in str(kernel.sharding) and kernel.storage.chunk_shape != kernel.shape, kernel
+  saved = jax.tree_util.tree_leaves(jax.device_get(state))
+  on_four, _ = _sharded_state('fsdp:4', jax.devices()[:4])
+  _, restored = saver.restore(on_four.restore_target(lambda: None))
+  for got, want in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(on_four.states)):
+    assert got.sharding == want and got.sharding.mesh.devices.size == 4
+  for got, want in zip(jax.tree_util.tree_leaves(jax.device_get(restored)), saved):
+    np.testing.assert_array_equal(got, want)
+  _, on_host = saver.restore(
+    placement.Placement().restore_target(lambda: placement.on_host(init, jax.random.PRNGKey(5)))
+  )
+  for got, want in zip(jax.tree_util.tree_leaves(jax.device_get(on_host)), saved):
+    np.testing.assert_array_equal(got, want)
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1', 'JAX_PLATFORMS': 'cpu'}
+  out = tmp_path / 'read.npz'
+  subprocess.run([sys.executable, '-c', ONE_DEVICE_READER, str(tmp_path / 'ckpt'), str(out)], env=env, check=True)
+  read = np.load(out)
+  as_dicts = jax.tree_util.tree_leaves(flax.serialization.to_state_dict(jax.device_get(state)))  # keys sorted
+  assert int(read['step']) == 1 and len(read.files) == len(as_dicts) + 1
+  for i, want in enumerate(as_dicts):
+    np.testing.assert_array_equal(read[f'arr_{i}'], want)
+
+
+def test_a_host_checkpoint_of_the_pmap_path_restores_onto_fsdp8_in_its_shardings(tmp_path):
+  where, init = _sharded_state('fsdp:8')
+  host = placement.on_host(init, jax.random.PRNGKey(0))
+  saver = checkpoint.Checkpointer(str(tmp_path / 'ckpt'))
+  saver.save(1, placement.Placement().checkpointed(placement.Placement().place(host)))
+  saver.wait()
+  _, restored = saver.restore(where.restore_target(lambda: None))
+  assert jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: x.sharding, restored)) == jax.tree_util.tree_leaves(
+    where.states
+  )
+  for got, want in zip(jax.tree_util.tree_leaves(jax.device_get(restored)), jax.tree_util.tree_leaves(host)):
+    np.testing.assert_array_equal(got, want)

@@ -3,6 +3,7 @@
 Runs without TensorFlow (benchmarks/accelerator_check.sh on a GPU machine that lacks it): the
 two tests that need it say so and skip there."""
 
+import dataclasses
 import functools
 
 import jax
@@ -34,10 +35,13 @@ def global_batch(n=16, seed=0):
   return {'image': rng.normal(size=(n, 16, 16, 3)).astype(np.float32), 'label': rng.randint(0, 5, n).astype(np.int32)}
 
 
-def run_pmapped(state, batch, devices, steps=1, **static):
-  step = jax.pmap(
-    functools.partial(train_step.train_step, **static), axis_name=train_step.AXIS, in_axes=(0, 0, None), devices=devices
-  )
+def run_pmapped(state, batch, devices, steps=1, num_classes=5, **static):
+  """`static`: the step's model, tx and learning_rate, and any StepOptions field."""
+  fields = {f.name for f in dataclasses.fields(train_step.StepOptions)}
+  options = train_step.StepOptions(num_classes, **{k: v for k, v in static.items() if k in fields})
+  static = {k: v for k, v in static.items() if k not in fields}
+  one = functools.partial(train_step.train_step, **static, options=options)
+  step = jax.pmap(one, axis_name=train_step.AXIS, in_axes=(0, 0, None), devices=devices)
   n = len(devices)
   replicated = jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), state)
   split = jax.tree_util.tree_map(lambda x: x.reshape(n, -1, *x.shape[1:]), batch)
@@ -56,13 +60,12 @@ def test_uint8_batches_normalised_in_the_step_train_exactly_like_batches_normali
   batch = global_batch()
   pixels = np.random.RandomState(1).randint(0, 256, batch['image'].shape).astype(np.uint8)
   host = preprocess.normalize(tf.constant(pixels, tf.float32), None, 'imagenet').numpy()
-  one_device = functools.partial(
-    train_step.train_step, model=model, tx=tx, learning_rate=lr, num_classes=5, axis_name=None
-  )
+  one_device = functools.partial(train_step.train_step, model=model, tx=tx, learning_rate=lr, axis_name=None)
+  normalization = preprocess.device_normalization('flip|normalize(imagenet)')
   step = jax.jit(
-    functools.partial(one_device, image_normalization=preprocess.device_normalization('flip|normalize(imagenet)'))
+    functools.partial(one_device, options=train_step.StepOptions(num_classes=5, image_normalization=normalization))
   )
-  plain = jax.jit(one_device)
+  plain = jax.jit(functools.partial(one_device, options=train_step.StepOptions(num_classes=5)))
   on_device, m1 = step(state, {**batch, 'image': pixels}, jax.random.PRNGKey(1))
   on_host, m2 = plain(state, {**batch, 'image': host}, jax.random.PRNGKey(1))
   np.testing.assert_allclose(m1['loss'], m2['loss'], rtol=1e-6)
@@ -81,7 +84,7 @@ def test_one_step_on_eight_devices_equals_one_step_on_one_device(name):
   # SGD is linear in the gradient; Adam would amplify float noise in gradients that are
   # exactly zero in exact arithmetic (attention key biases) into lr-sized steps.
   state, tx, lr = setup(model, optimizer='sgd')
-  static = dict(model=model, tx=tx, learning_rate=lr, num_classes=5)
+  static = dict(model=model, tx=tx, learning_rate=lr)
   one, m1 = run_pmapped(state, global_batch(), jax.local_devices()[:1], steps=2, **static)
   eight, m8 = run_pmapped(state, global_batch(), jax.local_devices(), steps=2, **static)
   for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(eight)):
@@ -95,7 +98,7 @@ def test_one_step_on_eight_devices_equals_one_step_on_one_device(name):
 def test_gradient_accumulation_equals_the_full_batch_step():
   model = tiny('ViT-S/16')
   state, tx, lr = setup(model, optimizer='sgd')
-  static = dict(model=model, tx=tx, learning_rate=lr, num_classes=5)
+  static = dict(model=model, tx=tx, learning_rate=lr)
   full, _ = run_pmapped(state, global_batch(), jax.local_devices()[:2], **static)
   accumulated, _ = run_pmapped(state, global_batch(), jax.local_devices()[:2], accum_steps=4, **static)
   for a, b in zip(jax.tree_util.tree_leaves(full.params), jax.tree_util.tree_leaves(accumulated.params)):
@@ -109,12 +112,12 @@ def test_dropout_keys_differ_per_device_and_per_step():
   # A zero head gives loss log(5) whatever the dropout mask; a random one lets the mask show.
   head = {'kernel': jax.random.normal(jax.random.PRNGKey(2), (32, 5)), 'bias': jnp.zeros(5)}
   state = state.replace(params={**state.params, 'head': head})
-  static = dict(model=model, tx=tx, learning_rate=lr, num_classes=5)
+  static = dict(model=model, tx=tx, learning_rate=lr)
   # The same examples on every device: equal per-device losses would mean equal dropout masks.
   same = {'image': np.tile(global_batch(2)['image'], (4, 1, 1, 1)), 'label': np.tile(global_batch(2)['label'], 4)}
   _, metrics = run_pmapped(state, same, jax.local_devices()[:4], **static)
   step = jax.pmap(
-    functools.partial(train_step.train_step, axis_name=None, **static),
+    functools.partial(train_step.train_step, axis_name=None, options=train_step.StepOptions(5), **static),
     in_axes=(0, 0, None),
     devices=jax.local_devices()[:1],
   )

@@ -1,8 +1,11 @@
 """Orbax checkpoints of a TrainState in DIR/checkpoints: the last K plus the best by eval accuracy.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames),
-so a run killed mid-save restarts from the last finished checkpoint. Every process
-restores on its own from host memory (no training mesh needed); only process 0 writes.
+so a run killed mid-save restarts from the last finished checkpoint. A state is saved as it is handed over:
+host arrays (pmap's one copy), or the jit path's sharded arrays, each written from its shards without being
+gathered. A restore places every array where its target says: a target's sharding (the current mesh's, so a
+run saved on `fsdp:8` resumes on 4 devices or on pmap), else this host's CPU; a checkpoint without a target
+(`restore_raw`, `isojax.load`) is read onto the host whatever mesh wrote it. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
@@ -89,6 +93,36 @@ def _while_steps_change(list_steps: Callable[[], Any]) -> Any:
   return list_steps()
 
 
+def _abstract(leaf: Any) -> Any:
+  """What Orbax restores `leaf` (an array, a shape or an array's metadata) as: its shape and dtype, in its
+  sharding if it has a concrete one, else on this host's CPU."""
+  placed = getattr(leaf, 'sharding', None)
+  where = placed if isinstance(placed, jax.sharding.Sharding) else None
+  host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
+  dtype = leaf.dtype if hasattr(leaf, 'dtype') else np.asarray(leaf).dtype
+  return jax.ShapeDtypeStruct(
+    tuple(np.shape(leaf) if not hasattr(leaf, 'shape') else leaf.shape), dtype, sharding=where or host
+  )
+
+
+def _non_finite(state: Any) -> list[str]:
+  """The paths of floating arrays with a NaN or an infinity: host arrays checked on the host, placed ones on
+  their devices (one boolean each comes back, nothing is gathered)."""
+  leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  placed = [x for _, x in leaves if isinstance(x, jax.Array)]
+  finite_placed = iter(jax.device_get(_all_finite(placed)) if placed else [])
+  return [
+    jax.tree_util.keystr(p)
+    for p, x in leaves
+    if not (next(finite_placed) if isinstance(x, jax.Array) else np.isfinite(x).all())
+  ]
+
+
+@jax.jit
+def _all_finite(arrays: list) -> list:
+  return [jnp.isfinite(x).all() for x in arrays]
+
+
 class Checkpointer:
   """Saves and restores TrainStates in `directory`."""
 
@@ -137,17 +171,14 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any, metrics: Optional[dict] = None) -> None:
-    """Saves host-side `state`; `metrics` (with 'accuracy') make it a candidate for best."""
+    """Saves `state` (host arrays, or placed and sharded ones: written shard by shard); `metrics` (with
+    'accuracy') make it a candidate for best."""
     if not self.writer:
       return
-    bad = [
-      jax.tree_util.keystr(p)
-      for p, x in jax.tree_util.tree_leaves_with_path(state)
-      if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.isfinite(x).all()
-    ]
+    bad = _non_finite(state)
     if bad:
       raise FloatingPointError(f'Refusing to checkpoint step {step}: non-finite values in {bad[:3]}.')
-    self._state_bytes = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+    self._state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state) if hasattr(x, 'nbytes'))
     self._saving = step
     with self._write_errors():
       self._manager.save(
@@ -233,21 +264,33 @@ class Checkpointer:
     return None, False
 
   def restore(self, target: Any, step: Optional[int] = None) -> tuple[int, Any]:
-    """(step, state) at `step`, or by default the newest readable checkpoint, shaped like `target`."""
-    abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, 'dtype') else x.dtype), target
-    )
+    """(step, state) at `step`, or by default the newest readable checkpoint, shaped like `target`: each array
+    in the sharding of its target leaf (a placed array or a ShapeDtypeStruct with one), else on the host."""
+    abstract = jax.tree_util.tree_map(_abstract, target)
     return self._newest_readable(lambda s: self._read(s, ocp.args.StandardRestore(abstract)), step)
 
   def restore_raw(self, step: Optional[int] = None) -> tuple[int, Any]:
-    """(step, state saved at `step` or the newest readable one) as nested dicts of host arrays."""
-    return self._newest_readable(lambda s: self._read(s, ocp.args.StandardRestore()), step)
+    """(step, state saved at `step` or the newest readable one) as nested dicts of host arrays, whatever mesh
+    saved it (a run sharded over 8 devices opens on a 1-device laptop)."""
 
-  def _read(self, step: int, args: Any) -> Any:
+    def read(s: int) -> Any:
+      with ocp.StandardCheckpointer() as reader:  # the arrays' shapes and dtypes, not the devices that wrote them
+        saved = reader.metadata(self._item(s)).item_metadata.tree
+      on_host = jax.tree_util.tree_map(_abstract, saved)
+      return jax.device_get(self._read(s, ocp.args.StandardRestore(on_host)))
+
+    return self._newest_readable(read, step)
+
+  def _item(self, step: int) -> str:
+    """The step's item folder; checked before Orbax reads: a step without its item confuses Orbax about every
+    later step."""
     item = os.path.join(self.directory, str(step), ITEM)
-    # Checked before Orbax reads: a step without its item confuses Orbax about every later step.
     if not os.path.isdir(item) or not os.listdir(item):
       raise FileNotFoundError(f'{item} is missing or empty')
+    return item
+
+  def _read(self, step: int, args: Any) -> Any:
+    self._item(step)
     return self._manager.restore(step, args=args)
 
   def wait(self) -> None:

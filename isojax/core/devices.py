@@ -4,14 +4,15 @@ several hosts (`jax.distributed`)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 import jax
 import numpy as np
-from jax._src import distributed  # the coordination-service client JAX's own multi-process tests use for barriers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost as ocp_multihost
 
 
 def initialize_distributed(
@@ -79,20 +80,22 @@ def unreplicate(tree: Any) -> Any:
 
 
 def wait_for_all_processes(name: str, timeout_s: int = 1800) -> None:
-  """A barrier through the coordination service (no device collective; no-op for one process).
+  """A barrier through the coordination service (no device collective; no-op for one process), by Orbax's
+  public `multihost.get_barrier_sync_fn` (JAX exposes its own client only under `jax._src`).
 
   CPU collectives over gloo give their first rendezvous only 30 s, so processes must reach the
   first collective together: compile first, then meet here.
   """
   if jax.process_count() == 1:
     return
-  client = distributed.global_state.client
-  if client is None:
+  try:
+    barrier = ocp_multihost.get_barrier_sync_fn()
+  except ValueError as e:
     raise RuntimeError(
-      f'{jax.process_count()} processes but no jax.distributed client: call '
+      f'{jax.process_count()} processes but no jax.distributed client ({e}): call '
       f'isojax.core.devices.initialize_distributed first.'
-    )
-  client.wait_at_barrier(f'isojax_{name}', timeout_s * 1000)
+    ) from None
+  barrier(key=f'isojax_{name}', timeout_ms=timeout_s * 1000)
 
 
 def global_batch(tree: Any, sharding: NamedSharding) -> Any:
@@ -104,6 +107,15 @@ def global_batch(tree: Any, sharding: NamedSharding) -> Any:
     return jax.make_array_from_process_local_data(sharding, x.reshape(-1, *x.shape[2:]))
 
   return jax.tree_util.tree_map(place, tree)
+
+
+@contextlib.contextmanager
+def no_host_transfers() -> Iterator[None]:
+  """Forbids implicit transfers between host and devices (a NumPy batch or a Python scalar passed to the step, a
+  value read back inside it): the train step runs under it, so every copy it needs was made on purpose (prefetch
+  places the batches, `jax.device_get` reads the metrics)."""
+  with jax.transfer_guard_host_to_device('disallow'), jax.transfer_guard_device_to_host('disallow'):
+    yield
 
 
 def prefetch(batches: Iterable[Any], size: int = 2, place: Callable[[Any], Any] = shard) -> Iterator[Any]:

@@ -90,10 +90,14 @@ def make_mesh(spec: str, devices: Sequence[Any] | None = None) -> Mesh:
   return jax.make_mesh(tuple(sizes[n] for n in names), names, auto, devices=devices)
 
 
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh's data-parallel axes, over which the batch is split (its shards in this order are pmap's devices)."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
 def batch_spec(mesh: Mesh) -> PartitionSpec:
   """The leading (batch) dimension over the mesh's data-parallel axes."""
-  axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
-  return PartitionSpec(axes or None)
+  return PartitionSpec(batch_axes(mesh) or None)
 
 
 def default_strategy(mesh: Mesh) -> tuple[tuple[str, str], ...]:
@@ -233,3 +237,13 @@ def whole_above_minimum(tree: Any, placements: Any, min_size_mb: float = DEFAULT
     for (path, leaf), sharding in zip(named, where)
     if sharding.is_fully_replicated and math.prod(np.shape(leaf)) * np.dtype(leaf.dtype).itemsize > min_size_mb * 2**20
   ]
+
+
+def bytes_on_devices(tree: Any) -> dict[Any, int]:
+  """The bytes each device holds of the placed arrays in `tree`, summed from their `addressable_shards` (what is
+  allocated, where `state_bytes` is what the shardings promise)."""
+  held: dict[Any, int] = {}
+  for leaf in jax.tree_util.tree_leaves(tree):
+    for shard in leaf.addressable_shards:
+      held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+  return held

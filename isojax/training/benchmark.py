@@ -1,29 +1,34 @@
 """Speed and memory of the training step and of inference, exactly as `isojax.main` runs them.
 
-`bench_model` times the pmapped train step and a pmapped forward pass (medians of repeated calls, compile time
-apart) and reads the FLOPs from XLA's cost analysis of the compiled step; model-FLOPs utilisation is against
-the device's peak: on CPU a float32 matrix product measured at start-up, on known accelerators their published
-dense peak for the dtype. `largest_batch` finds the largest per-device batch whose training step fits the
-device's memory from XLA's buffer assignment of the compiled step (the memory the step allocates), without
-running it. The command line is `python -m isojax.bench`; the input pipeline's speed is isojax/data/benchmark.py.
+`bench_model` times the train step and a forward pass (medians of repeated calls, compile time apart) under
+pmap, or under jit on a mesh with the state in its shardings (`parallelism='jit'`, `mesh='fsdp:8'`), reads the
+FLOPs from XLA's cost analysis of the compiled step and the memory it assigns each device from its memory
+analysis, and counts the state each device holds from the arrays' addressable shards; `side_by_side` runs it
+under several parallelisms in one process. Model-FLOPs utilisation is against the device's peak: on CPU a
+float32 matrix product measured at start-up, on known accelerators their published dense peak for the dtype.
+`largest_batch` finds the largest per-device batch whose training step fits the device's memory from XLA's
+buffer assignment of the compiled step (the memory the step allocates), without running it, on a mesh too.
+The command line is `python -m isojax.bench`; the input pipeline's speed is isojax/data/benchmark.py.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from isojax import models
-from isojax.core import config
-from isojax.core import devices as device_placement
-from isojax.training import optim, train_step
+from isojax.core import config, sharding
+from isojax.training import optim, placement, train_step
 
 # Published dense peaks in FLOP/s by device kind (substring) and dtype.
 PEAKS = {
@@ -73,10 +78,10 @@ def _peak_memory() -> tuple[Optional[int], str]:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 'host max RSS'
 
 
-def _timed(fn: Any, args: tuple, steps: int, keep_first_output: bool = False) -> tuple[float, float, Any, tuple]:
-  """(median seconds per call, compile seconds, FLOPs per device, the last call's arguments) of `fn(*args)`.
-  With `keep_first_output`, `fn` returns (state, metrics) and each call takes the state the previous one
-  returned (a train step that donates its state)."""
+def _timed(fn: Any, args: tuple, steps: int, keep_first_output: bool = False) -> tuple:
+  """(median seconds per call, compile seconds, FLOPs per device, the last call's arguments, the compiled
+  program's memory per device) of `fn(*args)`. With `keep_first_output`, `fn` returns (state, metrics) and each
+  call takes the state the previous one returned (a train step that donates its state)."""
   start = time.perf_counter()
   compiled = fn.lower(*args).compile()
   compile_seconds = time.perf_counter() - start
@@ -90,7 +95,7 @@ def _timed(fn: Any, args: tuple, steps: int, keep_first_output: bool = False) ->
     return out
 
   jax.block_until_ready(call())  # the first call also places donated buffers
-  return median_seconds(call, steps), compile_seconds, _flops(compiled), holder['args']
+  return median_seconds(call, steps), compile_seconds, _flops(compiled), holder['args'], _memory(compiled)
 
 
 def _figures(
@@ -108,6 +113,38 @@ def _figures(
   }
 
 
+def _placed(name, batch_size, image_size, dtype, num_classes, remat, kernels, parallelism, mesh) -> tuple:
+  """(model, placement, placed state, placed batch, step function) as isojax.main builds them for `parallelism`:
+  pmap's replicated state, or the jit path's state created in its shardings on `mesh` (default rules)."""
+  devices = jax.local_device_count()
+  if batch_size % devices:
+    raise ValueError(f'--batch_size {batch_size} is not divisible by the {devices} local devices.')
+  jit = parallelism == 'jit'
+  axis = None if jit else train_step.AXIS
+  model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=axis, kernels=kernels)
+  tx, lr = optim.create(config.base().optimizer, total_steps=1000)
+  image_shape = (image_size, image_size, 3)
+  where = placement.on_mesh(sharding.make_mesh(mesh), model, tx, image_shape) if jit else placement.Placement()
+  init = functools.partial(train_step.init_state, model, tx, image_shape=image_shape, ema=False)
+  state = where.place(where.fresh(init, jax.random.PRNGKey(0)))  # as isojax.main: pmap's on the host first
+  rng = np.random.RandomState(0)
+  batch = where.batch(
+    {
+      'image': rng.normal(size=(devices, batch_size // devices, *image_shape)).astype(np.float32),
+      'label': rng.randint(0, num_classes, (devices, batch_size // devices)).astype(np.int32),
+    }
+  )
+  step = where.step_function(model=model, tx=tx, learning_rate=lr, options=train_step.StepOptions(num_classes))
+  return model, where, state, batch, step
+
+
+def _memory(compiled) -> dict:
+  """What XLA assigns one device for a compiled program (`memory_analysis`), in bytes."""
+  memory = compiled.memory_analysis()
+  fields = ('argument', 'output', 'alias', 'temp')
+  return {f'{f}_bytes': int(getattr(memory, f'{f}_size_in_bytes')) for f in fields} if memory else {}
+
+
 def bench_model(
   name: str,
   batch_size: int,
@@ -117,30 +154,20 @@ def bench_model(
   num_classes: int = 1000,
   remat: bool = False,
   kernels: str = 'auto',
+  parallelism: str = 'pmap',
+  mesh: str = 'data:-1',
 ) -> dict:
-  """Training step and inference timings for one model, under pmap over all local devices."""
-  devices = jax.local_device_count()
-  if batch_size % devices:
-    raise ValueError(f'--batch_size {batch_size} is not divisible by the {devices} local devices.')
-  model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=train_step.AXIS, kernels=kernels)
-  tx, lr = optim.create(config.base().optimizer, total_steps=1000)
-  with jax.default_device(jax.local_devices(backend='cpu')[0]):  # as isojax.main: init on the host
-    state = jax.jit(lambda rng: train_step.init_state(model, tx, rng, (image_size, image_size, 3), ema=False))(
-      jax.random.PRNGKey(0)
-    )
-  per_device = batch_size // devices
-  rng = np.random.RandomState(0)
-  batch = device_placement.shard(
-    {
-      'image': rng.normal(size=(devices, per_device, image_size, image_size, 3)).astype(np.float32),
-      'label': rng.randint(0, num_classes, (devices, per_device)).astype(np.int32),
-    }
+  """Training step and inference timings for one model over all local devices, under pmap or (parallelism
+  'jit') on `mesh`, with the state bytes each device holds (its arrays' addressable shards) and what XLA assigns
+  the compiled step per device."""
+  model, where, state, batch, step = _placed(
+    name, batch_size, image_size, dtype, num_classes, remat, kernels, parallelism, mesh
   )
-  replicated = device_placement.replicate(jax.device_get(state))
-  step = train_step.pmapped_train_step(model=model, tx=tx, learning_rate=lr, num_classes=num_classes)
-  *train, (trained, _, _) = _timed(step, (replicated, batch, jax.random.PRNGKey(1)), steps, keep_first_output=True)
-  infer = jax.pmap(lambda s, x: model.apply(s.variables(), x, train=False), axis_name=train_step.AXIS)
-  *inference, _ = _timed(infer, (trained, batch['image']), steps)
+  held = max(sharding.bytes_on_devices(state).values())
+  *train, (trained, _, _), step_memory = _timed(step, (state, batch, jax.random.PRNGKey(1)), steps, True)
+  forward = lambda s, x: model.apply(s.variables(), x, train=False)
+  infer = jax.jit(forward) if where.mesh is not None else jax.pmap(forward, axis_name=train_step.AXIS)
+  *inference, _, _ = _timed(infer, (trained, batch['image']), steps)
   peak, peak_source = device_peak(dtype)
   memory, memory_source = _peak_memory()
   result: dict[str, Any] = {
@@ -149,16 +176,41 @@ def bench_model(
     'image_size': image_size,
     'dtype': dtype,
     'kernels': kernels,
-    'devices': devices,
+    'parallelism': parallelism,
+    'mesh': dict(where.mesh.shape) if where.mesh is not None else None,
+    'devices': jax.local_device_count(),
     'device_kind': jax.local_devices()[0].device_kind,
     'peak_flops_per_device': peak,
     'peak_source': peak_source,
     'peak_memory_bytes': memory,
     'memory_source': memory_source,
+    'state_bytes_per_device': held,
+    'train_step_memory_per_device': step_memory,
   }
+  per_device = batch_size // jax.local_device_count()
   for kind, (seconds, compile_seconds, flops) in (('train', train), ('inference', inference)):
     result[kind] = _figures(seconds, flops, compile_seconds, batch_size, per_device, peak)
   return result
+
+
+def side_by_side(name: str, parallelisms: Sequence[str], repeats: int = 1, **options: Any) -> dict:
+  """`bench_model` under each parallelism in turn, `repeats` rounds alternating them in this process; each
+  one's median images/s, and each against the first (e.g. jit on data:8 / pmap on the same devices)."""
+  runs: dict[str, list[dict]] = {p: [] for p in parallelisms}
+  for _ in range(repeats):
+    for parallelism in parallelisms:
+      runs[parallelism].append(bench_model(name, parallelism=parallelism, **options))
+  medians = {
+    p: {k: statistics.median(r[k]['images_per_sec'] for r in rs) for k in ('train', 'inference')}
+    for p, rs in runs.items()
+  }
+  first = parallelisms[0]
+  return {
+    'side_by_side': [rs[-1] for rs in runs.values()],
+    'images_per_sec': medians,
+    'ratio_to_first': {p: {k: m[k] / medians[first][k] for k in m} for p, m in medians.items()},
+    'repeats': repeats,
+  }
 
 
 def _available_memory() -> tuple[int, str]:
@@ -171,36 +223,44 @@ def _available_memory() -> tuple[int, str]:
   return info['MemAvailable'] // jax.local_device_count(), 'available host memory'
 
 
-def train_step_bytes(
+def train_step_memory(
   name: str,
   per_device_batch: int,
   image_size: int,
   dtype: str = 'float32',
   remat: bool = False,
   num_classes: int = 1000,
-) -> int:
-  """Memory XLA assigns to one device's training step: state, batch, temporaries and outputs."""
+  mesh: Optional[str] = None,
+) -> dict[str, int]:
+  """Memory XLA assigns to one device's training step (bytes of its arguments, outputs, aliases between them
+  and temporaries). With `mesh`, the
+  jit path's step on that mesh (state in its default shardings, `per_device_batch` per batch shard), compiled
+  from shapes: nothing is allocated."""
   model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=None)
   tx, lr = optim.create(config.base().optimizer, total_steps=1000)
-  state = jax.eval_shape(
-    lambda rng: train_step.init_state(model, tx, rng, (image_size, image_size, 3), ema=False), jax.random.PRNGKey(0)
-  )
+  image_shape = (image_size, image_size, 3)
+  on = sharding.make_mesh(mesh) if mesh else sharding.make_mesh('data:1', jax.local_devices()[:1])
+  where = placement.on_mesh(on, model, tx, image_shape)
+  shards = math.prod(on.shape[a] for a in sharding.batch_axes(on))
+  shaped = lambda shape, dtype, s: jax.ShapeDtypeStruct(shape, dtype, sharding=s)
+  state = jax.tree_util.tree_map(lambda x, s: shaped(x.shape, x.dtype, s), where.shapes, where.states)
+  batch_sharding = NamedSharding(on, sharding.batch_spec(on))
   batch = {
-    'image': jax.ShapeDtypeStruct((per_device_batch, image_size, image_size, 3), jnp.float32),
-    'label': jax.ShapeDtypeStruct((per_device_batch,), jnp.int32),
+    'image': shaped((per_device_batch * shards, *image_shape), jnp.float32, batch_sharding),
+    'label': shaped((per_device_batch * shards,), jnp.int32, batch_sharding),
   }
-  step = jax.jit(
-    lambda s, b, k: train_step.train_step(
-      s, b, k, model=model, tx=tx, learning_rate=lr, num_classes=num_classes, axis_name=None
-    ),
-    donate_argnums=(0,),
-  )
-  memory = step.lower(state, batch, jax.random.PRNGKey(0)).compile().memory_analysis()
-  if memory is None:
+  step = where.step_function(model=model, tx=tx, learning_rate=lr, options=train_step.StepOptions(num_classes))
+  memory = _memory(step.lower(state, batch, jax.random.PRNGKey(0)).compile())
+  if not memory:
     raise RuntimeError(f'XLA gives no memory analysis of the compiled step on {jax.default_backend()}.')
-  return int(
-    memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
-  )
+  return memory
+
+
+def train_step_bytes(*args: Any, **kwargs: Any) -> int:
+  """The bytes of `train_step_memory` one device needs at once: arguments, outputs not aliased to them, and
+  temporaries."""
+  memory = train_step_memory(*args, **kwargs)
+  return memory['argument_bytes'] + memory['output_bytes'] - memory['alias_bytes'] + memory['temp_bytes']
 
 
 def largest_batch(
@@ -211,8 +271,10 @@ def largest_batch(
   num_classes: int = 1000,
   granularity: int = 8,
   limit_bytes: Optional[int] = None,
+  mesh: Optional[str] = None,
 ) -> dict:
-  """Largest per-device batch (a multiple of `granularity`) whose training step fits in memory.
+  """Largest per-device batch (a multiple of `granularity`) whose training step fits in memory; with `mesh`, the
+  jit path's step on it (the batch per batch shard; a model axis's devices share theirs).
 
   Doubles the batch until the step no longer fits, then bisects; each probe is one compile.
   """
@@ -220,7 +282,7 @@ def largest_batch(
   probes = {}
 
   def fits(batch):
-    probes[batch] = train_step_bytes(name, batch, image_size, dtype, remat, num_classes)
+    probes[batch] = train_step_bytes(name, batch, image_size, dtype, remat, num_classes, mesh)
     return probes[batch] <= limit
 
   low, high = 0, granularity
@@ -229,15 +291,17 @@ def largest_batch(
   while high - low > granularity:
     mid = (low + high) // 2 // granularity * granularity
     low, high = (mid, high) if fits(mid) else (low, mid)
-  devices = jax.local_device_count()
+  shape = sharding.mesh_shape(mesh, jax.device_count()) if mesh else {'data': jax.local_device_count()}
+  shards = math.prod(shape.get(a, 1) for a in sharding.BATCH_AXES)
   return {
     'model': models.lookup(name).name,
     'image_size': image_size,
     'dtype': dtype,
     'remat': remat,
+    'mesh': shape if mesh else None,
     'max_batch_per_device': low,
-    'max_global_batch': low * devices,
-    'devices': devices,
+    'max_global_batch': low * shards,
+    'devices': jax.local_device_count(),
     'step_bytes_at_max': probes.get(low),
     'limit_bytes': limit,
     'limit_source': source,

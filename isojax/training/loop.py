@@ -2,9 +2,10 @@
 
 Read top to bottom: `train_and_evaluate` validates, holds the workdir and calls `_train`, which builds the run
 (`_set_up`: data, model, optimizer, evaluators), restores or initialises its state (`_initial_state`),
-compiles, then steps; after each step the periodic actions run in order (log, evaluate, checkpoint, stop on a
-signal), and the last step ends with the final evaluations and the summary (`_summary`). Metrics still on the
-devices wait in a `MetricsBuffer` until the next action reads them back.
+compiles the step (`_step_function`: the placement's step with the config's `StepOptions`), then steps;
+after each step the `PeriodicActions` run in order (log, evaluate, checkpoint, stop on a signal), and the last
+step ends with the final evaluations and the summary (`_summary`), all inside one try/finally shutdown path.
+Metrics still on the devices wait in a `MetricsBuffer` until the next action reads them back.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     sharding.mesh_shape(config.mesh, count)  # a mesh that does not fit the devices fails here
     if jax.process_count() > 1:
       raise ValueError(
-        f"parallelism='jit' runs in one process so far ({jax.process_count()} joined): its checkpoints are "
-        "host copies until they are written per shard; use parallelism='pmap' across hosts."
+        f"parallelism='jit' runs in one process so far ({jax.process_count()} joined): its evaluators gather "
+        'the variables through one host and its checkpoints are written by process 0 alone; '
+        "use parallelism='pmap' across hosts."
       )
 
 
@@ -155,10 +157,12 @@ def _initial_state(run: Run, rng_init: jax.Array) -> tuple[Any, int]:
   resuming = run.checkpointer.latest_step() is not None
   if not resuming and not run.config.init_from:
     return run.placement.place(run.placement.fresh(init, rng_init)), 0  # jit: created in its shardings
-  state = placement.on_host(init, rng_init)  # the template to restore or load into
-  if resuming:
-    _, state = run.checkpointer.restore(state)  # the newest readable checkpoint; a corrupt one is skipped, warned
-  elif run.config.init_from:
+  on_host = functools.partial(placement.on_host, init, rng_init)
+  if resuming:  # the newest readable checkpoint (a corrupt one is skipped, warned), restored where it lives
+    _, state = run.checkpointer.restore(run.placement.restore_target(on_host))
+    return run.placement.place(state), int(state.step)
+  state = on_host()  # the template the published weights load into
+  if run.config.init_from:
     variables = pretrained.load(
       run.config.init_from,
       run.model,
@@ -179,13 +183,17 @@ def _initial_state(run: Run, rng_init: jax.Array) -> tuple[Any, int]:
 
 
 def _step_function(run: Run) -> Callable:
-  config = run.config
-  normalization = data.device_normalization(config.data.train_pp) if config.data.uint8_batches else None
+  """The placement's train step for this run's model, optimizer and `StepOptions`."""
   return run.placement.step_function(
-    model=run.model,
-    tx=run.tx,
-    learning_rate=run.learning_rate,
-    num_classes=run.info.num_classes,
+    model=run.model, tx=run.tx, learning_rate=run.learning_rate, options=step_options(run.config, run.info.num_classes)
+  )
+
+
+def step_options(config: ml_collections.ConfigDict, num_classes: int) -> train_step.StepOptions:
+  """The config's fields that the train step reads, as one value."""
+  normalization = data.device_normalization(config.data.train_pp) if config.data.uint8_batches else None
+  return train_step.StepOptions(
+    num_classes=num_classes,
     label_smoothing=config.label_smoothing,
     mixup_alpha=config.mixup.mixup_alpha,
     cutmix_alpha=config.mixup.cutmix_alpha,
@@ -359,7 +367,8 @@ def _train(
   finished = False
   try:
     stop_signals.before_training(start_step)  # ... during compilation: stop, nothing to lose
-    placed = _steps(run, step_fn, evals, placed, batches, rng_train, buffer, start_step, stop_signals)
+    actions = PeriodicActions(run, evals, buffer, stop_signals)
+    placed = _steps(run, step_fn, placed, batches, rng_train, actions, start_step)
     run.checkpointer.wait()
     result = _summary(run, evals, placed, writer, progress, start_time)
     finished = True
@@ -382,43 +391,69 @@ def _shut_down(run: Run, writer: MetricWriter, failing: bool) -> None:
     writer.close()
 
 
+@dataclasses.dataclass
+class PeriodicActions:
+  """What runs after every step, in this order: log, evaluate, checkpoint, stop on a signal. Each is due on its
+  own schedule (config.log_every, the evaluators' `due`, config.checkpoint.every, a signal) and at the last step."""
+
+  run: Run
+  evals: Evaluations
+  buffer: MetricsBuffer
+  stop_signals: preemption.StopSignals
+
+  def after(self, step: int, placed: Any, metrics: Any) -> None:
+    last = step == self.run.steps
+    self.buffer.add(step, metrics)
+    self.log(step, last)
+    self.evaluate(step, last, placed)
+    saved = self.checkpoint(step, last, placed)
+    self.stop_if_asked(step, last, placed, saved)
+
+  def log(self, step: int, last: bool) -> None:
+    """One log line per config.log_every steps, and before any evaluation: never evaluate past an unnoticed NaN."""
+    due_eval = any(e.due(step, last) for e in self.evals.evaluators.values())
+    if step % self.run.config.log_every == 0 or last or due_eval:
+      self.buffer.flush(step)
+
+  def evaluate(self, step: int, last: bool, placed: Any) -> None:
+    """The evaluators due now; their time is not training throughput."""
+    start, buffer = time.time(), self.buffer
+    variables = placed.variables(self.run.use_ema)
+    shown = list(self.run.config.progress_metrics) or None
+    if self.evals.run_due(step, last, variables, buffer.writer, buffer.progress, shown, self.run.placement.evaluated):
+      buffer.pause(time.time() - start)
+
+  def checkpoint(self, step: int, last: bool, placed: Any) -> bool:
+    """A checkpoint every config.checkpoint.every steps and at the last; True if one was saved."""
+    if not (step % self.run.config.checkpoint.every == 0 or last):
+      return False
+    self.buffer.flush(step)  # never checkpoint past an unnoticed NaN
+    metrics = self.evals.checkpoint_metrics(step, last)
+    self.run.checkpointer.save(step, self.run.placement.checkpointed(placed), metrics=metrics)
+    return True
+
+  def stop_if_asked(self, step: int, last: bool, placed: Any, saved: bool) -> None:
+    """A stop requested during a step, an evaluation or a save is honoured once this step's checkpoint is saved."""
+    stop = self.stop_signals.requested(step)
+    if not stop or last:
+      return
+    self.buffer.flush(step)
+    if not saved:
+      self.run.checkpointer.save(step, self.run.placement.checkpointed(placed))
+    self.run.checkpointer.wait()  # a failed save raises here: "checkpoint saved" must be true
+    raise preemption.Preempted(step, stop)
+
+
 def _steps(
-  run: Run,
-  step_fn: Any,
-  evals: Evaluations,
-  placed: Any,
-  batches: Iterator[Any],
-  rng: jax.Array,
-  buffer: MetricsBuffer,
-  start_step: int,
-  stop_signals: preemption.StopSignals,
+  run: Run, step_fn: Any, placed: Any, batches: Iterator[Any], rng: jax.Array, actions: PeriodicActions, start_step: int
 ) -> Any:
-  """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final placed state.
-  A stop requested during a step, an evaluation or a save is honoured once the step's checkpoint is saved."""
-  config = run.config
-  shown = list(config.progress_metrics) or None
+  """Steps `start_step + 1 .. run.steps`, each followed by the periodic actions; the final placed state."""
   for step in range(start_step + 1, run.steps + 1):
-    placed, metrics = step_fn(placed, next(batches), rng)  # batches arrive on device
+    batch = next(batches)  # placed on the devices by the prefetcher
+    with devices.no_host_transfers():  # the step's inputs are all on the devices already: nothing copied unseen
+      placed, metrics = step_fn(placed, batch, rng)
     run.checkpointer.check_for_errors()  # a failed background save (disk full) stops the run now
-    buffer.add(step, metrics)
-    last = step == run.steps
-    if step % config.log_every == 0 or last or any(e.due(step, last) for e in evals.evaluators.values()):
-      buffer.flush(step)  # log, and never evaluate past an unnoticed NaN
-    eval_start = time.time()
-    variables = placed.variables(run.use_ema)
-    if evals.run_due(step, last, variables, buffer.writer, buffer.progress, shown, run.placement.evaluated):
-      buffer.pause(time.time() - eval_start)
-    saved = step % config.checkpoint.every == 0 or last
-    if saved:
-      buffer.flush(step)  # never checkpoint past an unnoticed NaN
-      run.checkpointer.save(step, run.placement.host(placed), metrics=evals.checkpoint_metrics(step, last))
-    stop = stop_signals.requested(step)
-    if stop and not last:
-      buffer.flush(step)
-      if not saved:
-        run.checkpointer.save(step, run.placement.host(placed))
-      run.checkpointer.wait()  # a failed save raises here: "checkpoint saved" must be true
-      raise preemption.Preempted(step, stop)
+    actions.after(step, placed, metrics)
   return placed
 
 

@@ -44,6 +44,20 @@ class Placement:
       return devices.replicate(state)
     return jax.device_put(state, self.states)
 
+  def checkpointed(self, state: Any) -> Any:
+    """What a checkpoint of the placed state saves: pmap's one copy on the host; the jit path's arrays as they
+    are, each written from its shards (never gathered on one device or host)."""
+    return devices.unreplicate(state) if self.mesh is None else state
+
+  def restore_target(self, host_template: Callable[[], Any]) -> Any:
+    """What a checkpoint is restored into: pmap's host template (`host_template()`, replicated after), the jit
+    path's shapes in their shardings on this mesh (restored straight onto it, whatever mesh saved them)."""
+    if self.mesh is None:
+      return host_template()
+    return jax.tree_util.tree_map(
+      lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), self.shapes, self.states
+    )
+
   def host(self, state: Any) -> Any:
     """One whole copy of the placed state as host arrays (what a checkpoint holds)."""
     return devices.unreplicate(state) if self.mesh is None else jax.device_get(state)
@@ -63,7 +77,8 @@ class Placement:
     this gathers them whole through the host, once per evaluation."""
     return variables if self.mesh is None else devices.replicate(jax.device_get(variables))
 
-  def step_function(self, **static: Any) -> Callable:
+  def step_function(self, **static: Any) -> Any:
+    """The train step compiled for this placement (a jitted or pmapped function: `.lower` compiles it ahead)."""
     if self.mesh is None:
       return train_step.pmapped_train_step(**static)
     return train_step.jitted_train_step(self.mesh, self.states, **static)
@@ -88,8 +103,20 @@ def create(
   if config.get('parallelism', 'pmap') == 'pmap':
     return Placement()
   mesh = sharding.make_mesh(config.mesh)
+  return on_mesh(mesh, model, tx, image_shape, config.ema_decay > 0, strategy(config, mesh))
+
+
+def on_mesh(
+  mesh: Mesh,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  image_shape: tuple,
+  ema: bool = False,
+  rules: sharding.Strategy = (),
+) -> Placement:
+  """The jit path's placement of this model's state on `mesh` by `rules` (() : the mesh's default strategy)."""
   shapes, states = train_step.state_placements(
-    model, tx, image_shape, config.ema_decay > 0, mesh, strategy(config, mesh)
+    model, tx, image_shape, ema, mesh, tuple(rules) or sharding.default_strategy(mesh)
   )
   return Placement(mesh, states, shapes)
 

@@ -7,16 +7,19 @@ One function, two ways to run it:
 - `jitted_train_step` ('jit'): the same function with `axis_name=None` on the global batch, under `jax.jit` with
   the state placed by `isojax.core.sharding` (data parallel, FSDP, tensor parallel). The mean loss of the global
   batch has the mean of the per-device gradients as its gradient, and BatchNorm (built without an axis name)
-  takes its statistics over the global batch as pmap's synced BatchNorm does, so with dropout, drop-path and
-  mixup off both compute the same step. With them on, the random draws differ: pmap folds each device's index
-  into the step's key and mixes each device's batch with its own reverse, the jit path draws for the global
-  batch with one key and mixes it with the global batch's reverse.
+  takes its statistics over the global batch as pmap's synced BatchNorm does. What pmap does per device is done
+  per batch shard: mixup / CutMix partners and random erasing run under `jax.shard_map`, each shard with the
+  step's key folded with its index as pmap folds the device's, and gradient accumulation takes each shard's
+  k-th micro-batch as pmap's devices do. So with dropout and drop-path off both compute the same step, mixup
+  and erasing on; dropout and drop-path draw one mask for the global batch from the step's key where pmap
+  draws each device's from its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -164,8 +167,10 @@ def _gradients(
   labels: jax.Array,
   rng: jax.Array,
   accum_steps: int,
+  shards: int = 1,
 ) -> tuple[Any, Any, jax.Array, jax.Array]:
-  """(gradients, new batch statistics, loss, accuracy) of this device's batch, over `accum_steps` micro-batches."""
+  """(gradients, new batch statistics, loss, accuracy) of this device's batch, over `accum_steps` micro-batches
+  (of a batch split in `shards` along its first dimension: micro-batch k is every shard's k-th part)."""
 
   def loss_fn(params, batch_stats, images, targets, labels, rng):
     variables = {'params': params, **({'batch_stats': batch_stats} if batch_stats else {})}
@@ -189,13 +194,38 @@ def _gradients(
     (l, (batch_stats, a)), g = grad_fn(state.params, batch_stats, *xs, jax.random.fold_in(rng, index))
     return (jax.tree_util.tree_map(jnp.add, grads, g), batch_stats, total + l, correct + a, index + 1), None
 
-  split = lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:])
+  split = functools.partial(micro_batches, accum_steps=accum_steps, shards=shards)
   zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
   (grads, batch_stats, value, accuracy, _), _ = jax.lax.scan(
     accumulate, (zeros, state.batch_stats, 0.0, 0.0, 0), (split(images), split(targets), split(labels))
   )
   grads, value, accuracy = jax.tree_util.tree_map(lambda x: x / accum_steps, (grads, value, accuracy))
   return grads, batch_stats, value, accuracy
+
+
+def micro_batches(x: jax.Array, accum_steps: int, shards: int = 1) -> jax.Array:
+  """[shards * per_shard, ...] -> [accum_steps, shards * per_shard / accum_steps, ...], micro-batch k holding the
+  k-th part of every shard: pmap's accumulation on each device, and on the jit path no example leaves its device."""
+  per_shard = x.shape[0] // shards
+  x = x.reshape(shards, accum_steps, per_shard // accum_steps, *x.shape[1:])
+  return jnp.swapaxes(x, 0, 1).reshape(accum_steps, x.shape[0] * x.shape[2], *x.shape[3:])
+
+
+def _per_shard(augment: Callable, mesh: Optional[jax.sharding.Mesh]) -> Callable:
+  """`augment(images, targets, rng)` on the jit path's global batch as pmap runs it on each device: under
+  `jax.shard_map` over the mesh's batch axes, each shard with the step's key folded with the shard's index (the
+  device index pmap folds), so mixup partners, CutMix boxes and erased boxes are pmap's."""
+  if mesh is None:
+    return lambda images, targets, rng: augment(images, targets, jax.random.split(rng)[0])
+  axes = sharding.batch_axes(mesh)
+  batch = jax.sharding.PartitionSpec(axes or None)
+
+  def per_shard(images, targets, rng):
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axes)) if axes else rng
+    return augment(images, targets, jax.random.split(rng)[0])
+
+  replicated = jax.sharding.PartitionSpec()
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(batch, batch, replicated), out_specs=(batch, batch))
 
 
 def _with_ema(state: TrainState, params: Any, batch_stats: Any, ema_decay: float) -> tuple[Any, Any]:
@@ -208,6 +238,25 @@ def _with_ema(state: TrainState, params: Any, batch_stats: Any, ema_decay: float
   return ema_params, ema_batch_stats
 
 
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """What a train step does besides the optimizer update, as one value (the loop fills it from the config).
+
+  `image_normalization` (mean, std): the batch holds uint8 pixels that the host left unnormalised
+  (isojax.data.device_normalization); they become (image - mean) / std in the step. `erasing`
+  (config.random_erasing): timm's random erasing of the mixed batch (`erase`)."""
+
+  num_classes: int
+  label_smoothing: float = 0.0
+  mixup_alpha: float = 0.0
+  cutmix_alpha: float = 0.0
+  accum_steps: int = 1
+  ema_decay: float = 0.0
+  loss: str = 'softmax_xent'
+  image_normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None
+  erasing: Optional[dict] = None
+
+
 def train_step(
   state: TrainState,
   batch: dict,
@@ -216,41 +265,39 @@ def train_step(
   model: nn.Module,
   tx: optax.GradientTransformation,
   learning_rate: Callable[[Any], Any],
-  num_classes: int,
-  label_smoothing: float = 0.0,
-  mixup_alpha: float = 0.0,
-  cutmix_alpha: float = 0.0,
-  accum_steps: int = 1,
-  ema_decay: float = 0.0,
-  loss: str = 'softmax_xent',
+  options: StepOptions,
   axis_name: Optional[str] = AXIS,
-  image_normalization: Optional[tuple[Sequence[float], Sequence[float]]] = None,
-  erasing: Optional[dict] = None,
+  mesh: Optional[jax.sharding.Mesh] = None,
 ) -> tuple[TrainState, dict]:
-  """One optimizer step on this device's share of the global batch.
+  """One optimizer step on this device's share of the global batch (pmap, `axis_name`) or on the global batch
+  (jit, `mesh`: its batch shards are augmented as pmap's devices).
 
   The step's randomness is `rng` folded with the step number and the device index, so
   dropout differs per device and per step, and a resumed run draws the same keys.
-  `image_normalization` (mean, std): the batch holds uint8 pixels that the host left
-  unnormalised (isojax.data.device_normalization); they become (image - mean) / std here.
-  `erasing` (config.random_erasing): timm's random erasing of the mixed batch (`erase`).
   """
   rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-  rng_mix, rng_model = jax.random.split(rng)
-  targets = losses.targets(batch['label'], num_classes, label_smoothing)
-  images, targets = _on_device(
-    batch['image'], targets, rng_mix, image_normalization, mixup_alpha, cutmix_alpha, erasing
+  rng_model = jax.random.split(rng)[1]
+  o = options
+  targets = losses.targets(batch['label'], o.num_classes, o.label_smoothing)
+  augment = functools.partial(
+    _on_device,
+    normalization=o.image_normalization,
+    mixup_alpha=o.mixup_alpha,
+    cutmix_alpha=o.cutmix_alpha,
+    erasing=o.erasing,
   )
+  images, targets = _per_shard(augment, mesh)(batch['image'], targets, rng)
+  shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
   grads, batch_stats, value, accuracy = _gradients(
-    model, loss, state, images, targets, batch['label'], rng_model, accum_steps
+    model, o.loss, state, images, targets, batch['label'], rng_model, o.accum_steps, shards
   )
   if axis_name is not None:
     grads, value, accuracy = jax.lax.pmean((grads, value, accuracy), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params, ema_batch_stats = _with_ema(state, params, batch_stats, ema_decay)
+  ema_params, ema_batch_stats = _with_ema(state, params, batch_stats, o.ema_decay)
   new_state = dataclasses.replace(
     state,
     step=state.step + 1,
@@ -295,7 +342,7 @@ def jitted_train_step(mesh: jax.sharding.Mesh, placements: TrainState, **static)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   batch = jax.sharding.NamedSharding(mesh, sharding.batch_spec(mesh))
   return jax.jit(
-    functools.partial(train_step, axis_name=None, **static),
+    functools.partial(train_step, axis_name=None, mesh=mesh, **static),
     in_shardings=(placements, batch, replicated),
     out_shardings=(placements, replicated),
     donate_argnums=(0,),
