@@ -97,11 +97,11 @@ def _result() -> dict[str, Any]:
   if unknown or not _PARALLELISM.value:
     raise command_line.UsageError(f'--parallelism={",".join(_PARALLELISM.value)}: give pmap, jit or pmap,jit')
   mesh = _MESH.value if 'jit' in _PARALLELISM.value else None
-  try:
-    if mesh:
+  if mesh:
+    try:
       sharding.mesh_shape(mesh, jax.device_count())
-  except sharding.ShardingError as e:
-    raise command_line.UsageError(f'--mesh: {e}') from None
+    except sharding.ShardingError as e:
+      raise command_line.UsageError(f'--mesh: {e}') from None
   if _MAX_BATCH.value:
     limit = int(_LIMIT.value * 2**30) if _LIMIT.value else None
     return benchmark.largest_batch(

@@ -97,12 +97,10 @@ def _abstract(leaf: Any) -> Any:
   """What Orbax restores `leaf` (an array, a shape or an array's metadata) as: its shape and dtype, in its
   sharding if it has a concrete one, else on this host's CPU."""
   placed = getattr(leaf, 'sharding', None)
-  where = placed if isinstance(placed, jax.sharding.Sharding) else None
-  host = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
-  dtype = leaf.dtype if hasattr(leaf, 'dtype') else np.asarray(leaf).dtype
-  return jax.ShapeDtypeStruct(
-    tuple(np.shape(leaf) if not hasattr(leaf, 'shape') else leaf.shape), dtype, sharding=where or host
-  )
+  if not isinstance(placed, jax.sharding.Sharding):  # a host array, or metadata of the devices that wrote it
+    placed = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
+  shape, dtype = (leaf.shape, leaf.dtype) if hasattr(leaf, 'dtype') else (np.shape(leaf), np.asarray(leaf).dtype)
+  return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=placed)
 
 
 def _non_finite(state: Any) -> list[str]:

@@ -95,6 +95,11 @@ def batch_axes(mesh: Mesh) -> tuple[str, ...]:
   return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many parts the batch is split into: the product of the mesh's data-parallel axis sizes."""
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh))
+
+
 def batch_spec(mesh: Mesh) -> PartitionSpec:
   """The leading (batch) dimension over the mesh's data-parallel axes."""
   return PartitionSpec(batch_axes(mesh) or None)

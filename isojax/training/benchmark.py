@@ -14,7 +14,6 @@ The command line is `python -m isojax.bench`; the input pipeline's speed is isoj
 from __future__ import annotations
 
 import functools
-import math
 import resource
 import statistics
 import time
@@ -233,24 +232,20 @@ def train_step_memory(
   mesh: Optional[str] = None,
 ) -> dict[str, int]:
   """Memory XLA assigns to one device's training step (bytes of its arguments, outputs, aliases between them
-  and temporaries). With `mesh`, the
-  jit path's step on that mesh (state in its default shardings, `per_device_batch` per batch shard), compiled
-  from shapes: nothing is allocated."""
+  and temporaries). With `mesh`, the jit path's step on that mesh (state in its default shardings,
+  `per_device_batch` per batch shard); without, one device's step. Compiled from shapes: nothing is allocated."""
   model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=None)
   tx, lr = optim.create(config.base().optimizer, total_steps=1000)
   image_shape = (image_size, image_size, 3)
   on = sharding.make_mesh(mesh) if mesh else sharding.make_mesh('data:1', jax.local_devices()[:1])
   where = placement.on_mesh(on, model, tx, image_shape)
-  shards = math.prod(on.shape[a] for a in sharding.batch_axes(on))
-  shaped = lambda shape, dtype, s: jax.ShapeDtypeStruct(shape, dtype, sharding=s)
-  state = jax.tree_util.tree_map(lambda x, s: shaped(x.shape, x.dtype, s), where.shapes, where.states)
-  batch_sharding = NamedSharding(on, sharding.batch_spec(on))
+  batch_size, split = per_device_batch * sharding.batch_shards(on), NamedSharding(on, sharding.batch_spec(on))
   batch = {
-    'image': shaped((per_device_batch * shards, *image_shape), jnp.float32, batch_sharding),
-    'label': shaped((per_device_batch * shards,), jnp.int32, batch_sharding),
+    'image': jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32, sharding=split),
+    'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=split),
   }
   step = where.step_function(model=model, tx=tx, learning_rate=lr, options=train_step.StepOptions(num_classes))
-  memory = _memory(step.lower(state, batch, jax.random.PRNGKey(0)).compile())
+  memory = _memory(step.lower(where.abstract(), batch, jax.random.PRNGKey(0)).compile())
   if not memory:
     raise RuntimeError(f'XLA gives no memory analysis of the compiled step on {jax.default_backend()}.')
   return memory
@@ -291,14 +286,14 @@ def largest_batch(
   while high - low > granularity:
     mid = (low + high) // 2 // granularity * granularity
     low, high = (mid, high) if fits(mid) else (low, mid)
-  shape = sharding.mesh_shape(mesh, jax.device_count()) if mesh else {'data': jax.local_device_count()}
-  shards = math.prod(shape.get(a, 1) for a in sharding.BATCH_AXES)
+  on = sharding.make_mesh(mesh) if mesh else None
+  shards = sharding.batch_shards(on) if on is not None else jax.local_device_count()
   return {
     'model': models.lookup(name).name,
     'image_size': image_size,
     'dtype': dtype,
     'remat': remat,
-    'mesh': shape if mesh else None,
+    'mesh': dict(on.shape) if on is not None else None,
     'max_batch_per_device': low,
     'max_global_batch': low * shards,
     'devices': jax.local_device_count(),

@@ -51,9 +51,11 @@ class Placement:
 
   def restore_target(self, host_template: Callable[[], Any]) -> Any:
     """What a checkpoint is restored into: pmap's host template (`host_template()`, replicated after), the jit
-    path's shapes in their shardings on this mesh (restored straight onto it, whatever mesh saved them)."""
-    if self.mesh is None:
-      return host_template()
+    path's `abstract()` state (restored straight onto this mesh, whatever mesh saved it)."""
+    return host_template() if self.mesh is None else self.abstract()
+
+  def abstract(self) -> Any:
+    """The jit path's state as ShapeDtypeStructs in their shardings: what compiles or restores without arrays."""
     return jax.tree_util.tree_map(
       lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where), self.shapes, self.states
     )
@@ -90,10 +92,9 @@ def on_host(init: Callable[[jax.Array], train_step.TrainState], rng: jax.Array) 
     return jax.device_get(jax.jit(init)(rng))
 
 
-def strategy(config: ml_collections.ConfigDict, mesh: Mesh) -> sharding.Strategy:
-  """config.sharding_strategy, or the mesh's default rules when it is ()."""
-  rules = tuple(tuple(rule) for rule in config.get('sharding_strategy', ()))
-  return rules or sharding.default_strategy(mesh)
+def strategy(config: ml_collections.ConfigDict) -> sharding.Strategy:
+  """config.sharding_strategy as (regex, tactics) pairs; () means the mesh's default rules (`on_mesh`)."""
+  return tuple(tuple(rule) for rule in config.get('sharding_strategy', ()))
 
 
 def create(
@@ -103,7 +104,7 @@ def create(
   if config.get('parallelism', 'pmap') == 'pmap':
     return Placement()
   mesh = sharding.make_mesh(config.mesh)
-  return on_mesh(mesh, model, tx, image_shape, config.ema_decay > 0, strategy(config, mesh))
+  return on_mesh(mesh, model, tx, image_shape, config.ema_decay > 0, strategy(config))
 
 
 def on_mesh(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
@@ -289,7 +288,7 @@ def train_step(
     erasing=o.erasing,
   )
   images, targets = _per_shard(augment, mesh)(batch['image'], targets, rng)
-  shards = 1 if mesh is None else math.prod(mesh.shape[a] for a in sharding.batch_axes(mesh))
+  shards = 1 if mesh is None else sharding.batch_shards(mesh)
   grads, batch_stats, value, accuracy = _gradients(
     model, o.loss, state, images, targets, batch['label'], rng_model, o.accum_steps, shards
   )
