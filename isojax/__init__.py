@@ -13,7 +13,7 @@ tests/test_layout.py). Its two names resolve on first use (PEP 562) from the mod
 import importlib
 from typing import Any
 
-__version__ = '0.8.0'
+__version__ = '0.9.0'
 
 # name -> (module, attribute): what `isojax.load` and `isojax.predict` are.
 PUBLIC = {'load': ('isojax.weights.runs', 'load'), 'predict': ('isojax.evaluation.inference', 'predict')}

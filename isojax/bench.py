@@ -4,13 +4,15 @@
     python -m isojax.bench --input=configs/cifar10_convmixer.py [--steps=50] [--set=data.data_dir=/data]
     python -m isojax.bench --model=ViT-B/16 --max_batch [--remat] [--parallelism=jit --mesh=fsdp:8]
     python -m isojax.bench --model=ViT-S/16 --parallelism=pmap,jit --mesh=data:8 [--repeats=3]
+    python -m isojax.bench --model=ViT-H/14 --compile_only --batch_size=1 [--scan] [--remat]
 
 Prints a table and one JSON line. `--max_batch` finds the largest global batch whose training step fits the
 device's memory, from XLA's buffer assignment of the compiled step, without running it
 (isojax/training/benchmark.py). `--kernels=reference|cpu` times the plain ops or the CPU fast paths.
 `--parallelism=jit --mesh=...` measures the jit path on that mesh (state in its default shardings), with the state
 bytes each device holds and what XLA assigns the step per device; `--parallelism=pmap,jit` measures both in one
-run, alternating `--repeats` times, with each one's ratio to the first.
+run, alternating `--repeats` times, with each one's ratio to the first. `--scan` runs the blocks under nn.scan
+(`config.model.scan`); `--compile_only` times tracing and compiling the training step without running it.
 """
 
 from __future__ import annotations
@@ -69,6 +71,13 @@ _REPEATS = flags.DEFINE_integer('repeats', 1, 'Rounds of a side-by-side run (med
 _LIMIT = flags.DEFINE_float(
   'limit_gib', None, 'With --max_batch: the memory of one device in GiB (default: what it has).', flag_values=FLAGS
 )
+_SCAN = flags.DEFINE_bool('scan', False, 'Run the blocks under nn.scan (config.model.scan).', flag_values=FLAGS)
+_COMPILE_ONLY = flags.DEFINE_bool(
+  'compile_only',
+  False,
+  'Time tracing and compiling the training step (batch per device), not running it.',
+  flag_values=FLAGS,
+)
 _MAX_BATCH = flags.DEFINE_bool(
   'max_batch', False, 'Find the largest training batch that fits the device memory (compiles only).', flag_values=FLAGS
 )
@@ -105,24 +114,51 @@ def _result() -> dict[str, Any]:
   if _MAX_BATCH.value:
     limit = int(_LIMIT.value * 2**30) if _LIMIT.value else None
     return benchmark.largest_batch(
-      _MODEL.value, _IMAGE.value, _DTYPE.value, _REMAT.value, _CLASSES.value, limit_bytes=limit, mesh=mesh
+      _MODEL.value,
+      _IMAGE.value,
+      _DTYPE.value,
+      _REMAT.value,
+      _CLASSES.value,
+      limit_bytes=limit,
+      mesh=mesh,
+      scan=_SCAN.value,
     )
-  options: dict[str, Any] = dict(
-    batch_size=_BATCH.value,
-    image_size=_IMAGE.value,
-    dtype=_DTYPE.value,
-    steps=_STEPS.value,
-    num_classes=_CLASSES.value,
-    remat=_REMAT.value,
-    kernels=_KERNELS.value,
-    mesh=_MESH.value,
-  )
+  if _COMPILE_ONLY.value:
+    return _compile_only(_MODEL.value, mesh)
+  options = dict(batch_size=_BATCH.value, steps=_STEPS.value, kernels=_KERNELS.value, mesh=_MESH.value, **_step())
   if len(_PARALLELISM.value) > 1:
     return benchmark.side_by_side(_MODEL.value, _PARALLELISM.value, _REPEATS.value, **options)
   return benchmark.bench_model(_MODEL.value, parallelism=_PARALLELISM.value[0], **options)
 
 
+def _compile_only(name: str, mesh: Optional[str]) -> dict[str, Any]:
+  """`--compile_only`: the training step traced and compiled from shapes, timed."""
+  shards = sharding.batch_shards(sharding.make_mesh(mesh)) if mesh else 1
+  if _BATCH.value % shards:
+    raise command_line.UsageError(f'--batch_size {_BATCH.value} is not divisible by the {shards} batch shards')
+  per_device = _BATCH.value // shards
+  timed = benchmark.compile_train_step(name, per_device, mesh=mesh, kernels=_KERNELS.value, **_step())
+  where = dict(model=_MODEL.value, batch_size=_BATCH.value, mesh=mesh, device_kind=jax.local_devices()[0].device_kind)
+  return dict(compile_only=True, **where, **_step(), **timed)
+
+
+def _step() -> dict[str, Any]:
+  """The flags that say which training step a measurement builds."""
+  return dict(
+    image_size=_IMAGE.value, dtype=_DTYPE.value, remat=_REMAT.value, num_classes=_CLASSES.value, scan=_SCAN.value
+  )
+
+
 def _table(result: dict) -> str:
+  if result.get('compile_only'):
+    blocks = 'scanned' if result['scan'] else 'unrolled'
+    on = f' on mesh {result["mesh"]}' if result['mesh'] else ''
+    return (
+      f'{result["model"]} training step, batch {result["batch_size"]} @ {result["image_size"]}px {result["dtype"]}'
+      f'{" remat" if result["remat"] else ""}, {blocks} blocks{on}: '
+      f'traced and lowered in {result["lower_seconds"]:.1f} s, compiled in {result["compile_seconds"]:.1f} s '
+      f'({result["device_kind"]})'
+    )
   if 'max_batch_per_device' in result:
     at_max, mesh = result['step_bytes_at_max'], result.get('mesh')
     return (

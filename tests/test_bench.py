@@ -72,3 +72,30 @@ def test_the_largest_batch_on_a_mesh_counts_the_batch_per_shard_and_fsdp_fits_mo
   assert split < one
   result = benchmark.largest_batch(**{**common, 'limit_bytes': one}, mesh='data:4,model:2')
   assert result['mesh'] == {'data': 4, 'model': 2} and result['max_global_batch'] == 4 * result['max_batch_per_device']
+
+
+@pytest.mark.slow
+def test_a_scanned_model_is_credited_the_flops_of_every_block_not_the_loop_body_once(capsys):
+  """XLA's cost analysis counts a while loop's body once; the bench counts a scanned model as its unrolled
+  program, so FLOPs per image (and MFU) do not fall by the depth when the blocks are scanned."""
+  argv = ['--model=ViT-64x4/8', '--batch_size=8', '--image_size=16', '--steps=1', '--num_classes=10']
+  results = {}
+  for flag in ('--noscan', '--scan'):
+    assert bench.main([*argv, flag]) == 0
+    results[flag] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  for kind in ('train', 'inference'):
+    unrolled, scanned = (results[f][kind]['gflops_per_image'] for f in ('--noscan', '--scan'))
+    assert scanned == pytest.approx(unrolled, rel=0.02), kind
+  assert results['--scan']['scan'] is True
+  compiled = benchmark.compile_train_step('ViT-64x4/8', 1, 16, num_classes=10, scan=True)
+  assert compiled['flops'] < 0.6 * results['--noscan']['train']['gflops_per_image'] * 1e9  # the loop, counted once
+
+
+def test_compile_only_times_tracing_and_compiling_the_step_without_running_it(capsys):
+  argv = ['--model=ViT-64x4/8', '--compile_only', '--batch_size=8', '--image_size=16', '--num_classes=10']
+  assert bench.main([*argv, '--scan', '--parallelism=jit', '--mesh=fsdp:8']) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  result = json.loads(lines[-1])
+  assert result['compile_only'] and result['scan'] and result['mesh'] == 'fsdp:8'
+  assert result['lower_seconds'] > 0 and result['compile_seconds'] > 0 and result['memory']['argument_bytes'] > 0
+  assert 'scanned blocks on mesh fsdp:8: traced and lowered in' in lines[-2]

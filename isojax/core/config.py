@@ -25,6 +25,15 @@ KERNELS = ('auto', 'reference', 'cpu')
 # 'pmap': the state replicated on every device (the default); 'jit': placed on config.mesh by
 # config.sharding_strategy (isojax/core/sharding.py): data parallel, FSDP, tensor parallel.
 PARALLELISMS = ('pmap', 'jit')
+# What a rematerialised block keeps from its forward pass: the argument-free `jax.checkpoint_policies`.
+REMAT_POLICIES = (
+  'nothing_saveable',  # big_vision's default (models/vit.py l.122): only the block's input
+  'dots_saveable',
+  'dots_with_no_batch_dims_saveable',
+  'checkpoint_dots',
+  'checkpoint_dots_with_no_batch_dims',
+  'everything_saveable',
+)
 ERASING_FILLS = ('noise', 'channel', 'zero')  # random erasing: N(0, 1) per pixel, per channel, or zeros
 DEFAULT_DECAY_PARAMS = r'(.*/)?kernel'  # every kernel: not biases, norms, position embeddings, tokens, probes
 
@@ -122,6 +131,7 @@ def _run() -> ml_collections.ConfigDict:
   c.eval_with_ema = True  # evaluate the EMA parameters when kept
   c.dtype = 'float32'  # 'bfloat16': matrix work in bf16, parameters stay float32
   c.remat = False  # recompute block activations in the backward pass
+  c.remat_policy = 'nothing_saveable'  # with remat: what each block keeps (one of REMAT_POLICIES)
   c.kernels = 'auto'  # 'reference' (what export and accelerators use) or 'cpu' (isojax/kernels)
   c.parallelism = 'pmap'  # one of PARALLELISMS
   c.mesh = 'data:-1'  # jit: axis sizes over data, fsdp, model ('fsdp:8', 'data:2,fsdp:4'); -1 takes the rest

@@ -44,11 +44,12 @@ Strategy = Sequence[tuple[str, str]]
 
 # Megatron-style tensor parallelism over `model` for isojax's transformer and MLP blocks: the fused q|k|v output
 # and the MLP's hidden units split column-wise, the attention output and the MLP's second layer row-wise.
+# Dimensions count from the end, so the rules hold for the stacked blocks of `scan=True` (a leading depth axis).
 TENSOR_PARALLEL: tuple[tuple[str, str], ...] = (
   (r'.*/attention/qkv/(kernel|bias)', 'shard_dim(axis=model, dim=-1)'),
-  (r'.*/attention/out/kernel', 'shard_dim(axis=model, dim=0)'),
+  (r'.*/attention/out/kernel', 'shard_dim(axis=model, dim=-2)'),
   (r'.*(channel_mixing|mlp)/Dense_0/(kernel|bias)', 'shard_dim(axis=model, dim=-1)'),
-  (r'.*(channel_mixing|mlp)/Dense_1/kernel', 'shard_dim(axis=model, dim=0)'),
+  (r'.*(channel_mixing|mlp)/Dense_1/kernel', 'shard_dim(axis=model, dim=-2)'),
 )
 
 

@@ -20,6 +20,7 @@ from isojax.core.config import (
   LOSSES,
   OPTIMIZERS,
   PARALLELISMS,
+  REMAT_POLICIES,
   SCHEDULES,
   WEIGHT_DECAY_MODES,
 )
@@ -70,6 +71,7 @@ _CHOICES: list[Rule] = [
   ('dtype', _one_of(DTYPES), f'one of {DTYPES}'),
   ('loss', _one_of(LOSSES), f'one of {LOSSES}'),
   ('kernels', _one_of(KERNELS), f'one of {KERNELS}'),
+  ('remat_policy', _one_of(REMAT_POLICIES), f'one of {REMAT_POLICIES} (jax.checkpoint_policies)'),
   ('parallelism', _one_of(PARALLELISMS), f'one of {PARALLELISMS}'),
   ('mesh', lambda v: isinstance(v, str) and bool(v.strip()), "axis sizes such as 'data:-1' or 'data:2,fsdp:4'"),
   (

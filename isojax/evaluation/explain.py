@@ -18,6 +18,8 @@ from isojax import models
 
 
 def _blocks(params: dict) -> list[dict]:
+  """Each block's parameters, unrolled (`scan=True` stacks them under `blocks`)."""
+  params = models.unstack_blocks({'params': params})['params']
   count = sum(1 for k in params if k.startswith('block_'))
   return [params[f'block_{i}'] for i in range(count)]
 
@@ -26,8 +28,9 @@ def attention_maps(model: nn.Module, variables: dict, images: np.ndarray) -> lis
   """Per block, the head-averaged attention weights [N, tokens, tokens].
 
   Recomputed from each block's attention input (captured with `capture_intermediates`), so the
-  fused attention used in training is left as it is.
+  fused attention used in training is left as it is. A scanned model is read unrolled.
   """
+  model, variables = models.unrolled(model, variables)
   _, state = model.apply(
     variables,
     images,

@@ -3,7 +3,17 @@ section (`model_config`, `from_config`), and each family's weight readers (`read
 
 from isojax.models.convert import Reader, Weights
 from isojax.models.family import Family
-from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead, features
+from isojax.models.isotropic import (
+  Isotropic,
+  MixingBlock,
+  PoolingHead,
+  blocks_like,
+  features,
+  is_scanned,
+  stack_blocks,
+  unrolled,
+  unstack_blocks,
+)
 from isojax.models.layers import PRE_LOGITS
 from isojax.models.registry import (
   build,
@@ -37,6 +47,7 @@ __all__ = [
   'Reader',
   'Weights',
   'attention_heads',
+  'blocks_like',
   'build',
   'check_config',
   'config_fields',
@@ -49,6 +60,7 @@ __all__ = [
   'features',
   'from_config',
   'input_channels',
+  'is_scanned',
   'lookup',
   'model_config',
   'name_for',
@@ -56,5 +68,8 @@ __all__ = [
   'reader_for',
   'register',
   'resolve',
+  'stack_blocks',
   'unregister',
+  'unrolled',
+  'unstack_blocks',
 ]

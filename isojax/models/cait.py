@@ -190,6 +190,8 @@ def cait(
   dropout_rate: float = 0.0,
   attention_dropout_rate: float = 0.0,
   remat: bool = False,
+  remat_policy: str = 'nothing_saveable',
+  scan: bool = False,
   dtype: Any = jnp.float32,
   kernels: str = REFERENCE,
 ) -> Isotropic:
@@ -227,6 +229,8 @@ def cait(
     drop_path_rate=drop_path_rate,
     drop_path_schedule='constant',
     remat=remat,
+    remat_policy=remat_policy,
+    scan=scan,
     dtype=dtype,
   )
 

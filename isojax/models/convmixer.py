@@ -187,6 +187,8 @@ def convmixer(
   drop_path_rate: float = 0.0,
   approximate_gelu: bool = False,
   remat: bool = False,
+  remat_policy: str = 'nothing_saveable',
+  scan: bool = False,
   dtype: Any = jnp.float32,
   kernels: str = REFERENCE,
 ) -> Isotropic:
@@ -218,6 +220,8 @@ def convmixer(
     depth,
     drop_path_rate=drop_path_rate,
     remat=remat,
+    remat_policy=remat_policy,
+    scan=scan,
     dtype=dtype,
   )
 

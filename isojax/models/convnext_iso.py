@@ -117,6 +117,8 @@ def convnext_iso(
   layer_scale_init: Optional[float] = None,
   drop_path_rate: float = 0.0,
   remat: bool = False,
+  remat_policy: str = 'nothing_saveable',
+  scan: bool = False,
   dtype: Any = jnp.float32,
   kernels: str = REFERENCE,
 ) -> Isotropic:
@@ -139,6 +141,8 @@ def convnext_iso(
     depth,
     drop_path_rate=drop_path_rate,
     remat=remat,
+    remat_policy=remat_policy,
+    scan=scan,
     dtype=dtype,
   )
 

@@ -197,6 +197,8 @@ def hybrid(
   attention_dropout_rate: float = 0.0,
   drop_path_rate: float = 0.0,
   remat: bool = False,
+  remat_policy: str = 'nothing_saveable',
+  scan: bool = False,
   dtype: Any = jnp.float32,
   kernels: str = REFERENCE,
 ) -> Isotropic:
@@ -220,6 +222,8 @@ def hybrid(
     attention_dropout_rate=attention_dropout_rate,
     drop_path_rate=drop_path_rate,
     remat=remat,
+    remat_policy=remat_policy,
+    scan=scan,
     dtype=dtype,
     kernels=kernels,
   )

@@ -25,7 +25,9 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from isojax.core.config import REMAT_POLICIES
 from isojax.kernels import REFERENCE
 from isojax.models.layers import FEATURES, PRE_LOGITS, ZEROS, Dense, DropPath, Initializer, LayerScale, MAPHead
 from isojax.models.layers import keep_feature as _keep
@@ -134,11 +136,42 @@ class PoolingHead(nn.Module):
     )(x)
 
 
-def _rematerialised(block: ModuleDef) -> ModuleDef:
-  """`block` (a Module class or a functools.partial of one) recomputed in the backward pass."""
+SCANNED = 'blocks'  # the stacked blocks' scope under `scan=True`; unrolled, they are block_0 ... block_{depth-1}
+
+
+def remat_policy(name: str) -> Callable[..., bool]:
+  """The `jax.checkpoint_policies` policy called `name`, or a ValueError listing the ones a config may name."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f'Unknown remat_policy {name!r}; expected one of {REMAT_POLICIES} (jax.checkpoint_policies).')
+  return getattr(jax.checkpoint_policies, name)
+
+
+def _rematerialised(block: ModuleDef, policy: str, static_argnums: tuple[int, ...], scanned: bool) -> ModuleDef:
+  """`block` (a Module class or a functools.partial of one) recomputed in the backward pass, keeping what
+  `policy` saves. Under scan, as big_vision's Encoder (vit.py l.130-135): `prevent_cse=False`, which scan's loop
+  makes safe and which lets XLA fuse the recomputation."""
   if isinstance(block, functools.partial):
-    return functools.partial(_rematerialised(block.func), *block.args, **block.keywords)
-  return nn.remat(block, static_argnums=(2,))  # (self, x, train): train is static
+    inner = _rematerialised(block.func, policy, static_argnums, scanned)
+    return functools.partial(inner, *block.args, **block.keywords)
+  return nn.remat(block, static_argnums=static_argnums, policy=remat_policy(policy), prevent_cse=not scanned)
+
+
+class ScanStep(nn.Module):
+  """`nn.scan`'s body: one block of the stack, sharing this module's scope, so that the stacked parameters keep
+  the block's own names (`blocks/norm1/scale`, a leading depth axis). Its drop-path rate is this layer's slice of
+  `rates`, or `rate` when every layer has the same one; it returns the block's output as the carry and, when
+  the caller keeps features, as the layer's output."""
+
+  block: ModuleDef
+  rate: float = 0.0
+  keep_outputs: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, rates: Optional[jax.Array], train: bool) -> tuple[jax.Array, Any]:
+    block = self.block(drop_path_rate=self.rate if rates is None else rates)
+    nn.share_scope(self, block)
+    x = block(x, train)
+    return x, (x if self.keep_outputs else None)
 
 
 class Isotropic(nn.Module):
@@ -148,6 +181,12 @@ class Isotropic(nn.Module):
   called as `(x, train)` that keeps x's shape; stochastic depth grows linearly over the blocks
   (DeiT / timm's ViT) or, with drop_path_schedule='constant', is the same in all. Tokens are
   [batch, tokens, width] (ViT, Mixer) or [batch, h, w, width] (ConvMixer); the skeleton does not care which.
+
+  `scan=True` runs the blocks under `nn.scan` (big_vision's `scan=True`, vit.py l.129-148): one traced block,
+  so compile time does not grow with depth, and parameters (and BatchNorm statistics) stacked under `blocks`
+  with a leading depth axis, as big_vision stacks `encoderblock`. `stack_blocks` / `unstack_blocks` convert
+  between the layouts; the computation is the same, the dropout and drop-path draws are not (scan splits
+  the keys per layer). `remat` recomputes each block in the backward pass, keeping what `remat_policy` saves.
   """
 
   stem: nn.Module
@@ -157,6 +196,8 @@ class Isotropic(nn.Module):
   drop_path_rate: float = 0.0
   drop_path_schedule: str = 'linear'  # or 'constant': the same rate in every block (timm's MlpMixer, ResMLP)
   remat: bool = False
+  remat_policy: str = 'nothing_saveable'
+  scan: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -168,11 +209,86 @@ class Isotropic(nn.Module):
         f'Unknown drop_path_schedule {self.drop_path_schedule!r}; expected one of {DROP_PATH_SCHEDULES}.'
       )
     x = self.stem(images.astype(self.dtype), train=train)
-    block = _rematerialised(self.block) if self.remat else self.block
-    for i in range(self.depth):
-      ramp = i / max(self.depth - 1, 1) if self.drop_path_schedule == 'linear' else 1.0
-      rate = self.drop_path_rate * ramp
-      x = block(drop_path_rate=rate, name=f'block_{i}')(x, train)
-      _keep(self, f'block{i:02d}', x)  # big_vision's names for block outputs
+    x = self._scanned(x, train) if self.scan else self._unrolled(x, train)
     nn.share_scope(self, self.pooling_head)  # the head's layers are the model's top-level names
     return self.pooling_head(x, train=train).astype(jnp.float32)
+
+  def _rates(self) -> list[float]:
+    """Each block's drop-path rate."""
+    ramp = lambda i: i / max(self.depth - 1, 1) if self.drop_path_schedule == 'linear' else 1.0
+    return [self.drop_path_rate * ramp(i) for i in range(self.depth)]
+
+  def _unrolled(self, x: jax.Array, train: bool) -> jax.Array:
+    block = _rematerialised(self.block, self.remat_policy, (2,), False) if self.remat else self.block
+    for i, rate in enumerate(self._rates()):
+      x = block(drop_path_rate=rate, name=f'block_{i}')(x, train)
+      _keep(self, f'block{i:02d}', x)  # big_vision's names for block outputs
+    return x
+
+  def _scanned(self, x: jax.Array, train: bool) -> jax.Array:
+    rates = self._rates()
+    uniform = len(set(rates)) == 1
+    step = _rematerialised(ScanStep, self.remat_policy, (3,), True) if self.remat else ScanStep
+    keep = self.is_mutable_collection(FEATURES) and not self.is_initializing()
+    stack = nn.scan(
+      step,
+      variable_axes={'params': 0, 'batch_stats': 0},
+      split_rngs={'params': True, 'dropout': True},
+      in_axes=(0, nn.broadcast),
+      length=self.depth,
+    )
+    x, outputs = stack(self.block, rates[0] if uniform else 0.0, keep, name=SCANNED)(
+      x, None if uniform else jnp.asarray(rates, jnp.float32), train
+    )
+    for i in range(self.depth if keep else 0):
+      _keep(self, f'block{i:02d}', outputs[i])
+    return x
+
+
+def stack_blocks(variables: dict) -> dict:
+  """Unrolled variables (`block_0` ... `block_{depth-1}` in each collection) -> the `scan=True` layout: one
+  `blocks` tree whose arrays have a leading depth axis (big_vision vit.py `pyloop_to_scan`, l.363-386)."""
+  out = {}
+  for collection, tree in variables.items():
+    tree = dict(tree)
+    depth = sum(1 for k in tree if k.startswith('block_') and k[len('block_') :].isdigit())
+    if depth:
+      layers = [tree.pop(f'block_{i}') for i in range(depth)]
+      tree[SCANNED] = jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *layers)
+    out[collection] = tree
+  return out
+
+
+def unstack_blocks(variables: dict) -> dict:
+  """The `scan=True` layout -> unrolled `block_{i}` trees, each the i-th slice (big_vision `scan_to_pyloop`)."""
+  out = {}
+  for collection, tree in variables.items():
+    tree = dict(tree)
+    if SCANNED in tree:
+      stacked = tree.pop(SCANNED)
+      depth = len(jax.tree.leaves(stacked)[0])
+      for i in range(depth):
+        tree[f'block_{i}'] = jax.tree.map(lambda a, i=i: np.asarray(a)[i], stacked)
+    out[collection] = tree
+  return out
+
+
+def is_scanned(variables: dict) -> bool:
+  """Whether `variables` (or abstract shapes of them) are in the `scan=True` layout."""
+  return SCANNED in variables.get('params', {})
+
+
+def blocks_like(variables: dict, target: dict) -> dict:
+  """`variables` in `target`'s block layout (stacked or unrolled), converted where the two differ."""
+  if is_scanned(target) and not is_scanned(variables):
+    return stack_blocks(variables)
+  if is_scanned(variables) and not is_scanned(target):
+    return unstack_blocks(variables)
+  return variables
+
+
+def unrolled(model: nn.Module, variables: dict) -> tuple[nn.Module, dict]:
+  """(model, variables) with the blocks unrolled: what per-block tools (attention maps, exports) read."""
+  if isinstance(model, Isotropic) and model.scan:
+    return model.clone(scan=False), unstack_blocks(variables)
+  return model, variables

@@ -261,12 +261,12 @@ class DropPath(nn.Module):
   and DeiT's); `scale=False` keeps them as they are (big_vision models/mlp_mixer.py `_stoch_depth_mask`,
   l.173-177: `1 - bernoulli(p)`). Both conventions exist; each family uses its source's."""
 
-  rate: float
+  rate: float | jax.Array  # an array under `nn.scan`, where each layer's rate is its slice of the schedule
   scale: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if not train or self.rate == 0.0:
+    if not train or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
       return x
     keep = 1.0 - self.rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)

@@ -41,8 +41,8 @@ FAMILIES: list[Family] = [
   resnetv2.FAMILY,
 ]
 
-# Set by the run, not by a config's model section: config.dtype, config.remat, config.kernels, and pmap's axis.
-RUN_LEVEL_OPTIONS = ('dtype', 'remat', 'kernels', 'axis_name')
+# Set by the run, not by a config's model section: config.dtype, config.remat(_policy), config.kernels, pmap's axis.
+RUN_LEVEL_OPTIONS = ('dtype', 'remat', 'remat_policy', 'kernels', 'axis_name')
 # Model fields of older runs that a field of the run replaced: dropped when such a run's config is read.
 RETIRED_FIELDS = {'depthwise_impl': 'config.kernels'}
 
@@ -210,8 +210,10 @@ def build(
   remat: bool = False,
   axis_name: Optional[str] = None,
   kernels: str = 'auto',
+  remat_policy: str = 'nothing_saveable',
 ) -> nn.Module:
-  """`create` with the run-level options: compute dtype, rematerialised blocks, kernels, and under pmap the axis
+  """`create` with the run-level options: compute dtype, rematerialised blocks (keeping what `remat_policy`
+  saves), kernels, and under pmap the axis
   over which BatchNorm models average their statistics (models without batch statistics ignore it)."""
   overrides = dict(overrides or {})
   options = lookup(name).options()
@@ -219,6 +221,8 @@ def build(
     overrides['dtype'] = jnp.dtype(dtype)
   if remat:
     overrides['remat'] = True
+    if 'remat_policy' in options:
+      overrides['remat_policy'] = remat_policy
   if 'axis_name' in options:
     overrides['axis_name'] = axis_name
   if 'kernels' in options:
@@ -268,6 +272,7 @@ def from_config(config: ml_collections.ConfigDict, num_classes: int, axis_name: 
     config.get('remat', False),
     axis_name,
     config.get('kernels', 'auto'),
+    config.get('remat_policy', 'nothing_saveable'),
   )
 
 

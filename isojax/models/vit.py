@@ -210,6 +210,8 @@ def vit(
   norm_after_pool: bool = False,
   qkv_bias: bool = True,
   remat: bool = False,
+  remat_policy: str = 'nothing_saveable',
+  scan: bool = False,
   head_bias_init: float = 0.0,
   dtype: Any = jnp.float32,
   kernels: str = REFERENCE,
@@ -220,18 +222,8 @@ def vit(
   `qkv_bias=False` drops the query/key/value biases (timm's `qkv_bias=False` models).
   """
   norm = functools.partial(nn.LayerNorm, epsilon=layernorm_epsilon, dtype=dtype)
-  block = encoder_block(
-    norm,
-    num_heads,
-    mlp_dim,
-    layer_scale_init,
-    dropout_rate,
-    attention_dropout_rate,
-    qkv_bias,
-    approximate_gelu,
-    dtype,
-    kernels,
-  )
+  mixing = (layer_scale_init, dropout_rate, attention_dropout_rate, qkv_bias, approximate_gelu, dtype, kernels)
+  block = encoder_block(norm, num_heads, mlp_dim, *mixing)
   head = PoolingHead(
     num_classes,
     norm=norm,
@@ -247,7 +239,8 @@ def vit(
   )
   # hidden_size, patch_size, class_token, posemb, posemb_class_token, dropout_rate
   stem = ViTStem(hidden_size, patch_size, classifier == 'token', posemb, posemb_class_token, dropout_rate, dtype=dtype)
-  return Isotropic(stem, block, head, depth, drop_path_rate=drop_path_rate, remat=remat, dtype=dtype)
+  stacking: dict[str, Any] = dict(remat=remat, remat_policy=remat_policy, scan=scan)
+  return Isotropic(stem, block, head, depth, drop_path_rate=drop_path_rate, dtype=dtype, **stacking)
 
 
 def attention_heads(model: nn.Module) -> Optional[int]:

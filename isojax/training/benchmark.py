@@ -7,7 +7,8 @@ analysis, and counts the state each device holds from the arrays' addressable sh
 under several parallelisms in one process. Model-FLOPs utilisation is against the device's peak: on CPU a
 float32 matrix product measured at start-up, on known accelerators their published dense peak for the dtype.
 `largest_batch` finds the largest per-device batch whose training step fits the device's memory from XLA's
-buffer assignment of the compiled step (the memory the step allocates), without running it, on a mesh too.
+buffer assignment of the compiled step (the memory the step allocates), without running it, on a mesh too;
+`compile_train_step` times tracing and compiling the step alone (scanned blocks against unrolled ones).
 The command line is `python -m isojax.bench`; the input pipeline's speed is isojax/data/benchmark.py.
 """
 
@@ -112,7 +113,7 @@ def _figures(
   }
 
 
-def _placed(name, batch_size, image_size, dtype, num_classes, remat, kernels, parallelism, mesh) -> tuple:
+def _placed(name, batch_size, image_size, dtype, num_classes, remat, kernels, parallelism, mesh, scan) -> tuple:
   """(model, placement, placed state, placed batch, step function) as isojax.main builds them for `parallelism`:
   pmap's replicated state, or the jit path's state created in its shardings on `mesh` (default rules)."""
   devices = jax.local_device_count()
@@ -120,7 +121,7 @@ def _placed(name, batch_size, image_size, dtype, num_classes, remat, kernels, pa
     raise ValueError(f'--batch_size {batch_size} is not divisible by the {devices} local devices.')
   jit = parallelism == 'jit'
   axis = None if jit else train_step.AXIS
-  model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=axis, kernels=kernels)
+  model = models.build(name, num_classes, _scanned(scan), dtype=dtype, remat=remat, axis_name=axis, kernels=kernels)
   tx, lr = optim.create(config.base().optimizer, total_steps=1000)
   image_shape = (image_size, image_size, 3)
   where = placement.on_mesh(sharding.make_mesh(mesh), model, tx, image_shape) if jit else placement.Placement()
@@ -155,12 +156,13 @@ def bench_model(
   kernels: str = 'auto',
   parallelism: str = 'pmap',
   mesh: str = 'data:-1',
+  scan: bool = False,
 ) -> dict:
   """Training step and inference timings for one model over all local devices, under pmap or (parallelism
   'jit') on `mesh`, with the state bytes each device holds (its arrays' addressable shards) and what XLA assigns
   the compiled step per device."""
   model, where, state, batch, step = _placed(
-    name, batch_size, image_size, dtype, num_classes, remat, kernels, parallelism, mesh
+    name, batch_size, image_size, dtype, num_classes, remat, kernels, parallelism, mesh, scan
   )
   held = max(sharding.bytes_on_devices(state).values())
   *train, (trained, _, _), step_memory = _timed(step, (state, batch, jax.random.PRNGKey(1)), steps, True)
@@ -175,6 +177,7 @@ def bench_model(
     'image_size': image_size,
     'dtype': dtype,
     'kernels': kernels,
+    'scan': scan,
     'parallelism': parallelism,
     'mesh': dict(where.mesh.shape) if where.mesh is not None else None,
     'devices': jax.local_device_count(),
@@ -187,6 +190,9 @@ def bench_model(
     'train_step_memory_per_device': step_memory,
   }
   per_device = batch_size // jax.local_device_count()
+  if scan and train[2] is not None and inference[2] is not None:  # every block counted, as the unrolled program
+    missing = loop_flops_left_out(name, per_device, image_size, dtype, remat, num_classes, kernels)
+    train[2], inference[2] = train[2] + missing[0], inference[2] + missing[1]
   for kind, (seconds, compile_seconds, flops) in (('train', train), ('inference', inference)):
     result[kind] = _figures(seconds, flops, compile_seconds, batch_size, per_device, peak)
   return result
@@ -222,7 +228,12 @@ def _available_memory() -> tuple[int, str]:
   return info['MemAvailable'] // jax.local_device_count(), 'available host memory'
 
 
-def train_step_memory(
+def _scanned(scan: bool) -> Optional[dict]:
+  """The model override of `scan=True` (the blocks under nn.scan), or none."""
+  return {'scan': True} if scan else None
+
+
+def compile_train_step(
   name: str,
   per_device_batch: int,
   image_size: int,
@@ -230,11 +241,13 @@ def train_step_memory(
   remat: bool = False,
   num_classes: int = 1000,
   mesh: Optional[str] = None,
-) -> dict[str, int]:
-  """Memory XLA assigns to one device's training step (bytes of its arguments, outputs, aliases between them
-  and temporaries). With `mesh`, the jit path's step on that mesh (state in its default shardings,
-  `per_device_batch` per batch shard); without, one device's step. Compiled from shapes: nothing is allocated."""
-  model = models.build(name, num_classes, dtype=dtype, remat=remat, axis_name=None)
+  scan: bool = False,
+  kernels: str = 'auto',
+) -> dict[str, Any]:
+  """The training step compiled from shapes, nothing allocated: seconds to trace and lower it, seconds XLA takes
+  to compile it, and the memory XLA assigns one device (`_memory`). With `mesh`, the jit path's step on that mesh
+  (state in its default shardings, `per_device_batch` per batch shard); without, one device's step."""
+  model = models.build(name, num_classes, _scanned(scan), dtype=dtype, remat=remat, axis_name=None, kernels=kernels)
   tx, lr = optim.create(config.base().optimizer, total_steps=1000)
   image_shape = (image_size, image_size, 3)
   on = sharding.make_mesh(mesh) if mesh else sharding.make_mesh('data:1', jax.local_devices()[:1])
@@ -245,7 +258,41 @@ def train_step_memory(
     'label': jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=split),
   }
   step = where.step_function(model=model, tx=tx, learning_rate=lr, options=train_step.StepOptions(num_classes))
-  memory = _memory(step.lower(where.abstract(), batch, jax.random.PRNGKey(0)).compile())
+  start = time.perf_counter()
+  lowered = step.lower(where.abstract(), batch, jax.random.PRNGKey(0))
+  traced = time.perf_counter()
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - traced
+  return {
+    'lower_seconds': traced - start,
+    'compile_seconds': seconds,
+    'memory': _memory(compiled),
+    'flops': _flops(compiled),
+  }
+
+
+def loop_flops_left_out(
+  name: str, per_device_batch: int, image_size: int, dtype: str, remat: bool, num_classes: int, kernels: str
+) -> tuple[float, float]:
+  """(training step, inference) FLOPs per device that XLA's cost analysis leaves out of `name` with scanned blocks:
+  it counts a while loop's body once, so the scanned program's own count misses depth - 1 blocks. Measured as
+  the unrolled program's count less the scanned one's, both compiled from shapes on one device."""
+  counts = {}
+  for scan in (False, True):
+    step = compile_train_step(name, per_device_batch, image_size, dtype, remat, num_classes, None, scan, kernels)
+    train = step['flops']
+    model = models.build(name, num_classes, _scanned(scan), dtype=dtype, axis_name=None, kernels=kernels)
+    images = jax.ShapeDtypeStruct((per_device_batch, image_size, image_size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda x, m=model: m.init(jax.random.PRNGKey(0), x[:1], train=False), images)
+    forward = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False)).lower(variables, images).compile()
+    counts[scan] = (train or 0.0, _flops(forward) or 0.0)
+  return counts[False][0] - counts[True][0], counts[False][1] - counts[True][1]
+
+
+def train_step_memory(*args: Any, **kwargs: Any) -> dict[str, int]:
+  """Memory XLA assigns to one device's training step (bytes of its arguments, outputs, aliases between them
+  and temporaries): `compile_train_step`'s memory."""
+  memory = compile_train_step(*args, **kwargs)['memory']
   if not memory:
     raise RuntimeError(f'XLA gives no memory analysis of the compiled step on {jax.default_backend()}.')
   return memory
@@ -267,6 +314,7 @@ def largest_batch(
   granularity: int = 8,
   limit_bytes: Optional[int] = None,
   mesh: Optional[str] = None,
+  scan: bool = False,
 ) -> dict:
   """Largest per-device batch (a multiple of `granularity`) whose training step fits in memory; with `mesh`, the
   jit path's step on it (the batch per batch shard; a model axis's devices share theirs).
@@ -277,7 +325,7 @@ def largest_batch(
   probes = {}
 
   def fits(batch):
-    probes[batch] = train_step_bytes(name, batch, image_size, dtype, remat, num_classes, mesh)
+    probes[batch] = train_step_bytes(name, batch, image_size, dtype, remat, num_classes, mesh, scan)
     return probes[batch] <= limit
 
   low, high = 0, granularity
@@ -293,6 +341,7 @@ def largest_batch(
     'image_size': image_size,
     'dtype': dtype,
     'remat': remat,
+    'scan': scan,
     'mesh': dict(on.shape) if on is not None else None,
     'max_batch_per_device': low,
     'max_global_batch': low * shards,

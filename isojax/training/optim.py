@@ -66,9 +66,10 @@ def regex_mask(pattern: str, field: str = 'pattern'):
     selected = jax.tree_util.tree_map(lambda p: compiled.fullmatch(p) is not None, paths)
     if not any(jax.tree_util.tree_leaves(selected)):
       example = jax.tree_util.tree_leaves(paths)[0]
+      scanned = ' The blocks are scanned (model.scan): one stacked blocks/... tree, no block_i.' * ('blocks' in params)
       raise ValueError(
         f'{field}={pattern!r} matches no parameter path (e.g. {example!r}); patterns match whole paths '
-        f"(re.fullmatch, as big_vision), so write e.g. 'block_0/.*' or '.*/kernel'."
+        f"(re.fullmatch, as big_vision), so write e.g. 'block_0/.*' or '.*/kernel'.{scanned}"
       )
     return selected
 

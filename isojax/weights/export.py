@@ -89,8 +89,12 @@ def from_run(workdir: str, step: Optional[int | str] = None) -> Exportable:
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.kernels = REFERENCE  # the model's meaning in plain lax, never the CPU fast paths
+  # scanned blocks unrolled: the exported graph is the plain stack, with no loop for a converter to lower
+  model, variables = models.unrolled(
+    models.from_config(config, int(variables['params']['head']['bias'].shape[0])), variables
+  )
   return Exportable(
-    models.from_config(config, int(variables['params']['head']['bias'].shape[0])),
+    model,
     variables,
     int(config.data.image_size),
     channels,

@@ -7,7 +7,9 @@ built. `describe(path)` says what a file holds (architecture, classes, image siz
 Fine-tuning semantics (as in the ViT paper): when the class count differs the head is
 re-initialised (as a fresh model of that family starts it: zeros for ViT and Mixer); when the image size
 differs, learned position embeddings are resized bilinearly over their 2D grid, keeping the class token.
-Any other mismatch is an error naming the first parameter that does not fit.
+Blocks stacked by `scan=True` and unrolled ones load into each other (`models.blocks_like`, as big_vision's
+`vit.load` converts with `pyloop_to_scan` / `scan_to_pyloop`). Any other mismatch is an error naming the first
+parameter that does not fit.
 
 Sources: the workdir of an isojax run (its latest checkpoint); the `.npz` files published by
 google-research/vision_transformer and big_vision; timm (and facebookresearch) state dicts in `.pth`, `.bin`
@@ -67,6 +69,7 @@ def adapt(source: dict, target: dict, strict: bool = True, initialise: Optional[
   configured as the weights were trained, and fails the load, listing the unused and the
   missing ones. `strict=False` loads anyway and reports them as a warning.
   """
+  source = models.blocks_like(flax.core.unfreeze(source), flax.core.unfreeze(target))  # scanned <-> unrolled
   src, out, used, missing = _flatten(source), {}, set(), []
   initialised: dict = {}
 
