@@ -307,3 +307,20 @@ def test_an_array_no_isojax_module_reads_is_refused_by_name(tmp_path):
 def test_vendored_sources_are_verbatim_copies():
   for filename, (repository, _, path, blob) in sources.SOURCES.items():
     assert sources.git_blob_hash(f'{sources.HERE}/{filename}') == blob, f'{filename} differs from {repository}:{path}'
+
+
+@pytest.mark.slow
+def test_a_big_vision_scan_true_file_fills_isojax_scanned_blocks_with_its_stacked_arrays_as_they_are(tmp_path):
+  """big_vision's `scan=True` stacks every block's parameter along a leading depth axis (vit.py l.137-148);
+  isojax's scanned blocks hold the same arrays, bit for bit, and give the source's logits."""
+  path, expected = source_logits(big_vision_vit(pool_type='map', scan=True), tmp_path)
+  model, logits = created_logits(path, scan=True)
+  assert model.scan and max_difference(logits, expected) < 1e-5
+  _, variables = pretrained.create(path, scan=True)
+  source = np.load(path)
+  mlp = source['Transformer/encoderblock/MlpBlock_0/Dense_0/kernel']
+  assert mlp.shape[0] == VIT['depth']
+  np.testing.assert_array_equal(variables['params']['blocks']['channel_mixing']['Dense_0']['kernel'], mlp)
+  np.testing.assert_array_equal(
+    variables['params']['blocks']['norm1']['scale'], source['Transformer/encoderblock/LayerNorm_0/scale']
+  )
