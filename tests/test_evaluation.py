@@ -15,7 +15,7 @@ import pytest
 
 from isojax import evaluation, models
 from isojax.core import config as config_schema
-from isojax.core import loading
+from isojax.core import devices, loading, sharding
 from isojax.core import workdir as workdir_lib
 from isojax.evaluation import classification, evaluators, fewshot
 from isojax.training import loop
@@ -278,3 +278,24 @@ def test_a_progress_metric_that_no_evaluator_reports_is_refused_naming_the_choic
   config = loading.load(os.path.join(ROOT, 'configs', 'default.py'), {'progress_metrics': ('val/accuracyy',)})
   with pytest.raises(ValueError, match=r"progress_metrics has 'val/accuracyy'.*choose from \[.*'val/accuracy'"):
     evaluators.check_progress_metrics(config)
+
+
+def test_on_a_mesh_the_evaluators_read_the_sharded_variables_and_report_what_pmap_reports(tmp_path):
+  """The jit path's evaluators run under jit on the variables as the run placed them (split over fsdp:8, never
+  gathered), with global batches: every example once, and the metrics pmap's evaluators give."""
+  config = short_config(tmp_path / 'tfds')
+  with config.unlocked():
+    config.evals.fewshot.shots = (1, 5)
+  size, model = config.data.image_size, models.from_config(config, 10)
+  variables = jax.device_get(model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 1)), train=False))
+  want = {n: e.evaluate(devices.replicate(variables)) for n, e in evaluation.create(config, model, 10).items()}
+  mesh = sharding.make_mesh('fsdp:8')
+  placed = jax.device_put(variables, sharding.shardings(variables, (('.*', 'fsdp(min_size_mb=0)'),), mesh))
+  assert any(not leaf.sharding.is_fully_replicated for leaf in jax.tree_util.tree_leaves(placed))
+  got = {n: e.evaluate(placed) for n, e in evaluation.create(config, model, 10, mesh=mesh).items()}
+  assert set(got) == set(want) == {'val', 'fewshot'}
+  for name in want:
+    for metric, value in want[name].items():
+      if metric != 'images_per_sec':
+        np.testing.assert_allclose(got[name][metric], value, rtol=1e-5, err_msg=f'{name}/{metric}')
+  assert got['val']['num_examples'] == want['val']['num_examples'] == 360  # the digits' test split, each once

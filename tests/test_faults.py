@@ -405,11 +405,17 @@ def test_a_jit_run_on_fsdp4_stopped_by_sigterm_and_sigkill_ends_with_its_unbroke
   assert b['final_accuracy'] == a['final_accuracy'] and b['final_loss'] == pytest.approx(a['final_loss'], rel=1e-6)
 
 
+JIT_ACROSS_PROCESSES = ", 'parallelism': 'jit', 'mesh': 'fsdp:4', 'sharding_strategy': (('.*', 'fsdp(min_size_mb=0)'),)"
+
+
 @pytest.mark.slow
-def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_path, digits_dir):
+@pytest.mark.parametrize('parallelism', ['pmap', 'jit'])
+def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_path, digits_dir, parallelism):
+  """2 processes x 2 devices, pmap or the jit path on fsdp:4: both stop at one step, and both save it."""
   port = free_port()
   script = tmp_path / 'worker.py'
-  distributed = distributed_overrides(port, ", 'num_steps': 400, 'checkpoint.every': 200, 'eval_every': 200")
+  on = JIT_ACROSS_PROCESSES if parallelism == 'jit' else ''
+  distributed = distributed_overrides(port, ", 'num_steps': 400, 'checkpoint.every': 200, 'eval_every': 200" + on)
   script.write_text(
     'import sys\nfrom isojax.training import preemption\ntry:\n'
     + ''.join('  ' + line + '\n' for line in WORKER.format(extra=distributed).strip().splitlines())

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import isojax
 from isojax.core import loading
 from isojax.core import workdir as workdir_lib
 from isojax.training import loop
@@ -105,17 +106,23 @@ def free_port():
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, tfds_dir):
-  port = free_port()
-  script = tmp_path / 'worker.py'
-  script.write_text(WORKER.format(extra=distributed_overrides(port)))
-  single = tmp_path / 'single.py'
-  single.write_text(WORKER.format(extra=''))
+# The jit path on fsdp:8 with every array split (the default 1 MiB minimum would leave this small model whole).
+JIT_ON_FSDP8 = ", 'parallelism': 'jit', 'mesh': 'fsdp:8', 'sharding_strategy': (('.*', 'fsdp(min_size_mb=0)'),)"
+# parallelism: (devices per process of two, devices of the one process, overrides)
+TWO_PROCESS_RUNS = {'pmap': (2, 4, ''), 'jit': (4, 8, JIT_ON_FSDP8)}
+
+
+def _train_in_processes(tmp_path, tfds_dir, parallelism):
+  """(process 0's and process 1's outputs, after both finished) of WORKER joined over gloo, and one process with
+  all their devices training the same config in tmp_path/'one'."""
+  per_process, devices, extra = TWO_PROCESS_RUNS[parallelism]
+  script, single = tmp_path / 'worker.py', tmp_path / 'single.py'
+  script.write_text(WORKER.format(extra=distributed_overrides(free_port(), extra)))
+  single.write_text(WORKER.format(extra=extra))
   workers = [
     subprocess.Popen(
       [sys.executable, str(script), DEFAULT, str(tmp_path / 'multi'), str(tmp_path / f'params{i}.npz'), str(i)],
-      env=env(2, tfds_dir),
+      env=env(per_process, tfds_dir),
       cwd=ROOT,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
@@ -127,21 +134,45 @@ def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, tf
   assert [w.returncode for w in workers] == [0, 0], both_logs(outputs)
   subprocess.run(
     [sys.executable, str(single), DEFAULT, str(tmp_path / 'one'), str(tmp_path / 'one.npz')],
-    env=env(4, tfds_dir),
+    env=env(devices, tfds_dir),
     cwd=ROOT,
     check=True,
     capture_output=True,
     timeout=600,
   )
+  return outputs
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize('parallelism', TWO_PROCESS_RUNS)
+def test_two_processes_train_like_one_process_with_the_same_devices(tmp_path, tfds_dir, parallelism):
+  """pmap on 2 x 2 devices against one process with 4; the jit path on fsdp:8 over 2 x 4 against one with 8."""
+  outputs = _train_in_processes(tmp_path, tfds_dir, parallelism)
   p0, p1, one = (np.load(tmp_path / f) for f in ('params0.npz', 'params1.npz', 'one.npz'))
   for key in p0.files:
     np.testing.assert_array_equal(p0[key], p1[key])  # the processes agree exactly
-    np.testing.assert_allclose(p0[key], one[key], rtol=1e-5, atol=1e-6)  # and equal one 4-device process
-  # Only process 0 writes: one record per logged step, and process 1 printed no progress.
+    np.testing.assert_allclose(p0[key], one[key], rtol=1e-5, atol=1e-6)  # and equal the one process
+  losses = lambda run: [m['loss'] for m in records(tmp_path / run, 'train')]
+  np.testing.assert_allclose(losses('multi'), losses('one'), rtol=1e-5)
+  # Process 0 writes the records: one per logged step, and process 1 printed no progress.
   steps = [m['step'] for m in records(tmp_path / 'multi', 'train')]
   assert steps == sorted(set(steps)) == list(range(1, 7))
   assert 'step 6/6' in outputs[0][1] and 'step 6/6' not in outputs[1][1]
+  # Each evaluation visits every held-out example once, its parts read by the two processes.
+  evals = [m for m in records(tmp_path / 'multi', 'eval') if m.get('evaluator', 'val') == 'val']
+  one_evals = [m for m in records(tmp_path / 'one', 'eval') if m.get('evaluator', 'val') == 'val']
+  assert [m['num_examples'] for m in evals] == [m['num_examples'] for m in one_evals] == [360.0, 360.0]
+  assert [m['accuracy'] for m in evals] == [m['accuracy'] for m in one_evals]
+  # The jit path's save is every process's: each wrote its own shards; pmap's host copy is process 0's alone.
+  saved = tmp_path / 'multi' / 'checkpoints' / '6' / 'default'
+  assert (saved / 'ocdbt.process_0').is_dir()
+  assert ((saved / 'ocdbt.process_1').is_dir() and bool(os.listdir(saved / 'ocdbt.process_1' / 'd'))) == (
+    parallelism == 'jit'
+  )
+  # The checkpoint opens in this one process, equal to what the processes trained.
+  _, variables, _ = isojax.load(str(tmp_path / 'multi'))
+  for a, b in zip(jax.tree_util.tree_leaves(variables['params']), (p0[k] for k in p0.files)):
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@ so a run killed mid-save restarts from the last finished checkpoint. A state is 
 host arrays (pmap's one copy), or the jit path's sharded arrays, each written from its shards without being
 gathered. A restore places every array where its target says: a target's sharding (the current mesh's, so a
 run saved on `fsdp:8` resumes on 4 devices or on pmap), else this host's CPU; a checkpoint without a target
-(`restore_raw`, `isojax.load`) is read onto the host whatever mesh wrote it. Only process 0 writes.
+(`restore_raw`, `isojax.load`) is read onto the host whatever mesh wrote it. A host state is written by process 0
+alone; a sharded state across processes (`collective=True`, the jit path on several hosts) is saved by every
+process together, each writing its own shards, as Orbax's multi-host saves do.
 """
 
 from __future__ import annotations
@@ -103,6 +105,14 @@ def _abstract(leaf: Any) -> Any:
   return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=placed)
 
 
+def _processes(process: int, collective: bool) -> ocp.options.MultiprocessingOptions:
+  """Orbax's processes for this checkpointer: all of them, process 0 finalising (a collective save of sharded
+  arrays); else this process alone, which reads for itself and writes only when it is process 0."""
+  if collective:
+    return ocp.options.MultiprocessingOptions(primary_host=0)
+  return ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process})
+
+
 def _non_finite(state: Any) -> list[str]:
   """The paths of floating arrays with a NaN or an infinity: host arrays checked on the host, placed ones on
   their devices (one boolean each comes back, nothing is gathered)."""
@@ -125,8 +135,16 @@ class Checkpointer:
   """Saves and restores TrainStates in `directory`."""
 
   def __init__(
-    self, directory: str, keep: int = 2, keep_best: bool = True, async_save: bool = True, read_only: bool = False
+    self,
+    directory: str,
+    keep: int = 2,
+    keep_best: bool = True,
+    async_save: bool = True,
+    read_only: bool = False,
+    collective: bool = False,
   ):
+    """`collective`: every process saves and restores together (arrays sharded across processes); otherwise
+    process 0 writes and each process reads for itself."""
     process = jax.process_index()
     keepers = [policies.LatestN(n=keep)]
     if keep_best:
@@ -143,13 +161,12 @@ class Checkpointer:
       enable_async_checkpointing=async_save and not read_only,
       read_only=read_only,
       create=False,
-      # Every process reads for itself; only process 0 ever writes.
-      multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=process, active_processes={process}),
+      multiprocessing_options=_processes(process, collective and not read_only),
     )
     if not read_only:
       os.makedirs(directory, exist_ok=True)
     self.directory = directory
-    self.writer = process == 0 and not read_only
+    self.writer = (process == 0 or collective) and not read_only
     if not any(isinstance(f, _OneLineOrbaxErrors) for f in logging.getLogger('absl').filters):
       logging.getLogger('absl').addFilter(_OneLineOrbaxErrors())
     sys.unraisablehook = _drop_closed_loop_callbacks

@@ -1,7 +1,10 @@
-"""What every evaluator shares: its resolved fields, its data, its pmapped function, its schedule.
+"""What every evaluator shares: its resolved fields, its data, its compiled function, its schedule.
 
 An evaluator kind is a subclass with `run(variables) -> dict` and `higher_is_better(spec)`, listed in
-evaluators.KINDS. Evaluators run on replicated variables (pmap's layout, `isojax.core.devices`).
+evaluators.KINDS. Without a mesh, evaluators run under pmap on replicated variables (pmap's layout,
+`isojax.core.devices`); with one (the jit path), under jit on the variables as the run placed them, sharded and
+never gathered, with batches as global arrays split over the mesh's data-parallel axes, as the train step takes
+them.
 """
 
 from __future__ import annotations
@@ -11,22 +14,46 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
 from isojax import data
-from isojax.core import devices
+from isojax.core import devices, sharding
+from isojax.core.devices import AXIS  # the pmap axis shared with the train step
 from isojax.data import preprocess
 
 
 class Evaluator:
-  """One named evaluator: its data, its pmapped function (`self.fn`), its schedule."""
+  """One named evaluator: its data, its compiled function (`self.fn`), its schedule, and where it runs: under
+  pmap (`mesh` None) or under jit on `mesh`."""
 
   kind = ''
 
-  def __init__(self, name: str, spec: dict, model: nn.Module, num_classes: int):
+  def __init__(self, name: str, spec: dict, model: nn.Module, num_classes: int, mesh: Optional[Mesh] = None):
     self.name, self.spec, self.model, self.train_classes = name, spec, model, num_classes
     self.every = int(spec['every'])
+    self.mesh = mesh
     self._builder: Optional[Any] = None
-    self.fn: Any = None  # the pmapped function (variables, batch) -> outputs that a kind sets
+    self.fn: Any = None  # the compiled function (variables, batch) -> outputs that a kind sets (`parallel`)
+
+  @property
+  def axis_name(self) -> Optional[str]:
+    """The axis a kind's function sums over: pmap's device axis; none under jit, whose batch is global."""
+    return AXIS if self.mesh is None else None
+
+  def parallel(self, fn: Any) -> Any:
+    """`fn(variables, batch)` over all devices: pmapped, or jitted on the mesh (its inputs' shardings decide
+    where the work runs)."""
+    return jax.pmap(fn, axis_name=AXIS) if self.mesh is None else jax.jit(fn)
+
+  def place(self, host_batch: Any) -> Any:
+    """A host batch [local_devices, per_device, ...] where `fn` takes it."""
+    if self.mesh is None:
+      return devices.shard(host_batch)
+    return devices.global_batch(host_batch, NamedSharding(self.mesh, sharding.batch_spec(self.mesh)))
+
+  def on_host(self, tree: Any) -> Any:
+    """`fn`'s replicated outputs (sums, metrics) as one host copy."""
+    return devices.unreplicate(tree) if self.mesh is None else jax.device_get(tree)
 
   @staticmethod
   def higher_is_better(spec: dict) -> list[str]:
@@ -88,26 +115,23 @@ class Evaluator:
         per_device_batch=self.spec['batch_size'] // jax.device_count(),
         **devices.data_host(),
         cache=self.spec['cache'],
-      )
+      ),
+      place=self.place,
     )
 
   def compile(self, variables: Any) -> None:
-    """Compiles the pmapped function ahead of time (processes then start evaluating together)."""
+    """Compiles the function ahead of time (processes then start evaluating together)."""
     channels = self.builder().info.features['image'].shape[-1]
     size, shape = self.spec['image_size'], (jax.local_device_count(), self.spec['batch_size'] // jax.device_count())
-    self.fn.lower(
-      variables,
-      devices.shard(
-        {
-          'image': np.zeros((*shape, size, size, channels), np.float32),
-          'label': np.zeros(shape, np.int32),
-          'mask': np.zeros(shape, np.float32),
-        }
-      ),
-    ).compile()
+    batch = {
+      'image': np.zeros((*shape, size, size, channels), np.float32),
+      'label': np.zeros(shape, np.int32),
+      'mask': np.zeros(shape, np.float32),
+    }
+    self.fn.lower(variables, self.place(batch)).compile()
 
   def run(self, variables: Any) -> dict:
-    """Metrics for `variables` (replicated over the local devices, as pmap holds them)."""
+    """Metrics for `variables`: replicated over the local devices (pmap), or as placed on the mesh (jit)."""
     raise NotImplementedError
 
   def evaluate(self, variables: Any, step: Optional[int] = None) -> dict:

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from isojax.core import devices, losses
+from isojax.core import losses
 from isojax.core.devices import AXIS  # the pmap axis shared with the train step
 from isojax.evaluation.base import Evaluator
 
@@ -74,11 +74,10 @@ class ClassificationEvaluator(Evaluator):
   def lower_is_better(spec: dict) -> list[str]:
     return ['loss']
 
-  def __init__(self, name, spec, model, num_classes):
-    super().__init__(name, spec, model, num_classes)
-    self.fn = jax.pmap(
-      functools.partial(eval_sums, model=model, num_classes=num_classes, loss=spec['loss']), axis_name=AXIS
-    )
+  def __init__(self, name, spec, model, num_classes, mesh=None):
+    super().__init__(name, spec, model, num_classes, mesh)
+    sums = functools.partial(eval_sums, model=model, num_classes=num_classes, loss=spec['loss'])
+    self.fn = self.parallel(functools.partial(sums, axis_name=self.axis_name))
 
   def validate(self) -> None:
     super().validate()
@@ -94,7 +93,7 @@ class ClassificationEvaluator(Evaluator):
     start, totals = time.perf_counter(), None
     for batch in self.batches(self.spec['split']):
       totals = accumulate(totals, self.fn(variables, batch))
-    metrics = metrics_from_sums(devices.unreplicate(totals), self.train_classes)
+    metrics = metrics_from_sums(self.on_host(totals), self.train_classes)
     # end to end, input pipeline included: inference speed as a user of this evaluator sees it
     metrics['images_per_sec'] = metrics['num_examples'] / max(time.perf_counter() - start, 1e-9)
     return metrics

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import flax.linen as nn
 import ml_collections
+from jax.sharding import Mesh
 
 from isojax.core import devices
 from isojax.core.config import classification_eval
@@ -99,12 +100,14 @@ def create(
   num_classes: int,
   validate: bool = True,
   train_builder: Optional[Any] = None,
+  mesh: Optional[Mesh] = None,
 ) -> dict[str, Evaluator]:
   """The evaluators of `config` for `model`, validated (datasets, splits, pp, features) unless told not to.
 
   Evaluators on the training data reuse `train_builder` (the dataset is opened, and an image folder checked,
-  once)."""
-  evaluators = {name: KINDS[spec['kind']](name, spec, model, num_classes) for name, spec in specs(config).items()}
+  once). With `mesh` (the jit path), they run under jit on variables placed on it."""
+  resolved = specs(config).items()
+  evaluators = {name: KINDS[spec['kind']](name, spec, model, num_classes, mesh) for name, spec in resolved}
   training_data = (config.data.name, config.data.get('data_dir'), config.data.get('skip_bad_files', False))
   for evaluator in evaluators.values():
     if (

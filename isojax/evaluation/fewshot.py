@@ -18,7 +18,6 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from isojax.core.devices import AXIS
 from isojax.evaluation.base import Evaluator
 from isojax.models import features as model_features
 
@@ -84,8 +83,11 @@ def fewshot_metrics(
   return out
 
 
-def _gather(x: jax.Array) -> np.ndarray:
-  """pmap output [devices, batch, ...] -> every process's rows on every process, [rows, ...]."""
+def _gather(x: jax.Array, pmapped: bool) -> np.ndarray:
+  """Every process's rows on every process, [rows, ...]: from pmap's output [devices, batch, ...], or from the
+  jit path's global array [global batch, ...] (split over processes by rows)."""
+  if not pmapped:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True) if jax.process_count() > 1 else x)
   local = np.concatenate([np.asarray(s.data) for s in x.addressable_shards], axis=0)
   if jax.process_count() > 1:
     local = np.asarray(multihost_utils.process_allgather(local, tiled=True))
@@ -101,15 +103,15 @@ class FewshotEvaluator(Evaluator):
   def higher_is_better(spec: dict) -> list[str]:
     return [f'{k}shot' for k in spec['shots']]
 
-  def __init__(self, name, spec, model, num_classes):
-    super().__init__(name, spec, model, num_classes)
+  def __init__(self, name, spec, model, num_classes, mesh=None):
+    super().__init__(name, spec, model, num_classes, mesh)
     feature = spec['feature']
 
     def represent(variables, batch):
       _, found = model_features(model, variables, batch['image'])
       return found[feature].reshape(batch['image'].shape[0], -1), batch['label'], batch['mask']
 
-    self.fn = jax.pmap(represent, axis_name=AXIS)
+    self.fn = self.parallel(represent)
 
   def validate(self) -> None:
     super().validate()
@@ -129,9 +131,10 @@ class FewshotEvaluator(Evaluator):
     feats, labels, masks = [], [], []
     for batch in self.batches(split):
       f, y, m = self.fn(variables, batch)
-      feats.append(_gather(f))
-      labels.append(_gather(y))
-      masks.append(_gather(m))
+      pmapped = self.mesh is None
+      feats.append(_gather(f, pmapped))
+      labels.append(_gather(y, pmapped))
+      masks.append(_gather(m, pmapped))
     keep = np.concatenate(masks) > 0
     return np.concatenate(feats)[keep], np.concatenate(labels)[keep]
 

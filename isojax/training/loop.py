@@ -53,12 +53,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   models.check_config(config)  # unknown names, and fields that contradict the name, fail here
   if config.get('parallelism', 'pmap') == 'jit':
     sharding.mesh_shape(config.mesh, count)  # a mesh that does not fit the devices fails here
-    if jax.process_count() > 1:
-      raise ValueError(
-        f"parallelism='jit' runs in one process so far ({jax.process_count()} joined): its evaluators gather "
-        'the variables through one host and its checkpoints are written by process 0 alone; '
-        "use parallelism='pmap' across hosts."
-      )
 
 
 class TrainResult(NamedTuple):
@@ -130,6 +124,7 @@ def _set_up(config: ml_collections.ConfigDict, workdir: str, is_writer: bool) ->
     keep=config.checkpoint.keep,
     keep_best=config.checkpoint.keep_best,
     async_save=config.checkpoint.async_save,
+    collective=jit and jax.process_count() > 1,  # every process writes its own shards
   )
   return Run(
     config,
@@ -306,7 +301,9 @@ class Evaluations:
 
 def _evaluations(run: Run) -> Evaluations:
   # Bad datasets, splits and features fail here; evaluators on the training data share its builder.
-  evaluators = evaluation.create(run.config, run.model, run.info.num_classes, train_builder=run.builder)
+  evaluators = evaluation.create(
+    run.config, run.model, run.info.num_classes, train_builder=run.builder, mesh=run.placement.mesh
+  )
   primary, metric = evaluation.best_metric(run.config)
   return Evaluations(evaluators, primary, metric, _best_so_far(run.workdir, primary, metric))
 

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from isojax.core import devices, sharding
@@ -61,8 +62,11 @@ class Placement:
     )
 
   def host(self, state: Any) -> Any:
-    """One whole copy of the placed state as host arrays (what a checkpoint holds)."""
-    return devices.unreplicate(state) if self.mesh is None else jax.device_get(state)
+    """One whole copy of the placed state as host arrays on every process (what a checkpoint holds); across
+    processes, each one's shards gathered to all."""
+    if self.mesh is None:
+      return devices.unreplicate(state)
+    return multihost_utils.process_allgather(state, tiled=True) if jax.process_count() > 1 else jax.device_get(state)
 
   def metrics(self, metrics: Any) -> Any:
     """The step's metrics, one value each, still on a device."""
@@ -75,9 +79,9 @@ class Placement:
     return devices.global_batch(host_batch, NamedSharding(self.mesh, sharding.batch_spec(self.mesh)))
 
   def evaluated(self, variables: Any) -> Any:
-    """The variables as the evaluators take them: replicated with a device axis (pmap's layout). On the jit path
-    this gathers them whole through the host, once per evaluation."""
-    return variables if self.mesh is None else devices.replicate(jax.device_get(variables))
+    """The variables as the evaluators take them: pmap's replicated copies, or the jit path's sharded arrays as
+    they are (its evaluators run on the mesh: nothing is gathered on one device or host)."""
+    return variables
 
   def step_function(self, **static: Any) -> Any:
     """The train step compiled for this placement (a jitted or pmapped function: `.lower` compiles it ahead)."""
