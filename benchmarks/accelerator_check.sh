@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One accelerator check, one table: the pmap tests on the real devices, isojax.bench for ViT-B/16 in
-# bfloat16 (MFU) and ConvMixer-1536/20, and the ImageNet training input pipeline on all host cores.
+# bfloat16 (MFU) and ConvMixer-1536/20, ViT-B/16 under pmap and the jit path side by side, ViT-H/14's training
+# step compiled with unrolled and with scanned blocks, and the ImageNet training input pipeline on all host cores.
 #
 #   bash benchmarks/accelerator_check.sh [WHEELS_DIR]       # about 5 minutes on one H100/H200
 #
@@ -64,6 +65,13 @@ step vit_b16_bf16 150 python -m isojax.bench --model=ViT-B/16 --batch_size="$VIT
   --dtype=bfloat16 --steps="$STEPS"
 step convmixer_1536_20 150 python -m isojax.bench --model=ConvMixer-1536/20 --batch_size="$CONVMIXER_BATCH" \
   --image_size="$CONVMIXER_IMAGE" --dtype=bfloat16 --steps="$STEPS"
+# The jit path beside pmap on the same devices (data parallel over all of them), and scan's compile time.
+step vit_b16_pmap_jit 240 python -m isojax.bench --model=ViT-B/16 --batch_size="$VIT_BATCH" --image_size="$IMAGE" \
+  --dtype=bfloat16 --steps="$STEPS" --parallelism=pmap,jit --mesh=data:-1
+step compile_vit_h14_unrolled 150 python -m isojax.bench --model=ViT-H/14 --compile_only --batch_size=8 \
+  --dtype=bfloat16 --remat
+step compile_vit_h14_scanned 150 python -m isojax.bench --model=ViT-H/14 --compile_only --batch_size=8 \
+  --dtype=bfloat16 --remat --scan
 if python -c 'import tensorflow, tensorflow_datasets, sklearn' 2>/dev/null; then
   step photo_folder 120 python benchmarks/photo_folder.py --out="$OUT/photos" --per_class="$FOLDER_PER_CLASS" \
     --val_per_class=1
@@ -109,6 +117,16 @@ for name in ('vit_b16_bf16', 'convmixer_1536_20'):
     text = [l for l in open(os.path.join(out, f'{name}.log')) if 'Error' in l][-1:] or text
     text = text[0].strip()
   print(f'| isojax.bench {name} | {status(name)} | {text} |')
+r = last_json('vit_b16_pmap_jit')
+if r:
+  ratio = r['ratio_to_first']['jit']
+  text = f"jit / pmap on {r['side_by_side'][1]['mesh']}: train {ratio['train']:.2f}x, inference {ratio['inference']:.2f}x"
+else:
+  text = (open(os.path.join(out, 'vit_b16_pmap_jit.log')).read().strip().splitlines() or [''])[-1]
+print(f"| isojax.bench ViT-B/16 --parallelism=pmap,jit | {status('vit_b16_pmap_jit')} | {text} |")
+compiled = {name: last_json(f'compile_vit_h14_{name}') for name in ('unrolled', 'scanned')}
+text = ', '.join(f"{name} {r['lower_seconds'] + r['compile_seconds']:.1f} s" for name, r in compiled.items() if r)
+print(f"| ViT-H/14 train step compile (bf16, remat) | {status('compile_vit_h14_scanned')} | {text or 'n/a'} |")
 r = last_json('input_pipeline')
 text = (f"{r['images_per_sec']:,.0f} images/s ({r['train_pp'].replace('|', ' / ')})" if r else
         open(os.path.join(out, 'input_pipeline.log')).read().strip().splitlines()[-1])
