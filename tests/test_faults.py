@@ -411,7 +411,8 @@ JIT_ACROSS_PROCESSES = ", 'parallelism': 'jit', 'mesh': 'fsdp:4', 'sharding_stra
 @pytest.mark.slow
 @pytest.mark.parametrize('parallelism', ['pmap', 'jit'])
 def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_path, digits_dir, parallelism):
-  """2 processes x 2 devices, pmap or the jit path on fsdp:4: both stop at one step, and both save it."""
+  """2 processes x 2 devices, pmap or the jit path on fsdp:4: both stop at one step, and both save it; on the jit
+  path the two then resume from that step's shards and finish."""
   port = free_port()
   script = tmp_path / 'worker.py'
   on = JIT_ACROSS_PROCESSES if parallelism == 'jit' else ''
@@ -449,6 +450,18 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
   steps = [int(re.search(r'STOPPED (\d+)', out).group(1)) for out, _ in outputs]
   assert steps[0] == steps[1] < 400
   assert checkpoint.Checkpointer(str(tmp_path / 'run' / 'checkpoints'), read_only=True).latest_step() == steps[0]
+  if parallelism == 'jit':  # the same command on both resumes from the shards each process wrote, together
+    workers = [
+      subprocess.Popen(
+        w.args, env=env(2, digits_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+      )
+      for w in workers
+    ]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], both_logs(outputs)
+    assert f'resuming at step {steps[0]}' in outputs[0][1], outputs[0][1][-3000:]
+    (summary,) = records(tmp_path / 'run', 'summary')
+    assert summary['steps'] == 400
 
 
 # --- reading a run while it trains ---------------------------------------------------------------
