@@ -14,6 +14,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orbax.checkpoint import multihost as ocp_multihost
 
+from isojax.core import sharding
+
 
 def initialize_distributed(
   coordinator_address: Optional[str] = None,
@@ -107,6 +109,14 @@ def global_batch(tree: Any, sharding: NamedSharding) -> Any:
     return jax.make_array_from_process_local_data(sharding, x.reshape(-1, *x.shape[2:]))
 
   return jax.tree_util.tree_map(place, tree)
+
+
+def place_batch(host_batch: Any, mesh: Optional[Mesh]) -> Any:
+  """A host batch [local_devices, per_device, ...] where a step or evaluator takes it: split per local device
+  (pmap, `mesh` None), or as global arrays over the mesh's data-parallel axes (the jit path)."""
+  if mesh is None:
+    return shard(host_batch)
+  return global_batch(host_batch, NamedSharding(mesh, sharding.batch_spec(mesh)))
 
 
 @contextlib.contextmanager

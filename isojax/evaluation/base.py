@@ -14,10 +14,10 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from isojax import data
-from isojax.core import devices, sharding
+from isojax.core import devices
 from isojax.core.devices import AXIS  # the pmap axis shared with the train step
 from isojax.data import preprocess
 
@@ -46,10 +46,8 @@ class Evaluator:
     return jax.pmap(fn, axis_name=AXIS) if self.mesh is None else jax.jit(fn)
 
   def place(self, host_batch: Any) -> Any:
-    """A host batch [local_devices, per_device, ...] where `fn` takes it."""
-    if self.mesh is None:
-      return devices.shard(host_batch)
-    return devices.global_batch(host_batch, NamedSharding(self.mesh, sharding.batch_spec(self.mesh)))
+    """A host batch [local_devices, per_device, ...] where `fn` takes it (the train step's placement)."""
+    return devices.place_batch(host_batch, self.mesh)
 
   def on_host(self, tree: Any) -> Any:
     """`fn`'s replicated outputs (sums, metrics) as one host copy."""

@@ -129,9 +129,9 @@ class FewshotEvaluator(Evaluator):
 
   def _represent(self, variables: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
     feats, labels, masks = [], [], []
+    pmapped = self.mesh is None
     for batch in self.batches(split):
       f, y, m = self.fn(variables, batch)
-      pmapped = self.mesh is None
       feats.append(_gather(f, pmapped))
       labels.append(_gather(y, pmapped))
       masks.append(_gather(m, pmapped))

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from isojax.core import devices, sharding
 from isojax.training import train_step
@@ -74,9 +74,7 @@ class Placement:
 
   def batch(self, host_batch: Any) -> Any:
     """A host batch [local_devices, per_device, ...] where the step takes it."""
-    if self.mesh is None:
-      return devices.shard(host_batch)
-    return devices.global_batch(host_batch, NamedSharding(self.mesh, sharding.batch_spec(self.mesh)))
+    return devices.place_batch(host_batch, self.mesh)
 
   def evaluated(self, variables: Any) -> Any:
     """The variables as the evaluators take them: pmap's replicated copies, or the jit path's sharded arrays as
