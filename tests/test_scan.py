@@ -3,7 +3,6 @@ with a leading depth axis (big_vision's `scan=True` layout), computing what the 
 loading each other's weights both ways."""
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
@@ -13,15 +12,14 @@ import pytest
 
 import isojax
 from isojax import models
-from isojax.core import loading, sharding
+from isojax.core import sharding
 from isojax.core.config import REMAT_POLICIES, base
 from isojax.core.validation import ConfigError, validate
 from isojax.evaluation import explain
 from isojax.models.isotropic import Isotropic, MixingBlock, PoolingHead, remat_policy
-from isojax.training import loop, optim, placement, train_step
+from isojax.training import optim, placement, train_step
 from isojax.weights import export, pretrained
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.test_runs_and_pretrained import short_default_run
 
 # One model of every isotropic family, tiny: (name, fields, image side).
 FAMILIES = {
@@ -255,25 +253,10 @@ def test_ten_scanned_steps_on_a_mesh_equal_ten_unrolled_steps(mesh_spec, strateg
 def test_a_scanned_run_trains_on_the_jit_path_and_its_weights_open_in_an_unrolled_model(tmp_path):
   """`config.model.scan=True` from the config down: a run with scanned, rematerialised blocks on fsdp:8, opened by
   `isojax.load` in its own layout, and loaded by `pretrained.load` into the unrolled model with equal logits."""
-  config = loading.load(
-    os.path.join(ROOT, 'configs', 'default.py'),
-    {
-      'num_steps': 3,
-      'eval_every': 3,
-      'checkpoint.every': 3,
-      'log_every': 1,
-      'batch_size': 16,
-      'model.name': 'ConvMixer-16/2',
-      'model.scan': True,
-      'remat': True,
-      'remat_policy': 'dots_saveable',
-      'parallelism': 'jit',
-      'mesh': 'fsdp:8',
-      'data.data_dir': str(tmp_path / 'tfds'),
-    },
-  )
-  result = loop.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert result.summary['steps'] == 3 and np.isfinite(result.summary['final_loss'])
+  scanned = {'model.name': 'ConvMixer-16/2', 'model.scan': True, 'remat': True, 'remat_policy': 'dots_saveable'}
+  on_fsdp8 = {'parallelism': 'jit', 'mesh': 'fsdp:8'}
+  config, result = short_default_run(tmp_path / 'run', tmp_path / 'tfds', **scanned, **on_fsdp8)
+  assert result.summary['steps'] == 4 and np.isfinite(result.summary['final_loss'])
   model, variables, _ = isojax.load(str(tmp_path / 'run'))
   assert model.scan and models.is_scanned(variables)
   fields = dict(kernel_size=config.model.kernel_size, patch_size=config.model.patch_size)
