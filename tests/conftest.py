@@ -1,10 +1,24 @@
-"""Test-wide setup: several CPU devices for pmap tests, quiet TensorFlow, no GPU grabbing by TF."""
+"""Test-wide setup: several CPU devices for pmap tests, quiet TensorFlow, no GPU grabbing by TF, and one JAX
+compilation cache for the subprocesses the tests start."""
 
 import os
+import shutil
+import tempfile
+
+import jax
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # tf.data must never take the accelerator
+
+# The slow tier starts ~150 training, sweep and docs processes, most compiling a step some earlier one compiled
+# (the default run, the fault tests' QUICK run): JAX's persistent cache (`jax_compilation_cache_dir`) lets them
+# load it instead, a shared folder made by the first process (the xdist controller) and inherited by the workers
+# and every subprocess through the environment. In-process compiles stay uncached: tests count them
+# (test_sharding's compile-once guard) and a cache hit is not a compile.
+_CACHE_OWNER = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='isojax-tests-compilation-cache-'))
+jax.config.update('jax_compilation_cache_dir', None)
 
 
 # Modules whose slow tests are minute-long subprocess runs: they start first, so the short ones fill in around them.
@@ -29,3 +43,8 @@ def pytest_collection_modifyitems(items):
   """Slow end-to-end tests first, the longest of them first (a stable sort): under `-n 2` they overlap one another
   and the quick tests fill in behind them, instead of a minute-long one running alone at the end."""
   items.sort(key=_schedule)
+
+
+def pytest_unconfigure(config):
+  if _CACHE_OWNER and not hasattr(config, 'workerinput'):  # the process that made the folder removes it
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)

@@ -416,7 +416,7 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
   port = free_port()
   script = tmp_path / 'worker.py'
   on = JIT_ACROSS_PROCESSES if parallelism == 'jit' else ''
-  distributed = distributed_overrides(port, ", 'num_steps': 400, 'checkpoint.every': 200, 'eval_every': 200" + on)
+  distributed = distributed_overrides(port, ", 'num_steps': 100, 'checkpoint.every': 50, 'eval_every': 50" + on)
   script.write_text(
     'import sys\nfrom isojax.training import preemption\ntry:\n'
     + ''.join('  ' + line + '\n' for line in WORKER.format(extra=distributed).strip().splitlines())
@@ -448,7 +448,7 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
   outputs = [w.communicate(timeout=300) for w in workers]
   assert [w.returncode for w in workers] == [preemption.EXIT_CODE] * 2, both_logs(outputs)
   steps = [int(re.search(r'STOPPED (\d+)', out).group(1)) for out, _ in outputs]
-  assert steps[0] == steps[1] < 400
+  assert steps[0] == steps[1] < 100
   assert checkpoint.Checkpointer(str(tmp_path / 'run' / 'checkpoints'), read_only=True).latest_step() == steps[0]
   if parallelism == 'jit':  # the same command on both resumes from the shards each process wrote, together
     workers = [
@@ -461,7 +461,7 @@ def test_two_processes_stop_at_the_same_step_when_one_of_them_gets_sigterm(tmp_p
     assert [w.returncode for w in workers] == [0, 0], both_logs(outputs)
     assert f'resuming at step {steps[0]}' in outputs[0][1], outputs[0][1][-3000:]
     (summary,) = records(tmp_path / 'run', 'summary')
-    assert summary['steps'] == 400
+    assert summary['steps'] == 100
 
 
 # --- reading a run while it trains ---------------------------------------------------------------

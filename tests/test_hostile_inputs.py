@@ -152,7 +152,7 @@ def test_a_pickle_that_is_not_a_state_dict_is_refused_naming_the_file(tmp_path):
 
 def fuzz_outcomes(suffix, tmp_path, count):
   valid = open(VALID_FILES[suffix], 'rb').read()
-  return weight_fuzz.fuzz(pretrained.describe, valid, suffix, str(tmp_path), seed=0, count=count)
+  return weight_fuzz.fuzz(pretrained.describe, valid, suffix, str(tmp_path), seed=0, count=count, fresh=count > 50)
 
 
 def assert_every_mutant_is_read_or_refused_by_name(outcomes):

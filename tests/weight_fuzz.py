@@ -1,7 +1,7 @@
 """Seeded mutations of valid weight files, each read in a forked child with a memory limit and a timeout.
 
-The parent imports isojax once; every file is read in a fork (cheap, and a crash, a hang or a runaway
-allocation stays in the child). A child reports one outcome: 'read' (the file still made sense), 'refused'
+A fresh interpreter imports isojax once; every file is read in a fork of it (cheap, and a crash, a hang or a
+runaway allocation stays in the child). A child reports one outcome: 'read' (the file still made sense), 'refused'
 (a ValueError or FileNotFoundError naming the file), or a failure: 'crash' (a signal), 'hang' (past the
 timeout), 'memory' (a MemoryError: more asked for than the limit allows) or 'other' (any other exception).
 """
@@ -9,6 +9,8 @@ timeout), 'memory' (a MemoryError: more asked for than the limit allows) or 'oth
 from __future__ import annotations
 
 import faulthandler
+import functools
+import importlib
 import io
 import json
 import os
@@ -18,6 +20,7 @@ import re
 import resource
 import signal
 import struct
+import subprocess
 import sys
 import time
 import traceback
@@ -150,8 +153,30 @@ def read_in_child(
   return outcome
 
 
-def fuzz(read: Callable[[str], object], valid: bytes, suffix: str, folder: str, seed: int, count: int) -> list[dict]:
-  """Reads `count` seeded mutants of `valid` (written as `folder`/mutant_<i><suffix>); one outcome each."""
+def fuzz(
+  read: Callable[[str], object], valid: bytes, suffix: str, folder: str, seed: int, count: int, fresh: bool = True
+) -> list[dict]:
+  """Reads `count` seeded mutants of `valid` (written as `folder`/mutant_<i><suffix>); one outcome each.
+
+  With `fresh`, the forks come from a fresh interpreter (`python -m tests.weight_fuzz`), not from the calling
+  process: a pytest worker grown by everything the suite ran before forks up to ~10x slower (its page tables
+  and threads copied for every file). Starting that interpreter costs a few seconds: for a dozen files,
+  forking here is cheaper."""
+  if not fresh:
+    return _fuzz_here(read, valid, suffix, folder, seed, count)
+  request = os.path.join(folder, 'fuzz_request.json')
+  with open(os.path.join(folder, f'valid{suffix}'), 'wb') as f:
+    f.write(valid)
+  with open(request, 'w') as f:
+    json.dump({'read': f'{read.__module__}:{read.__qualname__}', 'suffix': suffix, 'seed': seed, 'count': count}, f)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [root, os.environ.get('PYTHONPATH')]))}
+  subprocess.run([sys.executable, '-m', 'tests.weight_fuzz', request], env=env, check=True, timeout=60 + count)
+  with open(f'{request}.outcomes.json') as f:
+    return json.load(f)
+
+
+def _fuzz_here(read: Callable[[str], object], valid: bytes, suffix: str, folder: str, seed: int, count: int):
   outcomes = []
   for i, (kind, data) in enumerate(mutants(valid, seed, count)):
     path = os.path.join(folder, f'mutant_{i}{suffix}')
@@ -160,6 +185,20 @@ def fuzz(read: Callable[[str], object], valid: bytes, suffix: str, folder: str, 
     outcomes.append({'mutation': kind, 'path': path, **read_in_child(read, path)})
     os.remove(path)
   return outcomes
+
+
+def _serve(request_path: str) -> None:
+  """`fuzz`'s other half, in the fresh interpreter: the request's reader on its mutants, outcomes to a file."""
+  with open(request_path) as f:
+    request = json.load(f)
+  module, name = request['read'].split(':')
+  folder = os.path.dirname(request_path)
+  with open(os.path.join(folder, f'valid{request["suffix"]}'), 'rb') as f:
+    valid = f.read()
+  read = functools.reduce(getattr, name.split('.'), importlib.import_module(module))
+  outcomes = _fuzz_here(read, valid, request['suffix'], folder, request['seed'], request['count'])
+  with open(f'{request_path}.outcomes.json', 'w') as f:
+    json.dump(outcomes, f)
 
 
 def crafted_torch_file(path, numel_stored, size, offset=0, stride=None):
@@ -206,3 +245,7 @@ def crafted_torch_file(path, numel_stored, size, offset=0, stride=None):
   with zipfile.ZipFile(path, 'w') as archive:
     archive.writestr('archive/data.pkl', buffer.getvalue())
     archive.writestr('archive/data/0', np.arange(numel_stored, dtype=np.float32).tobytes())
+
+
+if __name__ == '__main__':
+  _serve(sys.argv[1])
