@@ -11,7 +11,7 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # tf.data must never take the accelerator
 
-# The slow tier starts ~150 training, sweep and docs processes, most compiling a step some earlier one compiled
+# The slow tier starts dozens of training, sweep and docs processes, most compiling a step some earlier one compiled
 # (the default run, the fault tests' QUICK run): JAX's persistent cache (`jax_compilation_cache_dir`) lets them
 # load it instead, a shared folder made by the first process (the xdist controller) and inherited by the workers
 # and every subprocess through the environment. In-process compiles stay uncached: tests count them
