@@ -81,27 +81,57 @@ def check_imports_from(tree: str) -> None:
     raise command_line.UsageError(f'in {tree}, `import isojax` gives {path or where.stderr.strip()!r}, not the tree')
 
 
+def bench_command(tree: str, case: dict, steps: int) -> list[str]:
+  """`python -m isojax.bench` for one case, its flags spelled as the tree's own bench takes them: before the
+  absl command lines (a4863d6, 2026-12-01) it was argparse with dashes (--batch-size)."""
+  with open(os.path.join(tree, 'isojax', 'bench.py')) as f:
+    dashed = "'--batch-size'" in f.read()
+  args = side_by_side.bench_args(case, steps)
+  if dashed:
+    args = [a.replace('_', '-') if a.startswith('--') else a for a in args]
+  return [sys.executable, '-m', 'isojax.bench', *args]
+
+
 def images_per_sec(result: dict, case: dict) -> dict:
-  """{'train': images/s, 'inference': images/s} of one isojax.bench result, or {'error': ...}."""
+  """{'train': images/s, 'inference': images/s, 'gflops': {kind: GFLOP/img}} of one isojax.bench result, or
+  {'error': ...}."""
   if 'error' in result:
     return result
-  return {kind: case['batch_size'] / (result[kind]['ms_per_step'] / 1000) for kind in KINDS}
+  speeds = {kind: case['batch_size'] / (result[kind]['ms_per_step'] / 1000) for kind in KINDS}
+  return {**speeds, 'gflops': {kind: result[kind].get('gflops_per_image') for kind in KINDS}}
 
 
-def measure_alternating(trees: list[str], cases: list[dict], repeats: int, steps: int, timeout: float) -> list:
-  """runs[side][case][kind] -> images/s of every repeat, measured A, B, A, B (each case in turn)."""
+def different_programs(labels: list[str], cases: list[dict], gflops: list) -> list[str]:
+  """One line per case whose two sides' XLA FLOP counts per image differ by over 2%: a name that meant another
+  architecture at one of the commits (a kernel size, a width), so its B/A compares two models."""
+  lines = []
+  for c, case in enumerate(cases):
+    for kind in KINDS:
+      a, b = gflops[0][c][kind], gflops[1][c][kind]
+      if a and b and abs(b - a) > 0.02 * a:
+        lines.append(
+          f'{case["model"]} {kind}: {a:.3g} GFLOP/img at {labels[0]} but {b:.3g} at {labels[1]}: not the same program'
+        )
+  return lines
+
+
+def measure_alternating(trees: list[str], cases: list[dict], repeats: int, steps: int, timeout: float):
+  """(runs, gflops): runs[side][case][kind] -> images/s of every repeat, measured A, B, A, B (each case in
+  turn); gflops[side][case][kind] -> XLA's FLOPs per image, in GFLOP."""
   runs = [[{kind: [] for kind in KINDS} for _ in cases] for _ in trees]
+  gflops: list = [[{} for _ in cases] for _ in trees]
   for repeat in range(repeats):
     for c, case in enumerate(cases):
       for side, tree in enumerate(trees):
-        command = [sys.executable, '-m', 'isojax.bench', *side_by_side.bench_args(case, steps)]
+        command = bench_command(tree, case, steps)
         result = images_per_sec(side_by_side.run_json(command, timeout, cwd=tree, env=environment(tree)), case)
         if 'error' in result:
           raise SystemExit(f'{case["model"]} on side {"AB"[side]} (repeat {repeat + 1}): {result["error"]}')
         for kind in KINDS:
           runs[side][c][kind].append(result[kind])
+        gflops[side][c] = result['gflops']
         print(f'repeat {repeat + 1} {case["model"]} {"AB"[side]}: ' + ', '.join(f'{k} {result[k]:.1f}' for k in KINDS))
-  return runs
+  return runs, gflops
 
 
 def summary(values: list[float]) -> tuple[float, float]:
@@ -144,15 +174,16 @@ def main(argv=None) -> int:
     trees, labels = zip(*(extract(ref, folder) for ref in refs))
     for tree in trees:
       check_imports_from(tree)
-    runs = measure_alternating(list(trees), cases, _REPEATS.value, _STEPS.value, _TIMEOUT.value)
+    runs, gflops = measure_alternating(list(trees), cases, _REPEATS.value, _STEPS.value, _TIMEOUT.value)
   machine = f'{datetime.date.today()}, {os.cpu_count()} x {side_by_side.cpu_name()}, jax {_version("jax")}'
   text = machine + '\n\n' + table(list(labels), cases, runs)
+  text += ''.join(f'\n\nWARNING: {line}' for line in different_programs(list(labels), cases, gflops))
   print(text)
   if _OUT.value:
     with open(_OUT.value, 'w') as f:
       f.write(f'`python benchmarks/ab.py {" ".join(refs)}`\n\n{text}\n')
     with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
-      json.dump({'refs': list(refs), 'labels': labels, 'cases': cases, 'runs': runs}, f, indent=1)
+      json.dump({'refs': list(refs), 'labels': labels, 'cases': cases, 'runs': runs, 'gflops': gflops}, f, indent=1)
   return 0
 
 

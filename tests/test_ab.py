@@ -33,6 +33,29 @@ def test_a_commit_is_extracted_and_imported_from_its_own_tree(tmp_path):
   ab.check_imports_from(tree)  # refuses a tree whose `import isojax` resolves elsewhere
 
 
+def test_a_commit_from_before_the_absl_command_lines_gets_its_benchs_dashed_flags(tmp_path):
+  case = side_by_side.parse_case('ConvMixer-256/8:64:32:10')
+  old = tmp_path / 'old'  # isojax.bench at 1fa7b07 (argparse) declared its flags so
+  (old / 'isojax').mkdir(parents=True)
+  (old / 'isojax' / 'bench.py').write_text("parser.add_argument('--batch-size', type=int, default=64)\n")
+  new = ab.side_by_side.ROOT
+  assert ab.bench_command(old, case, 5)[3:] == [
+    '--model', 'ConvMixer-256/8', '--batch-size', '64', '--image-size', '32', '--steps', '5', '--num-classes', '10'
+  ]  # fmt: skip
+  assert '--batch_size' in ab.bench_command(new, case, 5)
+
+
+def test_two_sides_whose_flops_per_image_differ_are_named_as_different_programs():
+  cases = [side_by_side.parse_case('ConvMixer-256/8:64:32:10')]
+  same = [[{'train': 1.00, 'inference': 0.33}], [{'train': 1.01, 'inference': 0.33}]]  # a normalisation's FLOPs
+  assert ab.different_programs(['a', 'b'], cases, same) == []
+  other = [[{'train': 1.00, 'inference': 0.33}], [{'train': 0.60, 'inference': 0.20}]]  # another kernel size
+  assert ab.different_programs(['a', 'b'], cases, other) == [
+    'ConvMixer-256/8 train: 1 GFLOP/img at a but 0.6 at b: not the same program',
+    'ConvMixer-256/8 inference: 0.33 GFLOP/img at a but 0.2 at b: not the same program',
+  ]
+
+
 def test_a_ref_that_is_not_a_commit_is_refused_naming_it(tmp_path):
   with pytest.raises(ab.command_line.UsageError, match=r"'no-such-ref' is not a commit here"):
     ab.extract('no-such-ref', str(tmp_path))
