@@ -11,14 +11,15 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # tf.data must never take the accelerator
 
-# The slow tier starts dozens of training, sweep and docs processes, most compiling a step some earlier one compiled
-# (the default run, the fault tests' QUICK run): JAX's persistent cache (`jax_compilation_cache_dir`) lets them
-# load it instead, a shared folder made by the first process (the xdist controller) and inherited by the workers
-# and every subprocess through the environment. In-process compiles stay uncached: tests count them
-# (test_sharding's compile-once guard) and a cache hit is not a compile.
+# Most tests compile a step some earlier test or process compiled (the default run, the fault tests' QUICK run,
+# test_sharding's meshes): JAX's persistent cache (`jax_compilation_cache_dir`) lets them load it instead, one
+# temporary folder made by the first process (the xdist controller), inherited by the workers and every
+# subprocess through the environment, and set here too for this process (jax read the variable at import, before
+# it existed). A cache hit still emits `/jax/core/compile/backend_compile_duration` (jax/_src/interpreters/pxla.py
+# times `compile_or_get_cached` under it), so test_sharding's compile-once guard counts hits and misses alike.
 _CACHE_OWNER = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='isojax-tests-compilation-cache-'))
-jax.config.update('jax_compilation_cache_dir', None)
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 
 
 # Modules whose slow tests are minute-long subprocess runs: they start first, so the short ones fill in around them.
