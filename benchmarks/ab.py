@@ -2,13 +2,16 @@
 
     python benchmarks/ab.py REF_A REF_B [--models=ViT-S/16:16:224,ConvMixer-256/8:64:32:10] [--repeats=3]
     python benchmarks/ab.py HEAD~1 WORKTREE --out=/tmp/ab.md
+    python benchmarks/ab.py 1fa7b07 HEAD --hlo     # and compare each model's optimised programs (hlo_diff.py)
 
 A REF is anything `git rev-parse` takes, or WORKTREE (this checkout, uncommitted changes included). Each commit
 is extracted (`git archive`) into a temporary folder and imported from there. Every measurement is
 `python -m isojax.bench` (the train step of isojax.main and inference) in a fresh process, one at a time,
 alternating A, B, A, B, ..., so both sides see the same machine. Per row: each side's median images/s, its
 spread ((max - min) / median over the repeats) and B/A (above 1: B is faster). A change whose B/A lies within
-both spreads has not been shown to change speed; run more repeats.
+both spreads has not been shown to change speed; run more repeats. With --hlo, each model's train step and
+inference are also compiled once per side with XLA's dump on and their optimised HLO compared (hlo_diff.py): an
+identical program means a moved row moved outside XLA's program.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import tempfile
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hlo_diff  # noqa: E402
 import side_by_side  # noqa: E402
 
 from isojax.core import command_line  # noqa: E402
@@ -42,6 +46,9 @@ _MODELS = flags.DEFINE_list(
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Measurements per side and model (A, B, A, B, ...).', flag_values=FLAGS)
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per measurement (its median).', flag_values=FLAGS)
 _TIMEOUT = flags.DEFINE_float('timeout', 1800, 'Seconds per measurement process.', flag_values=FLAGS)
+_HLO = flags.DEFINE_bool(
+  'hlo', False, "Also compare each model's optimised HLO at A and B (benchmarks/hlo_diff.py).", flag_values=FLAGS
+)
 _OUT = flags.DEFINE_string('out', None, 'Also write the table here (and the raw JSON beside it).', flag_values=FLAGS)
 
 
@@ -134,6 +141,22 @@ def measure_alternating(trees: list[str], cases: list[dict], repeats: int, steps
   return runs, gflops
 
 
+def compare_programs(trees: list[str], cases: list[dict], folder: str, timeout: float) -> list[str]:
+  """Per case, hlo_diff's line for every module both sides compile: one bench step per side with XLA's dump on."""
+  lines = []
+  for c, case in enumerate(cases):
+    dumps = []
+    for side, tree in enumerate(trees):
+      dumps.append(os.path.join(folder, f'hlo-{c}-{"AB"[side]}'))
+      env = environment(tree)
+      env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_dump_to={dumps[-1]} --xla_dump_hlo_as_text'.strip()
+      result = side_by_side.run_json(bench_command(tree, case, 1), timeout, cwd=tree, env=env)
+      if 'error' in result:
+        raise SystemExit(f'{case["model"]} on side {"AB"[side]} (HLO dump): {result["error"]}')
+    lines += [f'{case["model"]}: {line}' for line in hlo_diff.compare_dumps(*dumps)]
+  return lines
+
+
 def summary(values: list[float]) -> tuple[float, float]:
   """(median, spread): the spread is (max - min) / median, 0 for one value."""
   median = statistics.median(values)
@@ -175,15 +198,19 @@ def main(argv=None) -> int:
     for tree in trees:
       check_imports_from(tree)
     runs, gflops = measure_alternating(list(trees), cases, _REPEATS.value, _STEPS.value, _TIMEOUT.value)
+    programs = compare_programs(list(trees), cases, folder, _TIMEOUT.value) if _HLO.value else []
   machine = f'{datetime.date.today()}, {os.cpu_count()} x {side_by_side.cpu_name()}, jax {_version("jax")}'
   text = machine + '\n\n' + table(list(labels), cases, runs)
   text += ''.join(f'\n\nWARNING: {line}' for line in different_programs(list(labels), cases, gflops))
+  if programs:
+    text += '\n\nOptimised HLO, A against B (benchmarks/hlo_diff.py):\n\n' + '\n'.join(f'- {p}' for p in programs)
   print(text)
   if _OUT.value:
     with open(_OUT.value, 'w') as f:
-      f.write(f'`python benchmarks/ab.py {" ".join(refs)}`\n\n{text}\n')
+      f.write(f'`python benchmarks/ab.py {" ".join(sys.argv[1:] if argv is None else argv)}`\n\n{text}\n')
     with open(os.path.splitext(_OUT.value)[0] + '.json', 'w') as f:
-      json.dump({'refs': list(refs), 'labels': labels, 'cases': cases, 'runs': runs, 'gflops': gflops}, f, indent=1)
+      raw = {'refs': list(refs), 'labels': labels, 'cases': cases, 'runs': runs, 'gflops': gflops, 'hlo': programs}
+      json.dump(raw, f, indent=1)
   return 0
 
 

@@ -1,6 +1,7 @@
 """benchmarks/ab.py: isojax at two refs, measured alternately in fresh processes, with medians, spreads and B/A."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -8,6 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
 import ab  # noqa: E402
+import hlo_diff  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import side_by_side  # noqa: E402
 
 
@@ -72,6 +76,7 @@ def test_ab_measures_both_sides_alternately_and_prints_the_ratio(tmp_path):
       '--models=ConvMixer-32/1:8:14:10',
       '--repeats=2',
       '--steps=2',
+      '--hlo',
       f'--out={tmp_path / "ab.md"}',
     ],
     capture_output=True,
@@ -83,3 +88,39 @@ def test_ab_measures_both_sides_alternately_and_prints_the_ratio(tmp_path):
   assert order == ['A', 'B', 'A', 'B']
   rows = [line for line in (tmp_path / 'ab.md').read_text().splitlines() if line.startswith('| ConvMixer-32/1')]
   assert len(rows) == 2 and all(row.endswith('x** |') for row in rows)
+  programs = [line for line in out.stdout.splitlines() if line.startswith('- ConvMixer-32/1: ')]
+  assert len(programs) >= 2 and all(re.search(r': (identical|[\d,]+ instructions differ) \(', p) for p in programs)
+
+
+def _dump(folder, *functions):
+  """An XLA dump folder as `--xla_dump_to` writes one: each function's optimised HLO, named jit_step, in turn."""
+  folder.mkdir()
+  x = jnp.ones((64, 64))
+  for i, f in enumerate(functions):
+    text = jax.jit(f).lower(x).compile().as_text()
+    (folder / f'module_{i:04d}.jit_step.cpu_after_optimizations.txt').write_text(text)
+  return str(folder)
+
+
+def test_hlo_diff_calls_one_program_built_twice_identical_and_names_the_ops_another_one_changes(tmp_path):
+  def gelu_mlp(x):
+    return jax.nn.gelu(x @ x, approximate=False).sum()
+
+  def same_program_other_source_lines(y):  # other names and metadata, the same instructions
+    return jax.nn.gelu(y @ y, approximate=False).sum()
+
+  def tanh_gelu(x):
+    return jax.nn.gelu(x @ x, approximate=True).sum()
+
+  big = lambda x: sum((x @ x + i).sum() for i in range(40))  # over the 100 instructions a step has
+  a = _dump(tmp_path / 'a', gelu_mlp, big)
+  b = _dump(tmp_path / 'b', same_program_other_source_lines, big)
+  c = _dump(tmp_path / 'c', tanh_gelu, big)
+  assert [name for name, _ in hlo_diff.modules(a)] == ['jit_step', 'jit_step #2']
+  assert hlo_diff.compare(hlo_diff.modules(a)[0][1], hlo_diff.modules(b)[0][1])['differing'] == 0
+  changed = hlo_diff.compare(hlo_diff.modules(a)[0][1], hlo_diff.modules(c)[0][1])
+  assert changed['differing'] > 0 and changed['op_counts']['tanh'][0] == 0 < changed['op_counts']['tanh'][1]
+  same, other = hlo_diff.compare_dumps(a, b), hlo_diff.compare_dumps(a, c)
+  assert [line.split(' (')[0] for line in same] == ['jit_step: identical', 'jit_step #2: identical']
+  assert re.match(r'jit_step: [\d,]+ instructions differ \([\d,]+ -> [\d,]+; \w', other[0]), other
+  assert other[1].startswith('jit_step #2: identical (')
