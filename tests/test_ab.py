@@ -88,8 +88,9 @@ def test_ab_measures_both_sides_alternately_and_prints_the_ratio(tmp_path):
   assert order == ['A', 'B', 'A', 'B']
   rows = [line for line in (tmp_path / 'ab.md').read_text().splitlines() if line.startswith('| ConvMixer-32/1')]
   assert len(rows) == 2 and all(row.endswith('x** |') for row in rows)
+  # The train step's program at least (this model's inference is under hlo_diff's 100-instruction floor).
   programs = [line for line in out.stdout.splitlines() if line.startswith('- ConvMixer-32/1: ')]
-  assert len(programs) >= 2 and all(re.search(r': (identical|[\d,]+ instructions differ) \(', p) for p in programs)
+  assert programs and all(re.search(r': (identical|[\d,]+ instructions differ) \(', p) for p in programs)
 
 
 def _dump(folder, *functions):
