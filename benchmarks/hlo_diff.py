@@ -19,7 +19,7 @@ import os
 import re
 import sys
 
-_MODULE = re.compile(r'^module_\d+\.(?P<name>.+)\.(?P<backend>\w+)_after_optimizations\.txt$')
+_MODULE = re.compile(r'^module_\d+\.(?P<name>.+)\.\w+_after_optimizations\.txt$')  # .cpu_, .gpu_, ...
 _OP = re.compile(r'=\s*(?:\([^)]*\)|\S+)\s+([a-z][\w-]*)\(')
 
 
@@ -60,7 +60,7 @@ def compare(path_a: str, path_b: str) -> dict:
   diff = [d for d in difflib.unified_diff(a, b, lineterm='', n=0) if d[:1] in '+-' and d[:3] not in ('+++', '---')]
   ops_a, ops_b = op_counts(a), op_counts(b)
   changed = {op: (ops_a[op], ops_b[op]) for op in sorted(set(ops_a) | set(ops_b)) if ops_a[op] != ops_b[op]}
-  return {'instructions': (len(a), len(b)), 'differing': len(diff), 'op_counts': changed, 'first': diff[:6]}
+  return {'instructions': (len(a), len(b)), 'differing': len(diff), 'op_counts': changed}
 
 
 def compare_dumps(folder_a: str, folder_b: str, min_instructions: int = 100) -> list[str]:
