@@ -9,9 +9,10 @@ is extracted (`git archive`) into a temporary folder and imported from there. Ev
 `python -m isojax.bench` (the train step of isojax.main and inference) in a fresh process, one at a time,
 alternating A, B, A, B, ..., so both sides see the same machine. Per row: each side's median images/s, its
 spread ((max - min) / median over the repeats) and B/A (above 1: B is faster). A change whose B/A lies within
-both spreads has not been shown to change speed; run more repeats. With --hlo, each model's train step and
-inference are also compiled once per side with XLA's dump on and their optimised HLO compared (hlo_diff.py): an
-identical program means a moved row moved outside XLA's program.
+both spreads has not been shown to change speed; run more repeats. With --hlo, the first repeat of each
+side also dumps its optimised HLO (XLA writes it while compiling, before the timed steps), and each model's train
+step and inference are compared A against B (hlo_diff.py): an identical program means a moved row moved outside
+XLA's program.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from typing import Optional
 
 from absl import flags
 
@@ -122,16 +124,32 @@ def different_programs(labels: list[str], cases: list[dict], gflops: list) -> li
   return lines
 
 
-def measure_alternating(trees: list[str], cases: list[dict], repeats: int, steps: int, timeout: float):
+def with_dump(env: dict, folder: str) -> dict:
+  """`env` with XLA's dump of every compiled module into `folder` (written while compiling, before timed steps).
+  JAX's persistent cache is off there: its key leaves the dump flags out, so a hit would compile, and dump, nothing."""
+  flags_ = f'{env.get("XLA_FLAGS", "")} --xla_dump_to={folder} --xla_dump_hlo_as_text'.strip()
+  return {**env, 'XLA_FLAGS': flags_, 'JAX_ENABLE_COMPILATION_CACHE': 'false'}
+
+
+def dump_folder(folder: str, c: int, side: int) -> str:
+  return os.path.join(folder, f'hlo-{c}-{"AB"[side]}')
+
+
+def measure_alternating(
+  trees: list[str], cases: list[dict], repeats: int, steps: int, timeout: float, dumps: Optional[str] = None
+):
   """(runs, gflops): runs[side][case][kind] -> images/s of every repeat, measured A, B, A, B (each case in
-  turn); gflops[side][case][kind] -> XLA's FLOPs per image, in GFLOP."""
+  turn); gflops[side][case][kind] -> XLA's FLOPs per image, in GFLOP. With `dumps` (a folder), the first repeat
+  also dumps each side's optimised HLO there, for compare_programs."""
   runs = [[{kind: [] for kind in KINDS} for _ in cases] for _ in trees]
   gflops: list = [[{} for _ in cases] for _ in trees]
   for repeat in range(repeats):
     for c, case in enumerate(cases):
       for side, tree in enumerate(trees):
-        command = bench_command(tree, case, steps)
-        result = images_per_sec(side_by_side.run_json(command, timeout, cwd=tree, env=environment(tree)), case)
+        command, env = bench_command(tree, case, steps), environment(tree)
+        if dumps and repeat == 0:
+          env = with_dump(env, dump_folder(dumps, c, side))
+        result = images_per_sec(side_by_side.run_json(command, timeout, cwd=tree, env=env), case)
         if 'error' in result:
           raise SystemExit(f'{case["model"]} on side {"AB"[side]} (repeat {repeat + 1}): {result["error"]}')
         for kind in KINDS:
@@ -141,19 +159,12 @@ def measure_alternating(trees: list[str], cases: list[dict], repeats: int, steps
   return runs, gflops
 
 
-def compare_programs(trees: list[str], cases: list[dict], folder: str, timeout: float) -> list[str]:
-  """Per case, hlo_diff's line for every module both sides compile: one bench step per side with XLA's dump on."""
+def compare_programs(cases: list[dict], dumps: str) -> list[str]:
+  """Per case, hlo_diff's line for every module both sides compiled in the first repeat."""
   lines = []
   for c, case in enumerate(cases):
-    dumps = []
-    for side, tree in enumerate(trees):
-      dumps.append(os.path.join(folder, f'hlo-{c}-{"AB"[side]}'))
-      env = environment(tree)
-      env['XLA_FLAGS'] = f'{env.get("XLA_FLAGS", "")} --xla_dump_to={dumps[-1]} --xla_dump_hlo_as_text'.strip()
-      result = side_by_side.run_json(bench_command(tree, case, 1), timeout, cwd=tree, env=env)
-      if 'error' in result:
-        raise SystemExit(f'{case["model"]} on side {"AB"[side]} (HLO dump): {result["error"]}')
-    lines += [f'{case["model"]}: {line}' for line in hlo_diff.compare_dumps(*dumps)]
+    compared = hlo_diff.compare_dumps(dump_folder(dumps, c, 0), dump_folder(dumps, c, 1))
+    lines += [f'{case["model"]}: {line}' for line in compared or ['no program of 100+ instructions at both sides']]
   return lines
 
 
@@ -197,8 +208,9 @@ def main(argv=None) -> int:
     trees, labels = zip(*(extract(ref, folder) for ref in refs))
     for tree in trees:
       check_imports_from(tree)
-    runs, gflops = measure_alternating(list(trees), cases, _REPEATS.value, _STEPS.value, _TIMEOUT.value)
-    programs = compare_programs(list(trees), cases, folder, _TIMEOUT.value) if _HLO.value else []
+    dumps = folder if _HLO.value else None
+    runs, gflops = measure_alternating(list(trees), cases, _REPEATS.value, _STEPS.value, _TIMEOUT.value, dumps)
+    programs = compare_programs(cases, folder) if _HLO.value else []
   machine = f'{datetime.date.today()}, {os.cpu_count()} x {side_by_side.cpu_name()}, jax {_version("jax")}'
   text = machine + '\n\n' + table(list(labels), cases, runs)
   text += ''.join(f'\n\nWARNING: {line}' for line in different_programs(list(labels), cases, gflops))

@@ -169,7 +169,11 @@ def _table(result: dict) -> str:
       f'({result["limit_source"]})'
     )
   if 'input' in result:
-    return f'input pipeline of {result["input"]} ({result["dataset"]}): {result["images_per_sec"]:,.0f} images/s'
+    return (
+      f'input pipeline of {result["input"]} ({result["dataset"]}), batches of {result["images_per_batch"]}: '
+      f'{result["images_per_sec"]:,.0f} images/s over {result["batches"]} after {result["warmup"]} untimed '
+      f'(the first in {result["first_batch_seconds"]:.1f} s)'
+    )
   if 'side_by_side' in result:
     ratios = ', '.join(
       f'{p}: train {r["train"]:.3f}x, inference {r["inference"]:.3f}x' for p, r in result['ratio_to_first'].items()

@@ -10,6 +10,10 @@ import jax
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # tf.data must never take the accelerator
+# TensorFlow imports Keras 3's optimizers while it imports (for SavedModel's registry: 1.5-3 s a process, with
+# scikit-learn), in every test process and subprocess. isojax runs tf.data and never tf.keras; this flag points
+# that import at tf_keras, which is not installed, so TF skips it (a test that reached tf.keras would fail).
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 # Most tests compile a step some earlier test or process compiled (the default run, the fault tests' QUICK run,
 # test_sharding's meshes): JAX's persistent cache (`jax_compilation_cache_dir`) lets them load it instead, one
@@ -20,6 +24,10 @@ os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # tf.data must never take the
 _CACHE_OWNER = 'JAX_COMPILATION_CACHE_DIR' not in os.environ
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='isojax-tests-compilation-cache-'))
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+# The suite's programs are small: most compile in under the cache's 1 s floor, and so were compiled again in every
+# process. With no floor, each is compiled once for the whole suite.
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 
 
 # Modules whose slow tests are minute-long subprocess runs: they start first, so the short ones fill in around them.

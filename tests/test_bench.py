@@ -6,6 +6,7 @@ import os
 import pytest
 
 from isojax import bench
+from isojax.core import throughput
 from isojax.training import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +34,21 @@ def test_bench_input_measures_the_pipeline_alone(tmp_path, monkeypatch):
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
   result = bench.bench_input(os.path.join(ROOT, 'configs', 'default.py'), steps=3)
   assert result['images_per_sec'] > 0 and result['dataset'] == 'isojax_digits'
+  assert result['images_per_batch'] == result['image_batch_shape'][0] * result['image_batch_shape'][1]
+  assert (result['batches'], result['warmup']) == (3, throughput.WARMUP) and result['first_batch_seconds'] > 0
+
+
+def test_a_stream_is_timed_over_its_steps_after_the_warmup_and_its_first_batch_apart(monkeypatch):
+  clock = iter(range(100))  # every reading of the clock one second on
+  monkeypatch.setattr(throughput.time, 'perf_counter', lambda: float(next(clock)))
+  taken = []
+  stream = iter(range(10))
+  batches = (taken.append(b) or b for b in stream)
+  timed = throughput.time_batches(batches, images_per_batch=32, steps=4, warmup=3)
+  assert taken == list(range(7)) and timed['last_batch'] == 6  # 3 untimed, then 4 timed
+  assert timed['first_batch_seconds'] == 1.0 and timed['images_per_sec'] == 4 * 32 / 1.0
+  with pytest.raises(ValueError, match='warmup=0: time at least 1 batch after at least 1 untimed one'):
+    throughput.time_batches(iter(range(3)), 8, steps=1, warmup=0)
 
 
 @pytest.mark.slow

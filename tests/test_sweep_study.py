@@ -304,11 +304,12 @@ def test_two_workers_share_one_study_on_postgresql_and_run_every_trial_once(tmp_
 
 @pytest.mark.slow
 def test_live_workers_taken_for_dead_run_on_and_their_retries_take_the_results(tmp_path, postgresql):
-  # A grace period as short as the heartbeat: each worker keeps failing the other's running trials as stale (as a
-  # worker stalled past the grace period would see), so every trial's report and tell meet a trial ended elsewhere.
+  # A grace period half the heartbeat: for the second half of every beat each trial looks stale, so each worker
+  # fails the other's running trials (as a worker stalled past the grace period would see) and every trial's
+  # report and tell meet a trial ended elsewhere. (A grace as long as the beat left a window of one poll: flaky.)
   directory = tmp_path / 'taken_for_dead'
-  args = dict(n_trials=2, steps=20, step_sec=0.1)
-  workers = [driver_process(directory, args, storage=postgresql, grace=1) for _ in range(2)]
+  args = dict(n_trials=2, steps=20, step_sec=0.15)
+  workers = [driver_process(directory, args, storage=postgresql, heartbeat=2, grace=1) for _ in range(2)]
   assert [w.wait(timeout=180) for w in workers] == [0, 0]
   assert_every_trial_once_to_the_end(directory, 4, 20)
   logs = ''.join(open(log).read() for log in glob.glob(str(directory) + '.driver*.log'))
