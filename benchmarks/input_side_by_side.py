@@ -10,9 +10,10 @@ missing) and makes training batches of `--batch_size` (each size its own table):
                 --input=configs/imagenet_vit_s16.py --set=data.name=image_folder --set=data.data_dir=FOLDER
                 --set=data.train_split=train --set=batch_size=B --set=data.shuffle_buffer=5000`: the config's
                 train_pp (big_vision's Inception crop 224, resize without antialiasing, flip, RandAugment(2, 10)),
-                uint8 batches (the normalisation is left to the device), with 1 and with 8 forced host devices;
-                once more with antialiased resizing (PIL always antialiases when it shrinks) and once with
-                glibc's malloc defaults (ISOJAX_KEEP_HOST_MEMORY=0);
+                uint8 batches (the normalisation is left to the device), with 1 and with 8 forced host devices,
+                under isojax.main's CPU malloc settings (isojax/core/host_memory.py: one arena); once more
+                with antialiased resizing (PIL always antialiases when it shrinks) and once with glibc's
+                malloc defaults (ISOJAX_KEEP_HOST_MEMORY=0, what isojax.main keeps on an accelerator host);
   plain tf.data the same ops the way isojax read data before encoded buffers: decoded on read,
                 one pipeline and one shuffle buffer (of decoded pixels) per device, float32
                 batches normalised on the host (isojax's are uint8, normalised on the device);
@@ -284,9 +285,15 @@ def folder_bytes(folder: str) -> int:
 # (row name, --loaders key, loader, forced host devices, extra environment); the Python is the torch one for
 # TORCH_LOADERS.
 PLAN = [
-  ('isojax, 1 device', 'isojax', 'isojax', 1, None),
-  ('isojax, 8 devices', 'isojax_8', 'isojax', 8, None),
-  ('isojax, 1 device, glibc malloc defaults', 'isojax_glibc', 'isojax', 1, {'ISOJAX_KEEP_HOST_MEMORY': '0'}),
+  ('isojax, 1 device (one malloc arena, as isojax.main on CPU)', 'isojax', 'isojax', 1, None),
+  ('isojax, 8 devices (one malloc arena)', 'isojax_8', 'isojax', 8, None),
+  (
+    'isojax, 1 device, glibc malloc defaults (as on an accelerator host)',
+    'isojax_glibc',
+    'isojax',
+    1,
+    {'ISOJAX_KEEP_HOST_MEMORY': '0'},
+  ),
   ('isojax, 1 device, antialiased resize (as PIL)', 'isojax_antialias', 'isojax_antialias', 1, None),
   ('plain tf.data (decoded buffers, float32 batches), 1 device', 'plain', 'plain', 1, None),
   ('plain tf.data (decoded buffers, float32 batches), 8 devices', 'plain_8', 'plain', 8, None),

@@ -14,7 +14,8 @@ instead of 1.7 s per step). mallopt(3)'s -1 disables trimming completely.
 
 Measured on the 2-core CPU only, so applied only where JAX will compute on the CPU (no
 accelerator plugin installed, or JAX_PLATFORMS=cpu): on an accelerator host XLA's step buffers
-live on the device, and one malloc arena could serialise tf.data's many threads.
+live on the device, and one malloc arena serialises tf.data's many threads (the input pipeline
+alone, measured here: ~10% slower with one arena; docs/input-pipeline.md).
 Call `keep_freed_memory()` before JAX starts its threads (the entry points do it first);
 ISOJAX_KEEP_HOST_MEMORY=1 applies it anywhere, =0 nowhere (unset: on the CPU backend only).
 """
