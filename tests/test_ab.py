@@ -60,13 +60,35 @@ def test_two_sides_whose_flops_per_image_differ_are_named_as_different_programs(
   ]
 
 
+def test_each_case_is_measured_a_then_b_in_every_repeat_and_only_the_first_repeat_dumps_its_hlo(monkeypatch):
+  measured = []
+
+  def run_json(command, timeout, cwd, env):
+    measured.append((cwd, command[command.index('--model') + 1], '--xla_dump_to' in env.get('XLA_FLAGS', '')))
+    assert env.get('JAX_ENABLE_COMPILATION_CACHE') == ('false' if measured[-1][2] else None)
+    return {kind: {'ms_per_step': 100.0, 'gflops_per_image': 1.0} for kind in ab.KINDS}
+
+  monkeypatch.setattr(ab.side_by_side, 'run_json', run_json)
+  monkeypatch.delenv('JAX_ENABLE_COMPILATION_CACHE', raising=False)
+  cases = [side_by_side.parse_case('ViT-S/16:16:224'), side_by_side.parse_case('ConvMixer-256/8:64:32:10')]
+  root = ab.side_by_side.ROOT
+  runs, _ = ab.measure_alternating([root, root + '/'], cases, repeats=2, steps=1, timeout=1, dumps='/tmp/d')
+  first, second = [(cwd[-1] == '/', model, dumped) for cwd, model, dumped in measured][:4], measured[4:]
+  assert first == [(False, 'ViT-S/16', True), (True, 'ViT-S/16', True)] + [
+    (False, 'ConvMixer-256/8', True),
+    (True, 'ConvMixer-256/8', True),
+  ]
+  assert [dumped for *_, dumped in second] == [False] * 4
+  assert runs[0][0]['train'] == [160.0, 160.0]  # 16 images in 100 ms, each repeat
+
+
 def test_a_ref_that_is_not_a_commit_is_refused_naming_it(tmp_path):
   with pytest.raises(ab.command_line.UsageError, match=r"'no-such-ref' is not a commit here"):
     ab.extract('no-such-ref', str(tmp_path))
 
 
 @pytest.mark.slow
-def test_ab_measures_both_sides_alternately_and_prints_the_ratio(tmp_path):
+def test_ab_measures_both_sides_and_compares_their_programs_end_to_end(tmp_path):
   out = subprocess.run(
     [
       sys.executable,
@@ -74,7 +96,7 @@ def test_ab_measures_both_sides_alternately_and_prints_the_ratio(tmp_path):
       'HEAD',
       ab.WORKTREE,
       '--models=ConvMixer-32/1:8:14:10',
-      '--repeats=2',
+      '--repeats=1',  # the order of several repeats is the fast test's above
       '--steps=2',
       '--hlo',
       f'--out={tmp_path / "ab.md"}',
@@ -85,7 +107,7 @@ def test_ab_measures_both_sides_alternately_and_prints_the_ratio(tmp_path):
   )
   assert out.returncode == 0, out.stderr[-3000:]
   order = [line.split(': ')[0].rsplit(' ', 1)[-1] for line in out.stdout.splitlines() if line.startswith('repeat ')]
-  assert order == ['A', 'B', 'A', 'B']
+  assert order == ['A', 'B']
   rows = [line for line in (tmp_path / 'ab.md').read_text().splitlines() if line.startswith('| ConvMixer-32/1')]
   assert len(rows) == 2 and all(row.endswith('x** |') for row in rows)
   # The train step's program at least (this model's inference is under hlo_diff's 100-instruction floor).
