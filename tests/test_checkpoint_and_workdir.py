@@ -40,6 +40,23 @@ def test_restoring_an_empty_directory_is_a_clear_error(tmp_path):
     checkpoint.Checkpointer(str(tmp_path / 'none')).restore(state(0))
 
 
+def test_an_empty_listing_of_a_directory_being_written_is_listed_again_not_taken_for_no_checkpoint(
+  tmp_path, monkeypatch
+):
+  # keep=1 under a live writer: the listing began before the new step was renamed in and checked the old
+  # one after its deletion, so it came back empty (seen once in CI reading a training run).
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'))
+  ckpt.save(10, state(10))
+  ckpt.wait()
+  reader = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), read_only=True)
+  listings = iter([[], []])  # twice empty, then what is on disk
+  real = reader.all_steps
+  monkeypatch.setattr(reader, 'all_steps', lambda: next(listings) if listings.__length_hint__() else real())
+  step, restored = reader.restore_raw()
+  assert step == 10 and restored['params']['w'][0, 0] == 10.0
+  ckpt.close()
+
+
 def test_workdir_records_the_config_and_refuses_an_incompatible_run(tmp_path):
   config = base()
   workdir.prepare(str(tmp_path), config)

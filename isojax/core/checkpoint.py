@@ -95,6 +95,14 @@ def _while_steps_change(list_steps: Callable[[], Any]) -> Any:
   return list_steps()
 
 
+def _has_entries(directory: str) -> bool:
+  """Whether `directory` holds anything (a step, or one being written or deleted)."""
+  try:
+    return bool(os.listdir(directory))
+  except FileNotFoundError:
+    return False
+
+
 def _abstract(leaf: Any) -> Any:
   """What Orbax restores `leaf` (an array, a shape or an array's metadata) as: its shape and dtype, in its
   sharding if it has a concrete one, else on this host's CPU."""
@@ -238,15 +246,21 @@ class Checkpointer:
     """(step, read(step)) for `step`, or else the newest step that reads; bad ones are warned about once each.
 
     A live run deletes old steps as it saves new ones: a step that vanished while it was being read was
-    removed by the writer, not damaged, so the steps are listed again instead of warning."""
+    removed by the writer, not damaged, so the steps are listed again instead of warning. A listing can even
+    come back empty from a directory that is not: with keep=1 the new step is renamed in after the listing
+    began and the old one deleted before it was checked. Only a directory with nothing in it has no
+    checkpoint at once; one with entries is listed again first."""
     if step is not None:
       return step, read(step)
     failures: list[str] = []
-    for _ in range(_RELISTS):
+    for attempt in range(_RELISTS):
       _while_steps_change(self._manager.reload)  # the steps on disk now (a live writer adds and removes them)
       steps = sorted(self.all_steps(), reverse=True)
       if not steps and not failures:
-        raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+        if attempt == _RELISTS - 1 or not _has_entries(self.directory):
+          raise FileNotFoundError(f'No checkpoint in {self.directory}.')
+        time.sleep(0.05)
+        continue
       found, vanished = self._first_readable(read, steps, failures)
       if found is not None:
         return found
