@@ -210,7 +210,7 @@ def main(argv=None) -> int:
       check_imports_from(tree)
     dumps = folder if _HLO.value else None
     runs, gflops = measure_alternating(list(trees), cases, _REPEATS.value, _STEPS.value, _TIMEOUT.value, dumps)
-    programs = compare_programs(cases, folder) if _HLO.value else []
+    programs = compare_programs(cases, dumps) if dumps else []
   machine = f'{datetime.date.today()}, {os.cpu_count()} x {side_by_side.cpu_name()}, jax {_version("jax")}'
   text = machine + '\n\n' + table(list(labels), cases, runs)
   text += ''.join(f'\n\nWARNING: {line}' for line in different_programs(list(labels), cases, gflops))

@@ -246,21 +246,14 @@ class Checkpointer:
     """(step, read(step)) for `step`, or else the newest step that reads; bad ones are warned about once each.
 
     A live run deletes old steps as it saves new ones: a step that vanished while it was being read was
-    removed by the writer, not damaged, so the steps are listed again instead of warning. A listing can even
-    come back empty from a directory that is not: with keep=1 the new step is renamed in after the listing
-    began and the old one deleted before it was checked. Only a directory with nothing in it has no
-    checkpoint at once; one with entries is listed again first."""
+    removed by the writer, not damaged, so the steps are listed again instead of warning."""
     if step is not None:
       return step, read(step)
     failures: list[str] = []
-    for attempt in range(_RELISTS):
-      _while_steps_change(self._manager.reload)  # the steps on disk now (a live writer adds and removes them)
-      steps = sorted(self.all_steps(), reverse=True)
+    for _ in range(_RELISTS):
+      steps = self._steps_on_disk()
       if not steps and not failures:
-        if attempt == _RELISTS - 1 or not _has_entries(self.directory):
-          raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-        time.sleep(0.05)
-        continue
+        raise FileNotFoundError(f'No checkpoint in {self.directory}.')
       found, vanished = self._first_readable(read, steps, failures)
       if found is not None:
         return found
@@ -271,6 +264,20 @@ class Checkpointer:
       + '\n  '.join(failures)
       + '\nDelete the directory to start afresh, or restore it from a backup.'
     )
+
+  def _steps_on_disk(self) -> list[int]:
+    """The steps on disk now, newest first (a live writer adds and removes them). A listing can come back
+    empty from a directory that is not: with keep=1 the new step is renamed in after the listing began and the
+    old one deleted before it was checked. So only a directory with nothing in it lists empty at once; one
+    with entries is listed again first."""
+    for _ in range(_RELISTS - 1):
+      _while_steps_change(self._manager.reload)
+      steps = sorted(self.all_steps(), reverse=True)
+      if steps or not _has_entries(self.directory):
+        return steps
+      time.sleep(0.05)
+    _while_steps_change(self._manager.reload)
+    return sorted(self.all_steps(), reverse=True)
 
   def _first_readable(
     self, read: Callable[[int], Any], steps: list[int], failures: list[str]
